@@ -1,0 +1,312 @@
+"""EmbeddingEngine: the one place where text becomes vectors; a single worker thread owns MLX."""
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from .blas import preload_blas
+
+preload_blas()  # must run before mlx.core is first imported
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .batching import plan_batches  # noqa: E402
+from .errors import EmbedError, InputError, ModelError, NotReady  # noqa: E402
+from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
+from .loading import LoadedModel, load_model  # noqa: E402
+from .pooling import normalize as l2_normalize  # noqa: E402
+from .pooling import pool, truncate_dims  # noqa: E402
+
+__all__ = ["EmbeddingEngine", "DEFAULT_MODEL"]
+
+
+@dataclass
+class _Job:
+    """One submit(): its rows are batched with other jobs' rows, its result assembled in input order."""
+
+    ids: list[list[int]]
+    dimensions: int | None
+    normalize: bool
+    skip: int  # leading tokens left out of pooling (a prompt, when the model pools without it)
+    future: Future = field(default_factory=Future)
+    out: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+_STOP = object()
+
+
+class EmbeddingEngine:
+    """Tokenize, queue, batch by padded-token budget, run, pool; concurrent submits share batches."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        max_length: int | None = None,
+        batch_tokens: int = 8192,
+        max_batch_rows: int = 256,
+        dtype: str | None = None,
+        normalize: bool | None = None,
+        pooling: str | None = None,
+        prompt: str | None = None,
+        truncate: bool = True,
+    ):
+        self.model_name = model
+        self.batch_tokens = batch_tokens
+        self.max_batch_rows = max_batch_rows
+        self.default_prompt = prompt
+        self._options = dict(max_length=max_length, dtype=dtype, pooling=pooling, truncate=truncate)
+        self._normalize = normalize
+        self._model: LoadedModel | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._ready: Future | None = None
+        self._lock = threading.Lock()
+        self._stats = dict(queue_depth=0, batches=0, rows=0, tokens=0, padded_tokens=0, busy_seconds=0.0)
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Start the worker thread and load the model in it; raises the load error, if any."""
+        with self._lock:
+            if self._ready is None:
+                self._ready = Future()
+                self._thread = threading.Thread(target=self._work, name="embed-engine", daemon=True)
+                self._thread.start()
+            ready = self._ready
+        ready.result()
+
+    def unload(self) -> None:
+        with self._lock:
+            thread, self._thread, self._ready = self._thread, None, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join()
+        self._model = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> LoadedModel:
+        self.load()
+        if self._model is None:
+            raise NotReady("the engine was unloaded")
+        return self._model
+
+    @property
+    def model_id(self) -> str:
+        return self._model.model_id if self._model else canonical_id(self.model_name)
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    @property
+    def max_length(self) -> int:
+        return self.model.max_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.tokenizer.vocab_size
+
+    @property
+    def normalizes(self) -> bool:
+        return self.model.spec.normalize if self._normalize is None else self._normalize
+
+    def info(self) -> dict:
+        """What the model is and what embed does with it: for file metadata, /v1/models and `embed models`."""
+        m = self.model
+        return {
+            "model": m.model_id,
+            "path": str(m.path),
+            "architecture": m.architecture,
+            "dim": m.dim,
+            "max_length": m.max_length,
+            "pooling": "+".join(m.spec.pooling),
+            "dense_layers": len(m.dense),
+            "normalize": self.normalizes,
+            "dtype": m.dtype,
+            "quantization": m.quantization,
+            "prompts": m.spec.prompts,
+            "default_prompt_name": m.spec.default_prompt_name,
+            "device": str(mx.default_device()),
+        }
+
+    def stats(self) -> dict:
+        return dict(self._stats)
+
+    # ---- tokens -----------------------------------------------------------------------------
+
+    def resolve_prompt(self, prompt: str | None = None, prompt_name: str | None = None) -> str | None:
+        """An explicit prompt wins; then a named one from config_sentence_transformers.json; then the defaults."""
+        spec = self.model.spec
+        if prompt is not None:
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in spec.prompts:
+                known = ", ".join(spec.prompts) or "none"
+                raise InputError(f"unknown prompt_name {prompt_name!r}; this model's prompts: {known}")
+            return spec.prompts[prompt_name]
+        if self.default_prompt is not None:
+            return self.default_prompt
+        if spec.default_prompt_name is not None:
+            return spec.prompts.get(spec.default_prompt_name)
+        return None
+
+    def tokenize(self, texts: Sequence[str], *, prompt: str | None = None) -> list[list[int]]:
+        """Token ids with special tokens, truncated to max_length (InputTooLong when truncation is off)."""
+        if isinstance(texts, str):
+            raise TypeError("tokenize() takes a list of texts, not one string")
+        return self.model.tokenizer.encode(list(texts), self.resolve_prompt(prompt))
+
+    def tokens_per_text(self, texts: Sequence[str], *, prompt: str | None = None) -> list[int]:
+        return [len(ids) for ids in self.tokenize(texts, prompt=prompt)]
+
+    def count_tokens(self, texts: Sequence[str], *, prompt: str | None = None) -> int:
+        return sum(self.tokens_per_text(texts, prompt=prompt))
+
+    def prompt_skip(self, prompt: str | None) -> int:
+        """Tokens of `prompt` that pooling leaves out, for models saved with include_prompt=False."""
+        prompt = self.resolve_prompt(prompt)
+        if not prompt or self.model.spec.include_prompt:
+            return 0
+        return len(self.model.tokenizer.encode([prompt])[0]) - 1
+
+    # ---- vectors ----------------------------------------------------------------------------
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool | None = None,
+    ) -> np.ndarray:
+        """(len(texts), dim) float32 vectors in input order."""
+        ids = self.tokenize(texts, prompt=prompt)
+        return self.submit(ids, dimensions=dimensions, normalize=normalize, skip=self.prompt_skip(prompt)).result()
+
+    def embed_tokens(
+        self, ids: Sequence[Sequence[int]], *, dimensions: int | None = None, normalize: bool | None = None
+    ) -> np.ndarray:
+        """Embed token ids exactly as given: no special tokens are added."""
+        return self.submit(ids, dimensions=dimensions, normalize=normalize).result()
+
+    def submit(
+        self,
+        ids: Sequence[Sequence[int]],
+        *,
+        dimensions: int | None = None,
+        normalize: bool | None = None,
+        skip: int = 0,
+    ) -> Future:
+        """Queue rows of token ids; the worker packs waiting jobs together. Cancel the future to drop them."""
+        model = self.model
+        rows = self._validate(ids, dimensions)
+        job = _Job(rows, dimensions, self.normalizes if normalize is None else normalize, skip)
+        if not rows:
+            job.future.set_result(np.zeros((0, dimensions or model.dim), np.float32))
+            return job.future
+        self._stats["queue_depth"] += len(rows)
+        self._queue.put(job)
+        return job.future
+
+    def _validate(self, ids: Sequence[Sequence[int]], dimensions: int | None) -> list[list[int]]:
+        model = self.model
+        if dimensions is not None and not 1 <= dimensions <= model.dim:
+            raise InputError(f"dimensions must be between 1 and {model.dim}, got {dimensions}")
+        rows = [list(r) for r in ids]
+        vocab = model.tokenizer.vocab_size
+        for i, row in enumerate(rows):
+            if not row:
+                raise InputError(f"input {i} has no tokens")
+            if len(row) > model.max_length:
+                raise InputError(f"input {i} has {len(row)} tokens, more than the model's maximum of {model.max_length}")
+            if min(row) < 0 or max(row) >= vocab:
+                raise InputError(f"input {i} has a token id outside the vocabulary [0, {vocab})")
+        return rows
+
+    # ---- the worker thread ------------------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            self._model = load_model(self.model_name, **self._options)
+        except BaseException as e:  # handed to load()'s caller, whatever it is
+            self._ready.set_exception(e)
+            return
+        self._ready.set_result(None)
+        stopping = False
+        while not stopping:
+            jobs = [self._queue.get()]
+            while True:  # everything already waiting rides in the same batches
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = any(j is _STOP for j in jobs)
+            jobs = [j for j in jobs if j is not _STOP]
+            self._stats["queue_depth"] -= sum(len(j.ids) for j in jobs)
+            self._process([j for j in jobs if j.future.set_running_or_notify_cancel()])
+
+    def _process(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        rows = [(job, r) for job in jobs for r in range(len(job.ids))]
+        lengths = [len(job.ids[r]) for job, r in rows]
+        for batch in plan_batches(lengths, self.batch_tokens, self.max_batch_rows):
+            members = [rows[i] for i in batch]
+            try:
+                vectors = self._run_batch(members)
+            except BaseException as e:  # fail only the jobs in this batch; the worker lives on
+                for job, _ in members:
+                    job.error = job.error or e
+                continue
+            for (job, r), v in zip(members, vectors):
+                if job.out is None:
+                    job.out = np.empty((len(job.ids), vectors.shape[1]), np.float32)
+                job.out[r] = v
+        for job in jobs:
+            if job.error is not None:
+                job.future.set_exception(job.error)
+                continue
+            out = truncate_dims(job.out, job.dimensions)
+            job.future.set_result(l2_normalize(out) if job.normalize else np.ascontiguousarray(out))
+
+    def _run_batch(self, members: list[tuple[_Job, int]]) -> np.ndarray:
+        """One padded forward pass, one mx.eval, one copy to NumPy."""
+        model = self._model
+        start = time.perf_counter()
+        lengths = [len(job.ids[r]) for job, r in members]
+        L = max(lengths)
+        ids = np.full((len(members), L), model.tokenizer.pad_token_id, np.int32)
+        mask = np.zeros((len(members), L), np.int32)
+        for k, (job, r) in enumerate(members):
+            ids[k, : lengths[k]] = job.ids[r]
+            mask[k, : lengths[k]] = 1
+        pool_mask = mask.copy()
+        for k, (job, _) in enumerate(members):
+            pool_mask[k, : min(job.skip, lengths[k] - 1)] = 0
+        hidden = model.forward(mx.array(ids), mx.array(mask))
+        vectors = pool(hidden, mx.array(pool_mask), model.spec.pooling)
+        for layer in model.dense:
+            vectors = layer(vectors)
+        mx.eval(vectors)
+        out = np.array(vectors, dtype=np.float32)
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            raise ModelError(f"the model produced non-finite values for {int(bad.sum())} input(s); "
+                             f"try dtype float32 or bfloat16")
+        s = self._stats
+        s["batches"] += 1
+        s["rows"] += len(members)
+        s["tokens"] += sum(lengths)
+        s["padded_tokens"] += len(members) * L
+        s["busy_seconds"] += time.perf_counter() - start
+        return out

@@ -1,0 +1,167 @@
+"""BERT and the RoBERTa family (RoBERTa, XLM-RoBERTa, CamemBERT): one encoder, two position schemes."""
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .. import fastmath
+from .base import BaseModelArgs
+
+ROBERTA_TYPES = ("roberta", "xlm-roberta", "xlm_roberta", "camembert")
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    model_type: str
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    vocab_size: int
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+
+    @property
+    def roberta_positions(self) -> bool:
+        return self.model_type in ROBERTA_TYPES
+
+
+def _activation(name: str):
+    if name == "gelu":
+        return fastmath.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return nn.gelu_approx
+    if name == "relu":
+        return nn.relu
+    raise ValueError(f"unsupported hidden_act {name!r}")
+
+
+class Embeddings(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.position_embeddings = nn.Embedding(args.max_position_embeddings, args.hidden_size)
+        self.token_type_embeddings = nn.Embedding(args.type_vocab_size, args.hidden_size)
+        self.LayerNorm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.roberta_positions = args.roberta_positions
+        self.pad_token_id = args.pad_token_id
+
+    def __call__(self, input_ids: mx.array) -> mx.array:
+        if self.roberta_positions:
+            # RoBERTa numbers real tokens from pad_token_id + 1, as transformers does.
+            not_pad = (input_ids != self.pad_token_id).astype(mx.int32)
+            positions = mx.cumsum(not_pad, axis=1) * not_pad + self.pad_token_id
+        else:
+            positions = mx.arange(input_ids.shape[1])[None]
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings(mx.zeros((1, 1), dtype=mx.int32))
+        )
+        return self.LayerNorm(x)
+
+
+class SelfAttention(nn.Module):
+    """Query, key and value as one fused projection (see `sanitize`)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads = args.num_attention_heads
+        self.head_dim = args.hidden_size // args.num_attention_heads
+        self.qkv = nn.Linear(args.hidden_size, 3 * args.hidden_size)
+
+    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+        B, L, D = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.n_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        out = fastmath.attention(qkv[0], qkv[1], qkv[2], 1 / math.sqrt(self.head_dim), mask)
+        return out.transpose(0, 2, 1, 3).reshape(B, L, D)
+
+
+class DenseNorm(nn.Module):
+    """A projection, then LayerNorm over the residual sum (BERT's *Output blocks)."""
+
+    def __init__(self, dims_in: int, dims_out: int, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(dims_in, dims_out)
+        self.LayerNorm = nn.LayerNorm(dims_out, eps=eps)
+
+    def __call__(self, x: mx.array, residual: mx.array) -> mx.array:
+        return self.LayerNorm(self.dense(x) + residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.self = SelfAttention(args)
+        self.output = DenseNorm(args.hidden_size, args.hidden_size, args.layer_norm_eps)
+
+    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+        return self.output(self.self(x, mask), x)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.dense = nn.Linear(args.hidden_size, args.intermediate_size)
+        self.act = _activation(args.hidden_act)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.act(self.dense(x))
+
+
+class Layer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention = Attention(args)
+        self.intermediate = Intermediate(args)
+        self.output = DenseNorm(args.intermediate_size, args.hidden_size, args.layer_norm_eps)
+
+    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+        h = self.attention(x, mask)
+        return self.output(self.intermediate(h), h)
+
+
+class Encoder(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.layer = [Layer(args) for _ in range(args.num_hidden_layers)]
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embeddings = Embeddings(args)
+        self.encoder = Encoder(args)
+
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array) -> mx.array:
+        """The last hidden state; `attention_mask` is (B, L), nonzero on real tokens."""
+        mask = (attention_mask != 0)[:, None, None, :]
+        x = self.embeddings(input_ids)
+        for layer in self.encoder.layer:
+            x = layer(x, mask)
+        return x
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Drop heads and buffers, strip a task-model prefix, fuse q/k/v into one projection."""
+        out = {}
+        for key, value in weights.items():
+            for prefix in ("bert.", "roberta.", "xlm_roberta.", "model."):
+                if key.startswith(prefix):
+                    key = key[len(prefix):]
+            if key.startswith(("pooler.", "cls.", "lm_head.", "classifier.")) or key.endswith("position_ids"):
+                continue
+            out[key] = value
+        for i in range(self.args.num_hidden_layers):
+            base = f"encoder.layer.{i}.attention.self."
+            for part in ("weight", "bias", "scales", "biases"):
+                names = [f"{base}{n}.{part}" for n in ("query", "key", "value")]
+                if all(n in out for n in names):
+                    out[f"{base}qkv.{part}"] = mx.concatenate([out.pop(n) for n in names], axis=0)
+        return out

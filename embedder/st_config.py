@@ -1,0 +1,136 @@
+"""Read a model's sentence-transformers files into the post-processing it asks for (pure, no MLX)."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelError
+
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+
+# sentence-transformers < 5 wrote booleans; 5+ writes `pooling_mode` (a string or a list).
+_LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+_ACTIVATIONS = {"Identity": "identity", "Tanh": "tanh", "ReLU": "relu", "GELU": "gelu", "Sigmoid": "sigmoid"}
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    """One sentence-transformers Dense module: y = activation(x W^T + b)."""
+
+    path: Path
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What happens after the encoder: pooling modes, Dense layers, normalization, limits, prompts."""
+
+    pooling: tuple[str, ...] = ("mean",)
+    include_prompt: bool = True
+    dense: tuple[DenseSpec, ...] = ()
+    normalize: bool = False
+    max_seq_length: int | None = None
+    do_lower_case: bool = False
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    has_st_files: bool = False
+
+
+def _read_json(path: Path) -> dict | list:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {path}: {e}") from e
+
+
+def module_kind(type_name: str) -> str:
+    """`sentence_transformers.models.Pooling` and the 5.x module paths both end in the class name."""
+    return type_name.rsplit(".", 1)[-1]
+
+
+def pooling_modes(config: dict) -> tuple[str, ...]:
+    """Both the legacy boolean keys and the newer `pooling_mode` string or list."""
+    mode = config.get("pooling_mode")
+    if mode is not None:
+        modes = (mode,) if isinstance(mode, str) else tuple(mode)
+    else:
+        modes = tuple(name for key, name in _LEGACY_POOLING_KEYS.items() if config.get(key))
+    if not modes:
+        raise ModelError("pooling config names no pooling mode")
+    for m in modes:
+        if m not in POOLING_MODES:
+            raise ModelError(f"unsupported pooling mode {m!r}; supported: {', '.join(POOLING_MODES)}")
+    # sentence-transformers concatenates in its own fixed order.
+    return tuple(m for m in POOLING_MODES if m in modes)
+
+
+def _dense(path: Path) -> DenseSpec:
+    config = _read_json(path / "config.json")
+    activation = module_kind(config.get("activation_function", "torch.nn.modules.linear.Identity"))
+    if activation not in _ACTIVATIONS:
+        raise ModelError(f"unsupported Dense activation {activation} in {path}")
+    if not (path / "model.safetensors").exists():
+        raise ModelError(f"Dense layer {path} has no model.safetensors (PyTorch .bin weights are not supported)")
+    return DenseSpec(
+        path=path,
+        in_features=config["in_features"],
+        out_features=config["out_features"],
+        bias=config.get("bias", True),
+        activation=_ACTIVATIONS[activation],
+    )
+
+
+def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean") -> PipelineSpec:
+    """Follow modules.json when present; a bare transformers checkpoint gets `default_pooling`."""
+    modules_file = model_dir / "modules.json"
+    st_config = model_dir / "config_sentence_transformers.json"
+    prompts = _read_json(st_config) if st_config.exists() else {}
+    bert_config_file = model_dir / "sentence_bert_config.json"
+    bert_config = _read_json(bert_config_file) if bert_config_file.exists() else {}
+    common = dict(
+        max_seq_length=bert_config.get("max_seq_length"),
+        do_lower_case=bool(bert_config.get("do_lower_case", False)),
+        prompts=dict(prompts.get("prompts") or {}),
+        default_prompt_name=prompts.get("default_prompt_name"),
+    )
+    if not modules_file.exists():
+        return PipelineSpec(pooling=(default_pooling,), **common)
+
+    pooling, include_prompt, dense, normalize = None, True, [], False
+    for module in sorted(_read_json(modules_file), key=lambda m: m.get("idx", 0)):
+        kind = module_kind(module["type"])
+        path = model_dir / module.get("path", "")
+        if kind in ("Transformer", "MLMTransformer"):
+            if module.get("path") and (path / "sentence_bert_config.json").exists():
+                common["max_seq_length"] = _read_json(path / "sentence_bert_config.json").get("max_seq_length")
+        elif kind == "Pooling":
+            config = _read_json(path / "config.json")
+            pooling = pooling_modes(config)
+            include_prompt = bool(config.get("include_prompt", True))
+        elif kind == "Dense":
+            dense.append(_dense(path))
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            raise ModelError(f"unsupported sentence-transformers module {module['type']} ({module.get('path')})")
+    if pooling is None:
+        raise ModelError(f"{modules_file} has no Pooling module")
+    return PipelineSpec(
+        pooling=pooling,
+        include_prompt=include_prompt,
+        dense=tuple(dense),
+        normalize=normalize,
+        has_st_files=True,
+        **common,
+    )

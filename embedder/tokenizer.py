@@ -1,0 +1,67 @@
+"""Text to token ids exactly as sentence-transformers tokenizes: special tokens, truncation, lower-casing."""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputTooLong, ModelError
+
+_PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>", "<|pad|>")
+
+
+@dataclass(frozen=True)
+class TextTokenizer:
+    encode_batch: Callable[[list[str]], list[list[int]]]
+    pad_token_id: int
+    vocab_size: int
+    max_length: int
+    do_lower_case: bool = False
+    truncate: bool = True
+
+    def encode(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
+        texts = [(prompt or "") + t for t in texts]
+        if self.do_lower_case:
+            texts = [t.lower() for t in texts]
+        ids = self.encode_batch(texts)
+        if not self.truncate:
+            for i, row in enumerate(ids):
+                if len(row) > self.max_length:
+                    raise InputTooLong(
+                        f"input {i} has {len(row)} tokens, more than the model's maximum of {self.max_length}"
+                    )
+        return ids
+
+
+def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, truncate: bool) -> TextTokenizer:
+    """The Rust tokenizer from tokenizer.json; transformers only for models that ship none."""
+    path = model_dir / "tokenizer.json"
+    if path.exists():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(path))
+        tok.no_padding()
+        if truncate:
+            tok.enable_truncation(max_length)
+        else:
+            tok.no_truncation()
+        pad = (tok.padding or {}).get("pad_id")
+        if pad is None:
+            pad = next((i for t in _PAD_TOKENS if (i := tok.token_to_id(t)) is not None), 0)
+
+        def encode_batch(texts: list[str]) -> list[list[int]]:
+            return [e.ids for e in tok.encode_batch(texts, add_special_tokens=True)]
+
+        return TextTokenizer(encode_batch, pad, tok.get_vocab_size(), max_length, do_lower_case, truncate)
+
+    try:
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as e:  # transformers raises many types for a missing or broken tokenizer
+        raise ModelError(f"cannot load a tokenizer from {model_dir}: {e}") from e
+
+    def hf_encode_batch(texts: list[str]) -> list[list[int]]:
+        return hf(texts, truncation=truncate, max_length=max_length if truncate else None)["input_ids"]
+
+    pad = hf.pad_token_id if hf.pad_token_id is not None else 0
+    return TextTokenizer(hf_encode_batch, pad, len(hf), max_length, do_lower_case, truncate)

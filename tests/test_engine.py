@@ -1,0 +1,131 @@
+"""The engine on the real all-MiniLM-L6-v2: exact to sentence-transformers, and its batching invariants."""
+
+import json
+import random
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedder import DEFAULT_MODEL, EmbeddingEngine
+from embedder.errors import InputError, InputTooLong, ModelError, ModelNotFound
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def golden():
+    texts = json.loads((GOLDEN / "minilm_texts.json").read_text(encoding="utf-8"))
+    data = np.load(GOLDEN / "minilm_golden.npz")
+    return texts, data["embeddings"], data["tokens"]
+
+
+def test_vectors_equal_sentence_transformers(engine, golden):
+    texts, expected, _ = golden
+    assert len(texts) >= 100
+    got = engine.embed(texts)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert cosine(got, expected).min() >= 0.9999
+
+
+def test_token_counts_exact(engine, golden):
+    texts, _, tokens = golden
+    assert engine.tokens_per_text(texts) == tokens.tolist()
+    assert engine.count_tokens(texts) == int(tokens.sum())
+
+
+def test_default_model_resolves_offline_to_packaged_weights(minilm_path):
+    e = EmbeddingEngine()
+    assert e.model_id == DEFAULT_MODEL
+    assert e.dim == 384 and e.max_length == 256
+    assert Path(e.info()["path"]) == minilm_path
+    e.unload()
+
+
+def test_batch_equals_single_and_duplicates(engine, golden):
+    texts = golden[0][:12]
+    batch = engine.embed(texts + [texts[3]])
+    singles = np.stack([engine.embed([t])[0] for t in texts])
+    assert cosine(batch[:12], singles).min() >= 0.99999
+    assert cosine(batch[12:], batch[3:4])[0] >= 0.99999
+
+
+def test_order_kept_under_shuffled_lengths_and_budgets(minilm_path, golden):
+    texts = list(golden[0][:30]) + sorted(golden[0][:-1], key=len)[-2:]
+    random.Random(0).shuffle(texts)
+    small = EmbeddingEngine(str(minilm_path), batch_tokens=256, max_batch_rows=3)
+    large = EmbeddingEngine(str(minilm_path), batch_tokens=65536)
+    a, b = small.embed(texts), large.embed(texts)
+    assert cosine(a, b).min() >= 0.99999
+    index = {t: i for i, t in enumerate(golden[0])}
+    expected = golden[1][[index[t] for t in texts]]
+    assert cosine(a, expected).min() >= 0.9999
+    assert small.stats()["batches"] > large.stats()["batches"]
+    small.unload()
+    large.unload()
+
+
+def test_dimensions_truncate_then_normalize(engine):
+    full = engine.embed(["Matryoshka dolls nest inside each other."])
+    cut = engine.embed(["Matryoshka dolls nest inside each other."], dimensions=64)
+    assert cut.shape == (1, 64)
+    np.testing.assert_allclose(np.linalg.norm(cut, axis=1), 1.0, rtol=1e-5)
+    expected = full[:, :64] / np.linalg.norm(full[:, :64])
+    np.testing.assert_allclose(cut, expected, atol=1e-6)
+    raw = engine.embed(["Matryoshka dolls nest inside each other."], normalize=False)
+    assert abs(np.linalg.norm(raw) - 1.0) > 1e-3
+
+
+def test_embed_tokens_as_given(engine):
+    text = ["Token ids go in exactly as given."]
+    ids = engine.tokenize(text)
+    np.testing.assert_allclose(engine.embed_tokens(ids), engine.embed(text), atol=1e-6)
+    without_specials = [ids[0][1:-1]]
+    assert cosine(engine.embed_tokens(without_specials), engine.embed(text))[0] < 0.9999
+
+
+def test_concurrent_submits_batch_together(engine, golden):
+    texts = golden[0][:40]
+    expected = engine.embed(texts)
+    ids = engine.tokenize(texts)
+    with ThreadPoolExecutor(16) as pool:
+        futures = list(pool.map(lambda i: engine.submit([ids[i]]), range(len(ids))))
+        got = np.concatenate([f.result() for f in futures])
+    assert cosine(got, expected).min() >= 0.99999
+
+
+def test_bad_token_ids_and_dimensions(engine):
+    with pytest.raises(InputError, match="input 1"):
+        engine.embed_tokens([[101, 102], [101, 10**9]])
+    with pytest.raises(InputError, match="input 0"):
+        engine.embed_tokens([[]])
+    with pytest.raises(InputError, match="dimensions"):
+        engine.embed(["x"], dimensions=385)
+
+
+def test_no_truncate_raises_naming_the_input(minilm_path):
+    e = EmbeddingEngine(str(minilm_path), truncate=False)
+    with pytest.raises(InputTooLong, match="input 1"):
+        e.tokenize(["short", "word " * 300])
+    e.unload()
+
+
+def test_model_errors(tmp_path, minilm_path):
+    with pytest.raises(ModelNotFound):
+        EmbeddingEngine("./no/such/dir").load()
+    with pytest.raises(ModelNotFound, match="not in the local Hugging Face cache"):
+        EmbeddingEngine("nobody-here/no-such-model-xyz").load()
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "wav2vec2"}))
+    with pytest.raises(ModelError, match="unsupported architecture 'wav2vec2'.*bert"):
+        EmbeddingEngine(str(tmp_path)).load()
+    broken = tmp_path / "broken"
+    shutil.copytree(minilm_path, broken, ignore=shutil.ignore_patterns("*.safetensors"))
+    (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not safetensors")
+    with pytest.raises(ModelError, match="corrupt weights"):
+        EmbeddingEngine(str(broken)).load()
