@@ -1,0 +1,88 @@
+"""fastmath's GELU and masked attention match float64 references to float32 accuracy, on CPU and uncompiled."""
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from embedder import fastmath
+
+
+@pytest.fixture(params=["compiled", "eager"])
+def mode(request, monkeypatch):
+    """The eager path is what runs where mx.compile cannot build kernels (no g++)."""
+    if request.param == "eager":
+        monkeypatch.setattr(fastmath, "_compile_works", lambda: False)
+    return request.param
+
+
+def _gelu64(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x * 0.5 * np.vectorize(math.erfc)(-x / math.sqrt(2))
+
+
+def test_gelu_relative_error_over_both_tails(mode):
+    x = np.concatenate([np.linspace(-10, 10, 20001), [0.0, -0.0, 1e-30, -1e-30, 3e-3]]).astype(np.float32)
+    out = np.asarray(fastmath.gelu(mx.array(x)))
+    ref = _gelu64(x)
+    nonzero = ref != 0
+    assert np.abs(out[nonzero] / ref[nonzero] - 1).max() < 1e-6
+    assert (out[~nonzero] == 0).all()
+
+
+def test_gelu_extremes_are_finite_and_shape_kept(mode):
+    x = np.array([[-1e30, -200.0, -13.2, 13.2, 200.0, 1e30]], dtype=np.float32)
+    out = np.asarray(fastmath.gelu(mx.array(x)))
+    assert out.shape == x.shape and np.isfinite(out).all()
+    assert (np.abs(out[0, :3]) < 2e-38).all()
+    np.testing.assert_array_equal(out[0, 3:], x[0, 3:])
+
+
+def _attention64(q, k, v, scale, keep):
+    s = (q.astype(np.float64) @ np.swapaxes(k, -1, -2)) * scale
+    s = np.where(keep, s, -np.inf)
+    top = s.max(-1, keepdims=True)
+    e = np.where(keep, np.exp(s - np.where(np.isfinite(top), top, 0)), 0.0)
+    total = e.sum(-1, keepdims=True)
+    p = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+    return p @ v, p
+
+
+def test_masked_attention_matches_reference_and_empty_rows_are_zero(mode):
+    rng = np.random.default_rng(0)
+    B, H, L, D = 3, 2, 7, 4
+    q, k, v = (rng.standard_normal((B, H, L, D)).astype(np.float32) * 4 for _ in range(3))
+    keep = np.ones((B, 1, 1, L), dtype=bool)
+    keep[1, ..., 5:] = False  # a padded row
+    keep[2] = False  # an empty input: nothing to attend
+    out = np.asarray(fastmath.attention(mx.array(q), mx.array(k), mx.array(v), 0.5, mx.array(keep)))
+    ref, _ = _attention64(q, k, v, 0.5, keep)
+    assert out.shape == (B, H, L, D) and np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    assert (out[2] == 0).all()
+
+
+def test_softmax_precision_huge_scores_and_exact_zero_for_masked_keys(mode):
+    rng = np.random.default_rng(1)
+    scores = (rng.standard_normal((2, 3, 5, 64)) * 30).astype(np.float32)
+    scores[0, 0, 0, :3] = [-1e30, 1e30, -3e38]
+    keep = rng.random((2, 1, 1, 64)) < 0.7
+    keep[0, ..., 1] = True
+    out = np.asarray(fastmath.softmax(mx.array(scores), mx.array(keep)))
+    s = np.where(keep, scores.astype(np.float64), -np.inf)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    ref = e / e.sum(-1, keepdims=True)
+    assert (out[np.broadcast_to(~keep, out.shape)] == 0).all()
+    big = ref > 1e-3  # smaller ones inherit the rounding of float32 scores - max, as in any float32 softmax
+    assert np.abs(out[big] / ref[big] - 1).max() < 1e-6
+    assert np.abs(out - ref).max() < 1e-7
+    unmasked = np.asarray(fastmath.softmax(mx.array(scores[1:])))
+    e = np.exp(scores[1:].astype(np.float64) - scores[1:].max(-1, keepdims=True))
+    np.testing.assert_allclose(unmasked, e / e.sum(-1, keepdims=True), rtol=1e-6, atol=1e-7)
+
+
+def test_other_dtypes_and_devices_use_the_builtin_kernels():
+    x = mx.array(np.linspace(-4, 4, 33), dtype=mx.float16)
+    ref = x * (1 + mx.erf(x / math.sqrt(2))) / 2
+    assert mx.array_equal(fastmath.gelu(x), ref)
