@@ -168,7 +168,8 @@ def load_model(
     module = build_model(config, path, DTYPES[dtype])
 
     limit = position_limit(config)
-    length = max_length or spec.max_seq_length or limit
+    known = [n for n in (spec.max_seq_length, limit) if n]
+    length = max_length or (min(known) if known else None)
     if length is None:
         raise ModelError("cannot tell the model's maximum input length; pass max_length")
     if limit is not None and length > limit:

@@ -91,6 +91,13 @@ def _dense(path: Path) -> DenseSpec:
     )
 
 
+def _tokenizer_max_length(model_dir: Path) -> int | None:
+    """sentence-transformers 6 saves max_seq_length as the tokenizer's model_max_length."""
+    path = model_dir / "tokenizer_config.json"
+    value = _read_json(path).get("model_max_length") if path.exists() else None
+    return value if isinstance(value, int) and value < 1_000_000 else None  # transformers' "no limit" is 1e30
+
+
 def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean") -> PipelineSpec:
     """Follow modules.json when present; a bare transformers checkpoint gets `default_pooling`."""
     modules_file = model_dir / "modules.json"
@@ -99,7 +106,7 @@ def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean") -> Pipeli
     bert_config_file = model_dir / "sentence_bert_config.json"
     bert_config = _read_json(bert_config_file) if bert_config_file.exists() else {}
     common = dict(
-        max_seq_length=bert_config.get("max_seq_length"),
+        max_seq_length=bert_config.get("max_seq_length") or _tokenizer_max_length(model_dir),
         do_lower_case=bool(bert_config.get("do_lower_case", False)),
         prompts=dict(prompts.get("prompts") or {}),
         default_prompt_name=prompts.get("default_prompt_name"),

@@ -1,0 +1,83 @@
+"""Encoders other than the default, each against its PyTorch reference: CLS pooling, XLM-RoBERTa, quantized."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from embedder import EmbeddingEngine
+from tiny_models import save_sentence_transformer, tiny_encoder
+
+TEXTS = [
+    "a",
+    "The quick brown fox jumps over the lazy dog.",
+    "中文句子，还有一些日本語のテキスト。",
+    "Emoji 🎉 and accents: café, naïve, e\u0301",
+    "def f(x):\n    return x ** 2  # code",
+    "long " * 200,
+]
+
+
+def cosine(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def reference(path, texts):
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(path), device="cpu")
+    tokens = st.preprocess(texts)["attention_mask"].sum(1).tolist()
+    return st.encode(texts, batch_size=4, convert_to_numpy=True), tokens
+
+
+@pytest.mark.parametrize(
+    "kind, pooling, normalize, dense",
+    [("bert", "cls", False, None), ("xlm-roberta", "mean", True, None), ("bert", "max", True, 32)],
+)
+def test_tiny_encoder_matches_pytorch(tmp_path, minilm_path, kind, pooling, normalize, dense):
+    hf = tiny_encoder(kind, minilm_path, tmp_path)
+    path = save_sentence_transformer(hf, tmp_path / "st", pooling, normalize, max_seq_length=64, dense_out=dense)
+    expected, tokens = reference(path, TEXTS)
+    engine = EmbeddingEngine(str(path), batch_tokens=128)
+    got = engine.embed(TEXTS)
+    assert got.shape == expected.shape
+    assert cosine(got, expected).min() >= 0.9999
+    assert engine.tokens_per_text(TEXTS) == tokens
+    info = engine.info()
+    assert info["pooling"] == pooling and info["normalize"] == normalize
+    engine.unload()
+
+
+def test_xlm_roberta_limit_excludes_padding_offset(tmp_path, minilm_path):
+    hf = tiny_encoder("xlm-roberta", minilm_path, tmp_path)
+    engine = EmbeddingEngine(str(hf))  # bare transformers checkpoint: mean pooling, no normalization
+    assert engine.max_length == 128
+    assert engine.tokens_per_text(["word " * 500]) == [128]
+    engine.unload()
+
+
+def test_mlx_community_style_quantized_checkpoint(tmp_path, minilm_path):
+    """A checkpoint as mlx-embeddings writes it: its own key names, separate q/k/v, 8-bit affine."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_embeddings.models import bert as mlxe_bert
+
+    config = json.loads((minilm_path / "config.json").read_text())
+    model = mlxe_bert.Model(mlxe_bert.ModelArgs.from_dict(config))
+    model.load_weights(list(model.sanitize(mx.load(str(minilm_path / "model.safetensors"))).items()), strict=False)
+    nn.quantize(model, group_size=64, bits=8)
+    out = tmp_path / "minilm-4bit"
+    shutil.copytree(minilm_path, out, ignore=shutil.ignore_patterns("*.safetensors"))
+    mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (out / "config.json").write_text(json.dumps({**config, "quantization": {"group_size": 64, "bits": 8}}))
+
+    quantized = EmbeddingEngine(str(out))
+    full = EmbeddingEngine(str(minilm_path))
+    texts = TEXTS[1:5]
+    assert quantized.info()["quantization"] == {"group_size": 64, "bits": 8}
+    assert cosine(quantized.embed(texts), full.embed(texts)).min() >= 0.995
+    assert (out / "model.safetensors").stat().st_size < (minilm_path / "model.safetensors").stat().st_size / 3
+    quantized.unload()
+    full.unload()

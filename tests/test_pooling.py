@@ -1,0 +1,46 @@
+"""Pooling on hand-made masks, and the batch planner's guarantees."""
+
+import random
+
+import mlx.core as mx
+import numpy as np
+
+from embedder.batching import plan_batches
+from embedder.pooling import normalize, pool, truncate_dims
+
+H = mx.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, -6.0], [-7.0, 8.0], [9.0, 10.0]]])
+MASK = mx.array([[1, 1, 0], [1, 1, 1]])
+
+
+def test_each_mode_honours_the_mask():
+    np.testing.assert_allclose(pool(H, MASK, ("mean",)), [[2, 3], [7 / 3, 4]], rtol=1e-6)
+    np.testing.assert_allclose(pool(H, MASK, ("max",)), [[3, 4], [9, 10]])
+    np.testing.assert_allclose(pool(H, MASK, ("cls",)), [[1, 2], [5, -6]])
+    np.testing.assert_allclose(pool(H, MASK, ("lasttoken",)), [[3, 4], [9, 10]])
+    np.testing.assert_allclose(pool(H, MASK, ("mean_sqrt_len_tokens",)), [[4 / 2**0.5, 6 / 2**0.5], [7 / 3**0.5, 12 / 3**0.5]], rtol=1e-6)
+    np.testing.assert_allclose(pool(H, MASK, ("weightedmean",)), [[7 / 3, 10 / 3], [(5 - 14 + 27) / 6, (-6 + 16 + 30) / 6]], rtol=1e-6)
+    assert pool(H, MASK, ("cls", "mean")).shape == (2, 4)
+
+
+def test_fp16_states_pool_in_float32():
+    big = mx.full((1, 4, 2), 60000.0, dtype=mx.float16)
+    out = pool(big, mx.ones((1, 4)), ("mean",))
+    assert out.dtype == mx.float32 and np.isfinite(np.array(out)).all()
+
+
+def test_truncate_then_normalize():
+    v = np.array([[3.0, 4.0, 12.0], [0.0, 0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(normalize(truncate_dims(v, 2)), [[0.6, 0.8], [0, 0]])
+    assert truncate_dims(v, None) is v
+
+
+def test_batches_respect_budget_and_cover_every_index():
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 300) for _ in range(1000)]
+    batches = plan_batches(lengths, budget=2048, max_rows=64)
+    seen = sorted(i for b in batches for i in b)
+    assert seen == list(range(1000))
+    for b in batches:
+        assert len(b) <= 64
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 2048
+    assert plan_batches([5000], budget=100, max_rows=8) == [[0]]
