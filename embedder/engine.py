@@ -140,7 +140,8 @@ class EmbeddingEngine:
         }
 
     def stats(self) -> dict:
-        return dict(self._stats)
+        with self._lock:
+            return dict(self._stats)
 
     # ---- tokens -----------------------------------------------------------------------------
 
@@ -214,7 +215,8 @@ class EmbeddingEngine:
         if not rows:
             job.future.set_result(np.zeros((0, dimensions or model.dim), np.float32))
             return job.future
-        self._stats["queue_depth"] += len(rows)
+        with self._lock:
+            self._stats["queue_depth"] += len(rows)
         self._queue.put(job)
         return job.future
 
@@ -252,7 +254,8 @@ class EmbeddingEngine:
                     break
             stopping = any(j is _STOP for j in jobs)
             jobs = [j for j in jobs if j is not _STOP]
-            self._stats["queue_depth"] -= sum(len(j.ids) for j in jobs)
+            with self._lock:
+                self._stats["queue_depth"] -= sum(len(j.ids) for j in jobs)
             self._process([j for j in jobs if j.future.set_running_or_notify_cancel()])
 
     def _process(self, jobs: list[_Job]) -> None:
