@@ -1,8 +1,10 @@
 """EmbeddingEngine: the one place where text becomes vectors; a single worker thread owns MLX."""
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -38,6 +40,15 @@ class _Job:
 
 
 _STOP = object()
+_LIVE_ENGINES: "weakref.WeakSet[EmbeddingEngine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """MLX aborts at exit if a thread still holds its streams (ml-explore/mlx#3126): stop workers first."""
+    for engine in list(_LIVE_ENGINES):
+        engine.unload()
+    mx.clear_streams()
 
 
 class EmbeddingEngine:
@@ -78,6 +89,7 @@ class EmbeddingEngine:
                 self._ready = Future()
                 self._thread = threading.Thread(target=self._work, name="embed-engine", daemon=True)
                 self._thread.start()
+                _LIVE_ENGINES.add(self)
             ready = self._ready
         ready.result()
 
@@ -238,6 +250,12 @@ class EmbeddingEngine:
     # ---- the worker thread ------------------------------------------------------------------
 
     def _work(self) -> None:
+        try:
+            self._serve_queue()
+        finally:
+            mx.clear_streams()  # this thread's MLX streams must go before the interpreter does
+
+    def _serve_queue(self) -> None:
         try:
             self._model = load_model(self.model_name, **self._options)
         except BaseException as e:  # handed to load()'s caller, whatever it is
