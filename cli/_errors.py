@@ -1,0 +1,54 @@
+"""Known errors to one `error:` line on stderr and an exit code, in one table; unknown ones stay tracebacks."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+EXIT_INTERRUPTED = 130
+_DEBUG_HINT = "(set EMBED_DEBUG=1 for a traceback)"
+
+
+def _table() -> list[tuple[type[BaseException], int]]:
+    """Exception type to exit code, subclasses before parents; imported late so `--help` stays light."""
+    from embedder.errors import EmbedError, InputError, InputTooLong, ModelError, ModelNotFound
+
+    return [(InputError, 2), (InputTooLong, 2), (ModelNotFound, 1), (ModelError, 1), (EmbedError, 1)]
+
+
+@contextmanager
+def reported_errors(interrupt_hint: str = "") -> Iterator[None]:
+    """Run a command body: known errors become one line and an exit code; Ctrl-C exits 130; a closed pipe is quiet."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"interrupted{'; ' + interrupt_hint if interrupt_hint else ''}", file=sys.stderr)
+        exit_now(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # `embed x | head`: the reader left, which is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        exit_now(0)
+    except Exception as e:
+        code = next((code for kind, code in _table() if isinstance(e, kind)), None)
+        if code is None:
+            raise  # not an error we know: a bug, so keep its traceback
+        if os.environ.get("EMBED_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"error: {e} {_DEBUG_HINT}", file=sys.stderr)
+        raise typer.Exit(code) from None
+
+
+def exit_now(code: int) -> None:
+    """Flush and leave at once: Ctrl-C or a closed pipe need not wait for batches the engine has already
+    taken, and checkpoints are on disk by then."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, OSError):
+            pass
+    os._exit(code)

@@ -1,0 +1,49 @@
+"""Option types declared once, as `Annotated` aliases, so every command spells a flag the same way."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from embedder.hub import DEFAULT_MODEL
+
+
+class InputFormat(str, Enum):
+    txt = "txt"
+    jsonl = "jsonl"
+    csv = "csv"
+    tsv = "tsv"
+    parquet = "parquet"
+
+
+class OnEmpty(str, Enum):
+    error = "error"
+    skip = "skip"
+    zero = "zero"
+
+
+class OutputDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", envvar="EMBED_MODEL", show_default=False,
+                 help=f"Hugging Face repo id or local directory [default: {DEFAULT_MODEL}]."),
+]
+MaxLengthOpt = Annotated[
+    int | None, typer.Option(min=1, help="Truncate inputs to N tokens [default: the model's].", show_default=False)
+]
+BatchTokensOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="Padded-token budget per forward batch (rows x longest).", show_default=False),
+]
+DimensionsOpt = Annotated[
+    int | None, typer.Option(min=1, help="Keep the first N dimensions, then re-normalize.", show_default=False)
+]
+NoNormalizeOpt = Annotated[bool, typer.Option("--no-normalize", help="Skip the final L2 normalization.")]
+PromptOpt = Annotated[str | None, typer.Option(help="Text prepended to every input, e.g. 'query: '.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary line.")]

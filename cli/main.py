@@ -1,0 +1,124 @@
+"""`embed INPUT...` as the default command; `embed NAME ...` dispatches to a registered subcommand's own app."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Annotated
+
+import typer
+
+from cli._errors import reported_errors
+from cli._options import (
+    BatchTokensOpt,
+    DimensionsOpt,
+    InputFormat,
+    MaxLengthOpt,
+    ModelOpt,
+    NoNormalizeOpt,
+    OnEmpty,
+    OutputDtype,
+    PromptOpt,
+    QuietOpt,
+)
+
+# name -> (module defining a one-command `app = typer.Typer()`, one line of help). Imported only when run,
+# so `embed --help` and `embed INPUT` never load the server. A file named like a subcommand needs `./NAME`.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("cli.serve", "serve the engine behind an OpenAI-compatible /v1/embeddings"),
+}
+
+
+def _epilog() -> str | None:
+    """The subcommands, listed under `embed --help`, since the default command hides them from Typer."""
+    if not SUBCOMMANDS:
+        return None
+    lines = [f"embed {name} --help: {about}" for name, (_, about) in SUBCOMMANDS.items()]
+    return "Other commands:\n\n" + "\n\n".join(lines)
+
+
+app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]},
+                  rich_markup_mode="markdown")
+
+
+@app.command(epilog=_epilog())
+def embed(
+    inputs: Annotated[list[str] | None, typer.Argument(
+        metavar="INPUT...",
+        help="Files (.txt .jsonl .ndjson .csv .tsv .parquet), directories or quoted globs (one text per file), "
+             "or - for stdin [default: stdin].", show_default=False)] = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", help="Output .parquet or .jsonl [default: JSONL on stdout].", show_default=False)] = None,
+    model: ModelOpt = None,
+    text_field: Annotated[str, typer.Option(help="JSONL field, CSV/TSV or Parquet column holding the text.")] = "text",
+    id_field: Annotated[str | None, typer.Option(
+        help="Field or column passed through as the id [default: the record number].", show_default=False)] = None,
+    input_format: Annotated[InputFormat | None, typer.Option(
+        help="Read inputs as this format, whatever their extension (stdin: txt unless told).",
+        show_default=False)] = None,
+    max_length: MaxLengthOpt = None,
+    batch_tokens: BatchTokensOpt = None,
+    dimensions: DimensionsOpt = None,
+    no_normalize: NoNormalizeOpt = False,
+    prompt: PromptOpt = None,
+    include_text: Annotated[bool, typer.Option("--include-text", help="Write the input text beside its vector.")] = False,
+    dtype: Annotated[OutputDtype, typer.Option(help="Type of the written vectors.")] = OutputDtype.float32,
+    on_empty: Annotated[OnEmpty, typer.Option(
+        help="An empty or blank text: fail, leave it out, or write a zero vector with 0 tokens.")] = OnEmpty.error,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted job from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    chunk_rows: Annotated[int, typer.Option(
+        min=1, help="Records per checkpoint and per Parquet row group.")] = 512,
+    quiet: QuietOpt = False,
+) -> None:
+    """Embed every text of INPUT... and write one row per text, in input order: id, embedding, tokens.
+
+    Examples:
+
+    * `embed notes.txt -o notes.parquet` (one text per line)
+    * `embed docs.jsonl --text-field body --id-field doc_id -o docs.parquet`
+    * `embed table.csv --include-text -o out.jsonl`, and the same for `.tsv` and `.parquet`
+    * `embed 'corpus/**/*.md' -o corpus.parquet` (one text per file, id = path)
+    * `cat questions.txt | embed --prompt 'query: ' | jq .tokens`
+    * `embed big.parquet -o out.parquet --resume` (continue after Ctrl-C)
+    """
+    if not inputs and sys.stdin.isatty():
+        raise typer.BadParameter("none given, and stdin is a terminal: pass files, or pipe text in",
+                                 param_hint="INPUT...")
+    from cli._progress import print_summary, progress_bar
+    from embedder.pipeline import EmbedOptions, run
+
+    options = EmbedOptions(
+        inputs=tuple(inputs or ()),
+        output=output,
+        model=model,
+        text_field=text_field,
+        id_field=id_field,
+        input_format=input_format.value if input_format else None,
+        max_length=max_length,
+        batch_tokens=batch_tokens,
+        dimensions=dimensions,
+        normalize=not no_normalize,
+        prompt=prompt,
+        include_text=include_text,
+        dtype=dtype.value,
+        on_empty=on_empty.value,
+        resume=resume,
+        overwrite=overwrite,
+        chunk_rows=chunk_rows,
+    )
+    hint = "rerun the same command with --resume to continue" if output else ""
+    with reported_errors(hint), progress_bar(sys.stderr.isatty() and not quiet) as on_progress:
+        summary = run(options, on_progress)
+    if not quiet:
+        print_summary(summary)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: a registered subcommand name first runs that command, anything else is `embed`."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[args[0]][0])
+        module.app(args=args[1:], prog_name=f"embed {args[0]}")
+    else:
+        app(args=args, prog_name="embed")

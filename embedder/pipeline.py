@@ -1,0 +1,292 @@
+"""Reader -> tokenizer -> engine -> writer, in input order, in bounded memory, resumable, with progress."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedder.errors import EmbedError, InputError
+from embedder.readers import ReadOptions, Record, check_inputs, count_hint, ids_are_text, read_inputs
+from embedder.writers import Chunk, OutputSpec, Writer, check_target
+
+if TYPE_CHECKING:  # the engine module imports MLX; only its name is needed here
+    from embedder.engine import EmbeddingEngine
+
+EMPTY_POLICIES = ("error", "skip", "zero")
+OUTPUT_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """One batch job, as the CLI (or a Python caller) describes it; None means the engine's or model's default."""
+
+    inputs: tuple[str, ...] = ()
+    output: str | None = None  # None: JSONL on stdout
+    model: str | None = None
+    text_field: str = "text"
+    id_field: str | None = None
+    input_format: str | None = None
+    max_length: int | None = None
+    batch_tokens: int | None = None
+    dimensions: int | None = None
+    normalize: bool = True
+    prompt: str | None = None
+    include_text: bool = False
+    dtype: str = "float32"  # of the written vectors
+    on_empty: str = "error"
+    resume: bool = False
+    overwrite: bool = False
+    chunk_rows: int = 512  # records per submit, per checkpoint and per Parquet row group
+    windows_in_flight: int = 3  # tokenized windows queued ahead, so the engine never waits on reading
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Rows written so far (a resumed job counts from its checkpoint), this run's tokens, the total if known."""
+
+    rows: int
+    tokens: int
+    total: int | None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What this run did, for the closing line on stderr."""
+
+    rows: int
+    tokens: int
+    seconds: float
+    skipped: int = 0
+    resumed_at: int = 0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Window:
+    """Consecutive records on their way through the engine; `embedded` are the positions the engine computes."""
+
+    records: list[Record]
+    embedded: list[int]
+    tokens: np.ndarray
+    next_index: int
+    skipped: int
+    future: Future | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+_END = object()
+
+
+def run(options: EmbedOptions, on_progress: ProgressCallback | None = None,
+        engine: EmbeddingEngine | None = None) -> Summary:
+    """Embed every input record and write them in order.
+
+    Pass `engine` to reuse one (tests, a server): its model, max length and batch budget then win over the options'.
+    """
+    read_options = ReadOptions(options.text_field, options.id_field, options.input_format)
+    _check(options, read_options)
+    own_engine = engine is None
+    engine = _engine(options) if own_engine else engine
+    engine.load()
+    if options.dimensions is not None and options.dimensions > engine.dim:
+        raise InputError(f"--dimensions {options.dimensions} is more than the model's {engine.dim}")
+    spec = OutputSpec(
+        path=options.output,
+        dim=options.dimensions or engine.dim,
+        dtype=options.dtype,
+        include_text=options.include_text,
+        text_ids=ids_are_text(options.inputs, read_options),
+        metadata=_metadata(engine, options),
+        settings=_settings(engine, options),
+    )
+    writer = Writer(spec, resume=options.resume)
+    try:
+        summary = _stream(engine, writer, options, read_options, on_progress)
+        writer.finish()
+    except EmbedError:
+        writer.discard()  # bad input or settings: nothing worth resuming, nothing left beside the target
+        _release(engine, own_engine)
+        raise
+    # Ctrl-C and other exits skip the release: it would wait for every batch the engine has already taken.
+    _release(engine, own_engine)
+    return summary
+
+
+def _release(engine: EmbeddingEngine, own_engine: bool) -> None:
+    """Stop an engine this run started, so no MLX work is running when the process exits."""
+    if own_engine:
+        engine.unload()
+
+
+def _check(options: EmbedOptions, read_options: ReadOptions) -> None:
+    """Option errors that need no model, reported before one is loaded."""
+    if options.on_empty not in EMPTY_POLICIES:
+        raise InputError(f"--on-empty must be one of {', '.join(EMPTY_POLICIES)}, got {options.on_empty!r}")
+    if options.dtype not in OUTPUT_DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {options.dtype!r}")
+    if options.dimensions is not None and options.dimensions < 1:
+        raise InputError(f"--dimensions must be at least 1, got {options.dimensions}")
+    if options.chunk_rows < 1:
+        raise InputError(f"--chunk-rows must be at least 1, got {options.chunk_rows}")
+    check_target(options.output, overwrite=options.overwrite, resume=options.resume)
+    check_inputs(options.inputs, read_options)
+
+
+def _engine(options: EmbedOptions) -> EmbeddingEngine:
+    """The engine this job asks for; only the settings given are passed, the rest stay the engine's defaults."""
+    from embedder.engine import DEFAULT_MODEL, EmbeddingEngine
+
+    given = {"max_length": options.max_length, "batch_tokens": options.batch_tokens}
+    return EmbeddingEngine(options.model or DEFAULT_MODEL, **{k: v for k, v in given.items() if v is not None})
+
+
+def _stream(engine: EmbeddingEngine, writer: Writer, options: EmbedOptions, read_options: ReadOptions,
+            on_progress: ProgressCallback | None) -> Summary:
+    """Main thread: take windows in order, wait for their vectors, write; a producer thread keeps the engine fed."""
+    start, resumed_at = time.perf_counter(), writer.start_index
+    records = itertools.islice(read_inputs(options.inputs, read_options), resumed_at, None)
+    total = count_hint(options.inputs, read_options) if on_progress else None
+    windows: queue.Queue = queue.Queue(maxsize=options.windows_in_flight)
+    stop = threading.Event()
+    producer = threading.Thread(target=_produce, args=(records, engine, options, windows, stop),
+                                name="embed-reader", daemon=True)
+    producer.start()
+    rows = tokens = skipped = 0
+    done_rows = writer.rows
+    try:
+        while (item := windows.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            chunk = _chunk(item, item.future.result() if item.future else None, writer.spec, options)
+            writer.write(chunk)
+            rows, tokens = rows + len(chunk.ids), tokens + int(chunk.tokens.sum())
+            skipped += item.skipped
+            if on_progress:
+                on_progress(Progress(done_rows + rows, tokens, total))
+    finally:
+        stop.set()
+        _drain(windows)
+    return Summary(rows, tokens, time.perf_counter() - start, skipped, resumed_at)
+
+
+def _produce(records: Iterator[Record], engine: EmbeddingEngine, options: EmbedOptions, windows: queue.Queue,
+             stop: threading.Event) -> None:
+    """Producer thread: read a window, tokenize it, submit it, queue it; an error travels down the queue."""
+    try:
+        skip = engine.prompt_skip(options.prompt)
+        normalize = None if options.normalize else False
+        while batch := list(itertools.islice(records, options.chunk_rows)):
+            window, ids = _tokenized(batch, engine, options)
+            if ids:
+                window.future = engine.submit(ids, dimensions=options.dimensions, normalize=normalize, skip=skip)
+            if not _put(windows, window, stop):
+                return
+        _put(windows, _END, stop)
+    except BaseException as e:  # handed to the main thread, which raises it
+        _put(windows, e, stop)
+
+
+def _tokenized(batch: list[Record], engine: EmbeddingEngine, options: EmbedOptions) -> tuple[_Window, list[list[int]]]:
+    """Apply the empty-text policy (an empty text has no embedding, so it is never sent), then tokenize."""
+    kept: list[Record] = []
+    embedded: list[int] = []
+    for record in batch:
+        if record.text.strip():
+            embedded.append(len(kept))
+            kept.append(record)
+        elif options.on_empty == "error":
+            raise InputError(f"{record.where}: empty text (pass --on-empty skip or --on-empty zero)")
+        elif options.on_empty == "zero":
+            kept.append(record)
+    ids = engine.tokenize([kept[i].text for i in embedded], prompt=options.prompt) if embedded else []
+    tokens = np.zeros(len(kept), np.int32)
+    tokens[embedded] = [len(row) for row in ids]
+    return _Window(kept, embedded, tokens, batch[-1].index + 1, len(batch) - len(kept)), ids
+
+
+def _put(windows: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Queue an item unless the main thread has stopped listening; then drop its work instead."""
+    while not stop.is_set():
+        try:
+            windows.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    _cancel(item)
+    return False
+
+
+def _drain(windows: queue.Queue) -> None:
+    """Cancel the work of windows nobody will write (after an error or Ctrl-C)."""
+    while True:
+        try:
+            _cancel(windows.get_nowait())
+        except queue.Empty:
+            return
+
+
+def _cancel(item: object) -> None:
+    if isinstance(item, _Window) and item.future is not None:
+        item.future.cancel()
+
+
+def _chunk(window: _Window, vectors: np.ndarray | None, spec: OutputSpec, options: EmbedOptions) -> Chunk:
+    """A window's output rows; rows kept by `--on-empty zero` get a zero vector and 0 tokens."""
+    if vectors is None or len(vectors) != len(window.records):
+        full = np.zeros((len(window.records), spec.dim), np.float32)
+        if vectors is not None:
+            full[window.embedded] = vectors
+        vectors = full
+    return Chunk(
+        ids=[r.id for r in window.records],
+        vectors=vectors,
+        tokens=window.tokens,
+        texts=[r.text for r in window.records] if options.include_text else None,
+        next_index=window.next_index,
+    )
+
+
+def _metadata(engine: EmbeddingEngine, options: EmbedOptions) -> dict[str, str]:
+    """The model and the settings in the Parquet footer, so a file says how its vectors were made."""
+    meta = {
+        **engine.info(),
+        "dimensions": options.dimensions or engine.dim,
+        "normalize": engine.normalizes and options.normalize,
+        "prompt": options.prompt,
+        "embedding_dtype": options.dtype,
+        "text_field": options.text_field,
+        "id_field": options.id_field,
+    }
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+
+def _settings(engine: EmbeddingEngine, options: EmbedOptions) -> dict:
+    """Everything that shapes the output; a resume is refused unless all of it, inputs included, is unchanged."""
+    job = {k: v for k, v in asdict(options).items() if k not in ("resume", "overwrite", "windows_in_flight")}
+    return {"job": job, "model": engine.info(), "inputs": [_stat(name) for name in options.inputs]}
+
+
+def _stat(name: str) -> list:
+    """An input's name, size and modification time: a changed input makes its checkpoint useless."""
+    try:
+        st = os.stat(name)
+    except OSError:
+        return [name]  # stdin or a glob
+    return [name, st.st_size, st.st_mtime_ns]

@@ -1,0 +1,288 @@
+"""Any input (text, JSONL, CSV/TSV, Parquet, directories, globs, stdin) as a lazy stream of `Record`s."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, ContextManager
+
+from embedder.errors import InputError
+
+FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
+_EXTENSIONS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+_GLOB_CHARS = frozenset("*?[")
+_BOM = b"\xef\xbb\xbf"
+_PARQUET_BATCH_ROWS = 1024
+
+RecordId = int | str
+
+
+@dataclass(frozen=True)
+class Record:
+    """One text to embed. `index` counts records across all inputs of a run; `where` locates it for errors."""
+
+    index: int
+    id: RecordId
+    text: str
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to find text (and ids) in structured inputs; `input_format` forces a format (stdin is txt unless told)."""
+
+    text_field: str = "text"
+    id_field: str | None = None
+    input_format: str | None = None
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One concrete thing to read: a file in some format, stdin, or a file that is a single text."""
+
+    name: str
+    kind: str  # a FORMATS entry, or "file" for one text per file
+
+
+def read_inputs(inputs: Sequence[str], options: ReadOptions = ReadOptions()) -> Iterator[Record]:
+    """Records of every input in order, one continuous index; nothing is read before it is asked for."""
+    index = 0
+    for source in _expand(inputs or ["-"], options):
+        for record_id, text, where in _read_source(source, options):
+            yield Record(index, index if record_id is None else record_id, text, where)
+            index += 1
+
+
+def ids_are_text(inputs: Sequence[str], options: ReadOptions = ReadOptions()) -> bool:
+    """Whether the id column must hold strings, decided up front: integers only when every id is known to be one.
+
+    Record numbers and Parquet integer id columns are integers; paths and JSONL/CSV id fields may not be.
+    """
+    if options.id_field is None:
+        return any(_is_tree(name) for name in inputs)
+    import pyarrow as pa
+
+    for source in _expand(inputs or ["-"], options):
+        if source.kind != "parquet":
+            return True
+        schema = _open_parquet(source.name).schema_arrow
+        if options.id_field not in schema.names or not pa.types.is_integer(schema.field(options.id_field).type):
+            return True
+    return False
+
+
+def count_hint(inputs: Sequence[str], options: ReadOptions = ReadOptions()) -> int | None:
+    """The number of records when known without reading the data (Parquet footers, file counts), else None."""
+    total = 0
+    for source in _expand(inputs or ["-"], options):
+        if source.kind == "file":
+            total += 1
+        elif source.kind == "parquet":
+            total += _open_parquet(source.name).metadata.num_rows
+        else:
+            return None
+    return total
+
+
+def check_inputs(inputs: Sequence[str], options: ReadOptions = ReadOptions()) -> None:
+    """Fail on a missing input, an empty glob or an unknown extension before any model is loaded."""
+    for _ in _expand(inputs or ["-"], options):
+        pass
+
+
+def _is_tree(name: str) -> bool:
+    """A directory, or a pattern that is not itself a path: one text per matching file."""
+    return name != "-" and (os.path.isdir(name) or (not os.path.exists(name) and bool(_GLOB_CHARS & set(name))))
+
+
+def _expand(inputs: Iterable[str], options: ReadOptions) -> Iterator[_Source]:
+    """Inputs to sources: stdin, files by format, directories and globs to their files in sorted order."""
+    for name in inputs:
+        if name == "-":
+            if options.input_format == "parquet":
+                raise InputError("<stdin>: Parquet cannot be read from stdin; pass the file's path")
+            yield _Source("-", options.input_format or "txt")
+        elif os.path.isdir(name):
+            yield from (_Source(path, "file") for path in _tree_files(name))
+        elif os.path.exists(name):
+            yield _Source(name, options.input_format or _format_of(name))
+        elif _GLOB_CHARS & set(name):
+            matches = sorted(glob.glob(name, recursive=True))
+            if not matches:
+                raise InputError(f"{name}: no files match this pattern")
+            for match in matches:
+                paths = _tree_files(match) if os.path.isdir(match) else [match]
+                yield from (_Source(path, "file") for path in paths)
+        else:
+            raise InputError(f"{name}: no such file or directory")
+
+
+def _tree_files(root: str) -> list[str]:
+    """Regular files under `root`, sorted, skipping hidden files and folders (.git and the like)."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(folder, f) for f in sorted(files) if not f.startswith("."))
+    return found
+
+
+def _format_of(path: str) -> str:
+    """The format a file's extension names; an unknown one is an error rather than a guess."""
+    fmt = _EXTENSIONS.get(Path(path).suffix.lower())
+    if fmt is None:
+        known = ", ".join(sorted(_EXTENSIONS))
+        raise InputError(f"{path}: unknown input extension (known: {known}; or pass --input-format)")
+    return fmt
+
+
+def _read_source(source: _Source, options: ReadOptions) -> Iterator[tuple[RecordId | None, str, str]]:
+    """(id or None for the record number, text, location) triples of one source."""
+    if source.kind == "file":
+        yield source.name, _read_whole(source.name), source.name
+        return
+    if source.kind == "parquet":
+        yield from _read_parquet(source.name, options)
+        return
+    with _open_binary(source.name) as stream:
+        label = "<stdin>" if source.name == "-" else source.name
+        if source.kind == "txt":
+            yield from ((None, text, f"{label} line {n}") for n, text in _lines(stream, label))
+        elif source.kind == "jsonl":
+            yield from _read_jsonl(stream, label, options)
+        else:
+            yield from _read_table(stream, label, "\t" if source.kind == "tsv" else ",", options)
+
+
+def _open_binary(name: str) -> ContextManager[BinaryIO]:
+    """The file, or stdin's bytes, opened for reading; a failure names the file."""
+    if name == "-":
+        return contextlib.nullcontext(sys.stdin.buffer)
+    try:
+        return open(name, "rb")
+    except OSError as e:
+        raise InputError(f"{name}: cannot read ({e.strerror})") from e
+
+
+def _read_whole(path: str) -> str:
+    """A whole file as one text: UTF-8 (a BOM dropped), line endings normalized to \\n."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from e
+    try:
+        text = data.removeprefix(_BOM).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not valid UTF-8 (byte {e.start})") from e
+    return text.replace("\r\n", "\n").rstrip()  # a file's final newline is not part of its text
+
+
+def _decoded(stream: BinaryIO, label: str) -> Iterator[tuple[int, str]]:
+    """(line number, line with its ending) split on \\n only, as files are; a leading BOM dropped."""
+    for number, raw in enumerate(stream, 1):
+        try:
+            line = (raw.removeprefix(_BOM) if number == 1 else raw).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{label} line {number}: not valid UTF-8 (byte {e.start})") from e
+        yield number, line
+
+
+def _lines(stream: BinaryIO, label: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) without its \\n or \\r\\n."""
+    for number, line in _decoded(stream, label):
+        yield number, line.removesuffix("\n").removesuffix("\r")
+
+
+def _read_jsonl(stream: BinaryIO, label: str, options: ReadOptions) -> Iterator[tuple[RecordId | None, str, str]]:
+    """One JSON object per line; blank lines are allowed and skipped, as JSONL writers often leave one at the end."""
+    for number, line in _lines(stream, label):
+        if not line.strip():
+            continue
+        where = f"{label} line {number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
+        if not isinstance(obj, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        yield _pick(obj, where, options)
+
+
+def _read_table(
+    stream: BinaryIO, label: str, delimiter: str, options: ReadOptions
+) -> Iterator[tuple[RecordId | None, str, str]]:
+    """CSV/TSV with a header row; the text (and id) columns are found by name, never by position."""
+    csv.field_size_limit(2**31 - 1)  # whole documents in one cell are normal here; the default is 128 KiB
+    reader = csv.reader((line for _, line in _decoded(stream, label)), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        _require_columns(header, label, options)
+        for row in reader:
+            if not row:
+                continue
+            where = f"{label} line {reader.line_num}"
+            if len(row) != len(header):
+                raise InputError(f"{where}: {len(row)} fields, but the header has {len(header)}")
+            yield _pick(dict(zip(header, row)), where, options)
+    except csv.Error as e:
+        raise InputError(f"{label} line {reader.line_num}: {e}") from e
+
+
+def _read_parquet(path: str, options: ReadOptions) -> Iterator[tuple[RecordId | None, str, str]]:
+    """Only the needed columns, a batch of rows at a time: a large file is never read whole."""
+    parquet = _open_parquet(path)
+    _require_columns(parquet.schema_arrow.names, path, options)
+    columns = [options.text_field] + ([options.id_field] if options.id_field else [])
+    row = 0
+    for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=columns):
+        for obj in batch.to_pylist():
+            yield _pick(obj, f"{path} row {row}", options)
+            row += 1
+
+
+def _open_parquet(path: str):
+    """A Parquet file's reader; an unreadable or non-Parquet file is an InputError naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{path}: not a readable Parquet file ({e})") from e
+
+
+def _require_columns(names: Sequence[str], label: str, options: ReadOptions) -> None:
+    """A missing column is reported once, with the columns that do exist."""
+    for field in (options.text_field, options.id_field):
+        if field is not None and field not in names:
+            raise InputError(f"{label}: no column {field!r} (columns: {', '.join(map(str, names))}); see --text-field")
+
+
+def _pick(obj: dict, where: str, options: ReadOptions) -> tuple[RecordId | None, str, str]:
+    """The text and id of one structured record, checked: text must be a string, an id a string or integer."""
+    if options.text_field not in obj:
+        raise InputError(f"{where}: no field {options.text_field!r} (see --text-field)")
+    text = obj[options.text_field]
+    if not isinstance(text, str):
+        raise InputError(f"{where}: field {options.text_field!r} is {_kind(text)}, not a string")
+    if options.id_field is None:
+        return None, text, where
+    if options.id_field not in obj:
+        raise InputError(f"{where}: no field {options.id_field!r} (see --id-field)")
+    record_id = obj[options.id_field]
+    if isinstance(record_id, bool) or not isinstance(record_id, (str, int)):
+        raise InputError(f"{where}: field {options.id_field!r} is {_kind(record_id)}, not a string or integer")
+    return record_id, text, where
+
+
+def _kind(value: object) -> str:
+    """A JSON-ish name for a value's type, for error messages."""
+    return "null" if value is None else type(value).__name__

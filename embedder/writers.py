@@ -1,0 +1,222 @@
+"""Embedded chunks to Parquet or JSONL: checkpointed beside the target, renamed into place only when complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from embedder.errors import InputError
+from embedder.readers import RecordId
+
+OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_STATE = "state.json"
+_JSONL_DATA = "data.jsonl"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive output rows; `next_index` is the first record not yet covered, the point a resume continues from."""
+
+    ids: Sequence[RecordId]
+    vectors: np.ndarray  # (rows, dim) float32
+    tokens: np.ndarray  # (rows,) int32: tokens embedded, after truncation, no padding
+    texts: Sequence[str] | None
+    next_index: int
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where and how to write; `settings` must match for a resume, `metadata` goes into Parquet's key-value footer."""
+
+    path: str | None  # None: JSONL on stdout
+    dim: int
+    dtype: str = "float32"
+    include_text: bool = False
+    text_ids: bool = False
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    settings: Mapping[str, object] = field(default_factory=dict)
+
+
+def output_format(path: str) -> str:
+    """`parquet` or `jsonl` from the extension; anything else is refused before any work is done."""
+    fmt = OUTPUT_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise InputError(f"{path}: unknown output extension (use .parquet or .jsonl)")
+    return fmt
+
+
+def partial_dir(path: str) -> Path:
+    """The folder beside the target where an unfinished job keeps its checkpoints."""
+    target = Path(path)
+    return target.with_name(target.name + ".partial")
+
+
+def check_target(path: str | None, *, overwrite: bool, resume: bool) -> None:
+    """Refuse early (before loading a model) to clobber an existing output or to resume into stdout."""
+    if path is None:
+        if resume:
+            raise InputError("--resume needs an output file (-o); stdout cannot be resumed")
+        return
+    output_format(path)
+    if os.path.exists(path) and not (overwrite or resume):
+        raise InputError(f"{path} already exists; pass --overwrite to replace it")
+
+
+class Writer:
+    """Appends chunks in order; `start_index` says where a resumed job picks up (0 for a fresh one)."""
+
+    def __init__(self, spec: OutputSpec, *, resume: bool = False) -> None:
+        self.spec = spec
+        self.format = "jsonl" if spec.path is None else output_format(spec.path)
+        self.rows = 0
+        self.start_index = 0
+        self._parts = 0
+        self._bytes = 0
+        self._dir = None if spec.path is None else partial_dir(spec.path)
+        if self._dir is not None:
+            self._open_dir(resume)
+
+    def write(self, chunk: Chunk) -> None:
+        """Write one chunk (one Parquet row group), then record the checkpoint that covers it."""
+        if not chunk.ids:
+            pass  # every record of the chunk was skipped; only the checkpoint moves
+        elif self._dir is None:
+            sys.stdout.buffer.write(_jsonl(chunk, self.spec))
+            sys.stdout.buffer.flush()
+        elif self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(_table(chunk, self.spec), self._dir / f"part-{self._parts:06d}.parquet")
+            self._parts += 1
+        else:
+            with open(self._dir / _JSONL_DATA, "ab") as f:
+                self._bytes += f.write(_jsonl(chunk, self.spec))
+        self.rows += len(chunk.ids)
+        self.start_index = chunk.next_index
+        if self._dir is not None:
+            self._save_state()
+
+    def finish(self) -> None:
+        """Assemble the final file aside, rename it over the target, and drop the checkpoints."""
+        if self._dir is None:
+            return
+        target = Path(self.spec.path)
+        if self.format == "jsonl":
+            (self._dir / _JSONL_DATA).touch()
+            os.replace(self._dir / _JSONL_DATA, target)
+        else:
+            staged = self._dir / "final.parquet"
+            self._merge_parts(staged)
+            os.replace(staged, target)
+        shutil.rmtree(self._dir)
+
+    def discard(self) -> None:
+        """Forget the job (bad input or settings): nothing is left beside the target."""
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _open_dir(self, resume: bool) -> None:
+        """Continue from a matching checkpoint when resuming; otherwise start from an empty folder."""
+        state = _load_state(self._dir) if resume else None
+        if state is not None and state["settings"] != _plain(self.spec.settings):
+            raise InputError(
+                f"{self._dir} was started with other inputs or settings; run without --resume to start over"
+            )
+        if state is None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir.mkdir(parents=True)
+            self._save_state()
+            return
+        self.rows, self.start_index = state["rows"], state["next_index"]
+        self._parts, self._bytes = state["parts"], state["bytes"]
+        for stray in self._dir.glob("part-*.parquet"):
+            if int(stray.stem.removeprefix("part-")) >= self._parts:
+                stray.unlink()  # written after the last checkpoint, maybe half
+        if self.format == "jsonl":
+            with open(self._dir / _JSONL_DATA, "ab") as f:
+                f.truncate(self._bytes)
+
+    def _save_state(self) -> None:
+        """Replace the checkpoint atomically, so an interrupt never leaves one that is half written."""
+        state = {
+            "rows": self.rows,
+            "next_index": self.start_index,
+            "parts": self._parts,
+            "bytes": self._bytes,
+            "settings": _plain(self.spec.settings),
+        }
+        staged = self._dir / (_STATE + ".tmp")
+        staged.write_text(json.dumps(state, indent=1))
+        os.replace(staged, self._dir / _STATE)
+
+    def _merge_parts(self, staged: Path) -> None:
+        """One row group per part, in order; parts are read one at a time, so memory stays at one chunk."""
+        import pyarrow.parquet as pq
+
+        schema = _schema(self.spec)
+        with pq.ParquetWriter(staged, schema) as out:
+            for k in range(self._parts):
+                out.write_table(pq.read_table(self._dir / f"part-{k:06d}.parquet", schema=schema))
+
+
+def _load_state(folder: Path) -> dict | None:
+    """The last checkpoint, or None when there is none to resume from."""
+    try:
+        return json.loads((folder / _STATE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _plain(settings: Mapping[str, object]) -> object:
+    """Settings as JSON would give them back (tuples as lists), so a stored copy compares equal."""
+    return json.loads(json.dumps(settings))
+
+
+def _schema(spec: OutputSpec):
+    """id, embedding fixed_size_list<dtype>[dim], tokens int32, optional text; the metadata rides on the schema."""
+    import pyarrow as pa
+
+    fields = [
+        pa.field("id", pa.string() if spec.text_ids else pa.int64()),
+        pa.field("embedding", pa.list_(pa.from_numpy_dtype(np.dtype(spec.dtype)), spec.dim)),
+        pa.field("tokens", pa.int32()),
+    ]
+    if spec.include_text:
+        fields.append(pa.field("text", pa.string()))
+    return pa.schema(fields, metadata={str(k): str(v) for k, v in spec.metadata.items()})
+
+
+def _table(chunk: Chunk, spec: OutputSpec):
+    """One chunk as an Arrow table in the output schema; ids become strings when the column is text."""
+    import pyarrow as pa
+
+    schema = _schema(spec)
+    ids = [str(i) for i in chunk.ids] if spec.text_ids else list(chunk.ids)
+    flat = pa.array(np.ascontiguousarray(chunk.vectors, dtype=spec.dtype).reshape(-1))
+    columns = [
+        pa.array(ids, schema.field("id").type),
+        pa.FixedSizeListArray.from_arrays(flat, spec.dim),
+        pa.array(chunk.tokens, pa.int32()),
+    ]
+    if spec.include_text:
+        columns.append(pa.array(chunk.texts, pa.string()))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _jsonl(chunk: Chunk, spec: OutputSpec) -> bytes:
+    """One JSON object per row: {"id", "embedding", "tokens"} (+ "text"), UTF-8, newline-terminated."""
+    vectors, tokens = chunk.vectors.astype(spec.dtype).tolist(), chunk.tokens.tolist()
+    lines = []
+    for row, record_id in enumerate(chunk.ids):
+        obj = {"id": str(record_id) if spec.text_ids else record_id, "embedding": vectors[row], "tokens": tokens[row]}
+        if spec.include_text:
+            obj["text"] = chunk.texts[row]
+        lines.append(json.dumps(obj, ensure_ascii=False))
+    return ("\n".join(lines) + "\n").encode() if lines else b""

@@ -1,0 +1,108 @@
+"""The pipeline in-process with the real engine (conftest's all-MiniLM-L6-v2): order, vectors, tokens, resume."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from embedder.errors import InputError
+from embedder.pipeline import EmbedOptions, run
+from embedder.writers import partial_dir
+
+# Lengths shuffled on purpose: the engine batches by length, the output must still follow the input.
+TEXTS = [
+    "a",
+    "The quick brown fox jumps over the lazy dog while the cat watches from the window sill.",
+    "漢字かな交じり文",
+    "emoji 🙂🚀",
+    "שלום עולם",
+    "Cafe\u0301 au lait",
+    "short",
+    "A somewhat longer sentence about batching, padding and the order of outputs in a pipeline.",
+]
+
+
+@pytest.fixture(scope="module")
+def expected(engine):
+    return engine.embed(TEXTS)
+
+
+def read_parquet(path):
+    table = pq.read_table(path)
+    vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False)) if table.num_rows else None
+    return table, vectors
+
+
+def options(tmp_path, lines, name="out.parquet", **kw):
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(lines) + "\n")
+    return EmbedOptions(inputs=(str(source),), output=str(tmp_path / name), chunk_rows=3, **kw)
+
+
+def test_order_ids_tokens_and_vectors_match_the_engine(tmp_path, engine, expected):
+    seen = []
+    summary = run(options(tmp_path, TEXTS), seen.append, engine=engine)
+    table, vectors = read_parquet(tmp_path / "out.parquet")
+    assert table["id"].to_pylist() == list(range(len(TEXTS)))
+    assert table["tokens"].to_pylist() == engine.tokens_per_text(TEXTS)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    assert pq.ParquetFile(tmp_path / "out.parquet").metadata.num_row_groups == 3  # windows of 3 records
+    assert json.loads(table.schema.metadata[b"dim"]) == 384
+    assert table.schema.metadata[b"model"].decode() == engine.info()["model"]
+    assert [p.rows for p in seen] == [3, 6, 8] and seen[-1].tokens == summary.tokens == sum(table["tokens"].to_pylist())
+
+
+def test_dimensions_prompt_and_no_normalize(tmp_path, engine):
+    run(options(tmp_path, TEXTS, dimensions=64, prompt="query: "), engine=engine)
+    table, vectors = read_parquet(tmp_path / "out.parquet")
+    np.testing.assert_allclose(vectors, engine.embed(TEXTS, prompt="query: ", dimensions=64), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert table["tokens"].to_pylist() == engine.tokens_per_text(TEXTS, prompt="query: ")
+    run(options(tmp_path, TEXTS, name="raw.jsonl", normalize=False), engine=engine)
+    rows = [json.loads(line) for line in (tmp_path / "raw.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([r["embedding"] for r in rows], engine.embed(TEXTS, normalize=False), atol=1e-4)
+    assert table.schema.metadata[b"prompt"] == b"query: "
+
+
+@pytest.mark.parametrize("policy", ["skip", "zero"])
+def test_empty_texts_skip_or_zero(tmp_path, engine, expected, policy):
+    lines = [TEXTS[0], "", TEXTS[1], "   ", TEXTS[2]]
+    summary = run(options(tmp_path, lines, on_empty=policy), engine=engine)
+    table, vectors = read_parquet(tmp_path / "out.parquet")
+    if policy == "skip":
+        assert table["id"].to_pylist() == [0, 2, 4] and summary.skipped == 2
+        np.testing.assert_allclose(vectors, expected[:3], atol=1e-5)
+    else:
+        assert table["id"].to_pylist() == [0, 1, 2, 3, 4]
+        assert table["tokens"].to_pylist()[1::2] == [0, 0] and not vectors[[1, 3]].any()
+        np.testing.assert_allclose(vectors[[0, 2, 4]], expected[:3], atol=1e-5)
+
+
+def test_an_error_mid_run_leaves_nothing(tmp_path, engine):
+    opts = options(tmp_path, TEXTS[:4] + [""] + TEXTS[4:])
+    with pytest.raises(InputError, match=r"in.txt line 5: empty text"):
+        run(opts, engine=engine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_interrupted_run_resumes_to_the_same_file(tmp_path, engine):
+    whole = options(tmp_path, TEXTS, name="whole.parquet")
+    run(whole, engine=engine)
+
+    def interrupt_after_first_window(progress):
+        if progress.rows >= 3:
+            raise KeyboardInterrupt
+
+    opts = options(tmp_path, TEXTS)
+    with pytest.raises(KeyboardInterrupt):
+        run(opts, interrupt_after_first_window, engine=engine)
+    assert not (tmp_path / "out.parquet").exists() and partial_dir(opts.output).exists()
+    summary = run(EmbedOptions(**{**opts.__dict__, "resume": True}), engine=engine)
+    assert summary.resumed_at == 3 and summary.rows == len(TEXTS) - 3
+    resumed, vectors = read_parquet(tmp_path / "out.parquet")
+    reference, reference_vectors = read_parquet(tmp_path / "whole.parquet")
+    assert resumed.select(["id", "tokens"]).equals(reference.select(["id", "tokens"]))
+    assert resumed.schema.equals(reference.schema, check_metadata=True)
+    np.testing.assert_allclose(vectors, reference_vectors, atol=1e-6)
+    assert not partial_dir(opts.output).exists()
