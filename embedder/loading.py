@@ -15,14 +15,23 @@ from .hub import canonical_id, resolve_model_path
 from .st_config import DenseSpec, PipelineSpec, pooling_modes, read_pipeline_spec
 from .tokenizer import TextTokenizer, load_tokenizer
 
-# model_type -> (package, module). Ours first: they own speed and exactness; then mlx-embeddings.
+# model_type -> (package, module). Encoders are ours: they own speed, padding and exactness. Decoders run
+# mlx-lm's model code through one adapter; any other model_type mlx-lm implements takes the same path.
+_CAUSAL_LM = ("embedder.models", "causal_lm")
 ARCHITECTURES = {
     "bert": ("embedder.models", "bert"),
     "roberta": ("embedder.models", "bert"),
     "xlm-roberta": ("embedder.models", "bert"),
     "camembert": ("embedder.models", "bert"),
+    "modernbert": ("embedder.models", "modernbert"),
+    "gemma3_text": ("embedder.models", "gemma3_text"),
+    **{t: _CAUSAL_LM for t in ("llama", "mistral", "phi3", "gemma", "gemma2", "qwen2", "qwen3", "qwen3_moe", "glm4")},
 }
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+# Activations that overflow float16 (Gemma's embedding scale and residual stream): bfloat16 on GPU instead.
+BFLOAT16_ONLY = ("gemma", "gemma2", "gemma3_text")
+# Names users type for pooling modes, as candle-vllm spells them.
+POOLING_ALIASES = {"last": "lasttoken", "last_token": "lasttoken", "first": "cls"}
 
 Forward = Callable[[mx.array, mx.array], mx.array]
 
@@ -73,16 +82,26 @@ def supported_architectures() -> list[str]:
     return sorted(ARCHITECTURES)
 
 
+def architecture_module(model_type: str) -> tuple[str, str] | None:
+    """Our table first, then any causal LM that the installed mlx-lm implements."""
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    from .models.causal_lm import lm_module_name
+
+    return _CAUSAL_LM if lm_module_name(model_type) else None
+
+
 def get_architecture(config: dict):
     """The module defining ModelArgs and Model for this config's model_type."""
     model_type = config.get("model_type")
     if model_type is None:
         raise ModelError("config.json has no model_type")
-    if model_type not in ARCHITECTURES:
+    if (found := architecture_module(model_type)) is None:
         raise ModelError(
-            f"unsupported architecture {model_type!r}; supported: {', '.join(supported_architectures())}"
+            f"unsupported architecture {model_type!r}; supported: {', '.join(supported_architectures())}, "
+            f"and other causal LMs that mlx-lm implements"
         )
-    package, name = ARCHITECTURES[model_type]
+    package, name = found
     return importlib.import_module(f"{package}.{name}")
 
 
@@ -120,7 +139,7 @@ def build_model(config: dict, path: Path, dtype: mx.Dtype) -> nn.Module:
             group_size=q["group_size"],
             bits=q["bits"],
             mode=q.get("mode", "affine"),
-            class_predicate=lambda p, m: hasattr(m, "to_quantized") and f"{p}.scales" in weights,
+            class_predicate=lambda p, m: quantized_layer(q, p, m, weights),
         )
     weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
     try:
@@ -130,6 +149,15 @@ def build_model(config: dict, path: Path, dtype: mx.Dtype) -> nn.Module:
     model.eval()
     mx.eval(model.parameters())
     return model
+
+
+def quantized_layer(quantization: dict, path: str, module: nn.Module, weights: dict) -> bool | dict:
+    """mlx-lm's convention: a layer is quantized when its `.scales` are in the checkpoint, with the
+    config's bits and group size unless the config gives that layer its own (mixed-precision files)."""
+    if not hasattr(module, "to_quantized") or f"{path}.scales" not in weights:
+        return False
+    own = quantization.get(path)
+    return own if isinstance(own, dict) else True
 
 
 def load_dense(spec: DenseSpec) -> DenseLayer:
@@ -145,8 +173,16 @@ def load_dense(spec: DenseSpec) -> DenseLayer:
     return DenseLayer(weight, bias, spec.activation)
 
 
-def default_dtype() -> str:
-    return "float32" if mx.default_device() == mx.cpu else "float16"
+def default_dtype(config: dict) -> str:
+    if mx.default_device() == mx.cpu:
+        return "float32"
+    return "bfloat16" if config.get("model_type") in BFLOAT16_ONLY else "float16"
+
+
+def pooling_override(pooling: str) -> tuple[str, ...]:
+    """`--pooling`: sentence-transformers' mode names, or candle-vllm's `last`; `+` joins several."""
+    modes = [POOLING_ALIASES.get(m, m) for m in pooling.split("+")]
+    return pooling_modes({"pooling_mode": modes})
 
 
 def load_model(
@@ -158,14 +194,23 @@ def load_model(
     truncate: bool = True,
 ) -> LoadedModel:
     path = resolve_model_path(model)
+    if path.suffix == ".gguf":
+        from .gguf import cached_checkpoint
+
+        path = cached_checkpoint(path)
     config = load_config(path)
-    spec = read_pipeline_spec(path)
+    # A bare causal LM has no Pooling module: mean over its tokens, as candle-vllm does.
+    spec = read_pipeline_spec(path, default_pooling="mean")
     if pooling is not None:
-        spec = dataclasses.replace(spec, pooling=pooling_modes({"pooling_mode": pooling}))
-    dtype = dtype or default_dtype()
+        spec = dataclasses.replace(spec, pooling=pooling_override(pooling))
+    dtype = dtype or default_dtype(config)
     if dtype not in DTYPES:
         raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     module = build_model(config, path, DTYPES[dtype])
+    if config.get("quantization") and mx.default_device() == mx.cpu:
+        from .models.quantized import use_blas_for_quantized
+
+        use_blas_for_quantized(module)
 
     limit = position_limit(config)
     known = [n for n in (spec.max_seq_length, limit) if n]

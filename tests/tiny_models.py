@@ -14,20 +14,30 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
 
 
 def save_sentence_transformer(hf_dir: Path, out: Path, pooling: str, normalize: bool, max_seq_length: int,
-                              dense_out: int | None = None) -> Path:
-    """Wrap a saved transformers model in sentence-transformers modules and save the whole model to `out`."""
+                              dense_out: int | None = None, *, linear: tuple[int, ...] = (),
+                              prompts: dict[str, str] | None = None, padding_side: str | None = None) -> Path:
+    """Wrap a saved transformers model in sentence-transformers modules and save the whole model to `out`.
+
+    `dense_out` adds one Tanh Dense layer with bias; `linear` adds bias-free Identity Dense layers of
+    these widths (EmbeddingGemma's projections); `padding_side="left"` is how Qwen3-Embedding ships.
+    """
     import torch
     from sentence_transformers import SentenceTransformer, models
 
     torch.manual_seed(0)
     transformer = models.Transformer(str(hf_dir), max_seq_length=max_seq_length)
+    if padding_side is not None:
+        transformer.tokenizer.padding_side = padding_side
     dim = transformer.get_embedding_dimension()
     modules = [transformer, models.Pooling(dim, pooling_mode=pooling)]
     if dense_out is not None:
         modules.append(models.Dense(dim, dense_out, activation_function=torch.nn.Tanh()))
+    for width in linear:
+        modules.append(models.Dense(dim, width, bias=False, activation_function=torch.nn.Identity()))
+        dim = width
     if normalize:
         modules.append(models.Normalize())
-    SentenceTransformer(modules=modules, device="cpu").save(str(out), safe_serialization=True)
+    SentenceTransformer(modules=modules, device="cpu", prompts=prompts).save(str(out), safe_serialization=True)
     return out
 
 
@@ -47,6 +57,57 @@ def tiny_encoder(kind: str, tokenizer_src: Path, work: Path, **config_overrides)
     else:
         raise ValueError(kind)
     out = work / f"hf-{kind}"
+    model.save_pretrained(str(out), safe_serialization=True)
+    copy_tokenizer(tokenizer_src, out)
+    return out
+
+
+_SMALL = dict(vocab_size=30522, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+              max_position_embeddings=256, pad_token_id=0, bos_token_id=101, eos_token_id=102)
+_DECODER = dict(_SMALL, num_hidden_layers=2, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)
+# kind -> (transformers config class, its overrides). Windows are tiny so that long test texts cross them.
+TINY = {
+    "modernbert": ("ModernBertConfig", dict(
+        _SMALL, num_hidden_layers=3, global_attn_every_n_layers=2, local_attention=8,
+        cls_token_id=101, sep_token_id=102)),
+    "embeddinggemma": ("Gemma3TextConfig", dict(
+        _DECODER, num_hidden_layers=3, sliding_window=8, layer_types=["sliding_attention", "full_attention",
+        "sliding_attention"], query_pre_attn_scalar=16, use_bidirectional_attention=True)),
+    "gemma3_text": ("Gemma3TextConfig", dict(
+        _DECODER, num_hidden_layers=3, sliding_window=6, layer_types=["sliding_attention", "full_attention",
+        "sliding_attention"], query_pre_attn_scalar=16)),
+    "llama": ("LlamaConfig", _DECODER),
+    "mistral": ("MistralConfig", dict(_DECODER, sliding_window=None)),
+    "phi3": ("Phi3Config", dict(_DECODER, head_dim=None)),
+    "gemma": ("GemmaConfig", _DECODER),
+    # mlx-lm's gemma2 has no sliding window (4096 in the real models): keep it past the test lengths.
+    "gemma2": ("Gemma2Config", dict(_DECODER, sliding_window=128, query_pre_attn_scalar=16)),
+    "qwen2": ("Qwen2Config", _DECODER),
+    "qwen3": ("Qwen3Config", dict(_DECODER, tie_word_embeddings=True)),
+    "qwen3_moe": ("Qwen3MoeConfig", dict(_DECODER, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                         decoder_sparse_step=1)),
+}
+
+
+def tiny_transformer(kind: str, tokenizer_src: Path, work: Path, *, causal_lm: bool = False) -> Path:
+    """A small random-weight model of `kind` (a TINY key), with the tokenizer of `tokenizer_src`.
+
+    Saved as transformers saves it: the base model, or with `causal_lm` the *ForCausalLM checkpoint with
+    its `model.` prefix and LM head. Norm weights get noise, so a wrong norm formula cannot hide.
+    """
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    class_name, overrides = TINY[kind]
+    config = getattr(transformers, class_name)(**{k: v for k, v in overrides.items() if v is not None})
+    auto = transformers.AutoModelForCausalLM if causal_lm else transformers.AutoModel
+    model = auto.from_config(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    out = work / f"hf-{kind}{'-lm' if causal_lm else ''}"
     model.save_pretrained(str(out), safe_serialization=True)
     copy_tokenizer(tokenizer_src, out)
     return out

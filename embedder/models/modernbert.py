@@ -1,0 +1,141 @@
+"""ModernBERT: a pre-norm encoder with RoPE, GeGLU and alternating global/local (windowed) attention."""
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .. import fastmath
+from .attention import allowed_keys, rope_theta
+from .base import BaseModelArgs
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    model_type: str
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: int = 8192
+    norm_eps: float = 1e-5
+    norm_bias: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    hidden_activation: str = "gelu"
+    global_attn_every_n_layers: int = 3
+    local_attention: int = 128
+    global_rope_theta: float = 160000.0
+    local_rope_theta: float = 10000.0
+    layer_types: list[str] | None = None
+    rope_parameters: dict | None = None
+
+    def __post_init__(self):
+        if self.layer_types is None:  # configs before transformers 5 give the pattern as one number
+            self.layer_types = [
+                "sliding_attention" if i % self.global_attn_every_n_layers else "full_attention"
+                for i in range(self.num_hidden_layers)
+            ]
+
+
+def _activation(name: str):
+    if name == "gelu":
+        return fastmath.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return nn.gelu_approx
+    if name == "silu":
+        return nn.silu
+    raise ValueError(f"unsupported hidden_activation {name!r}")
+
+
+class Embeddings(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.norm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps, bias=args.norm_bias)
+
+    def __call__(self, input_ids: mx.array) -> mx.array:
+        return self.norm(self.tok_embeddings(input_ids))
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, layer_type: str):
+        super().__init__()
+        self.n_heads = args.num_attention_heads
+        self.head_dim = args.hidden_size // args.num_attention_heads
+        self.Wqkv = nn.Linear(args.hidden_size, 3 * args.hidden_size, bias=args.attention_bias)
+        self.Wo = nn.Linear(args.hidden_size, args.hidden_size, bias=args.attention_bias)
+        default = args.global_rope_theta if layer_type == "full_attention" else args.local_rope_theta
+        self.theta = rope_theta(args.rope_parameters, layer_type, default)
+
+    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+        B, L, D = x.shape
+        q, k, v = self.Wqkv(x).reshape(B, L, 3, self.n_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=0)
+        k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=0)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5, mask=mask)
+        return self.Wo(out.transpose(0, 2, 1, 3).reshape(B, L, D))
+
+
+class MLP(nn.Module):
+    """GeGLU: Wi projects to value and gate halves."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.Wi = nn.Linear(args.hidden_size, 2 * args.intermediate_size, bias=args.mlp_bias)
+        self.Wo = nn.Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias)
+        self.act = _activation(args.hidden_activation)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        value, gate = mx.split(self.Wi(x), 2, axis=-1)
+        return self.Wo(self.act(value) * gate)
+
+
+class Layer(nn.Module):
+    def __init__(self, args: ModelArgs, index: int):
+        super().__init__()
+        self.layer_type = args.layer_types[index]
+        # The first layer reads the already-normalized embeddings: no attention norm, no weights for one.
+        self.attn_norm = (
+            nn.LayerNorm(args.hidden_size, eps=args.norm_eps, bias=args.norm_bias) if index > 0 else None
+        )
+        self.attn = Attention(args, self.layer_type)
+        self.mlp_norm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps, bias=args.norm_bias)
+        self.mlp = MLP(args)
+
+    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+        x = x + self.attn(self.attn_norm(x) if self.attn_norm is not None else x, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embeddings = Embeddings(args)
+        self.layers = [Layer(args, i) for i in range(args.num_hidden_layers)]
+        self.final_norm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps, bias=args.norm_bias)
+
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array) -> mx.array:
+        """The last hidden state (B, L, H) for every token: no MaskedLM head, whatever the checkpoint."""
+        masks = {
+            "full_attention": allowed_keys(attention_mask),
+            # Local layers see keys at most local_attention // 2 positions away, on both sides.
+            "sliding_attention": allowed_keys(attention_mask, max_distance=self.args.local_attention // 2),
+        }
+        x = self.embeddings(input_ids)
+        for layer in self.layers:
+            x = layer(x, masks[layer.layer_type])
+        return self.final_norm(x)
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Keep the encoder of a MaskedLM or task checkpoint: strip `model.`, drop heads."""
+        out = {}
+        for key, value in weights.items():
+            key = key.removeprefix("model.")
+            if key.startswith(("head.", "decoder.", "classifier.", "drop.")):
+                continue
+            out[key] = value
+        return out
+
