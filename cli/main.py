@@ -18,6 +18,8 @@ from cli._options import (
     NoNormalizeOpt,
     OnEmpty,
     OutputDtype,
+    PoolingOpt,
+    PromptNameOpt,
     PromptOpt,
     QuietOpt,
 )
@@ -26,6 +28,8 @@ from cli._options import (
 # so `embed --help` and `embed INPUT` never load the server. A file named like a subcommand needs `./NAME`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("cli.serve", "serve the engine behind an OpenAI-compatible /v1/embeddings"),
+    "models": ("cli.models", "list supported architectures, or describe what embed does with a model"),
+    "convert": ("cli.convert", "write an MLX checkpoint, optionally quantized, that embed loads directly"),
 }
 
 
@@ -61,6 +65,8 @@ def embed(
     dimensions: DimensionsOpt = None,
     no_normalize: NoNormalizeOpt = False,
     prompt: PromptOpt = None,
+    prompt_name: PromptNameOpt = None,
+    pooling: PoolingOpt = None,
     include_text: Annotated[bool, typer.Option("--include-text", help="Write the input text beside its vector.")] = False,
     dtype: Annotated[OutputDtype, typer.Option(help="Type of the written vectors.")] = OutputDtype.float32,
     on_empty: Annotated[OnEmpty, typer.Option(
@@ -100,6 +106,8 @@ def embed(
         dimensions=dimensions,
         normalize=not no_normalize,
         prompt=prompt,
+        prompt_name=prompt_name,
+        pooling=pooling,
         include_text=include_text,
         dtype=dtype.value,
         on_empty=on_empty.value,

@@ -173,11 +173,13 @@ class EmbeddingEngine:
             return spec.prompts.get(spec.default_prompt_name)
         return None
 
-    def tokenize(self, texts: Sequence[str], *, prompt: str | None = None) -> list[list[int]]:
+    def tokenize(
+        self, texts: Sequence[str], *, prompt: str | None = None, prompt_name: str | None = None
+    ) -> list[list[int]]:
         """Token ids with special tokens, truncated to max_length (InputTooLong when truncation is off)."""
         if isinstance(texts, str):
             raise TypeError("tokenize() takes a list of texts, not one string")
-        return self.model.tokenizer.encode(list(texts), self.resolve_prompt(prompt))
+        return self.model.tokenizer.encode(list(texts), self.resolve_prompt(prompt, prompt_name))
 
     def tokens_per_text(self, texts: Sequence[str], *, prompt: str | None = None) -> list[int]:
         return [len(ids) for ids in self.tokenize(texts, prompt=prompt)]
@@ -185,9 +187,9 @@ class EmbeddingEngine:
     def count_tokens(self, texts: Sequence[str], *, prompt: str | None = None) -> int:
         return sum(self.tokens_per_text(texts, prompt=prompt))
 
-    def prompt_skip(self, prompt: str | None) -> int:
+    def prompt_skip(self, prompt: str | None = None, prompt_name: str | None = None) -> int:
         """Tokens of `prompt` that pooling leaves out, for models saved with include_prompt=False."""
-        prompt = self.resolve_prompt(prompt)
+        prompt = self.resolve_prompt(prompt, prompt_name)
         if not prompt or self.model.spec.include_prompt:
             return 0
         return len(self.model.tokenizer.encode([prompt])[0]) - 1
@@ -199,12 +201,14 @@ class EmbeddingEngine:
         texts: Sequence[str],
         *,
         prompt: str | None = None,
+        prompt_name: str | None = None,
         dimensions: int | None = None,
         normalize: bool | None = None,
     ) -> np.ndarray:
         """(len(texts), dim) float32 vectors in input order."""
-        ids = self.tokenize(texts, prompt=prompt)
-        return self.submit(ids, dimensions=dimensions, normalize=normalize, skip=self.prompt_skip(prompt)).result()
+        ids = self.tokenize(texts, prompt=prompt, prompt_name=prompt_name)
+        skip = self.prompt_skip(prompt, prompt_name)
+        return self.submit(ids, dimensions=dimensions, normalize=normalize, skip=skip).result()
 
     def embed_tokens(
         self, ids: Sequence[Sequence[int]], *, dimensions: int | None = None, normalize: bool | None = None

@@ -41,6 +41,8 @@ class EmbedOptions:
     dimensions: int | None = None
     normalize: bool = True
     prompt: str | None = None
+    prompt_name: str | None = None  # from the model's config_sentence_transformers.json
+    pooling: str | None = None  # None: the model's own pooling
     include_text: bool = False
     dtype: str = "float32"  # of the written vectors
     on_empty: str = "error"
@@ -153,7 +155,7 @@ def _engine(options: EmbedOptions) -> EmbeddingEngine:
     """The engine this job asks for; only the settings given are passed, the rest stay the engine's defaults."""
     from embedder.engine import DEFAULT_MODEL, EmbeddingEngine
 
-    given = {"max_length": options.max_length, "batch_tokens": options.batch_tokens}
+    given = {"max_length": options.max_length, "batch_tokens": options.batch_tokens, "pooling": options.pooling}
     return EmbeddingEngine(options.model or DEFAULT_MODEL, **{k: v for k, v in given.items() if v is not None})
 
 
@@ -190,7 +192,7 @@ def _produce(records: Iterator[Record], engine: EmbeddingEngine, options: EmbedO
              stop: threading.Event) -> None:
     """Producer thread: read a window, tokenize it, submit it, queue it; an error travels down the queue."""
     try:
-        skip = engine.prompt_skip(options.prompt)
+        skip = engine.prompt_skip(options.prompt, options.prompt_name)
         normalize = None if options.normalize else False
         while batch := list(itertools.islice(records, options.chunk_rows)):
             window, ids = _tokenized(batch, engine, options)
@@ -215,7 +217,7 @@ def _tokenized(batch: list[Record], engine: EmbeddingEngine, options: EmbedOptio
             raise InputError(f"{record.where}: empty text (pass --on-empty skip or --on-empty zero)")
         elif options.on_empty == "zero":
             kept.append(record)
-    ids = engine.tokenize([kept[i].text for i in embedded], prompt=options.prompt) if embedded else []
+    ids = engine.tokenize([kept[i].text for i in embedded], prompt=options.prompt, prompt_name=options.prompt_name) if embedded else []
     tokens = np.zeros(len(kept), np.int32)
     tokens[embedded] = [len(row) for row in ids]
     return _Window(kept, embedded, tokens, batch[-1].index + 1, len(batch) - len(kept)), ids
@@ -269,7 +271,7 @@ def _metadata(engine: EmbeddingEngine, options: EmbedOptions) -> dict[str, str]:
         **engine.info(),
         "dimensions": options.dimensions or engine.dim,
         "normalize": engine.normalizes and options.normalize,
-        "prompt": options.prompt,
+        "prompt": engine.resolve_prompt(options.prompt, options.prompt_name),
         "embedding_dtype": options.dtype,
         "text_field": options.text_field,
         "id_field": options.id_field,
