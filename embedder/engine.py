@@ -71,7 +71,9 @@ class EmbeddingEngine:
         self.batch_tokens = batch_tokens
         self.max_batch_rows = max_batch_rows
         self.default_prompt = prompt
-        self._options = dict(max_length=max_length, dtype=dtype, pooling=pooling, truncate=truncate)
+        self._options = dict(
+            max_length=max_length, batch_tokens=batch_tokens, dtype=dtype, pooling=pooling, truncate=truncate
+        )
         self._normalize = normalize
         self._model: LoadedModel | None = None
         self._queue: queue.Queue = queue.Queue()

@@ -189,6 +189,7 @@ def load_model(
     model: str,
     *,
     max_length: int | None = None,
+    batch_tokens: int | None = None,
     dtype: str | None = None,
     pooling: str | None = None,
     truncate: bool = True,
@@ -213,12 +214,15 @@ def load_model(
         use_blas_for_quantized(module)
 
     limit = position_limit(config)
-    known = [n for n in (spec.max_seq_length, limit) if n]
+    # One input must always fit one batch (as TEI checks at start), so the token budget caps the default.
+    known = [n for n in (spec.max_seq_length, limit, batch_tokens) if n]
     length = max_length or (min(known) if known else None)
     if length is None:
         raise ModelError("cannot tell the model's maximum input length; pass max_length")
     if limit is not None and length > limit:
         raise ModelError(f"max_length {length} is more than the model's position limit of {limit}")
+    if batch_tokens is not None and length > batch_tokens:
+        raise ModelError(f"max_length {length} is more than the batch token budget {batch_tokens}; raise batch_tokens")
     tokenizer = load_tokenizer(path, length, spec.do_lower_case, truncate)
     dense = [load_dense(d) for d in spec.dense]
     dim = dense[-1].weight.shape[0] if dense else config["hidden_size"] * len(spec.pooling)
