@@ -1,0 +1,59 @@
+"""`embed serve`: the engine behind an OpenAI-compatible /v1/embeddings on a local port."""
+
+from typing import Annotated
+
+import typer
+
+from cli._errors import reported_errors
+
+
+def serve(
+    models: Annotated[
+        list[str] | None,
+        typer.Argument(help="Models to serve (Hub ids or local folders); default all-MiniLM-L6-v2.", show_default=False),
+    ] = None,
+    embedding_model: Annotated[
+        str | None,
+        typer.Option("--embedding-model", help="Serve this model alone, loaded at start (as vllm-mlx).", show_default=False),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind; loopback unless told otherwise.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="EMBED_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1.", show_default=False),
+    ] = None,
+    preload: Annotated[bool, typer.Option("--preload", help="Load every model at start, not on first use.")] = False,
+    no_truncate: Annotated[
+        bool, typer.Option("--no-truncate", help="Refuse inputs over the model's max length (400) instead of cutting them.")
+    ] = False,
+    max_inputs: Annotated[int, typer.Option(min=1, help="Most inputs one request may carry.")] = 2048,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted (else 413).")] = 32 * 1024 * 1024,
+    max_queue: Annotated[int, typer.Option(min=1, help="Inputs in flight before new requests get 429.")] = 8192,
+    batch_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Padded-token budget of one forward batch.", show_default=False)
+    ] = None,
+) -> None:
+    """Serve embeddings at http://HOST:PORT/v1/embeddings, as OpenAI's API does.
+
+    Example: embed serve --port 8000, then
+    curl localhost:8000/v1/embeddings -H 'Content-Type: application/json' -d '{"input": "hello"}'
+    """
+    try:
+        import uvicorn
+    except ModuleNotFoundError as exc:
+        typer.echo(f"error: embed serve needs {exc.name}: pip install 'embed[serve]'", err=True)
+        raise typer.Exit(1) from exc
+    with reported_errors():
+        from embedder.registry import build_registry
+        from embedder.server import ServerOptions, create_app
+
+        options = ServerOptions(api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes, max_queue=max_queue)
+        registry = build_registry(
+            models or [], embedding_model=embedding_model, preload=preload, truncate=not no_truncate, batch_tokens=batch_tokens
+        )
+        uvicorn.run(create_app(registry, options), host=host, port=port, log_level="info")
+
+
+# The one-command app `cli.main` dispatches `embed serve ...` to.
+app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
+app.command()(serve)

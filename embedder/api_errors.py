@@ -1,0 +1,90 @@
+"""The server's one error table: every exception a request can raise, as a status and an OpenAI error body."""
+
+import logging
+from dataclasses import dataclass
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from .errors import AuthError, EmbedError, InputError, InputTooLong, ModelError, ModelNotFound, NotReady, Overloaded
+from .registry import ModelPinned
+
+log = logging.getLogger("embed.server")
+
+
+class ParamError(InputError):
+    """A request field is invalid; `param` names it in the error body, as OpenAI does."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class BodyTooLarge(InputError):
+    """The request body is over the server's size limit; refused before it is parsed."""
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    status: int | None  # None: the exception carries its own (Starlette's HTTPException: 404, 405)
+    type: str
+    code: str | None
+    param: str | None = None  # when the exception names none itself
+
+
+# Subclasses before their parents: the first match wins.
+ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
+    (BodyTooLarge, ErrorKind(413, "invalid_request_error", "body_too_large")),
+    (InputTooLong, ErrorKind(400, "invalid_request_error", "input_too_long", "input")),
+    (InputError, ErrorKind(400, "invalid_request_error", "invalid_input")),
+    (ModelPinned, ErrorKind(400, "invalid_request_error", "model_not_served", "model")),
+    (ModelNotFound, ErrorKind(404, "invalid_request_error", "model_not_found", "model")),
+    (AuthError, ErrorKind(401, "authentication_error", "invalid_api_key")),
+    (Overloaded, ErrorKind(429, "rate_limit_error", "overloaded")),
+    (NotReady, ErrorKind(503, "server_error", "not_ready")),
+    (ModelError, ErrorKind(500, "server_error", "model_error")),
+    (EmbedError, ErrorKind(500, "server_error", "embed_error")),
+    (RequestValidationError, ErrorKind(422, "invalid_request_error", "invalid_value")),
+    (HTTPException, ErrorKind(None, "invalid_request_error", None)),
+    (Exception, ErrorKind(500, "server_error", "internal_error")),
+)
+
+RETRY_AFTER_SECONDS = 1
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The OpenAI-shaped answer to `exc`; handlers and middleware only raise, this is the one place that maps."""
+    exc = _malformed_json(exc)
+    kind = next(kind for cls, kind in ERRORS if isinstance(exc, cls))
+    message, param = _describe(exc)
+    if kind.status == 500 and isinstance(exc, EmbedError):  # unknown ones reach uvicorn's log with a traceback
+        log.error("request failed: %s: %s", type(exc).__name__, exc)
+    body = {"message": message, "type": kind.type, "param": param or kind.param, "code": kind.code}
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if isinstance(exc, Overloaded) else None
+    return JSONResponse({"error": body}, status_code=kind.status or exc.status_code, headers=headers)
+
+
+def _malformed_json(exc: Exception) -> Exception:
+    """A body that is not a JSON object at all is a 400, as OpenAI answers, not a field-level 422."""
+    if isinstance(exc, RequestValidationError):
+        error = exc.errors()[0]
+        if error["type"] == "json_invalid":
+            return InputError(f"the request body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}")
+        if tuple(error["loc"]) == ("body",):
+            return InputError("the request body must be a JSON object, sent with 'Content-Type: application/json'")
+    return exc
+
+
+def _describe(exc: Exception) -> tuple[str, str | None]:
+    """Message and offending parameter; an unknown exception's text stays in the log, not the response."""
+    if isinstance(exc, RequestValidationError):  # a union's members each report: "string or list" reads right
+        errors = exc.errors()
+        param = str(errors[0]["loc"][1]) if len(errors[0]["loc"]) > 1 else None
+        reasons = " or ".join(dict.fromkeys(e["msg"] for e in errors if e["loc"][1:2] == errors[0]["loc"][1:2]))
+        return (f"'{param}': {reasons}" if param else reasons), param
+    if isinstance(exc, HTTPException):
+        return str(exc.detail), None
+    if isinstance(exc, EmbedError):
+        return str(exc), getattr(exc, "param", None)
+    return "internal server error; the details are in the server's log", None

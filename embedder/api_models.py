@@ -1,0 +1,132 @@
+"""The /v1/embeddings wire format: OpenAI's request and response shapes and the input kinds a request may carry."""
+
+import base64
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .api_errors import ParamError
+from .errors import InputTooLong
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request. `input` is classified by `parse_input`, so a bad list gets a 400 naming it."""
+
+    model_config = ConfigDict(strict=True)  # "8" is not a dimension, true is not a token id
+
+    input: str | list[Any]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = None
+    user: str | None = None
+    # Extensions beside OpenAI's fields, as in sentence-transformers: prepended text, or a prompt the model names.
+    prompt: str | None = None
+    prompt_name: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "embed"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A request's inputs: texts to tokenize, or token ids to embed exactly as given."""
+
+    texts: list[str] | None = None
+    token_ids: list[list[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts if self.texts is not None else self.token_ids)
+
+
+def parse_input(value: str | list[Any], max_inputs: int) -> Inputs:
+    """Classify `input` as OpenAI does; refuse what would embed nothing or mixes kinds."""
+    items = [value] if isinstance(value, str) else value
+    if not items:
+        raise ParamError("'input' is an empty list; send at least one string or token list", "input")
+    if all(isinstance(item, str) for item in items):
+        inputs = Inputs(texts=items)
+    elif all(_is_token_id(item) for item in items):
+        inputs = Inputs(token_ids=[items])  # a flat list of ints is one input
+    elif all(isinstance(item, list) for item in items):
+        inputs = Inputs(token_ids=items)
+    else:
+        raise ParamError(
+            "'input' must be a string, a list of strings, a list of token ids or a list of token-id lists, "
+            "not a mix of them",
+            "input",
+        )
+    if len(inputs) > max_inputs:
+        raise ParamError(f"'input' holds {len(inputs)} inputs; at most {max_inputs} are allowed per request", "input")
+    for i, item in enumerate(inputs.texts or inputs.token_ids):
+        if not item:
+            raise ParamError(f"input {i} is empty; every input needs at least one character or token", "input")
+        if inputs.token_ids is not None and not all(_is_token_id(t) for t in item):
+            raise ParamError(f"input {i} must hold only integer token ids", "input")
+    return inputs
+
+
+def check_token_ids(token_ids: list[list[int]], vocab_size: int, max_length: int, truncate: bool) -> list[list[int]]:
+    """Ids outside the vocabulary would index past the embedding table; long rows are cut as texts are."""
+    for i, ids in enumerate(token_ids):
+        if min(ids) < 0 or max(ids) >= vocab_size:
+            raise ParamError(f"input {i} has a token id outside this model's vocabulary [0, {vocab_size})", "input")
+        if len(ids) > max_length and not truncate:
+            raise InputTooLong(f"input {i} has {len(ids)} tokens, more than the model's maximum of {max_length}")
+    return [ids[:max_length] for ids in token_ids]
+
+
+def check_dimensions(dimensions: int | None, dim: int) -> int | None:
+    if dimensions is not None and not 1 <= dimensions <= dim:
+        raise ParamError(f"'dimensions' must be between 1 and {dim} for this model, got {dimensions}", "dimensions")
+    return dimensions
+
+
+def encode_vectors(vectors: np.ndarray, encoding_format: str | None) -> list[list[float]] | list[str]:
+    """base64 is little-endian float32 bytes, what the openai SDK asks for unless told otherwise."""
+    if encoding_format == "base64":
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in vectors.astype("<f4", copy=False)]
+    return vectors.tolist()
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,221 @@
+"""The OpenAI-compatible HTTP front: /v1/embeddings, /v1/models, /health and /metrics over served engines."""
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .api_errors import BodyTooLarge, error_response
+from .api_models import (
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorBody,
+    Inputs,
+    ModelCard,
+    ModelList,
+    Usage,
+    check_dimensions,
+    check_token_ids,
+    encode_vectors,
+    parse_input,
+)
+from .engine import EmbeddingEngine
+from .errors import AuthError, EmbedError, InputError, Overloaded
+from .metrics import Metrics
+from .registry import ModelRegistry
+
+CLIENT_CLOSED = 499  # nginx's status for "the client hung up first": seen only in /metrics
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Access and limits of one server; 2048 inputs per request is OpenAI's own limit."""
+
+    api_key: str | None = None
+    max_inputs: int = 2048
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_queue: int = 8192  # inputs admitted and not yet answered, over all models; beyond it, 429
+
+    def __post_init__(self) -> None:
+        if self.max_queue < self.max_inputs:
+            raise InputError(f"--max-queue ({self.max_queue}) must be at least --max-inputs ({self.max_inputs})")
+
+
+@dataclass
+class Admission:
+    """Counts admitted inputs so a flood gets 429 at the door instead of an unbounded engine queue."""
+
+    limit: int
+    in_flight: int = 0
+
+    @contextlib.contextmanager
+    def admit(self, inputs: int) -> Iterator[None]:
+        if self.in_flight + inputs > self.limit:
+            raise Overloaded(f"the server has {self.in_flight} inputs in flight (limit {self.limit}); retry shortly")
+        self.in_flight += inputs
+        try:
+            yield
+        finally:
+            self.in_flight -= inputs
+
+
+def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()) -> FastAPI:
+    """The app for uvicorn; its lifespan preloads in the background, so /health says 503 until ready."""
+    metrics, admission = Metrics(), Admission(options.max_queue)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        warm_up = asyncio.create_task(asyncio.to_thread(registry.warm_up))
+        yield
+        await warm_up
+        registry.close()
+
+    errors = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 422, 429, 503)}
+    app = FastAPI(title="embed", lifespan=lifespan, responses=errors)
+    for exc_type in (EmbedError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(exc_type, _handle)
+    app.add_middleware(Gate, api_key=options.api_key, max_body_bytes=options.max_body_bytes)
+    app.add_middleware(Recorder, metrics=metrics)
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse)
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        served = registry.resolve(body.model)
+        inputs = parse_input(body.input, options.max_inputs)
+        with admission.admit(len(inputs)):
+            engine = await run_in_threadpool(registry.loaded_engine, served)
+            dimensions = check_dimensions(body.dimensions, engine.dim)
+            token_ids = await run_in_threadpool(_token_ids, engine, inputs, registry.truncate, body)
+            skip = engine.prompt_skip(body.prompt, body.prompt_name) if inputs.texts else 0
+            future = engine.submit(token_ids, dimensions=dimensions, skip=skip)
+            vectors = await _result(future, request)
+        if vectors is None:
+            return Response(status_code=CLIENT_CLOSED)
+        tokens = sum(map(len, token_ids))
+        metrics.observe_embedding(len(token_ids), tokens)
+        data = [Embedding(index=i, embedding=e) for i, e in enumerate(encode_vectors(vectors, body.encoding_format))]
+        reply = EmbeddingResponse(data=data, model=served.name, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+        return Response(reply.model_dump_json(), media_type="application/json")
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=m.name, created=registry.created) for m in registry.models])
+
+    @app.get("/health")
+    async def health() -> dict:
+        registry.check_ready()
+        return {"status": "ok", "models": [m.name for m in registry.models], "loaded": [m.name for m in registry.loaded()]}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> str:
+        engines = {m.name: m.engine.stats() for m in registry.loaded()}
+        return metrics.render(admission.in_flight, engines)
+
+    return app
+
+
+async def _handle(request: Request, exc: Exception) -> Response:
+    return error_response(exc)
+
+
+def _token_ids(engine: EmbeddingEngine, inputs: Inputs, truncate: bool, body: EmbeddingRequest) -> list[list[int]]:
+    """Texts are tokenized (with special tokens and any prompt); token ids are checked against the vocabulary and cut."""
+    if inputs.texts is not None:
+        return engine.tokenize(inputs.texts, prompt=body.prompt, prompt_name=body.prompt_name)
+    return check_token_ids(inputs.token_ids, engine.vocab_size, engine.max_length, truncate)
+
+
+async def _result(future: Future, request: Request) -> np.ndarray | None:
+    """The engine's vectors, or None if the client hung up first; then its queued rows are dropped."""
+    waiter = asyncio.wrap_future(future)
+    hangup = asyncio.ensure_future(_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({waiter, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        return waiter.result() if waiter in done else None
+    finally:
+        hangup.cancel()
+        waiter.cancel()  # cancels the engine's future too, unless it already runs
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+@dataclass
+class Gate:
+    """What a request must pass before its body is parsed: the API key on /v1, and the body size limit."""
+
+    app: ASGIApp
+    api_key: str | None
+    max_body_bytes: int
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        try:
+            if self.api_key is not None and scope["path"].startswith("/v1/"):
+                self._check_key(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"))
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                receive = await self._buffer(receive)
+        except EmbedError as exc:
+            return await error_response(exc)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def _check_key(self, header: str) -> None:
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), self.api_key.encode()):
+            raise AuthError("missing or wrong API key; send the header 'Authorization: Bearer KEY'")
+
+    async def _buffer(self, receive: Receive) -> Receive:
+        """Read the whole body (chunked ones too), keeping at most the limit; then replay it to the app."""
+        chunks, size, message = [], 0, {"more_body": True}
+        while message.get("more_body"):
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size <= self.max_body_bytes:
+                chunks.append(message.get("body", b""))
+        if size > self.max_body_bytes:
+            raise BodyTooLarge(f"the request body is {size} bytes; this server accepts at most {self.max_body_bytes}")
+        pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        return replay
+
+
+@dataclass
+class Recorder:
+    """Counts every response by path and status, and times embeddings requests, for /metrics."""
+
+    app: ASGIApp
+    metrics: Metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def send_and_note(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.metrics.observe_request(scope["path"], status[0], time.perf_counter() - start)

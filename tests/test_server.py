@@ -1,0 +1,215 @@
+"""The real `embed serve` in a subprocess, called with the openai SDK, curl and httpx: vectors equal the engine's."""
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from embedder import DEFAULT_MODEL, EmbeddingEngine
+
+API_KEY = "test-key"
+SERVE = [sys.executable, "-m", "cli", "serve"]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "東京は日本の首都です。",
+    "Emoji outside the BMP: 🦊🚀",
+    "שלום עולם, مرحبا بالعالم",
+    "Cafe\u0301 na\u0131\u0308ve combining accents",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(*args: str, timeout: float = 90.0) -> Iterator[str]:
+    """Start `embed serve ARGS` on a free loopback port; yield its base URL once /health says ready."""
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([*SERVE, *args, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while not _healthy(url):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"server did not become ready:\n{log.read().decode(errors='replace')}")
+                time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    """Row-wise cosine: the server and the in-process engine may batch the same rows differently."""
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    assert got.shape == want.shape
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() >= 0.9999, cos
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with running_server("--api-key", API_KEY) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def engine() -> EmbeddingEngine:
+    engine = EmbeddingEngine(DEFAULT_MODEL)
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def http(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def sdk(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+
+
+def test_health_and_model_list(server: str, http: httpx.Client) -> None:
+    health = httpx.get(f"{server}/health")  # open even with --api-key
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    listing = http.get("/v1/models").json()
+    assert listing["object"] == "list"
+    assert [(m["id"], m["object"]) for m in listing["data"]] == [(DEFAULT_MODEL, "model")]
+
+
+def test_openai_sdk_default_is_base64(sdk: openai.OpenAI, engine: EmbeddingEngine) -> None:
+    raw = sdk.embeddings.with_raw_response.create(model=DEFAULT_MODEL, input=TEXTS)
+    assert all(isinstance(d["embedding"], str) for d in raw.http_response.json()["data"])
+    reply = raw.parse()
+    assert [d.index for d in reply.data] == list(range(len(TEXTS)))
+    assert_close([d.embedding for d in reply.data], engine.embed(TEXTS))
+    assert reply.usage.prompt_tokens == reply.usage.total_tokens == engine.count_tokens(TEXTS)
+    assert reply.model == DEFAULT_MODEL
+
+
+def test_openai_sdk_float_and_short_alias(sdk: openai.OpenAI, engine: EmbeddingEngine) -> None:
+    reply = sdk.embeddings.create(model="all-MiniLM-L6-v2", input=TEXTS[1], encoding_format="float")
+    assert_close([reply.data[0].embedding], engine.embed(TEXTS[1:2]))
+    assert reply.usage.total_tokens == engine.count_tokens(TEXTS[1:2])
+
+
+def test_base64_is_little_endian_float32(http: httpx.Client, engine: EmbeddingEngine) -> None:
+    data = http.post("/v1/embeddings", json={"input": TEXTS[:2], "encoding_format": "base64"}).json()["data"]
+    got = [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in data]
+    assert_close(got, engine.embed(TEXTS[:2]))
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_token_ids_are_embedded_as_given(http: httpx.Client, engine: EmbeddingEngine, nested: bool) -> None:
+    ids = engine.tokenize(TEXTS[:2] if nested else TEXTS[:1])
+    reply = http.post("/v1/embeddings", json={"input": ids if nested else ids[0], "model": DEFAULT_MODEL}).json()
+    assert_close([d["embedding"] for d in reply["data"]], engine.embed_tokens(ids))
+    assert reply["usage"]["prompt_tokens"] == sum(map(len, ids))
+
+
+def test_dimensions_truncate_then_renormalize(sdk: openai.OpenAI, engine: EmbeddingEngine) -> None:
+    reply = sdk.embeddings.create(model=DEFAULT_MODEL, input=TEXTS, dimensions=64)
+    got = np.array([d.embedding for d in reply.data])
+    assert got.shape == (len(TEXTS), 64)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert_close(got, engine.embed(TEXTS, dimensions=64))
+
+
+def test_long_input_is_truncated_and_counted(http: httpx.Client, engine: EmbeddingEngine) -> None:
+    text = "a very long sentence " * 300
+    reply = http.post("/v1/embeddings", json={"input": [text]}).json()
+    assert reply["usage"]["total_tokens"] == engine.max_length
+    assert_close([reply["data"][0]["embedding"]], engine.embed([text]))
+    ids = list(range(1000, 1000 + engine.max_length + 50))
+    assert http.post("/v1/embeddings", json={"input": ids}).json()["usage"]["total_tokens"] == engine.max_length
+
+
+def test_curl(server: str, engine: EmbeddingEngine) -> None:
+    body = json.dumps({"input": TEXTS[:2], "model": DEFAULT_MODEL})
+    out = subprocess.run(
+        ["curl", "-sS", "--fail-with-body", f"{server}/v1/embeddings", "-H", "Content-Type: application/json",
+         "-H", f"Authorization: Bearer {API_KEY}", "-d", body],
+        capture_output=True, check=True, timeout=60,
+    ).stdout
+    reply = json.loads(out)
+    assert reply["object"] == "list" and [d["object"] for d in reply["data"]] == ["embedding", "embedding"]
+    assert_close([d["embedding"] for d in reply["data"]], engine.embed(TEXTS[:2]))
+
+
+def test_api_key_is_required(server: str) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
+        reply = httpx.post(f"{server}/v1/embeddings", json={"input": "hi"}, headers=headers)
+        assert reply.status_code == 401
+        assert reply.json()["error"]["type"] == "authentication_error"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).embeddings.create(
+            model=DEFAULT_MODEL, input="hi"
+        )
+
+
+def test_unknown_model_is_404(http: httpx.Client) -> None:
+    reply = http.post("/v1/embeddings", json={"input": "hi", "model": "text-embedding-3-small"})
+    assert reply.status_code == 404
+    assert reply.json()["error"]["param"] == "model" and reply.json()["error"]["code"] == "model_not_found"
+
+
+def test_64_concurrent_clients_get_their_own_vectors(server: str, engine: EmbeddingEngine) -> None:
+    texts = [f"request number {i}: {TEXTS[i % len(TEXTS)]} " + "word " * (i % 17) for i in range(64)]
+
+    async def ask(client: httpx.AsyncClient, text: str) -> list[float]:
+        reply = await client.post("/v1/embeddings", json={"input": text})
+        assert reply.status_code == 200, reply.text
+        return reply.json()["data"][0]["embedding"]
+
+    async def all_at_once() -> list[list[float]]:
+        limits = httpx.Limits(max_connections=64)
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(base_url=server, headers=headers, limits=limits, timeout=120) as client:
+            return await asyncio.gather(*(ask(client, t) for t in texts))
+
+    assert_close(asyncio.run(all_at_once()), engine.embed(texts))
+
+
+def test_metrics(server: str, http: httpx.Client) -> None:
+    http.post("/v1/embeddings", json={"input": ["one", "two"]})
+    text = httpx.get(f"{server}/metrics").text
+    assert 'embed_requests_total{path="/v1/embeddings",status="200"}' in text
+    assert 'embed_requests_total{path="/v1/embeddings",status="401"}' in text
+    for name in ("embed_inputs_total", "embed_tokens_total", "embed_in_flight_inputs 0", "embed_request_seconds_bucket",
+                 "embed_engine_queue_rows", "embed_engine_batches_total"):
+        assert name in text
+
+
+def test_prompt_extension_fields(http: httpx.Client, engine: EmbeddingEngine) -> None:
+    reply = http.post("/v1/embeddings", json={"input": TEXTS[:2], "prompt": "query: "}).json()
+    assert_close([d["embedding"] for d in reply["data"]], engine.embed(TEXTS[:2], prompt="query: "))
+    assert reply["usage"]["prompt_tokens"] == engine.count_tokens(TEXTS[:2], prompt="query: ")
+    unknown = http.post("/v1/embeddings", json={"input": "x", "prompt_name": "query"})
+    assert unknown.status_code == 400 and "prompt_name" in unknown.json()["error"]["message"]
