@@ -44,3 +44,13 @@ def test_batches_respect_budget_and_cover_every_index():
         assert len(b) <= 64
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 2048
     assert plan_batches([5000], budget=100, max_rows=8) == [[0]]
+
+
+def test_planner_pads_less_than_a_greedy_fill():
+    rng = random.Random(1)
+    lengths = [rng.choice([8, 12, 16, 20, 120, 250]) for _ in range(64)]
+    batches = plan_batches(lengths, budget=8192, max_rows=256)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    greedy_padded = len(lengths) * max(lengths)  # 64 rows x 250 fit the budget: one batch, all padded to 250
+    assert padded < greedy_padded / 2
+    assert sorted(i for b in batches for i in b) == list(range(64))
