@@ -50,12 +50,18 @@ def preload_blas() -> str | None:
 
 
 def _mlx_uses_reference_blas() -> bool:
-    """The Linux CPU wheel bundles netlib's libblas beside itself (`mlx_cpu.libs`); other builds do not."""
+    """The Linux CPU wheel bundles netlib's libblas beside itself (`mlx_cpu.libs`); other builds do not.
+
+    `mlx` is a namespace package, so a stray `mlx/` folder on sys.path (MLX's own kernel cache in /tmp, when a
+    script runs from /tmp) can come first in its search locations: look at every one.
+    """
     spec = importlib.util.find_spec("mlx")
     if spec is None or not spec.submodule_search_locations:
         return False
-    site = Path(next(iter(spec.submodule_search_locations))).parent
-    return any(glob.glob(str(site / "mlx*.libs" / "libblas*.so*")))
+    return any(
+        glob.glob(str(Path(location).parent / "mlx*.libs" / "libblas*.so*"))
+        for location in spec.submodule_search_locations
+    )
 
 
 def _load(path: str) -> str | None:

@@ -62,3 +62,14 @@ def test_after_mlx_import_it_only_warns(monkeypatch):
 
     with pytest.warns(RuntimeWarning, match="already imported"):
         assert blas.preload_blas() is None
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not blas._mlx_uses_reference_blas(), reason="mlx[cpu] on Linux only")
+def test_a_stray_mlx_folder_beside_the_script_does_not_hide_the_wheel(tmp_path):
+    """MLX caches kernels in $TMPDIR/mlx: a script run from /tmp sees that folder as part of the `mlx` namespace."""
+    (tmp_path / "mlx" / "0.32.4" / "cpu").mkdir(parents=True)
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] != "None", done.stderr
