@@ -63,9 +63,9 @@ def embed_command(source: Path, out: Path, *options: str) -> list[str]:
     return [sys.executable, "-m", "cli", str(source), "-o", str(out), "-q", *options]
 
 
-def throughput(rows: int, folder: Path) -> None:
-    """embed vs sentence-transformers on passages (RAG-chunk sized, ~256 tokens each)."""
-    source = first_rows(CORPUS / "passages.txt", rows, folder)
+def throughput(corpus: str, rows: int, folder: Path) -> None:
+    """embed vs sentence-transformers on one corpus: passages (RAG chunks, ~256 tokens) or sentences (short)."""
+    source = first_rows(CORPUS / f"{corpus}.txt", rows, folder)
     ours, theirs = folder / "embed.parquet", folder / "st.parquet"
     embed_s, _ = timed(embed_command(source, ours))
     st_s, _ = timed([sys.executable, "-c", ST_SCRIPT, str(source), str(theirs)])
@@ -73,7 +73,7 @@ def throughput(rows: int, folder: Path) -> None:
     tokens = sum(a["tokens"].to_pylist())
     va, vb = (np.stack(t["embedding"].to_numpy(zero_copy_only=False)) for t in (a, b))
     cosine = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
-    print(f"passages: {a.num_rows} rows, {tokens:,} tokens (sentence-transformers counts "
+    print(f"{corpus}: {a.num_rows} rows, {tokens:,} tokens (sentence-transformers counts "
           f"{sum(b['tokens'].to_pylist()):,}); min cosine between the two outputs {cosine.min():.6f}")
     print(f"  embed                  {embed_s:7.1f} s  {tokens / embed_s:8,.0f} tokens/s")
     print(f"  sentence-transformers  {st_s:7.1f} s  {tokens / st_s:8,.0f} tokens/s")
@@ -94,13 +94,14 @@ def memory(rows: int, folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1335, help="passages to embed (all: 1335)")
+    parser.add_argument("--corpus", choices=["passages", "sentences"], default="passages")
+    parser.add_argument("--rows", type=int, default=1335, help="rows of the corpus to embed (passages: 1335 in all)")
     parser.add_argument("--rss-rows", type=int, default=1000, help="sentences in the 1x memory run")
     parser.add_argument("--part", choices=["all", "throughput", "memory"], default="all")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         if args.part in ("all", "throughput"):
-            throughput(args.rows, Path(folder))
+            throughput(args.corpus, args.rows, Path(folder))
         if args.part in ("all", "memory"):
             memory(args.rss_rows, Path(folder))
 

@@ -8,6 +8,8 @@ import numpy as np
 BATCH_OVERHEAD_TOKENS = 128
 # Attention makes a token's cost grow with the batch's padded length: twice as dear at this length.
 ATTENTION_LENGTH_SCALE = 256
+# rows x longest^2 bounds the attention scores per head (8 rows of 256 tokens): past it they fall out of cache.
+ATTENTION_BUDGET = 8 * 256 * 256
 
 
 def batch_cost(rows: np.ndarray, longest: np.ndarray) -> np.ndarray:
@@ -33,7 +35,8 @@ def plan_batches(lengths: Sequence[int], budget: int, max_rows: int) -> list[lis
         rows = end - starts
         longest = sorted_lengths[starts]  # sorted longest first: a run's longest is its first
         cost = best[starts] + batch_cost(rows, longest)
-        cost[(rows * longest > budget) & (rows > 1)] = np.inf
+        too_big = (rows * longest > budget) | (rows * longest * longest > ATTENTION_BUDGET)
+        cost[too_big & (rows > 1)] = np.inf
         k = int(np.argmin(cost))
         best[end], start_of[end] = cost[k], starts[k]
     batches = []
