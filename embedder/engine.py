@@ -17,7 +17,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .batching import plan_batches  # noqa: E402
-from .errors import EmbedError, InputError, ModelError, NotReady  # noqa: E402
+from .errors import InputError, ModelError, NotReady  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
 from .loading import LoadedModel, load_model  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from .cpu_compile import native_kernels
 
@@ -67,3 +68,12 @@ def _softmax_formula(scores: mx.array) -> mx.array:
 
 _gelu = mx.compile(_gelu_formula)
 _softmax = mx.compile(_softmax_formula)
+
+
+def activation(name: str):
+    """A config's `hidden_act` as a function; the exact GELU goes through the fast kernel above."""
+    table = {"gelu": gelu, "gelu_new": nn.gelu_approx, "gelu_pytorch_tanh": nn.gelu_approx,
+             "gelu_fast": nn.gelu_approx, "relu": nn.relu, "silu": nn.silu}
+    if name not in table:
+        raise ValueError(f"unsupported activation {name!r}; supported: {', '.join(table)}")
+    return table[name]

@@ -32,16 +32,6 @@ class ModelArgs(BaseModelArgs):
         return self.model_type in ROBERTA_TYPES
 
 
-def _activation(name: str):
-    if name == "gelu":
-        return fastmath.gelu
-    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        return nn.gelu_approx
-    if name == "relu":
-        return nn.relu
-    raise ValueError(f"unsupported hidden_act {name!r}")
-
-
 class Embeddings(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -109,7 +99,7 @@ class Intermediate(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.dense = nn.Linear(args.hidden_size, args.intermediate_size)
-        self.act = _activation(args.hidden_act)
+        self.act = fastmath.activation(args.hidden_act)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.act(self.dense(x))

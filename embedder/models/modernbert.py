@@ -39,16 +39,6 @@ class ModelArgs(BaseModelArgs):
             ]
 
 
-def _activation(name: str):
-    if name == "gelu":
-        return fastmath.gelu
-    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        return nn.gelu_approx
-    if name == "silu":
-        return nn.silu
-    raise ValueError(f"unsupported hidden_activation {name!r}")
-
-
 class Embeddings(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -85,7 +75,7 @@ class MLP(nn.Module):
         super().__init__()
         self.Wi = nn.Linear(args.hidden_size, 2 * args.intermediate_size, bias=args.mlp_bias)
         self.Wo = nn.Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias)
-        self.act = _activation(args.hidden_activation)
+        self.act = fastmath.activation(args.hidden_activation)
 
     def __call__(self, x: mx.array) -> mx.array:
         value, gate = mx.split(self.Wi(x), 2, axis=-1)
