@@ -3,10 +3,10 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from embedder import EmbeddingEngine
+from reference import cosine, st_reference
 from tiny_models import save_sentence_transformer, tiny_encoder
 
 TEXTS = [
@@ -19,18 +19,6 @@ TEXTS = [
 ]
 
 
-def cosine(a, b):
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
-def reference(path, texts):
-    from sentence_transformers import SentenceTransformer
-
-    st = SentenceTransformer(str(path), device="cpu")
-    tokens = st.preprocess(texts)["attention_mask"].sum(1).tolist()
-    return st.encode(texts, batch_size=4, convert_to_numpy=True), tokens
-
-
 @pytest.mark.parametrize(
     "kind, pooling, normalize, dense",
     [("bert", "cls", False, None), ("xlm-roberta", "mean", True, None), ("bert", "max", True, 32)],
@@ -38,7 +26,7 @@ def reference(path, texts):
 def test_tiny_encoder_matches_pytorch(tmp_path, minilm_path, kind, pooling, normalize, dense):
     hf = tiny_encoder(kind, minilm_path, tmp_path)
     path = save_sentence_transformer(hf, tmp_path / "st", pooling, normalize, max_seq_length=64, dense_out=dense)
-    expected, tokens = reference(path, TEXTS)
+    expected, tokens = st_reference(path, TEXTS)
     engine = EmbeddingEngine(str(path), batch_tokens=128)
     got = engine.embed(TEXTS)
     assert got.shape == expected.shape

@@ -11,12 +11,9 @@ import pytest
 
 from embedder import DEFAULT_MODEL, EmbeddingEngine
 from embedder.errors import InputError, InputTooLong, ModelError, ModelNotFound
+from reference import cosine
 
 GOLDEN = Path(__file__).parent / "golden"
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 @pytest.fixture(scope="module")

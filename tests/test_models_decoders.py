@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from embedder import EmbeddingEngine
-from test_models_encoders import TEXTS, check, cosine
+from reference import cosine
+from test_models_encoders import TEXTS, check
 from tiny_models import save_sentence_transformer, tiny_transformer
 
 QWEN3_PROMPTS = {"query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"}

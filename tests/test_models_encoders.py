@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from embedder import EmbeddingEngine
+from reference import cosine, st_reference
 from tiny_models import copy_tokenizer, save_sentence_transformer, tiny_transformer
 
 # Very short next to long texts, so every batch pads, and the long ones cross the tiny attention windows.
@@ -20,21 +21,8 @@ TEXTS = [
 GEMMA_PROMPTS = {"query": "task: search result | query: ", "document": "title: none | text: "}
 
 
-def cosine(a, b):
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
-def reference(path, texts, prompt_name=None):
-    from sentence_transformers import SentenceTransformer
-
-    st = SentenceTransformer(str(path), device="cpu")
-    prompt = st.prompts.get(prompt_name, "") if prompt_name else ""
-    tokens = st.preprocess([prompt + t for t in texts])["attention_mask"].sum(1).tolist()
-    return st.encode(texts, batch_size=4, prompt_name=prompt_name, convert_to_numpy=True), tokens
-
-
 def check(path, prompt_name=None, **engine_options):
-    expected, tokens = reference(path, TEXTS, prompt_name)
+    expected, tokens = st_reference(path, TEXTS, prompt_name)
     engine = EmbeddingEngine(str(path), batch_tokens=256, **engine_options)
     prompt = engine.resolve_prompt(prompt_name=prompt_name) if prompt_name else None
     got = engine.embed(TEXTS, prompt=prompt)

@@ -8,7 +8,8 @@ import pytest
 from embedder import EmbeddingEngine
 from embedder.errors import ModelError
 from embedder.gguf import GLOBAL_NAMES, TENSOR_NAMES
-from test_models_encoders import TEXTS, cosine
+from reference import cosine
+from test_models_encoders import TEXTS
 from test_models_decoders import torch_reference
 from tiny_models import tiny_transformer
 

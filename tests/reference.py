@@ -1,0 +1,18 @@
+"""The PyTorch reference (sentence-transformers) the tests compare against, and how vectors are compared."""
+
+import numpy as np
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity."""
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def st_reference(path, texts: list[str], prompt_name: str | None = None) -> tuple[np.ndarray, list[int]]:
+    """sentence-transformers' vectors and token counts for `texts`, with the model's named prompt if given."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(path), device="cpu")
+    prompt = st.prompts.get(prompt_name, "") if prompt_name else ""
+    tokens = st.preprocess([prompt + t for t in texts])["attention_mask"].sum(1).tolist()
+    return st.encode(texts, batch_size=4, prompt_name=prompt_name, convert_to_numpy=True), tokens
