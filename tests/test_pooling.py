@@ -5,7 +5,7 @@ import random
 import mlx.core as mx
 import numpy as np
 
-from embedder.batching import plan_batches
+from embedder.batching import CPU_BATCH, GPU_BATCH, BatchShape, plan_batches
 from embedder.pooling import normalize, pool, truncate_dims
 
 H = mx.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, -6.0], [-7.0, 8.0], [9.0, 10.0]]])
@@ -37,19 +37,30 @@ def test_truncate_then_normalize():
 def test_batches_respect_budget_and_cover_every_index():
     rng = random.Random(0)
     lengths = [rng.randint(1, 300) for _ in range(1000)]
-    batches = plan_batches(lengths, budget=2048, max_rows=64)
+    shape = BatchShape(tokens=2048, rows=64, attention=8 * 256 * 256, overhead_tokens=128)
+    batches = plan_batches(lengths, shape)
     seen = sorted(i for b in batches for i in b)
     assert seen == list(range(1000))
     for b in batches:
+        longest = max(lengths[i] for i in b)
         assert len(b) <= 64
-        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 2048
-    assert plan_batches([5000], budget=100, max_rows=8) == [[0]]
+        assert len(b) == 1 or (len(b) * longest <= 2048 and len(b) * longest**2 <= shape.attention)
+    assert plan_batches([5000], BatchShape(tokens=100, rows=8, attention=None, overhead_tokens=128)) == [[0]]
+
+
+def test_gpu_shape_takes_fewer_larger_batches():
+    lengths = [256] * 64 + [30] * 2000
+    cpu, gpu = plan_batches(lengths, CPU_BATCH), plan_batches(lengths, GPU_BATCH)
+    assert max(len(b) for b in cpu if lengths[b[0]] == 256) == 8  # attention scores kept in cache
+    assert [len(b) for b in gpu if lengths[b[0]] == 256] == [64]  # no cache to spill: one launch
+    assert len(gpu) < len(cpu)
+    assert sorted(i for b in gpu for i in b) == list(range(len(lengths)))
 
 
 def test_planner_pads_less_than_a_greedy_fill():
     rng = random.Random(1)
     lengths = [rng.choice([8, 12, 16, 20, 120, 250]) for _ in range(64)]
-    batches = plan_batches(lengths, budget=8192, max_rows=256)
+    batches = plan_batches(lengths, CPU_BATCH)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     greedy_padded = len(lengths) * max(lengths)  # 64 rows x 250 fit the budget: one batch, all padded to 250
     assert padded < greedy_padded / 2
