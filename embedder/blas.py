@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import fnmatch
+import functools
 import glob
 import importlib.metadata
 import importlib.util
@@ -27,10 +28,11 @@ _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 _SET_THREADS = ("openblas_set_num_threads", "MKL_Set_Num_Threads")
 
 
+@functools.cache
 def preload_blas() -> str | None:
     """Load the best BLAS found and return its path; None when not needed, not wanted or not found.
 
-    Must run before the first `import mlx.core`: symbols are bound when libmlx is loaded.
+    Must run before the first `import mlx.core`: symbols are bound when libmlx is loaded. Runs once a process.
     """
     choice = os.environ.get(ENV_VAR, "").strip()
     if sys.platform != "linux" or choice.lower() == "none" or not _mlx_uses_reference_blas():

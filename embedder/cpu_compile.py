@@ -18,7 +18,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-FLAGS = ("-march=native", "-fno-math-errno")
+FLAGS = ("-march=native", "-fno-math-errno", "-fno-trapping-math", "--param=max-inline-insns-single=2000", "--param=max-inline-insns-auto=2000")
 ENV_VAR = "EMBED_NATIVE_KERNELS"  # "0" keeps MLX's stock kernels
 
 

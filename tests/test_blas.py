@@ -61,7 +61,14 @@ def test_after_mlx_import_it_only_warns(monkeypatch):
     import mlx.core  # noqa: F401
 
     with pytest.warns(RuntimeWarning, match="already imported"):
-        assert blas.preload_blas() is None
+        assert blas.preload_blas.__wrapped__() is None  # a first call, made too late
+
+
+def test_a_second_call_returns_the_first_result_silently(recwarn):
+    import mlx.core  # noqa: F401
+
+    assert blas.preload_blas() == blas.preload_blas()
+    assert not [w for w in recwarn if "already imported" in str(w.message)]
 
 
 @pytest.mark.skipif(sys.platform != "linux" or not blas._mlx_uses_reference_blas(), reason="mlx[cpu] on Linux only")
