@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 
 from .batching import CPU_BATCH, GPU_BATCH, plan_batches  # noqa: E402
 from .errors import InputError, ModelError, NotReady  # noqa: E402
+from .fastmath import exact_softmax  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
 from .loading import LoadedModel, load_model  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402
@@ -84,7 +85,8 @@ class EmbeddingEngine:
         self._thread: threading.Thread | None = None
         self._ready: Future | None = None
         self._lock = threading.Lock()
-        self._stats = dict(queue_depth=0, batches=0, rows=0, tokens=0, padded_tokens=0, busy_seconds=0.0)
+        self._stats = dict(queue_depth=0, batches=0, rows=0, tokens=0, padded_tokens=0, busy_seconds=0.0,
+                           exact_softmax_batches=0)
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -331,28 +333,37 @@ class EmbeddingEngine:
         for layer in model.dense:
             vectors = layer(vectors)
         mx.async_eval(vectors)
-        s = self._stats
-        s["batches"] += 1
-        s["rows"] += len(members)
-        s["tokens"] += sum(lengths)
-        s["padded_tokens"] += len(members) * L
         return vectors
 
     def _collect(self, members: list[tuple[_Job, int]], vectors: mx.array) -> None:
         """Wait for a launched batch, check it, and copy each row into its job's output."""
         try:
-            out = np.array(vectors, dtype=np.float32)
-            bad = ~np.isfinite(out).all(axis=1)
-            if bad.any():
-                raise ModelError(f"the model produced non-finite values for {int(bad.sum())} input(s); "
+            out = _finite_or_none(vectors)
+            if out is None:  # a score overflowed the one-pass attention softmax: once more, shifted by row max
+                self._stats["exact_softmax_batches"] += 1
+                with exact_softmax():
+                    out = _finite_or_none(self._launch(members))
+            if out is None:
+                raise ModelError(f"the model produced non-finite values for a batch of {len(members)} input(s); "
                                  f"try dtype float32 or bfloat16")
         except BaseException as e:
             _fail(members, e)
             return
+        lengths = [len(job.ids[r]) for job, r in members]
+        s = self._stats
+        s["batches"] += 1
+        s["rows"] += len(members)
+        s["tokens"] += sum(lengths)
+        s["padded_tokens"] += len(members) * max(lengths)
         for (job, r), v in zip(members, out):
             if job.out is None:
                 job.out = np.empty((len(job.ids), out.shape[1]), np.float32)
             job.out[r] = v
+
+
+def _finite_or_none(vectors: mx.array) -> np.ndarray | None:
+    out = np.array(vectors, dtype=np.float32)
+    return out if np.isfinite(out).all() else None
 
 
 def _fail(members: list[tuple[_Job, int]], error: BaseException) -> None:

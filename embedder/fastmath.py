@@ -8,6 +8,7 @@ fused by `mx.compile` too, and attention is MLX's `scaled_dot_product_attention`
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import mlx.core as mx
@@ -26,32 +27,46 @@ def gelu(x: mx.array) -> mx.array:
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:
-    """Scaled dot-product attention; `mask` is boolean (B, 1, 1, L), True where a key may be attended.
+    """Scaled dot-product self-attention; `mask` is boolean (B, 1, 1, L), True at real tokens.
 
-    Masked keys get exactly zero weight; a query with no key to attend gets zeros, never NaN.
+    Masked keys get exactly zero weight, and masked (padding) queries get zeros, never NaN.
     """
-    if mask is None:
-        if not _fast_path(q):
+    if not _fast_path(q):
+        if mask is None:
             return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
-        return _softmax((q * scale) @ k.swapaxes(-1, -2)) @ v
-    keep = mask.astype(q.dtype).swapaxes(-1, -2)  # (B, 1, L, 1)
-    if not _fast_path(q):  # zero values: a row with every key masked gets uniform weights, so zeros
-        return mx.fast.scaled_dot_product_attention(q, k, v * keep, scale=scale, mask=mask)
-    # The mask rides in the scores matmul as one more coordinate (1 for queries, 0 or -1e30 for keys): a
-    # broadcast operand would make the fused softmax kernel index-by-index, a contiguous one vectorizes.
-    B, H, L, _ = q.shape
-    q = mx.concatenate([q * scale, mx.ones((B, H, L, 1), q.dtype)], axis=-1)
-    k = mx.concatenate([k, mx.broadcast_to((1.0 - keep) * _MASKED, (*k.shape[:-1], 1))], axis=-1)
-    return _softmax(q @ k.swapaxes(-1, -2)) @ (v * keep)
+        keep = mask.astype(q.dtype).swapaxes(-1, -2)  # zero values: a query with no key to attend gets zeros
+        return mx.fast.scaled_dot_product_attention(q, k, v * keep, scale=scale, mask=mask) * keep
+    B, H, L, D = q.shape
+    keep = mx.ones((B, 1, L, 1), q.dtype) if mask is None else mask.astype(q.dtype).swapaxes(-1, -2)
+    ones = mx.ones((B, H, L, 1), q.dtype)
+    masked = mx.broadcast_to((1.0 - keep) * _MASKED, (B, H, L, 1))
+    if _exact_softmax:
+        q = mx.concatenate([q * scale, ones], axis=-1)
+        k = mx.concatenate([k, masked], axis=-1)
+        return _softmax(q @ k.swapaxes(-1, -2)) @ v * keep
+    # A broadcast operand makes a fused CPU kernel go index by index; contiguous ones vectorize. So each query's
+    # shift (its score with its own key, not the row max: no max pass, and exp(0) = 1 keeps the sum >= 1) and
+    # the mask ride in the scores matmul as extra coordinates, and the softmax sum in the values matmul as a
+    # column of ones: one exp pass over the scores. A score more than ~88 above the shift overflows to inf and
+    # comes out as NaN, which the engine answers by running the batch again with the row max (`exact_softmax`).
+    own = (q * k).sum(axis=-1, keepdims=True)
+    q = mx.concatenate([q, -own, ones], axis=-1)
+    k = mx.concatenate([k, ones, masked / scale], axis=-1)
+    weighted = _exp_scaled(q @ k.swapaxes(-1, -2), scale) @ mx.concatenate([v, ones], axis=-1)
+    weighted = weighted.swapaxes(1, 2)  # normalized straight into (B, L, H, D) order, for the caller's reshape
+    out = _normalize(weighted[..., :D], weighted[..., D:], keep.swapaxes(1, 2))
+    return out.swapaxes(1, 2)
 
 
-def softmax(scores: mx.array, mask: mx.array | None = None) -> mx.array:
-    """Softmax over the last axis; exactly zero where the (broadcastable, boolean) `mask` is False."""
-    if not _fast_path(scores):
-        return mx.softmax(scores if mask is None else mx.where(mask, scores, -mx.inf), axis=-1)
-    if mask is not None:
-        scores = scores + (1.0 - mask.astype(scores.dtype)) * _MASKED
-    return _softmax(scores)
+@contextlib.contextmanager
+def exact_softmax():
+    """Attention softmax shifted by the row max (one more pass) while inside; for the rare overflowing batch."""
+    global _exact_softmax
+    saved, _exact_softmax = _exact_softmax, True
+    try:
+        yield
+    finally:
+        _exact_softmax = saved
 
 
 def _fast_path(x: mx.array) -> bool:
@@ -67,8 +82,16 @@ def _softmax_formula(scores: mx.array) -> mx.array:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _normalize_formula(weighted: mx.array, total: mx.array, keep: mx.array) -> mx.array:
+    """Divide by the softmax sum; an infinite sum (overflow) gives NaN, never a silent zero; padding gives 0."""
+    return mx.where(keep > 0, weighted / total + total * 0, 0)
+
+
 _gelu = mx.compile(_gelu_formula)
 _softmax = mx.compile(_softmax_formula)
+_exp_scaled = mx.compile(lambda scores, scale: mx.exp(scores * scale))
+_normalize = mx.compile(_normalize_formula)
+_exact_softmax = False
 
 
 def activation(name: str):

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import mlx.core as mx
 import pytest
 
 from embedder import EmbeddingEngine
@@ -34,6 +35,21 @@ def test_tiny_encoder_matches_pytorch(tmp_path, minilm_path, kind, pooling, norm
     assert engine.tokens_per_text(TEXTS) == tokens
     info = engine.info()
     assert info["pooling"] == pooling and info["normalize"] == normalize
+    engine.unload()
+
+
+def test_attention_scores_that_overflow_the_one_pass_softmax_still_match(tmp_path, minilm_path):
+    """Weights 50x BERT's usual scale give attention scores in the hundreds: those batches run again, exactly."""
+    hf = tiny_encoder("bert", minilm_path, tmp_path, initializer_range=1.0)
+    path = save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64)
+    expected, _ = st_reference(path, TEXTS)
+    engine = EmbeddingEngine(str(path), batch_tokens=128)
+    got = engine.embed(TEXTS)
+    assert cosine(got, expected).min() >= 0.9999
+    from embedder import fastmath
+
+    if fastmath._fast_path(mx.zeros(1)):
+        assert engine.stats()["exact_softmax_batches"] > 0
     engine.unload()
 
 
