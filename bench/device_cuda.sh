@@ -17,8 +17,10 @@ echo "== engine vs sentence-transformers, float16 on the GPU"
 python3 bench/bench_engine.py --device cuda "${common[@]}" --sentences 13295 --passages 1335 --repeats 3
 echo "== fidelity and speed in float32 on the GPU"
 python3 bench/bench_engine.py --device cuda --dtype float32 "${common[@]}" --sentences 4000 --passages 400 --repeats 1
-echo "== engine alone with the CPU's batch shape (8192 tokens, 256 rows)"
-python3 bench/bench_engine.py --only embed --batch-tokens 8192 --max-batch-rows 256 "${common[@]}" --sentences 13295 --passages 1335 --repeats 2
+for tokens in 8192 32768; do
+  echo "== engine alone, batches of $tokens tokens (default 16384)"
+  python3 bench/bench_engine.py --only embed --batch-tokens $tokens "${common[@]}" --sentences 13295 --passages 1335 --repeats 2
+done
 for corpus in sentences passages; do
   echo "== whole process, file to Parquet: $corpus"
   python3 bench/bench_cli.py --device cuda --part throughput --corpus $corpus --rows 20000 "${common[@]}"
