@@ -39,7 +39,8 @@ MaxLengthOpt = Annotated[
 ]
 BatchTokensOpt = Annotated[
     int | None,
-    typer.Option(min=1, help="Padded-token budget per forward batch (rows x longest).", show_default=False),
+    typer.Option(min=1, show_default=False,
+                 help="Padded-token budget per forward batch (rows x longest); default 8192 on a CPU, 16384 on a GPU."),
 ]
 DimensionsOpt = Annotated[
     int | None, typer.Option(min=1, help="Keep the first N dimensions, then re-normalize.", show_default=False)

@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from cli._errors import reported_errors
+from cli._options import BatchTokensOpt
 
 
 def serve(
@@ -29,9 +30,7 @@ def serve(
     max_inputs: Annotated[int, typer.Option(min=1, help="Most inputs one request may carry.")] = 2048,
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted (else 413).")] = 32 * 1024 * 1024,
     max_queue: Annotated[int, typer.Option(min=1, help="Inputs in flight before new requests get 429.")] = 8192,
-    batch_tokens: Annotated[
-        int | None, typer.Option(min=1, help="Padded-token budget of one forward batch.", show_default=False)
-    ] = None,
+    batch_tokens: BatchTokensOpt = None,
 ) -> None:
     """Serve embeddings at http://HOST:PORT/v1/embeddings, as OpenAI's API does.
 
