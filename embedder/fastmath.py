@@ -94,6 +94,16 @@ _normalize = mx.compile(_normalize_formula)
 _exact_softmax = False
 
 
+class Linear(nn.Linear):
+    """nn.Linear; on the fast CPU path a matmul then a vectorized bias add, since MLX's CPU `addmm` first
+    copies the broadcast bias into its output (BERT forward, same process, A/B: +5% at 8x256 and 128x32)."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if "bias" in self and _fast_path(x):
+            return x @ self["weight"].T + self["bias"]
+        return super().__call__(x)
+
+
 def activation(name: str):
     """A config's `hidden_act` as a function; the exact GELU goes through the fast kernel above."""
     table = {"gelu": gelu, "gelu_new": nn.gelu_approx, "gelu_pytorch_tanh": nn.gelu_approx,

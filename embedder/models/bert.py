@@ -64,7 +64,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.n_heads = args.num_attention_heads
         self.head_dim = args.hidden_size // args.num_attention_heads
-        self.qkv = nn.Linear(args.hidden_size, 3 * args.hidden_size)
+        self.qkv = fastmath.Linear(args.hidden_size, 3 * args.hidden_size)
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
         B, L, D = x.shape
@@ -79,7 +79,7 @@ class DenseNorm(nn.Module):
 
     def __init__(self, dims_in: int, dims_out: int, eps: float):
         super().__init__()
-        self.dense = nn.Linear(dims_in, dims_out)
+        self.dense = fastmath.Linear(dims_in, dims_out)
         self.LayerNorm = nn.LayerNorm(dims_out, eps=eps)
 
     def __call__(self, x: mx.array, residual: mx.array) -> mx.array:
@@ -99,7 +99,7 @@ class Attention(nn.Module):
 class Intermediate(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.dense = nn.Linear(args.hidden_size, args.intermediate_size)
+        self.dense = fastmath.Linear(args.hidden_size, args.intermediate_size)
         self.act = fastmath.activation(args.hidden_act)
 
     def __call__(self, x: mx.array) -> mx.array:

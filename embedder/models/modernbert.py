@@ -54,8 +54,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads = args.num_attention_heads
         self.head_dim = args.hidden_size // args.num_attention_heads
-        self.Wqkv = nn.Linear(args.hidden_size, 3 * args.hidden_size, bias=args.attention_bias)
-        self.Wo = nn.Linear(args.hidden_size, args.hidden_size, bias=args.attention_bias)
+        self.Wqkv = fastmath.Linear(args.hidden_size, 3 * args.hidden_size, bias=args.attention_bias)
+        self.Wo = fastmath.Linear(args.hidden_size, args.hidden_size, bias=args.attention_bias)
         default = args.global_rope_theta if layer_type == "full_attention" else args.local_rope_theta
         self.theta = rope_theta(args.rope_parameters, layer_type, default)
 
@@ -73,8 +73,8 @@ class MLP(nn.Module):
 
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.Wi = nn.Linear(args.hidden_size, 2 * args.intermediate_size, bias=args.mlp_bias)
-        self.Wo = nn.Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias)
+        self.Wi = fastmath.Linear(args.hidden_size, 2 * args.intermediate_size, bias=args.mlp_bias)
+        self.Wo = fastmath.Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias)
         self.act = fastmath.activation(args.hidden_activation)
 
     def __call__(self, x: mx.array) -> mx.array:
