@@ -19,9 +19,9 @@ import numpy as np  # noqa: E402
 
 from .batching import CPU_BATCH, GPU_BATCH, plan_batches  # noqa: E402
 from .errors import InputError, ModelError, NotReady  # noqa: E402
-from .fastmath import exact_softmax  # noqa: E402
+from .fastmath import exact_softmax, fast_cpu_kernels  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
-from .loading import LoadedModel, load_model  # noqa: E402
+from .loading import DTYPES, LoadedModel, load_model  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402
 from .pooling import pool, truncate_dims  # noqa: E402
 
@@ -339,7 +339,8 @@ class EmbeddingEngine:
         """Wait for a launched batch, check it, and copy each row into its job's output."""
         try:
             out = _finite_or_none(vectors)
-            if out is None:  # a score overflowed the one-pass attention softmax: once more, shifted by row max
+            if out is None and fast_cpu_kernels(DTYPES[self._model.dtype]):
+                # an attention score may have overflowed the one-pass softmax: once more, shifted by the row max
                 self._stats["exact_softmax_batches"] += 1
                 with exact_softmax():
                     out = _finite_or_none(self._launch(members))

@@ -69,8 +69,13 @@ def exact_softmax():
         _exact_softmax = saved
 
 
+def fast_cpu_kernels(dtype: mx.Dtype) -> bool:
+    """Whether `dtype` arrays take the native CPU kernels here, the one-pass attention softmax included."""
+    return dtype == mx.float32 and mx.default_device() == mx.cpu and native_kernels()
+
+
 def _fast_path(x: mx.array) -> bool:
-    return x.dtype == mx.float32 and mx.default_device() == mx.cpu and native_kernels()
+    return fast_cpu_kernels(x.dtype)
 
 
 def _gelu_formula(x: mx.array) -> mx.array:

@@ -18,7 +18,7 @@ ENGINE_STATS = {
     "padded_tokens": ("embed_engine_padded_tokens_total", "counter", "Tokens run, padding included."),
     "busy_seconds": ("embed_engine_busy_seconds_total", "counter", "Seconds the engine spent running batches."),
     "exact_softmax_batches": ("embed_engine_exact_softmax_batches_total", "counter",
-                              "Batches run twice: an attention score overflowed the one-pass CPU softmax."),
+                              "Batches run again with the exact attention softmax after a non-finite result."),
 }
 
 

@@ -48,7 +48,7 @@ def test_attention_scores_that_overflow_the_one_pass_softmax_still_match(tmp_pat
     assert cosine(got, expected).min() >= 0.9999
     from embedder import fastmath
 
-    if fastmath._fast_path(mx.zeros(1)):
+    if fastmath.fast_cpu_kernels(mx.float32):
         assert engine.stats()["exact_softmax_batches"] > 0
     engine.unload()
 
