@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -40,7 +41,7 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.arra
     keep = mx.ones((B, 1, L, 1), q.dtype) if mask is None else mask.astype(q.dtype).swapaxes(-1, -2)
     ones = mx.ones((B, H, L, 1), q.dtype)
     masked = mx.broadcast_to((1.0 - keep) * _MASKED, (B, H, L, 1))
-    if _exact_softmax:
+    if getattr(_exact, "on", False):
         q = mx.concatenate([q * scale, ones], axis=-1)
         k = mx.concatenate([k, masked], axis=-1)
         return _softmax(q @ k.swapaxes(-1, -2)) @ v * keep
@@ -60,13 +61,13 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.arra
 
 @contextlib.contextmanager
 def exact_softmax():
-    """Attention softmax shifted by the row max (one more pass) while inside; for the rare overflowing batch."""
-    global _exact_softmax
-    saved, _exact_softmax = _exact_softmax, True
+    """Attention softmax shifted by the row max (one more pass) in this thread while inside; for the rare
+    overflowing batch (each engine's worker thread traces its own forward passes)."""
+    saved, _exact.on = getattr(_exact, "on", False), True
     try:
         yield
     finally:
-        _exact_softmax = saved
+        _exact.on = saved
 
 
 def fast_cpu_kernels(dtype: mx.Dtype) -> bool:
@@ -96,7 +97,7 @@ _gelu = mx.compile(_gelu_formula)
 _softmax = mx.compile(_softmax_formula)
 _exp_scaled = mx.compile(lambda scores, scale: mx.exp(scores * scale))
 _normalize = mx.compile(_normalize_formula)
-_exact_softmax = False
+_exact = threading.local()
 
 
 class Linear(nn.Linear):
