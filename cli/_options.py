@@ -42,6 +42,12 @@ BatchTokensOpt = Annotated[
     typer.Option(min=1, show_default=False,
                  help="Padded-token budget per forward batch (rows x longest); default 8192 on a CPU, 16384 on a GPU."),
 ]
+LanesOpt = Annotated[
+    int | None,
+    typer.Option(min=1, envvar="EMBED_LANES", show_default=False,
+                 help="Batches computed at once, each on its own thread [default: one per core (at most 8) on a CPU, "
+                      "1 on a GPU]."),
+]
 DimensionsOpt = Annotated[
     int | None, typer.Option(min=1, help="Keep the first N dimensions, then re-normalize.", show_default=False)
 ]

@@ -11,6 +11,7 @@ import typer
 from cli._errors import reported_errors
 from cli._options import (
     BatchTokensOpt,
+    LanesOpt,
     DimensionsOpt,
     InputFormat,
     MaxLengthOpt,
@@ -62,6 +63,7 @@ def embed(
         show_default=False)] = None,
     max_length: MaxLengthOpt = None,
     batch_tokens: BatchTokensOpt = None,
+    lanes: LanesOpt = None,
     dimensions: DimensionsOpt = None,
     no_normalize: NoNormalizeOpt = False,
     prompt: PromptOpt = None,
@@ -103,6 +105,7 @@ def embed(
         input_format=input_format.value if input_format else None,
         max_length=max_length,
         batch_tokens=batch_tokens,
+        lanes=lanes,
         dimensions=dimensions,
         normalize=not no_normalize,
         prompt=prompt,

@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from cli._errors import reported_errors
-from cli._options import BatchTokensOpt
+from cli._options import BatchTokensOpt, LanesOpt
 
 
 def serve(
@@ -31,6 +31,7 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted (else 413).")] = 32 * 1024 * 1024,
     max_queue: Annotated[int, typer.Option(min=1, help="Inputs in flight before new requests get 429.")] = 8192,
     batch_tokens: BatchTokensOpt = None,
+    lanes: LanesOpt = None,
 ) -> None:
     """Serve embeddings at http://HOST:PORT/v1/embeddings, as OpenAI's API does.
 
@@ -48,7 +49,8 @@ def serve(
 
         options = ServerOptions(api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes, max_queue=max_queue)
         registry = build_registry(
-            models or [], embedding_model=embedding_model, preload=preload, truncate=not no_truncate, batch_tokens=batch_tokens
+            models or [], embedding_model=embedding_model, preload=preload, truncate=not no_truncate, batch_tokens=batch_tokens,
+            lanes=lanes,
         )
         uvicorn.run(create_app(registry, options), host=host, port=port, log_level="info")
 

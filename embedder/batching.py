@@ -62,3 +62,16 @@ def plan_batches(lengths: Sequence[int], shape: BatchShape) -> list[list[int]]:
         batches.append(order[start:end])
         end = start
     return batches[::-1]
+
+
+def spread(batches: list[list[int]], lanes: int) -> list[list[int]]:
+    """Halve the largest batches until every lane has one (where rows allow): a lone request then runs on all
+    lanes at once instead of on one."""
+    batches = list(batches)
+    while len(batches) < lanes:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]), default=None)
+        if largest is None or len(batches[largest]) < 2:
+            break
+        rows = batches.pop(largest)
+        batches[largest:largest] = [rows[: len(rows) // 2], rows[len(rows) // 2:]]
+    return batches

@@ -26,6 +26,7 @@ FIX_HINT = (
 )
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 _SET_THREADS = ("openblas_set_num_threads", "MKL_Set_Num_Threads")
+_loaded: list[ctypes.CDLL] = []  # the BLAS preload_blas loaded, if any
 
 
 @functools.cache
@@ -75,7 +76,8 @@ def _load(path: str) -> str | None:
     if not hasattr(lib, "cblas_sgemm") or not _sgemm_is_correct(lib):
         return None
     ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)  # same handle, promoted to the global scope
-    _use_all_cores(lib)
+    _loaded.append(lib)
+    set_threads(len(os.sched_getaffinity(0)))
     return path
 
 
@@ -158,11 +160,14 @@ def _sgemm_is_correct(lib: ctypes.CDLL) -> bool:
     return bool(np.allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5))
 
 
-def _use_all_cores(lib: ctypes.CDLL) -> None:
-    """Use every core this process may run on, unless the user chose a thread count."""
+def set_threads(n: int) -> bool:
+    """Threads per matmul for the BLAS loaded here, unless the user chose a count (OPENBLAS_NUM_THREADS & co.);
+    False where nothing was set."""
     if any(os.environ.get(v) for v in _THREAD_VARS):
-        return
-    for name in _SET_THREADS:
-        if hasattr(lib, name):
-            getattr(lib, name)(ctypes.c_int(len(os.sched_getaffinity(0))))
-            return
+        return False
+    for lib in _loaded:
+        for name in _SET_THREADS:
+            if hasattr(lib, name):
+                getattr(lib, name)(ctypes.c_int(n))
+                return True
+    return False

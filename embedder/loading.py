@@ -170,6 +170,7 @@ def load_dense(spec: DenseSpec) -> DenseLayer:
         raise ModelError(f"Dense layer {spec.path} has weight shape {weight.shape}, config says "
                          f"({spec.out_features}, {spec.in_features})")
     bias = w["linear.bias"].astype(mx.float32) if spec.bias else None
+    mx.eval(weight, bias)  # a lazy array is tied to this thread's stream; the engine's lanes are other threads
     return DenseLayer(weight, bias, spec.activation)
 
 

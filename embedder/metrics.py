@@ -16,7 +16,8 @@ ENGINE_STATS = {
     "rows": ("embed_engine_rows_total", "counter", "Inputs embedded by the engine."),
     "tokens": ("embed_engine_tokens_total", "counter", "Tokens embedded, without padding."),
     "padded_tokens": ("embed_engine_padded_tokens_total", "counter", "Tokens run, padding included."),
-    "busy_seconds": ("embed_engine_busy_seconds_total", "counter", "Seconds the engine spent running batches."),
+    "busy_seconds": ("embed_engine_busy_seconds_total", "counter", "Seconds during which at least one batch was running."),
+    "lanes": ("embed_engine_lanes", "gauge", "Batches the engine computes at once (--lanes)."),
     "exact_softmax_batches": ("embed_engine_exact_softmax_batches_total", "counter",
                               "Batches run again with the exact attention softmax after a non-finite result."),
 }

@@ -38,6 +38,7 @@ class EmbedOptions:
     input_format: str | None = None
     max_length: int | None = None
     batch_tokens: int | None = None
+    lanes: int | None = None
     dimensions: int | None = None
     normalize: bool = True
     prompt: str | None = None
@@ -155,7 +156,8 @@ def _engine(options: EmbedOptions) -> EmbeddingEngine:
     """The engine this job asks for; only the settings given are passed, the rest stay the engine's defaults."""
     from embedder.engine import DEFAULT_MODEL, EmbeddingEngine
 
-    given = {"max_length": options.max_length, "batch_tokens": options.batch_tokens, "pooling": options.pooling}
+    given = {"max_length": options.max_length, "batch_tokens": options.batch_tokens, "pooling": options.pooling,
+             "lanes": options.lanes}
     return EmbeddingEngine(options.model or DEFAULT_MODEL, **{k: v for k, v in given.items() if v is not None})
 
 

@@ -101,6 +101,7 @@ def build_registry(
     preload: bool = False,
     truncate: bool = True,
     batch_tokens: int | None = None,
+    lanes: int | None = None,
 ) -> ModelRegistry:
     """`--embedding-model M` serves M alone and loads it at start, as vllm-mlx does; the default model otherwise."""
     if embedding_model is not None and any(m != embedding_model for m in models):
@@ -108,7 +109,7 @@ def build_registry(
     names = [embedding_model] if embedding_model is not None else list(dict.fromkeys(models)) or [DEFAULT_MODEL]
     for name in names:  # a typo fails now, not as a 404 on the first request; loading still waits
         resolve_model_path(name)
-    options = {} if batch_tokens is None else {"batch_tokens": batch_tokens}
+    options = {k: v for k, v in {"batch_tokens": batch_tokens, "lanes": lanes}.items() if v is not None}
     served = [ServedModel(name, EmbeddingEngine(name, truncate=truncate, **options)) for name in names]
     pinned = embedding_model is not None
     return ModelRegistry(served, pinned=pinned, preload=preload or pinned, truncate=truncate)

@@ -80,3 +80,15 @@ def test_a_stray_mlx_folder_beside_the_script_does_not_hide_the_wheel(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] != "None", done.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not blas._mlx_uses_reference_blas(), reason="mlx[cpu] on Linux only")
+def test_thread_count_is_settable_unless_the_user_chose_one(monkeypatch):
+    assert blas.preload_blas() is not None  # conftest loaded it
+    threads = getattr(blas._loaded[0], "openblas_get_num_threads", None) or blas._loaded[0].MKL_Get_Max_Threads
+    assert blas.set_threads(1) is True and threads() == 1
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    assert blas.set_threads(2) is False and threads() == 1
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    cores = len(os.sched_getaffinity(0))
+    assert blas.set_threads(cores) is True and threads() == cores

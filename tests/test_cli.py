@@ -85,7 +85,7 @@ def test_id_field_and_jsonl_output(tmp_path):
 def test_stdin_to_stdout_is_pure_jsonl(short_engine):
     engine = short_engine
     texts = expected_texts("nasty.txt")
-    result = embed("--max-length", MAX_LENGTH, stdin=(FIXTURES / "nasty.txt").read_bytes())
+    result = embed("--max-length", MAX_LENGTH, "--lanes", 1, stdin=(FIXTURES / "nasty.txt").read_bytes())
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.decode().splitlines()]
     assert [r["id"] for r in rows] == list(range(len(texts)))

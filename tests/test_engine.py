@@ -3,6 +3,7 @@
 import json
 import random
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -95,6 +96,34 @@ def test_concurrent_submits_batch_together(engine, golden):
         futures = list(pool.map(lambda i: engine.submit([ids[i]]), range(len(ids))))
         got = np.concatenate([f.result() for f in futures])
     assert cosine(got, expected).min() >= 0.99999
+
+
+def test_lanes_share_jobs_and_agree(minilm_path, golden):
+    """Small batches spread over three lanes: every job, split across lanes, comes back whole and in order."""
+    texts, expected, _ = golden
+    one = EmbeddingEngine(str(minilm_path), lanes=1, batch_tokens=256, max_batch_rows=4)
+    three = EmbeddingEngine(str(minilm_path), lanes=3, batch_tokens=256, max_batch_rows=4)
+    assert three.lanes == 3
+    ids = three.tokenize(texts)
+    jobs = [ids[i:i + 7] for i in range(0, len(ids), 7)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        futures = list(pool.map(three.submit, jobs))
+        got = np.concatenate([f.result() for f in futures])
+    wall = time.perf_counter() - start
+    assert cosine(got, expected).min() >= 0.9999
+    assert cosine(got, one.embed(texts)).min() >= 0.99999
+    stats = three.stats()
+    assert stats["rows"] == len(texts) and stats["tokens"] == sum(map(len, ids)) and stats["queue_depth"] == 0
+    assert stats["batches"] >= len(texts) / 4
+    assert 0 < stats["busy_seconds"] <= wall
+    one.unload()
+    three.unload()
+
+
+def test_lanes_must_be_positive(minilm_path):
+    with pytest.raises(ValueError, match="lanes"):
+        EmbeddingEngine(str(minilm_path), lanes=0)
 
 
 def test_bad_token_ids_and_dimensions(engine):

@@ -5,7 +5,7 @@ import random
 import mlx.core as mx
 import numpy as np
 
-from embedder.batching import CPU_BATCH, GPU_BATCH, BatchShape, plan_batches
+from embedder.batching import CPU_BATCH, GPU_BATCH, BatchShape, plan_batches, spread
 from embedder.pooling import normalize, pool, truncate_dims
 
 H = mx.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, -6.0], [-7.0, 8.0], [9.0, 10.0]]])
@@ -65,3 +65,11 @@ def test_planner_pads_less_than_a_greedy_fill():
     greedy_padded = len(lengths) * max(lengths)  # 64 rows x 250 fit the budget: one batch, all padded to 250
     assert padded < greedy_padded / 2
     assert sorted(i for b in batches for i in b) == list(range(64))
+
+
+def test_spread_gives_every_lane_a_batch_when_rows_allow():
+    assert spread([[0, 1, 2, 3, 4]], 2) == [[0, 1], [2, 3, 4]]
+    assert spread([[0, 1, 2, 3, 4, 5, 6, 7], [8]], 4) == [[0, 1], [2, 3], [4, 5, 6, 7], [8]]
+    assert spread([[0], [1]], 8) == [[0], [1]]  # one row cannot be cut
+    many = [[i] for i in range(5)]
+    assert spread(many, 2) == many

@@ -74,7 +74,7 @@ def assert_close(got: np.ndarray, want: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    with running_server("--api-key", API_KEY) as url:
+    with running_server("--api-key", API_KEY, "--lanes", "3") as url:  # more lanes than cores: jobs split across them
         yield url
 
 
@@ -203,8 +203,9 @@ def test_metrics(server: str, http: httpx.Client) -> None:
     assert 'embed_requests_total{path="/v1/embeddings",status="200"}' in text
     assert 'embed_requests_total{path="/v1/embeddings",status="401"}' in text
     for name in ("embed_inputs_total", "embed_tokens_total", "embed_in_flight_inputs 0", "embed_request_seconds_bucket",
-                 "embed_engine_queue_rows", "embed_engine_batches_total"):
+                 "embed_engine_queue_rows", "embed_engine_batches_total", 'embed_engine_lanes{model="'):
         assert name in text
+    assert [line.split()[-1] for line in text.splitlines() if line.startswith("embed_engine_lanes{")] == ["3"]
 
 
 def test_prompt_extension_fields(http: httpx.Client, engine: EmbeddingEngine) -> None:
