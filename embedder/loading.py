@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from .errors import ModelError
 from .hub import canonical_id, resolve_model_path
@@ -147,8 +148,17 @@ def build_model(config: dict, path: Path, dtype: mx.Dtype) -> nn.Module:
     except ValueError as e:
         raise ModelError(f"weights do not match the {config['model_type']} architecture: {e}") from e
     model.eval()
-    mx.eval(model.parameters())
+    mx.eval(held_arrays(model))
     return model
+
+
+def held_arrays(model: nn.Module) -> list[mx.array]:
+    """Every array the model's modules hold, private ones too (mlx-lm's RoPE builds `_freqs` lazily at init).
+
+    A lazy array belongs to the stream of the thread that made it, and the engine's lanes are other threads:
+    left unevaluated, it fails there ("There is no Stream(cpu, 0) in current thread").
+    """
+    return [leaf for m in model.modules() for _, leaf in tree_flatten(dict(m.items())) if isinstance(leaf, mx.array)]
 
 
 def quantized_layer(quantization: dict, path: str, module: nn.Module, weights: dict) -> bool | dict:
@@ -170,7 +180,7 @@ def load_dense(spec: DenseSpec) -> DenseLayer:
         raise ModelError(f"Dense layer {spec.path} has weight shape {weight.shape}, config says "
                          f"({spec.out_features}, {spec.in_features})")
     bias = w["linear.bias"].astype(mx.float32) if spec.bias else None
-    mx.eval(weight, bias)  # a lazy array is tied to this thread's stream; the engine's lanes are other threads
+    mx.eval(weight, bias)  # lazy, they would be tied to this thread's stream (see held_arrays)
     return DenseLayer(weight, bias, spec.activation)
 
 

@@ -37,6 +37,7 @@ def torch_reference(hf_dir, ids: list[list[int]], pooling: str) -> np.ndarray:
     "kind, pooling, causal_lm",
     [
         ("llama", "mean", True),
+        ("llama3", "last", True),
         ("mistral", "last", False),
         ("phi3", "mean", True),
         ("gemma", "cls", False),

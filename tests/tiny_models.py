@@ -77,6 +77,9 @@ TINY = {
         _DECODER, num_hidden_layers=3, sliding_window=6, layer_types=["sliding_attention", "full_attention",
         "sliding_attention"], query_pre_attn_scalar=16)),
     "llama": ("LlamaConfig", _DECODER),
+    # Llama 3's RoPE scaling: mlx-lm precomputes its frequencies when the model is built.
+    "llama3": ("LlamaConfig", dict(_DECODER, rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16))),
     "mistral": ("MistralConfig", dict(_DECODER, sliding_window=None)),
     "phi3": ("Phi3Config", dict(_DECODER, head_dim=None)),
     "gemma": ("GemmaConfig", _DECODER),
