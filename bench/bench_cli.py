@@ -1,10 +1,12 @@
 """Whole-process file-to-Parquet: `embed` against a sentence-transformers script, plus embed's peak RSS at 1x/10x rows.
 
-    .venv/bin/python bench/bench_cli.py [--corpus passages|sentences] [--rows N] [--repeat R] [--rss-rows N]
+    .venv/bin/python bench/bench_cli.py [--corpus passages|sentences] [--rows N] [--runs N] [--repeat R] [--rss-rows N]
     python3 bench/bench_cli.py --device cuda --model DIR --corpus-dir DIR ...   (on an NVIDIA machine)
 
-One run each, same machine, same model (the packaged all-MiniLM-L6-v2 unless --model), same input file; a process
-is timed from start to exit, model load and Parquet writing included. Token counts come from embed's own output
+Same machine, same model (the packaged all-MiniLM-L6-v2 unless --model), same input file; a process is timed from
+start to exit, model load and Parquet writing included. With --runs N the two alternate N times and the ratio
+reported is the median of the N side-by-side ratios: on a shared VM whose speed swings by 30% from one minute to
+the next, one pair of runs can land either way. Token counts come from embed's own output
 (same tokenizer). With --device cuda, sentence-transformers runs in float16 on the GPU, and embed uses the GPU that
 an `embed[cuda]` install gives MLX, in its default float16.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,17 +78,24 @@ def throughput(args: argparse.Namespace, folder: Path) -> None:
     corpus = args.corpus
     source = first_rows(args.corpus_dir / f"{corpus}.txt", args.rows, folder, args.repeat)
     ours, theirs = folder / "embed.parquet", folder / "st.parquet"
-    embed_s, _ = timed(embed_command(source, ours, args.model))
-    st_s, _ = timed([sys.executable, "-c", ST_SCRIPT, str(source), str(theirs), args.model, args.device])
+    pairs = []
+    for _ in range(args.runs):
+        embed_s, _ = timed(embed_command(source, ours, args.model, "--overwrite"))
+        st_s, _ = timed([sys.executable, "-c", ST_SCRIPT, str(source), str(theirs), args.model, args.device])
+        pairs.append((embed_s, st_s))
     a, b = pq.read_table(ours), pq.read_table(theirs)
     tokens = sum(a["tokens"].to_pylist())
     va, vb = (np.stack(t["embedding"].to_numpy(zero_copy_only=False)) for t in (a, b))
     cosine = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
     print(f"{corpus}: {a.num_rows} rows, {tokens:,} tokens (sentence-transformers counts "
           f"{sum(b['tokens'].to_pylist()):,}); min cosine between the two outputs {cosine.min():.6f}")
-    print(f"  embed                  {embed_s:7.1f} s  {tokens / embed_s:8,.0f} tokens/s")
-    print(f"  sentence-transformers  {st_s:7.1f} s  {tokens / st_s:8,.0f} tokens/s")
-    print(f"  ratio embed / sentence-transformers: {st_s / embed_s:.2f}x")
+    for embed_s, st_s in pairs:
+        print(f"  embed {embed_s:6.1f} s {tokens / embed_s:7,.0f} tokens/s   sentence-transformers {st_s:6.1f} s "
+              f"{tokens / st_s:7,.0f} tokens/s   ratio {st_s / embed_s:.2f}x")
+    embed_s, st_s = (statistics.median(times) for times in zip(*pairs))
+    ratio = statistics.median(st / ours for ours, st in pairs)
+    print(f"  median of {len(pairs)}: embed {tokens / embed_s:,.0f} tokens/s, sentence-transformers "
+          f"{tokens / st_s:,.0f} tokens/s; ratio embed / sentence-transformers: {ratio:.2f}x")
 
 
 def memory(args: argparse.Namespace, folder: Path) -> None:
@@ -105,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", choices=["passages", "sentences"], default="passages")
     parser.add_argument("--rows", type=int, default=1335, help="rows of the corpus to embed (passages: 1335 in all)")
+    parser.add_argument("--runs", type=int, default=3, help="side-by-side runs of each system, alternating")
     parser.add_argument("--repeat", type=int, default=1, help="embed those rows this many times over")
     parser.add_argument("--rss-rows", type=int, default=1000, help="sentences in the 1x memory run")
     parser.add_argument("--part", choices=["all", "throughput", "memory"], default="all")
