@@ -11,9 +11,9 @@ import typer
 from cli._errors import reported_errors
 from cli._options import (
     BatchTokensOpt,
-    LanesOpt,
     DimensionsOpt,
     InputFormat,
+    LanesOpt,
     MaxLengthOpt,
     ModelOpt,
     NoNormalizeOpt,
