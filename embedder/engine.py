@@ -40,7 +40,10 @@ class _Job:
     future: Future = field(default_factory=Future)
     out: np.ndarray | None = None
     error: BaseException | None = None
-    remaining: int = 0  # rows not yet computed (or failed); the lane that takes it to 0 resolves the future
+    remaining: int = field(init=False)  # rows not yet done (or failed); the lane taking it to 0 resolves the future
+
+    def __post_init__(self) -> None:
+        self.remaining = len(self.ids)
 
 
 _STOP = object()
@@ -327,8 +330,6 @@ class EmbeddingEngine:
     def _dispatch(self, jobs: list[_Job]) -> None:
         """Plan the jobs' rows into batches and queue them for the lanes (blocks while the lanes are busy)."""
         rows = [(job, r) for job in jobs for r in range(len(job.ids))]
-        for job in jobs:
-            job.remaining = len(job.ids)
         for batch in spread(plan_batches([len(job.ids[r]) for job, r in rows], self.batch_shape), self.lanes):
             self._batches.put([rows[i] for i in batch])
 
