@@ -20,9 +20,8 @@ import numpy as np  # noqa: E402
 
 from .batching import CPU_BATCH, GPU_BATCH, plan_batches, spread  # noqa: E402
 from .errors import InputError, ModelError, NotReady  # noqa: E402
-from .fastmath import exact_softmax, fast_cpu_kernels  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
-from .loading import DTYPES, LoadedModel, load_model  # noqa: E402
+from .loading import LoadedModel, load_model  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402
 from .pooling import pool, truncate_dims  # noqa: E402
 
@@ -108,7 +107,7 @@ class EmbeddingEngine:
         self._ready: Future | None = None
         self._lock = threading.Lock()
         self._stats = dict(queue_depth=0, batches=0, rows=0, tokens=0, padded_tokens=0, busy_seconds=0.0,
-                           exact_softmax_batches=0, lanes=self.lanes)
+                           lanes=self.lanes)
         self._running = 0  # batches launched and not yet done, over all lanes
         self._busy_since = 0.0
 
@@ -386,12 +385,6 @@ class EmbeddingEngine:
         """Wait for a launched batch, check it, and copy each row into its job's output."""
         try:
             out = _finite_or_none(vectors)
-            if out is None and fast_cpu_kernels(DTYPES[self._model.dtype]):
-                # an attention score may have overflowed the one-pass softmax: once more, shifted by the row max
-                with self._lock:
-                    self._stats["exact_softmax_batches"] += 1
-                with exact_softmax():
-                    out = _finite_or_none(self._launch(members))
             if out is None:
                 raise ModelError(f"the model produced non-finite values for a batch of {len(members)} input(s); "
                                  f"try dtype float32 or bfloat16")

@@ -1,23 +1,24 @@
-"""Element-wise kernels of the encoder forward pass (GELU, masked attention softmax), fast on MLX's CPU backend.
+"""The encoder forward pass's GELU and attention, fast on MLX's CPU backend.
 
 MLX's prebuilt CPU `erf` and `exp` are scalar loops on x86 (~90% of a BERT layer's time). Fused by `mx.compile`
-and built for this CPU's vector units (`cpu_compile`), the same built-in formulas run 4-5x faster with the same
-results. Where that cannot be done (no g++, other dtypes) the built-in kernels run unchanged. On a GPU, GELU is
-fused by `mx.compile` too, and attention is MLX's `scaled_dot_product_attention`.
+and built for this CPU's vector units (`cpu_compile`), the same built-in GELU formula runs 4-5x faster with the
+same results. Attention on the CPU in float32 is our own fused C++ kernel (`kernels/attention.cpp`), which never
+writes the scores to memory. Where neither can be built (no g++, not Linux) or for other dtypes, MLX's built-in
+kernels run unchanged; on a GPU, GELU is fused by `mx.compile` too, and attention is MLX's
+`scaled_dot_product_attention`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
+import functools
 import math
-import threading
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
-from .cpu_compile import native_kernels
-
-_MASKED = -1e30  # finite: masked scores never put an inf into arithmetic
+from .cpu_compile import native_kernels, native_library
 
 
 def gelu(x: mx.array) -> mx.array:
@@ -27,51 +28,55 @@ def gelu(x: mx.array) -> mx.array:
     return _gelu_formula(x)
 
 
-def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:
-    """Scaled dot-product self-attention; `mask` is boolean (B, 1, 1, L), True at real tokens.
-
-    Masked keys get exactly zero weight, and masked (padding) queries get zeros, never NaN.
+def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | None) -> mx.array:
+    """Scaled dot-product self-attention from fused projections (B, L, 3 * H * D) to (B, L, H * D); `mask` is
+    boolean (B, 1, 1, L), True at real tokens. Masked keys get exactly zero weight, masked (padding) queries zeros.
     """
-    if not _fast_path(q):
-        if mask is None:
-            return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
-        keep = mask.astype(q.dtype).swapaxes(-1, -2)  # zero values: a query with no key to attend gets zeros
-        return mx.fast.scaled_dot_product_attention(q, k, v * keep, scale=scale, mask=mask) * keep
-    B, H, L, D = q.shape
-    keep = mx.ones((B, 1, L, 1), q.dtype) if mask is None else mask.astype(q.dtype).swapaxes(-1, -2)
-    ones = mx.ones((B, H, L, 1), q.dtype)
-    masked = mx.broadcast_to((1.0 - keep) * _MASKED, (B, H, L, 1))
-    if getattr(_exact, "on", False):
-        q = mx.concatenate([q * scale, ones], axis=-1)
-        k = mx.concatenate([k, masked], axis=-1)
-        return _softmax(q @ k.swapaxes(-1, -2)) @ v * keep
-    # A broadcast operand makes a fused CPU kernel go index by index; contiguous ones vectorize. So each query's
-    # shift (its score with its own key, not the row max: no max pass, and exp(0) = 1 keeps the sum >= 1) and
-    # the mask ride in the scores matmul as extra coordinates, and the softmax sum in the values matmul as a
-    # column of ones: one exp pass over the scores. A score more than ~88 above the shift overflows to inf and
-    # comes out as NaN, which the engine answers by running the batch again with the row max (`exact_softmax`).
-    own = (q * k).sum(axis=-1, keepdims=True)
-    q = mx.concatenate([q, -own, ones], axis=-1)
-    k = mx.concatenate([k, ones, masked / scale], axis=-1)
-    weighted = _exp_scaled(q @ k.swapaxes(-1, -2), scale) @ mx.concatenate([v, ones], axis=-1)
-    weighted = weighted.swapaxes(1, 2)  # normalized straight into (B, L, H, D) order, for the caller's reshape
-    out = _normalize(weighted[..., :D], weighted[..., D:], keep.swapaxes(1, 2))
-    return out.swapaxes(1, 2)
+    B, L, width = qkv.shape
+    D = width // (3 * n_heads)
+    kernel = _attention_kernel() if _fast_path(qkv) and D <= 128 else None
+    if kernel is not None and (mask is None or mask.shape == (B, 1, 1, L)):
+        return _native_attention(kernel, qkv, n_heads, scale, mask)
+    q, k, v = (qkv.reshape(B, L, 3, n_heads, D)[:, :, i].swapaxes(1, 2) for i in range(3))
+    return attention(q, k, v, scale, mask).swapaxes(1, 2).reshape(B, L, n_heads * D)
 
 
-@contextlib.contextmanager
-def exact_softmax():
-    """Attention softmax shifted by the row max (one more pass) in this thread while inside; for the rare
-    overflowing batch (each engine's worker thread traces its own forward passes)."""
-    saved, _exact.on = getattr(_exact, "on", False), True
-    try:
-        yield
-    finally:
-        _exact.on = saved
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:
+    """MLX's attention on (B, H, L, D) heads, with `self_attention`'s treatment of padding."""
+    if mask is None:
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
+    keep = mask.astype(q.dtype).swapaxes(-1, -2)  # zero values: a query with no key to attend gets zeros
+    return mx.fast.scaled_dot_product_attention(q, k, v * keep, scale=scale, mask=mask) * keep
+
+
+def _native_attention(kernel, qkv: mx.array, n_heads: int, scale: float, mask: mx.array | None) -> mx.array:
+    """MLX has no CPU custom-kernel API: evaluate the projections, run the C++ kernel on their memory (ctypes lets
+    other threads run meanwhile), and hand its output back as a new array."""
+    B, L, width = qkv.shape
+    mx.eval(qkv) if mask is None else mx.eval(qkv, mask)
+    data = np.ascontiguousarray(qkv)  # a view of MLX's buffer when contiguous, as a projection's output is
+    keep = None if mask is None else np.ascontiguousarray(mask.reshape(B, L))  # bool: one byte per token
+    out = np.empty((B, L, width // 3), np.float32)
+    status = kernel(data.ctypes.data, None if keep is None else keep.ctypes.data, out.ctypes.data,
+                    B, L, n_heads, width // (3 * n_heads), scale)
+    if status != 0:
+        raise RuntimeError(f"native attention failed ({status}) for head size {width // (3 * n_heads)}")
+    return mx.array(out)
+
+
+@functools.cache
+def _attention_kernel():
+    library = native_library("attention")
+    if library is None:
+        return None
+    kernel = library.embed_self_attention
+    kernel.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 4 + [ctypes.c_float]
+    kernel.restype = ctypes.c_int
+    return kernel
 
 
 def fast_cpu_kernels(dtype: mx.Dtype) -> bool:
-    """Whether `dtype` arrays take the native CPU kernels here, the one-pass attention softmax included."""
+    """Whether `dtype` arrays take the native CPU kernels here."""
     return dtype == mx.float32 and mx.default_device() == mx.cpu and native_kernels()
 
 
@@ -83,21 +88,7 @@ def _gelu_formula(x: mx.array) -> mx.array:
     return x * (1 + mx.erf(x / math.sqrt(2))) / 2
 
 
-def _softmax_formula(scores: mx.array) -> mx.array:
-    e = mx.exp(scores - scores.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _normalize_formula(weighted: mx.array, total: mx.array, keep: mx.array) -> mx.array:
-    """Divide by the softmax sum; an infinite sum (overflow) gives NaN, never a silent zero; padding gives 0."""
-    return mx.where(keep > 0, weighted / total + total * 0, 0)
-
-
 _gelu = mx.compile(_gelu_formula)
-_softmax = mx.compile(_softmax_formula)
-_exp_scaled = mx.compile(lambda scores, scale: mx.exp(scores * scale))
-_normalize = mx.compile(_normalize_formula)
-_exact = threading.local()
 
 
 class Linear(nn.Linear):

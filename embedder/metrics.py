@@ -18,8 +18,6 @@ ENGINE_STATS = {
     "padded_tokens": ("embed_engine_padded_tokens_total", "counter", "Tokens run, padding included."),
     "busy_seconds": ("embed_engine_busy_seconds_total", "counter", "Seconds during which at least one batch was running."),
     "lanes": ("embed_engine_lanes", "gauge", "Batches the engine computes at once (--lanes)."),
-    "exact_softmax_batches": ("embed_engine_exact_softmax_batches_total", "counter",
-                              "Batches run again with the exact attention softmax after a non-finite result."),
 }
 
 

@@ -3,7 +3,6 @@
 import json
 import shutil
 
-import mlx.core as mx
 import pytest
 
 from embedder import EmbeddingEngine
@@ -38,18 +37,14 @@ def test_tiny_encoder_matches_pytorch(tmp_path, minilm_path, kind, pooling, norm
     engine.unload()
 
 
-def test_attention_scores_that_overflow_the_one_pass_softmax_still_match(tmp_path, minilm_path):
-    """Weights 50x BERT's usual scale give attention scores in the hundreds: those batches run again, exactly."""
+def test_attention_scores_in_the_hundreds_still_match(tmp_path, minilm_path):
+    """Weights 50x BERT's usual scale give attention scores in the hundreds, past exp's float32 range."""
     hf = tiny_encoder("bert", minilm_path, tmp_path, initializer_range=1.0)
     path = save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64)
     expected, _ = st_reference(path, TEXTS)
     engine = EmbeddingEngine(str(path), batch_tokens=128)
     got = engine.embed(TEXTS)
     assert cosine(got, expected).min() >= 0.9999
-    from embedder import fastmath
-
-    if fastmath.fast_cpu_kernels(mx.float32):
-        assert engine.stats()["exact_softmax_batches"] > 0
     engine.unload()
 
 

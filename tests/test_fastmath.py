@@ -1,4 +1,4 @@
-"""fastmath's GELU and masked attention match float64 references, on native kernels and on the built-in ones."""
+"""fastmath's GELU and masked self-attention match float64 references, on native kernels and on the built-in ones."""
 
 import math
 
@@ -45,52 +45,59 @@ def _attention64(q, k, v, scale, keep):
     e = np.where(keep, np.exp(s - np.where(np.isfinite(top), top, 0)), 0.0)
     total = e.sum(-1, keepdims=True)
     p = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
-    return p @ v, p
+    return p @ v
 
 
-@pytest.fixture(params=["one-pass", "exact"])
-def softmax_mode(request):
-    if request.param == "exact":
-        with fastmath.exact_softmax():
-            yield request.param
-    else:
-        yield request.param
+def _qkv(rng, B, L, H, D, spread):
+    return rng.standard_normal((B, L, 3, H, D)).astype(np.float32) * spread
 
 
-def test_masked_attention_matches_reference_and_padding_rows_are_zero(mode, softmax_mode):
-    rng = np.random.default_rng(0)
-    B, H, L, D = 3, 2, 7, 4
-    q, k, v = (rng.standard_normal((B, H, L, D)).astype(np.float32) * 4 for _ in range(3))
-    keep = np.ones((B, 1, 1, L), dtype=bool)
-    keep[1, ..., 5:] = False  # a padded row
+def _reference(qkv, scale, keep):
+    """float64 attention over (B, L, 3, H, D); padding queries zeros, as self_attention promises."""
+    q, k, v = (np.swapaxes(qkv[:, :, i], 1, 2) for i in range(3))
+    keep4 = keep[:, None, None, :]
+    out = _attention64(q, k, v, scale, keep4) * np.swapaxes(keep4, -1, -2)
+    B, H, L, D = out.shape
+    return np.swapaxes(out, 1, 2).reshape(B, L, H * D)
+
+
+@pytest.mark.parametrize("L, H, D", [(7, 2, 4), (37, 3, 16), (70, 2, 32), (19, 2, 40), (33, 1, 64), (9, 2, 128),
+                                     (5, 1, 160)])
+def test_self_attention_matches_float64_and_padding_gets_zeros(mode, L, H, D):
+    """Head sizes on both sides of the kernel's vector width, lengths off its blocks, and a head too big for it."""
+    rng = np.random.default_rng(L)
+    qkv = _qkv(rng, 4, L, H, D, 2.0)
+    keep = np.ones((4, L), dtype=bool)
+    keep[1, L // 2:] = False  # right padding, as the engine pads
     keep[2] = False  # an empty input: nothing to attend
-    out = np.asarray(fastmath.attention(mx.array(q), mx.array(k), mx.array(v), 0.5, mx.array(keep)))
-    ref, _ = _attention64(q, k, v, 0.5, keep)
-    ref *= np.swapaxes(keep, -1, -2)  # padding queries: zeros
-    assert out.shape == (B, H, L, D) and np.isfinite(out).all()
-    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-    assert (out[2] == 0).all() and (out[1, :, 5:] == 0).all()
-    unmasked = np.asarray(fastmath.attention(mx.array(q), mx.array(k), mx.array(v), 0.5, None))
-    np.testing.assert_allclose(unmasked, _attention64(q, k, v, 0.5, np.ones_like(keep))[0], rtol=1e-5, atol=1e-5)
+    keep[3, ::3] = False  # holes: any mask, not only a prefix
+    scale = 1 / math.sqrt(D)
+    out = np.asarray(fastmath.self_attention(mx.array(qkv.reshape(4, L, -1)), H, scale,
+                                             mx.array(keep)[:, None, None, :]))
+    assert out.shape == (4, L, H * D) and np.isfinite(out).all()
+    np.testing.assert_allclose(out, _reference(qkv, scale, keep), rtol=1e-5, atol=2e-5)
+    assert (out[2] == 0).all() and (out[1, L // 2:] == 0).all() and (out[3, ::3] == 0).all()
+    unmasked = np.asarray(fastmath.self_attention(mx.array(qkv.reshape(4, L, -1)), H, scale, None))
+    np.testing.assert_allclose(unmasked, _reference(qkv, scale, np.ones_like(keep)), rtol=1e-5, atol=2e-5)
 
 
-def test_one_pass_softmax_overflow_is_nan_and_exact_softmax_is_right():
-    """A key scoring ~100 above a query's own score overflows the one-pass softmax: NaN, never a wrong number."""
-    if not fastmath.fast_cpu_kernels(mx.float32):
-        pytest.skip("the one-pass softmax is the native CPU path")
+def test_self_attention_with_scores_in_the_hundreds_is_exact(mode):
+    """Scores far past exp's float32 range (~88): the softmax is shifted by each row's max, never overflows.
+
+    Scores of ~400 carry float32 rounding of ~1e-4, so the weights (and outputs ~4) are good to ~1e-4 relative."""
     rng = np.random.default_rng(2)
-    q, k, v = (rng.standard_normal((1, 1, 4, 8)).astype(np.float32) for _ in range(3))
-    k[0, 0, 3] = q[0, 0, 0] * 60  # query 0 scores ~60 |q|^2 with key 3
-    keep = np.ones((1, 1, 1, 4), dtype=bool)
-    args = (mx.array(q), mx.array(k), mx.array(v), 1.0, mx.array(keep))
-    ref = _attention64(q, k, v, 1.0, keep)[0]
-    out = np.asarray(fastmath.attention(*args))
-    assert np.isnan(out[0, 0, 0]).all()
-    for row in range(1, 4):  # each other query: NaN, or right
-        assert np.isnan(out[0, 0, row]).all() or np.allclose(out[0, 0, row], ref[0, 0, row], rtol=1e-5, atol=1e-5)
-    with fastmath.exact_softmax():
-        exact = np.asarray(fastmath.attention(*args))
-    np.testing.assert_allclose(exact, ref, rtol=1e-5, atol=1e-5)
+    qkv = _qkv(rng, 2, 40, 2, 32, 4.0)  # scores up to ~400
+    keep = np.ones((2, 40), dtype=bool)
+    keep[1, 25:] = False
+    out = np.asarray(fastmath.self_attention(mx.array(qkv.reshape(2, 40, -1)), 2, 1.0, mx.array(keep)[:, None, None, :]))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, _reference(qkv, 1.0, keep), rtol=1e-5, atol=5e-4)
+
+
+def test_the_native_attention_kernel_runs_where_native_kernels_do():
+    if not fastmath.fast_cpu_kernels(mx.float32):
+        pytest.skip("needs Linux and g++")
+    assert fastmath._attention_kernel() is not None
 
 
 def test_other_dtypes_and_devices_use_the_builtin_kernels():

@@ -67,11 +67,7 @@ class SelfAttention(nn.Module):
         self.qkv = fastmath.Linear(args.hidden_size, 3 * args.hidden_size)
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        B, L, D = x.shape
-        qkv = self.qkv(x).reshape(B, L, 3, self.n_heads, self.head_dim)
-        q, k, v = (qkv[:, :, i].swapaxes(1, 2) for i in range(3))  # views; qkv.transpose(2, 0, 3, 1, 4)[i] copies slower
-        out = fastmath.attention(q, k, v, 1 / math.sqrt(self.head_dim), mask)
-        return out.transpose(0, 2, 1, 3).reshape(B, L, D)
+        return fastmath.self_attention(self.qkv(x), self.n_heads, 1 / math.sqrt(self.head_dim), mask)
 
 
 class DenseNorm(nn.Module):
