@@ -91,7 +91,8 @@ def _library(name: str) -> ctypes.CDLL | None:
     if cache is None:
         return None
     source = KERNELS / f"{name}.cpp"
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    parts = [source, *sorted(KERNELS.glob("*.h"))]  # the headers it may include change it too
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in parts)).hexdigest()[:16]
     target = cache / "lib" / f"{name}-{digest}.so"
     try:
         if not target.exists():

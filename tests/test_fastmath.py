@@ -3,10 +3,11 @@
 import math
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
-from embedder import fastmath
+from embedder import fastmath, native
 
 
 @pytest.fixture(params=["native", "builtin"])
@@ -94,10 +95,48 @@ def test_self_attention_with_scores_in_the_hundreds_is_exact(mode):
     np.testing.assert_allclose(out, _reference(qkv, 1.0, keep), rtol=1e-5, atol=5e-4)
 
 
-def test_the_native_attention_kernel_runs_where_native_kernels_do():
+def test_the_native_kernels_build_where_native_kernels_do():
     if not fastmath.fast_cpu_kernels(mx.float32):
         pytest.skip("needs Linux and g++")
-    assert fastmath._attention_kernel() is not None
+    assert native.available()
+
+
+def _linear(rng, dims_in, dims_out):
+    dense = fastmath.Linear(dims_in, dims_out)
+    dense.update({"weight": mx.array(rng.standard_normal((dims_out, dims_in)).astype(np.float32) / 4),
+                  "bias": mx.array(rng.standard_normal(dims_out).astype(np.float32))})
+    return dense
+
+
+@pytest.mark.parametrize("dims_out", [384, 40, 7])
+def test_linear_gelu_matches_float64_and_leaves_its_input(mode, dims_out):
+    rng = np.random.default_rng(dims_out)
+    dense = _linear(rng, 24, dims_out)
+    x = rng.standard_normal((3, 5, 24)).astype(np.float32) * 3
+    x_mx = mx.array(x)
+    out = np.asarray(fastmath.linear_activation(dense, x_mx, fastmath.gelu))
+    pre = x.astype(np.float64) @ np.asarray(dense.weight, np.float64).T + np.asarray(dense.bias)
+    assert out.shape == (3, 5, dims_out)
+    np.testing.assert_allclose(out, _gelu64(pre), rtol=2e-6, atol=2e-6)
+    np.testing.assert_array_equal(np.asarray(x_mx), x)
+
+
+@pytest.mark.parametrize("dims", [384, 40, 7])
+def test_linear_add_layer_norm_matches_float64_and_leaves_its_inputs(mode, dims):
+    rng = np.random.default_rng(dims)
+    dense = _linear(rng, 24, dims)
+    norm = nn.LayerNorm(dims, eps=1e-12)
+    norm.update({"weight": mx.array(rng.standard_normal(dims).astype(np.float32)),
+                 "bias": mx.array(rng.standard_normal(dims).astype(np.float32))})
+    x, residual = rng.standard_normal((4, 24)).astype(np.float32), rng.standard_normal((4, dims)).astype(np.float32) * 5
+    x_mx, residual_mx = mx.array(x), mx.array(residual)
+    out = np.asarray(fastmath.linear_add_norm(dense, x_mx, residual_mx, norm))
+    y = x.astype(np.float64) @ np.asarray(dense.weight, np.float64).T + np.asarray(dense.bias) + residual
+    mean, var = y.mean(-1, keepdims=True), y.var(-1, keepdims=True)
+    ref = (y - mean) / np.sqrt(var + 1e-12) * np.asarray(norm.weight) + np.asarray(norm.bias)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(x_mx), x)
+    np.testing.assert_array_equal(np.asarray(residual_mx), residual)
 
 
 def test_other_dtypes_and_devices_use_the_builtin_kernels():

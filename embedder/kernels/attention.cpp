@@ -3,53 +3,35 @@
 // another matmul: the scores make two round trips through memory. Here a block of 8 queries' scores stays in L1
 // (8 x L floats) between the three steps, only real (unmasked) keys and queries are computed, and q, k, v are
 // read straight from the fused projection (B, L, 3, H, D), so no copy makes them per-head contiguous.
-// Built by embedder.cpu_compile with -march=native; GCC vector types compile to AVX-512, AVX2 or SSE.
+// Built by embedder.cpu_compile with -march=native.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "simd.h"
+
 namespace {
 
-constexpr int W = 16;   // floats per vector
-constexpr int QB = 8;   // queries per block: their scores (QB x L) stay in L1
+using namespace simd;
 
-typedef float vec __attribute__((vector_size(64)));
-typedef float vec_unaligned __attribute__((vector_size(64), aligned(4)));
-typedef int32_t ivec __attribute__((vector_size(64)));
+constexpr int QB = 8;  // queries per block: their scores (QB x L) stay in L1
 
-inline vec load(const float* p) { return *reinterpret_cast<const vec_unaligned*>(p); }
-inline void store(float* p, vec v) { *reinterpret_cast<vec_unaligned*>(p) = v; }
-
-// exp for x <= 0 (scores minus their row max): Cephes' expf polynomial, ~1 ulp; below -87.3 it returns
-// exp(-87.3) ~ 1e-38, which is 0 next to the row's largest term, 1.
-inline vec exp_nonpositive(vec x) {
-  x = x < -87.33654f ? vec{} - 87.33654f : x;
-  vec n = x * 1.44269504088896341f;
-  n = (n + 12582912.0f) - 12582912.0f;  // round to nearest: 1.5 * 2^23 pushes the fraction out
-  x = x - n * 0.693359375f;
-  x = x - n * -2.12194440e-4f;
-  vec p = ((((1.9875691500e-4f * x + 1.3981999507e-3f) * x + 8.3334519073e-3f) * x + 4.1665795894e-2f) * x +
-           1.6666665459e-1f) * x + 5.0000001201e-1f;
-  p = p * (x * x) + x + 1.0f;
-  ivec two_n = (__builtin_convertvector(n, ivec) + 127) << 23;
-  return p * (vec)two_n;  // a vector cast keeps the bits
-}
-
-// s[r][j0 : j0 + NC * W] = q[r] . k[j] for 4 queries; kt is k transposed, (D, npad).
+// s[r][0 : NC * W] = q[r] . k[j] for 4 queries; k is a block of NC * W keys packed by dimension, (D, NC * W).
 template <int NC>
-inline void scores_tile(const float* q, int D, const float* kt, int npad, float* s, int j0) {
+inline void scores_tile(const float* q, int D, const float* k, float* s, int npad) {
   vec acc[4][NC] = {};
   for (int d = 0; d < D; d++) {
-    vec k[NC];
-    for (int c = 0; c < NC; c++) k[c] = load(kt + d * npad + j0 + c * W);
+    vec kd[NC];
+    for (int c = 0; c < NC; c++) kd[c] = load(k + (d * NC + c) * W);
     for (int r = 0; r < 4; r++) {
       const float qd = q[r * D + d];
-      for (int c = 0; c < NC; c++) acc[r][c] += qd * k[c];
+      for (int c = 0; c < NC; c++) acc[r][c] += qd * kd[c];
     }
   }
   for (int r = 0; r < 4; r++)
-    for (int c = 0; c < NC; c++) store(s + r * npad + j0 + c * W, acc[r][c]);
+    for (int c = 0; c < NC; c++) store(s + r * npad + c * W, acc[r][c]);
 }
 
 // o[r] = sum_j p[r][j] v[j] for R queries; v is (n, NV * W), zero past D.
@@ -70,63 +52,103 @@ inline void values_tile(const float* p, int npad, int n, const float* v, float* 
 
 // Softmax of s[0 : n] in place, unnormalized; returns 1 / sum.
 inline float exp_row(float* s, int n) {
+  vec top_lanes = load(s);  // s is padded to whole vectors: mask the lanes of the last one past n
+  int j = W;
+  for (; j + W <= n; j += W) {
+    const vec x = load(s + j);
+    top_lanes = x > top_lanes ? x : top_lanes;
+  }
   float top = s[0];
-  for (int j = 1; j < n; j++) top = s[j] > top ? s[j] : top;
-  vec sum = {};
-  int j = 0;
+  for (int c = 0; c < W; c++)
+    if (c < n) top = top_lanes[c] > top ? top_lanes[c] : top;
+  for (; j < n; j++) top = s[j] > top ? s[j] : top;
+  vec total = {};
+  j = 0;
   for (; j + W <= n; j += W) {
     const vec e = exp_nonpositive(load(s + j) - top);
     store(s + j, e);
-    sum += e;
+    total += e;
   }
-  float total = 0;
-  for (int c = 0; c < W; c++) total += sum[c];
   if (j < n) {
-    const vec e = exp_nonpositive(load(s + j) - top);  // s is padded to a whole vector
-    for (int c = 0; j + c < n; c++) {
-      s[j + c] = e[c];
-      total += e[c];
-    }
+    const vec e = exp_nonpositive(load_part(s + j, n - j) - top);
+    store_part(s + j, e, n - j);
+    total += load_part(s + j, n - j);
   }
-  return 1.0f / total;
+  return 1.0f / sum(total);
 }
 
+constexpr int KB = 4;  // vectors of keys per block of packed keys
+
+// One sequence's q, k, v gathered head by head, and its output, so that the projections are read and the output
+// written in one pass each, row after row: per head, a row's few strided floats would miss the cache every time.
 struct Scratch {
-  std::vector<float> q, kt, v, s, o;
-  Scratch(int L, int D, int NV) {
-    const int npad = (L + W - 1) / W * W, nq = (L + QB - 1) / QB * QB;
-    q.resize(nq * D), kt.resize(D * npad), v.resize(npad * NV * W), s.resize(QB * npad), o.resize(QB * NV * W);
-  }
+  int n, npad, nq, D, dv;
+  std::vector<float> q, k, v, packed, s, o, out;
+  Scratch(int L, int H, int D, int NV)
+      : npad((L + W - 1) / W * W), nq((L + QB - 1) / QB * QB), D(D), dv(NV * W), q((size_t)H * nq * D),
+        k((size_t)H * npad * D), v((size_t)H * npad * NV * W), packed((size_t)D * npad), s(QB * npad),
+        o(QB * NV * W), out((size_t)L * H * D) {}
+  float* head_q(int h) { return q.data() + (size_t)h * nq * D; }
+  float* head_k(int h) { return k.data() + (size_t)h * npad * D; }
+  float* head_v(int h) { return v.data() + (size_t)h * npad * dv; }
 };
 
-// One sequence, one head; keys and queries are the n real tokens idx[0 : n].
-template <int NV>
-void head(const float* qkv, const int* idx, int n, int H, int D, int h, float scale, float* out, Scratch& m) {
-  const int stride = 3 * H * D, npad = (n + W - 1) / W * W, nq = (n + QB - 1) / QB * QB, dv = NV * W;
-  constexpr int R = NV <= 2 ? 8 : NV <= 4 ? 4 : 2;  // at most 16 accumulators
-  float *q = m.q.data(), *kt = m.kt.data(), *v = m.v.data(), *s = m.s.data(), *o = m.o.data();
-  for (int j = 0; j < n; j++) {
-    const float* row = qkv + (size_t)idx[j] * stride + h * D;
-    for (int d = 0; d < D; d++) {
-      q[j * D + d] = row[d] * scale;
-      kt[d * npad + j] = row[H * D + d];
-    }
-    std::memcpy(v + j * dv, row + 2 * H * D, D * sizeof(float));
-    std::memset(v + j * dv + D, 0, (dv - D) * sizeof(float));
+// The n real tokens idx[0 : n] of one sequence into the scratch, head by head: q scaled, v padded to whole vectors.
+void gather(const float* seq, const int* idx, int n, int H, int D, float scale, Scratch& m) {
+  m.n = n, m.npad = (n + W - 1) / W * W, m.nq = (n + QB - 1) / QB * QB;
+  const int stride = 3 * H * D;
+  for (int h = 0; h < H; h++) {
+    std::memset(m.head_q(h) + n * D, 0, (m.nq - n) * D * sizeof(float));
+    std::memset(m.head_k(h) + n * D, 0, (m.npad - n) * D * sizeof(float));
   }
-  for (int d = 0; d < D; d++) std::memset(kt + d * npad + n, 0, (npad - n) * sizeof(float));
-  std::memset(q + n * D, 0, (nq - n) * D * sizeof(float));
+  for (int j = 0; j < n; j++) {
+    const float* row = seq + (size_t)idx[j] * stride;
+    for (int h = 0; h < H; h++) {
+      float *hq = m.head_q(h) + j * D, *hv = m.head_v(h) + j * m.dv;
+      for (int d = 0; d < D; d++) hq[d] = row[h * D + d] * scale;
+      std::memcpy(m.head_k(h) + j * D, row + (H + h) * D, D * sizeof(float));
+      std::memcpy(hv, row + (2 * H + h) * D, D * sizeof(float));
+      std::memset(hv + D, 0, (m.dv - D) * sizeof(float));
+    }
+  }
+}
+
+// One head's keys (npad, D) into blocks of KB vectors of keys, each block (D, keys): a block's keys for one
+// dimension are contiguous, as the scores tile reads them.
+void pack_keys(const float* k, int npad, int D, float* packed) {
+  for (int j0 = 0; j0 < npad; j0 += KB * W) {
+    const int width = std::min(KB * W, npad - j0);
+    float* block = packed + (size_t)j0 * D;
+    for (int d = 0; d < D; d++)
+      for (int c = 0; c < width; c++) block[d * width + c] = k[(j0 + c) * D + d];
+  }
+}
+
+// Attention of one head over the gathered sequence, into the sequence's output rows (n, H * D).
+template <int NV>
+void head(Scratch& m, int H, int h) {
+  const int n = m.n, npad = m.npad, D = m.D, dv = m.dv;
+  constexpr int R = NV <= 2 ? 8 : NV <= 4 ? 4 : 2;  // at most 16 accumulators
+  const float *q = m.head_q(h), *k = m.packed.data(), *v = m.head_v(h);
+  float *s = m.s.data(), *o = m.o.data();
+  pack_keys(m.head_k(h), npad, D, m.packed.data());
   for (int i0 = 0; i0 < n; i0 += QB) {
     for (int r0 = 0; r0 < QB; r0 += 4) {
+      const float* qr = q + (i0 + r0) * D;
+      float* sr = s + r0 * npad;
       int j0 = 0;
-      for (; j0 + 4 * W <= npad; j0 += 4 * W) scores_tile<4>(q + (i0 + r0) * D, D, kt, npad, s + r0 * npad, j0);
-      for (; j0 < npad; j0 += W) scores_tile<1>(q + (i0 + r0) * D, D, kt, npad, s + r0 * npad, j0);
+      for (; j0 + KB * W <= npad; j0 += KB * W) scores_tile<KB>(qr, D, k + j0 * D, sr + j0, npad);
+      switch ((npad - j0) / W) {
+        case 1: scores_tile<1>(qr, D, k + j0 * D, sr + j0, npad); break;
+        case 2: scores_tile<2>(qr, D, k + j0 * D, sr + j0, npad); break;
+        case 3: scores_tile<3>(qr, D, k + j0 * D, sr + j0, npad); break;
+      }
     }
     float norm[QB];
     for (int r = 0; r < QB; r++) norm[r] = exp_row(s + r * npad, n);
     for (int r0 = 0; r0 < QB; r0 += R) values_tile<NV, R>(s + r0 * npad, npad, n, v, o + r0 * dv);
     for (int r = 0; r < QB && i0 + r < n; r++) {
-      float* dst = out + (size_t)idx[i0 + r] * H * D + h * D;
+      float* dst = m.out.data() + (size_t)(i0 + r) * H * D + h * D;
       for (int d = 0; d < D; d++) dst[d] = o[r * dv + d] * norm[r];
     }
   }
@@ -134,18 +156,20 @@ void head(const float* qkv, const int* idx, int n, int H, int D, int h, float sc
 
 template <int NV>
 void attention(const float* qkv, const uint8_t* keep, float* out, int B, int L, int H, int D, float scale) {
-  Scratch scratch(L, D, NV);
+  Scratch scratch(L, H, D, NV);
   std::vector<int> idx(L);
+  const size_t row = (size_t)H * D;
   for (int b = 0; b < B; b++) {
-    const float* seq = qkv + (size_t)b * L * 3 * H * D;
-    float* seq_out = out + (size_t)b * L * H * D;
+    float* seq_out = out + (size_t)b * L * row;
     int n = 0;
     for (int j = 0; j < L; j++) {
       if (!keep || keep[(size_t)b * L + j]) idx[n++] = j;
-      else std::memset(seq_out + (size_t)j * H * D, 0, H * D * sizeof(float));  // padding queries: zeros
+      else std::memset(seq_out + j * row, 0, row * sizeof(float));  // padding queries: zeros
     }
-    if (n > 0)
-      for (int h = 0; h < H; h++) head<NV>(seq, idx.data(), n, H, D, h, scale, seq_out, scratch);
+    if (n == 0) continue;
+    gather(qkv + (size_t)b * L * 3 * row, idx.data(), n, H, D, scale, scratch);
+    for (int h = 0; h < H; h++) head<NV>(scratch, H, h);
+    for (int j = 0; j < n; j++) std::memcpy(seq_out + idx[j] * row, scratch.out.data() + j * row, row * sizeof(float));
   }
 }
 

@@ -79,7 +79,7 @@ class DenseNorm(nn.Module):
         self.LayerNorm = nn.LayerNorm(dims_out, eps=eps)
 
     def __call__(self, x: mx.array, residual: mx.array) -> mx.array:
-        return self.LayerNorm(self.dense(x) + residual)
+        return fastmath.linear_add_norm(self.dense, x, residual, self.LayerNorm)
 
 
 class Attention(nn.Module):
@@ -99,7 +99,7 @@ class Intermediate(nn.Module):
         self.act = fastmath.activation(args.hidden_act)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.act(self.dense(x))
+        return fastmath.linear_activation(self.dense, x, self.act)
 
 
 class Layer(nn.Module):
