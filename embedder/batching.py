@@ -19,9 +19,9 @@ class BatchShape:
     overhead_tokens: int  # a forward pass's fixed cost (op dispatch, one eval, one copy) in padded tokens
 
 
-# On a CPU, a batch's attention scores should stay in cache, which the lanes share: with one lane per core
-# (2 cores), 4 rows of 256 tokens ran 13% faster than 8 and 1-2 rows no faster (bench/README.md); a pass
-# costs little beyond its arithmetic. A GPU has no such cliff but pays for every kernel launch. Measured on an
+# On a CPU a pass costs little beyond its arithmetic. With MLX's attention, whose (B, H, L, L) scores should
+# stay in the cache the lanes share, 4 rows of 256 tokens ran 13% faster than 8; with the fused native
+# attention 4-16 rows measure the same and 32 rows 5% slower (bench/README.md), so 4 stays. A GPU has no such cliff but pays for every kernel launch. Measured on an
 # H200: 16,384 tokens and 256 rows beat both smaller batches and 32,768 tokens or 512-1,024 rows.
 CPU_BATCH = BatchShape(tokens=8192, rows=256, attention=4 * 256 * 256, overhead_tokens=128)
 GPU_BATCH = BatchShape(tokens=16384, rows=256, attention=None, overhead_tokens=4096)
