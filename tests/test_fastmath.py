@@ -10,11 +10,14 @@ import pytest
 from embedder import fastmath, native
 
 
-@pytest.fixture(params=["native", "builtin"])
+@pytest.fixture(params=["native", "compiled", "builtin"])
 def mode(request, monkeypatch):
-    """The built-in path is what runs where native kernels cannot be built (no g++, not Linux)."""
+    """The built-in path is what runs where native kernels cannot be built (no g++, not Linux); "compiled" is
+    MLX's kernels built natively without ours (where our C++ does not build)."""
     if request.param == "builtin":
         monkeypatch.setattr(fastmath, "_fast_path", lambda x: False)
+    if request.param == "compiled":
+        monkeypatch.setattr(native, "available", lambda: False)
     return request.param
 
 
