@@ -1,8 +1,9 @@
 // Fused self-attention for the CPU: softmax(q k^T * scale) v per sequence and head, without ever writing the
 // (B, H, L, L) scores to memory. MLX runs attention as a batched matmul, an element-wise pass over the scores and
 // another matmul: the scores make two round trips through memory. Here a block of 8 queries' scores stays in L1
-// (8 x L floats) between the three steps, only real (unmasked) keys and queries are computed, and q, k, v are
-// read straight from the fused projection (B, L, 3, H, D), so no copy makes them per-head contiguous.
+// (8 x L floats) between the three steps, and only real (unmasked) keys and queries are computed. q, k, v come
+// from the fused projection (B, L, 3, H, D) in one pass per sequence, and the output goes out in (B, L, H * D),
+// the layout the next matmul reads.
 // Built by embedder.cpu_compile with -march=native.
 
 #include <algorithm>
