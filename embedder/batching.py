@@ -21,8 +21,9 @@ class BatchShape:
 
 # On a CPU a pass costs little beyond its arithmetic. With MLX's attention, whose (B, H, L, L) scores should
 # stay in the cache the lanes share, 4 rows of 256 tokens ran 13% faster than 8; with the fused native
-# attention 4-16 rows measure the same and 32 rows 5% slower (bench/README.md), so 4 stays. A GPU has no such cliff but pays for every kernel launch. Measured on an
-# H200: 16,384 tokens and 256 rows beat both smaller batches and 32,768 tokens or 512-1,024 rows.
+# attention 4-16 rows measure the same and 32 rows 5% slower (bench/README.md), so 4 stays. A GPU has no
+# such cliff but pays for every kernel launch. Measured on an H200: 16,384 tokens and 256 rows beat both
+# smaller batches and 32,768 tokens or 512-1,024 rows.
 CPU_BATCH = BatchShape(tokens=8192, rows=256, attention=4 * 256 * 256, overhead_tokens=128)
 GPU_BATCH = BatchShape(tokens=16384, rows=256, attention=None, overhead_tokens=4096)
 

@@ -227,7 +227,8 @@ def _strings(values: Sequence[str]):
     if offsets[-1] > np.iinfo(np.int32).max:
         raise ValueError(f"{offsets[-1]:,} bytes of text in one chunk: more than a Parquet string column holds")
     offsets = offsets.astype(np.int32)
-    return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    return pa.Array.from_buffers(pa.string(), len(encoded), buffers)
 
 
 def _jsonl(chunk: Chunk, spec: OutputSpec) -> bytes:
