@@ -384,8 +384,8 @@ class EmbeddingEngine:
     def _collect(self, members: list[tuple[_Job, int]], vectors: mx.array) -> None:
         """Wait for a launched batch, check it, and copy each row into its job's output."""
         try:
-            out = _finite_or_none(vectors)
-            if out is None:
+            out = np.array(vectors, dtype=np.float32)
+            if not np.isfinite(out).all():
                 raise ModelError(f"the model produced non-finite values for a batch of {len(members)} input(s); "
                                  f"try dtype float32 or bfloat16")
         except BaseException as e:
@@ -428,8 +428,3 @@ class EmbeddingEngine:
                 continue
             out = truncate_dims(job.out, job.dimensions)
             job.future.set_result(l2_normalize(out) if job.normalize else np.ascontiguousarray(out))
-
-
-def _finite_or_none(vectors: mx.array) -> np.ndarray | None:
-    out = np.array(vectors, dtype=np.float32)
-    return out if np.isfinite(out).all() else None
