@@ -11,9 +11,12 @@ import ctypes.util
 import fnmatch
 import functools
 import glob
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -21,11 +24,11 @@ from pathlib import Path
 ENV_VAR = "EMBED_BLAS"
 FIX_HINT = (
     "slow CPU matmuls (mlx's reference BLAS); for a 25-60x faster one run "
-    "`pip install 'embed[cpu]'` (cmeel-openblas), or `apt-get install libopenblas0-pthread`, "
+    "`pip install 'embed[cpu]'` (scipy-openblas32), or `apt-get install libopenblas0-pthread`, "
     "or point EMBED_BLAS at a libopenblas/libmkl_rt (EMBED_BLAS=none silences this)"
 )
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
-_SET_THREADS = ("openblas_set_num_threads", "MKL_Set_Num_Threads")
+_SET_THREADS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads", "MKL_Set_Num_Threads")
 _loaded: list[ctypes.CDLL] = []  # the BLAS preload_blas loaded, if any
 
 
@@ -42,7 +45,7 @@ def preload_blas() -> str | None:
         warnings.warn("embedder.blas: mlx.core is already imported; the optimized BLAS cannot replace its own",
                       RuntimeWarning, stacklevel=2)
         return None
-    loaders = [lambda: _load(choice)] if choice else [_load_cmeel_openblas, _load_mkl, _load_system_openblas]
+    loaders = [lambda: _load(choice)] if choice else [_load_scipy_openblas, _load_mkl, _load_system_openblas]
     for loader in loaders:
         path = loader()
         if path is not None:
@@ -67,13 +70,14 @@ def _mlx_uses_reference_blas() -> bool:
     )
 
 
-def _load(path: str) -> str | None:
+def _load(path: str, prefix: str = "") -> str | None:
     """Open `path`, check one sgemm against numpy, then make its symbols global for libmlx to bind to."""
     try:
         lib = ctypes.CDLL(path)
     except OSError:
         return None
-    if not hasattr(lib, "cblas_sgemm") or not _sgemm_is_correct(lib):
+    sgemm = getattr(lib, f"{prefix}cblas_sgemm", None)
+    if sgemm is None or not _sgemm_is_correct(sgemm):
         return None
     ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)  # same handle, promoted to the global scope
     _loaded.append(lib)
@@ -81,11 +85,39 @@ def _load(path: str) -> str | None:
     return path
 
 
-def _load_cmeel_openblas() -> str | None:
-    """PyPI `cmeel-openblas` needs libgfortran.so.5; the wheels beside mlx carry a renamed copy that can stand in."""
-    for path in _dist_paths("cmeel-openblas", "libopenblas.so.0"):
-        return _load(path) or (_load_renamed_gfortran() and _load(path)) or None
+def _load_scipy_openblas() -> str | None:
+    """PyPI `scipy-openblas32` (what NumPy and SciPy build on) picks its kernels for the CPU at run time, but its
+    symbols carry a `scipy_` prefix: a small shim exporting the plain `cblas_*gemm` names forwards to them."""
+    for path in _dist_paths("scipy-openblas32", "libscipy_openblas.so"):
+        shim = _shim_for(path)
+        if shim is not None and _load(path, prefix="scipy_"):
+            ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)
+            return path
     return None
+
+
+def _shim_for(library: str) -> Path | None:
+    """`kernels/blas_shim.c` built against `library` (once per machine, cached by both); None without a C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    source = Path(__file__).parent / "kernels" / "blas_shim.c"
+    key = hashlib.sha256(source.read_bytes() + library.encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    target = base / "embed" / "blas-shim" / f"cblas-{key}.so"
+    if target.exists():
+        return target
+    folder = os.path.dirname(library)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.with_suffix(f".{os.getpid()}.so")  # other processes may build it too
+        subprocess.run([compiler, "-O2", "-fPIC", "-shared", str(source), "-o", str(staged), f"-L{folder}",
+                        f"-l:{os.path.basename(library)}", f"-Wl,-rpath,{folder}"],
+                       check=True, capture_output=True, timeout=120)
+        staged.replace(target)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return target
 
 
 def _load_mkl() -> str | None:
@@ -107,45 +139,7 @@ def _dist_paths(dist: str, pattern: str) -> list[str]:
     return [str(Path(f.locate()).resolve()) for f in files if fnmatch.fnmatch(f.name, pattern)]
 
 
-def _load_renamed_gfortran() -> bool:
-    """Load a wheel's renamed libgfortran under the soname `libgfortran.so.5`, so a DT_NEEDED on it is met.
-
-    auditwheel renames the file and its SONAME; the dynamic loader matches needed libraries by SONAME, so a
-    copy whose SONAME string is overwritten with the shorter original (in memory, via memfd) satisfies it.
-    """
-    for renamed in _renamed_gfortran_copies():
-        data = bytearray(Path(renamed).read_bytes())
-        old = os.path.basename(renamed).encode() + b"\0"
-        if data.count(old) != 1:
-            continue
-        at = data.find(old)
-        data[at:at + len(old)] = b"libgfortran.so.5".ljust(len(old), b"\0")
-        try:
-            for dep in glob.glob(os.path.join(os.path.dirname(renamed), "libquadmath*.so*")):
-                ctypes.CDLL(dep)  # its RPATH $ORIGIN cannot find this from a memfd
-            fd = os.memfd_create("libgfortran.so.5")
-            try:
-                os.write(fd, data)
-                ctypes.CDLL(f"/proc/self/fd/{fd}")
-            finally:
-                os.close(fd)
-        except OSError:
-            continue
-        return True
-    return False
-
-
-def _renamed_gfortran_copies() -> list[str]:
-    spec = importlib.util.find_spec("mlx")
-    sites = {Path(p).parent for p in (spec.submodule_search_locations or [])} if spec else set()
-    found: list[str] = []
-    for site in sorted(sites):
-        for libs in ("mlx*.libs", "numpy.libs", "scipy.libs"):
-            found += sorted(glob.glob(str(site / libs / "libgfortran-*.so.5*")))
-    return found
-
-
-def _sgemm_is_correct(lib: ctypes.CDLL) -> bool:
+def _sgemm_is_correct(sgemm) -> bool:
     """A BLAS that loads but computes wrongly (bad ABI, wrong integer width) must not reach the model."""
     import numpy as np
 
@@ -154,8 +148,8 @@ def _sgemm_is_correct(lib: ctypes.CDLL) -> bool:
     b = np.arange(k * n, dtype=np.float32).reshape(k, n) - 4
     c = np.zeros((m, n), dtype=np.float32)
     ptr = ctypes.POINTER(ctypes.c_float)
-    lib.cblas_sgemm.restype = None
-    lib.cblas_sgemm(101, 111, 111, m, n, k, ctypes.c_float(1.0), a.ctypes.data_as(ptr), k,  # row-major, no T
+    sgemm.restype = None
+    sgemm(101, 111, 111, m, n, k, ctypes.c_float(1.0), a.ctypes.data_as(ptr), k,  # row-major, no T
                     b.ctypes.data_as(ptr), n, ctypes.c_float(0.0), c.ctypes.data_as(ptr), n)
     return bool(np.allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5))
 

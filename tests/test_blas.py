@@ -85,7 +85,9 @@ def test_a_stray_mlx_folder_beside_the_script_does_not_hide_the_wheel(tmp_path):
 @pytest.mark.skipif(sys.platform != "linux" or not blas._mlx_uses_reference_blas(), reason="mlx[cpu] on Linux only")
 def test_thread_count_is_settable_unless_the_user_chose_one(monkeypatch):
     assert blas.preload_blas() is not None  # conftest loaded it
-    threads = getattr(blas._loaded[0], "openblas_get_num_threads", None) or blas._loaded[0].MKL_Get_Max_Threads
+    lib = blas._loaded[0]
+    threads = next(getattr(lib, n) for n in ("openblas_get_num_threads", "scipy_openblas_get_num_threads",
+                                             "MKL_Get_Max_Threads") if hasattr(lib, n))
     assert blas.set_threads(1) is True and threads() == 1
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     assert blas.set_threads(2) is False and threads() == 1
