@@ -40,4 +40,6 @@ def print_summary(summary: Summary) -> None:
         line += f"; skipped {summary.skipped:,} empty"
     if summary.resumed_at:
         line += f"; resumed at record {summary.resumed_at:,}"
+    if summary.resumed_files:
+        line += f"; {summary.resumed_files:,} files already done"
     print(line, file=sys.stderr)

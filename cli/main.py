@@ -78,6 +78,12 @@ def embed(
     chunk_rows: Annotated[int, typer.Option(
         min=1, help="Records per checkpoint and per Parquet row group.")] = 512,
     quiet: QuietOpt = False,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Run on a Ray cluster through Ray Data; -o is then a folder of Parquet files "
+                      "(`pip install 'embed[ray]'`).")] = False,
+    ray_address: Annotated[str | None, typer.Option(
+        envvar="RAY_ADDRESS", show_default=False,
+        help="The cluster to join with --ray [default: RAY_ADDRESS, else a local Ray instance].")] = None,
 ) -> None:
     """Embed every text of INPUT... and write one row per text, in input order: id, embedding, tokens.
 
@@ -89,6 +95,7 @@ def embed(
     * `embed 'corpus/**/*.md' -o corpus.parquet` (one text per file, id = path)
     * `cat questions.txt | embed --prompt 'query: ' | jq .tokens`
     * `embed big.parquet -o out.parquet --resume` (continue after Ctrl-C)
+    * `embed 's3://bucket/docs/' -o s3://bucket/vectors/ --ray` (a folder of Parquet files, on a Ray cluster)
     """
     if not inputs and sys.stdin.isatty():
         raise typer.BadParameter("none given, and stdin is a terminal: pass files, or pipe text in",
@@ -119,8 +126,14 @@ def embed(
         chunk_rows=chunk_rows,
     )
     hint = "rerun the same command with --resume to continue" if output else ""
-    with reported_errors(hint), progress_bar(sys.stderr.isatty() and not quiet) as on_progress:
-        summary = run(options, on_progress)
+    if ray:
+        from embedder.ray import run_job
+
+        with reported_errors(hint):
+            summary = run_job(options, ray_address, progress=sys.stderr.isatty() and not quiet)
+    else:
+        with reported_errors(hint), progress_bar(sys.stderr.isatty() and not quiet) as on_progress:
+            summary = run(options, on_progress)
     if not quiet:
         print_summary(summary)
 

@@ -71,6 +71,7 @@ class Summary:
     seconds: float
     skipped: int = 0
     resumed_at: int = 0
+    resumed_files: int = 0  # a Ray job's parts already complete when it was resumed
 
     @property
     def rows_per_second(self) -> float:
@@ -104,9 +105,11 @@ def run(options: EmbedOptions, on_progress: ProgressCallback | None = None,
     Pass `engine` to reuse one (tests, a server): its model, max length and batch budget then win over the options'.
     """
     read_options = ReadOptions(options.text_field, options.id_field, options.input_format)
-    _check(options, read_options)
+    check_options(options)
+    check_target(options.output, overwrite=options.overwrite, resume=options.resume)
+    check_inputs(options.inputs, read_options)
     own_engine = engine is None
-    engine = _engine(options) if own_engine else engine
+    engine = make_engine(options) if own_engine else engine
     engine.load()
     if options.dimensions is not None and options.dimensions > engine.dim:
         raise InputError(f"--dimensions {options.dimensions} is more than the model's {engine.dim}")
@@ -116,7 +119,7 @@ def run(options: EmbedOptions, on_progress: ProgressCallback | None = None,
         dtype=options.dtype,
         include_text=options.include_text,
         text_ids=ids_are_text(options.inputs, read_options),
-        metadata=_metadata(engine, options),
+        metadata=file_metadata(engine, options),
         settings=_settings(engine, options),
     )
     writer = Writer(spec, resume=options.resume)
@@ -138,8 +141,8 @@ def _release(engine: EmbeddingEngine, own_engine: bool) -> None:
         engine.unload()
 
 
-def _check(options: EmbedOptions, read_options: ReadOptions) -> None:
-    """Option errors that need no model, reported before one is loaded."""
+def check_options(options: EmbedOptions) -> None:
+    """Option errors that need neither model nor input, reported before either is touched."""
     if options.on_empty not in EMPTY_POLICIES:
         raise InputError(f"--on-empty must be one of {', '.join(EMPTY_POLICIES)}, got {options.on_empty!r}")
     if options.dtype not in OUTPUT_DTYPES:
@@ -148,11 +151,9 @@ def _check(options: EmbedOptions, read_options: ReadOptions) -> None:
         raise InputError(f"--dimensions must be at least 1, got {options.dimensions}")
     if options.chunk_rows < 1:
         raise InputError(f"--chunk-rows must be at least 1, got {options.chunk_rows}")
-    check_target(options.output, overwrite=options.overwrite, resume=options.resume)
-    check_inputs(options.inputs, read_options)
 
 
-def _engine(options: EmbedOptions) -> EmbeddingEngine:
+def make_engine(options: EmbedOptions) -> EmbeddingEngine:
     """The engine this job asks for; only the settings given are passed, the rest stay the engine's defaults."""
     from embedder.engine import DEFAULT_MODEL, EmbeddingEngine
 
@@ -163,31 +164,41 @@ def _engine(options: EmbedOptions) -> EmbeddingEngine:
 
 def _stream(engine: EmbeddingEngine, writer: Writer, options: EmbedOptions, read_options: ReadOptions,
             on_progress: ProgressCallback | None) -> Summary:
-    """Main thread: take windows in order, wait for their vectors, write; a producer thread keeps the engine fed."""
+    """Take the job's chunks in order and write them; the writer's checkpoint says where a resume starts."""
     start, resumed_at = time.perf_counter(), writer.start_index
     records = itertools.islice(read_inputs(options.inputs, read_options), resumed_at, None)
     total = count_hint(options.inputs, read_options) if on_progress else None
+    rows = tokens = skipped = 0
+    done_rows = writer.rows
+    for chunk, chunk_skipped in embed_chunks(engine, records, writer.spec, options):
+        writer.write(chunk)
+        rows, tokens = rows + len(chunk.ids), tokens + int(chunk.tokens.sum())
+        skipped += chunk_skipped
+        if on_progress:
+            on_progress(Progress(done_rows + rows, tokens, total))
+    return Summary(rows, tokens, time.perf_counter() - start, skipped, resumed_at)
+
+
+def embed_chunks(engine: EmbeddingEngine, records: Iterator[Record], spec: OutputSpec,
+                 options: EmbedOptions) -> Iterator[tuple[Chunk, int]]:
+    """(output chunk, records it left out as empty) in input order, `options.chunk_rows` records at a time.
+
+    A producer thread reads and tokenizes ahead, so the engine never waits on reading; closing the generator
+    early (an error, Ctrl-C) cancels the work already submitted.
+    """
     windows: queue.Queue = queue.Queue(maxsize=options.windows_in_flight)
     stop = threading.Event()
     producer = threading.Thread(target=_produce, args=(records, engine, options, windows, stop),
                                 name="embed-reader", daemon=True)
     producer.start()
-    rows = tokens = skipped = 0
-    done_rows = writer.rows
     try:
         while (item := windows.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item
-            chunk = _chunk(item, item.future.result() if item.future else None, writer.spec, options)
-            writer.write(chunk)
-            rows, tokens = rows + len(chunk.ids), tokens + int(chunk.tokens.sum())
-            skipped += item.skipped
-            if on_progress:
-                on_progress(Progress(done_rows + rows, tokens, total))
+            yield _chunk(item, item.future.result() if item.future else None, spec, options), item.skipped
     finally:
         stop.set()
         _drain(windows)
-    return Summary(rows, tokens, time.perf_counter() - start, skipped, resumed_at)
 
 
 def _produce(records: Iterator[Record], engine: EmbeddingEngine, options: EmbedOptions, windows: queue.Queue,
@@ -219,7 +230,8 @@ def _tokenized(batch: list[Record], engine: EmbeddingEngine, options: EmbedOptio
             raise InputError(f"{record.where}: empty text (pass --on-empty skip or --on-empty zero)")
         elif options.on_empty == "zero":
             kept.append(record)
-    ids = engine.tokenize([kept[i].text for i in embedded], prompt=options.prompt, prompt_name=options.prompt_name) if embedded else []
+    texts = [kept[i].text for i in embedded]
+    ids = engine.tokenize(texts, prompt=options.prompt, prompt_name=options.prompt_name) if embedded else []
     tokens = np.zeros(len(kept), np.int32)
     tokens[embedded] = [len(row) for row in ids]
     return _Window(kept, embedded, tokens, batch[-1].index + 1, len(batch) - len(kept)), ids
@@ -267,7 +279,7 @@ def _chunk(window: _Window, vectors: np.ndarray | None, spec: OutputSpec, option
     )
 
 
-def _metadata(engine: EmbeddingEngine, options: EmbedOptions) -> dict[str, str]:
+def file_metadata(engine: EmbeddingEngine, options: EmbedOptions) -> dict[str, str]:
     """The model and the settings in the Parquet footer, so a file says how its vectors were made."""
     meta = {
         **engine.info(),

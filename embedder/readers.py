@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
+import io
 import json
 import os
 import sys
@@ -44,7 +45,7 @@ class ReadOptions:
 
 
 @dataclass(frozen=True)
-class _Source:
+class Source:
     """One concrete thing to read: a file in some format, stdin, or a file that is a single text."""
 
     name: str
@@ -54,8 +55,8 @@ class _Source:
 def read_inputs(inputs: Sequence[str], options: ReadOptions = ReadOptions()) -> Iterator[Record]:
     """Records of every input in order, one continuous index; nothing is read before it is asked for."""
     index = 0
-    for source in _expand(inputs or ["-"], options):
-        for record_id, text, where in _read_source(source, options):
+    for source in expand_sources(inputs or ["-"], options):
+        for record_id, text, where in read_source(source, options):
             yield Record(index, index if record_id is None else record_id, text, where)
             index += 1
 
@@ -69,7 +70,7 @@ def ids_are_text(inputs: Sequence[str], options: ReadOptions = ReadOptions()) ->
         return any(_is_tree(name) for name in inputs)
     import pyarrow as pa
 
-    for source in _expand(inputs or ["-"], options):
+    for source in expand_sources(inputs or ["-"], options):
         if source.kind != "parquet":
             return True
         schema = _open_parquet(source.name).schema_arrow
@@ -81,7 +82,7 @@ def ids_are_text(inputs: Sequence[str], options: ReadOptions = ReadOptions()) ->
 def count_hint(inputs: Sequence[str], options: ReadOptions = ReadOptions()) -> int | None:
     """The number of records when known without reading the data (Parquet footers, file counts), else None."""
     total = 0
-    for source in _expand(inputs or ["-"], options):
+    for source in expand_sources(inputs or ["-"], options):
         if source.kind == "file":
             total += 1
         elif source.kind == "parquet":
@@ -93,7 +94,7 @@ def count_hint(inputs: Sequence[str], options: ReadOptions = ReadOptions()) -> i
 
 def check_inputs(inputs: Sequence[str], options: ReadOptions = ReadOptions()) -> None:
     """Fail on a missing input, an empty glob or an unknown extension before any model is loaded."""
-    for _ in _expand(inputs or ["-"], options):
+    for _ in expand_sources(inputs or ["-"], options):
         pass
 
 
@@ -102,24 +103,24 @@ def _is_tree(name: str) -> bool:
     return name != "-" and (os.path.isdir(name) or (not os.path.exists(name) and bool(_GLOB_CHARS & set(name))))
 
 
-def _expand(inputs: Iterable[str], options: ReadOptions) -> Iterator[_Source]:
+def expand_sources(inputs: Iterable[str], options: ReadOptions) -> Iterator[_Source]:
     """Inputs to sources: stdin, files by format, directories and globs to their files in sorted order."""
     for name in inputs:
         if name == "-":
             if options.input_format == "parquet":
                 raise InputError("<stdin>: Parquet cannot be read from stdin; pass the file's path")
-            yield _Source("-", options.input_format or "txt")
+            yield Source("-", options.input_format or "txt")
         elif os.path.isdir(name):
-            yield from (_Source(path, "file") for path in _tree_files(name))
+            yield from (Source(path, "file") for path in _tree_files(name))
         elif os.path.exists(name):
-            yield _Source(name, options.input_format or _format_of(name))
+            yield Source(name, options.input_format or format_of(name))
         elif _GLOB_CHARS & set(name):
             matches = sorted(glob.glob(name, recursive=True))
             if not matches:
                 raise InputError(f"{name}: no files match this pattern")
             for match in matches:
                 paths = _tree_files(match) if os.path.isdir(match) else [match]
-                yield from (_Source(path, "file") for path in paths)
+                yield from (Source(path, "file") for path in paths)
         else:
             raise InputError(f"{name}: no such file or directory")
 
@@ -133,7 +134,7 @@ def _tree_files(root: str) -> list[str]:
     return found
 
 
-def _format_of(path: str) -> str:
+def format_of(path: str) -> str:
     """The format a file's extension names; an unknown one is an error rather than a guess."""
     fmt = _EXTENSIONS.get(Path(path).suffix.lower())
     if fmt is None:
@@ -142,15 +143,20 @@ def _format_of(path: str) -> str:
     return fmt
 
 
-def _read_source(source: _Source, options: ReadOptions) -> Iterator[tuple[RecordId | None, str, str]]:
-    """(id or None for the record number, text, location) triples of one source."""
+def read_source(source: Source, options: ReadOptions,
+                data: bytes | None = None) -> Iterator[tuple[RecordId | None, str, str]]:
+    """(id or None for the record number, text, location) triples of one source.
+
+    `data` is the source's content when it was fetched elsewhere (Ray Data reads it from any filesystem): the
+    records, and the errors naming them, are then the same as for a local file.
+    """
     if source.kind == "file":
-        yield source.name, _read_whole(source.name), source.name
+        yield source.name, _whole_text(_read_bytes(source.name) if data is None else data, source.name), source.name
         return
     if source.kind == "parquet":
-        yield from _read_parquet(source.name, options)
+        yield from _read_parquet(source.name, options, data)
         return
-    with _open_binary(source.name) as stream:
+    with _open_binary(source.name) if data is None else io.BytesIO(data) as stream:
         label = "<stdin>" if source.name == "-" else source.name
         if source.kind == "txt":
             yield from ((None, text, f"{label} line {n}") for n, text in _lines(stream, label))
@@ -170,12 +176,15 @@ def _open_binary(name: str) -> ContextManager[BinaryIO]:
         raise InputError(f"{name}: cannot read ({e.strerror})") from e
 
 
-def _read_whole(path: str) -> str:
-    """A whole file as one text: UTF-8 (a BOM dropped), line endings normalized to \\n."""
+def _read_bytes(path: str) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from e
+
+
+def _whole_text(data: bytes, path: str) -> str:
+    """A whole file as one text: UTF-8 (a BOM dropped), line endings normalized to \\n."""
     try:
         text = data.removeprefix(_BOM).decode("utf-8")
     except UnicodeDecodeError as e:
@@ -236,9 +245,10 @@ def _read_table(
         raise InputError(f"{label} line {reader.line_num}: {e}") from e
 
 
-def _read_parquet(path: str, options: ReadOptions) -> Iterator[tuple[RecordId | None, str, str]]:
+def _read_parquet(path: str, options: ReadOptions,
+                  data: bytes | None = None) -> Iterator[tuple[RecordId | None, str, str]]:
     """Only the needed columns, a batch of rows at a time: a large file is never read whole."""
-    parquet = _open_parquet(path)
+    parquet = _open_parquet(path, data)
     _require_columns(parquet.schema_arrow.names, path, options)
     columns = [options.text_field] + ([options.id_field] if options.id_field else [])
     row = 0
@@ -248,13 +258,13 @@ def _read_parquet(path: str, options: ReadOptions) -> Iterator[tuple[RecordId | 
             row += 1
 
 
-def _open_parquet(path: str):
+def _open_parquet(path: str, data: bytes | None = None):
     """A Parquet file's reader; an unreadable or non-Parquet file is an InputError naming it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path if data is None else pa.BufferReader(data))
     except (OSError, pa.ArrowException) as e:
         raise InputError(f"{path}: not a readable Parquet file ({e})") from e
 

@@ -93,7 +93,7 @@ class Writer:
         elif self.format == "parquet":
             import pyarrow.parquet as pq
 
-            pq.write_table(_table(chunk, self.spec), self._dir / f"part-{self._parts:06d}.parquet")
+            pq.write_table(arrow_table(chunk, self.spec), self._dir / f"part-{self._parts:06d}.parquet")
             self._parts += 1
         else:
             with open(self._dir / _JSONL_DATA, "ab") as f:
@@ -160,7 +160,7 @@ class Writer:
         """One row group per part, in order; parts are read one at a time, so memory stays at one chunk."""
         import pyarrow.parquet as pq
 
-        schema = _schema(self.spec)
+        schema = arrow_schema(self.spec)
         with pq.ParquetWriter(staged, schema) as out:
             for k in range(self._parts):
                 with pq.ParquetFile(self._dir / f"part-{k:06d}.parquet") as part:  # read_table imports pandas
@@ -180,7 +180,7 @@ def _plain(settings: Mapping[str, object]) -> object:
     return json.loads(json.dumps(settings))
 
 
-def _schema(spec: OutputSpec):
+def arrow_schema(spec: OutputSpec):
     """id, embedding fixed_size_list<dtype>[dim], tokens int32, optional text; the metadata rides on the schema."""
     import pyarrow as pa
 
@@ -194,11 +194,11 @@ def _schema(spec: OutputSpec):
     return pa.schema(fields, metadata={str(k): str(v) for k, v in spec.metadata.items()})
 
 
-def _table(chunk: Chunk, spec: OutputSpec):
+def arrow_table(chunk: Chunk, spec: OutputSpec):
     """One chunk as an Arrow table in the output schema; ids become strings when the column is text."""
     import pyarrow as pa
 
-    schema = _schema(spec)
+    schema = arrow_schema(spec)
     vectors = np.ascontiguousarray(chunk.vectors, dtype=spec.dtype).reshape(-1)
     columns = [
         _strings([str(i) for i in chunk.ids]) if spec.text_ids else _numbers(np.asarray(chunk.ids, np.int64)),

@@ -1,0 +1,97 @@
+"""`embed_dataset`: embedding as one stage of a user's own Ray Data pipeline (read -> chunk -> embed -> write)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embedder.errors import EmbedError, InputError
+from embedder.hub import DEFAULT_MODEL
+
+
+def embed_dataset(ds, model: str = DEFAULT_MODEL, text_column: str = "text", *, prompt: str | None = None,
+                  prompt_name: str | None = None, dimensions: int | None = None, normalize: bool = True,
+                  batch_size: int = 1024, concurrency: int | None = None, num_cpus: float | None = None,
+                  num_gpus: float | None = None, **engine_options):
+    """`ds` with two more columns: `embedding` (fixed_size_list<float32>[dim]) and `tokens` (int32).
+
+    Each actor loads the model once; the rows Ray hands it (`batch_size` at a time) go through the engine's
+    planner (length-sorted, token-budget batches, lanes), never padded to Ray's batch. By default one actor per
+    GPU, else one per CPU node using its cores; `engine_options` go to `EmbeddingEngine` (max_length, dtype...).
+    """
+    ray = require_ray()
+    if dimensions is not None and dimensions < 1:
+        raise InputError(f"dimensions must be at least 1, got {dimensions}")
+    actors, resources, lanes = actor_plan()
+    if num_cpus is not None or num_gpus is not None:
+        resources = {k: v for k, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus)) if v is not None}
+    engine_options.setdefault("lanes", lanes)
+    if not isinstance(ds, ray.data.Dataset):
+        raise TypeError(f"embed_dataset takes a ray.data.Dataset, not {type(ds).__name__}")
+    return ds.map_batches(
+        BatchEmbedder, batch_size=batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=concurrency or actors),
+        fn_constructor_kwargs={"model": model, "text_column": text_column, "prompt": prompt,
+                               "prompt_name": prompt_name, "dimensions": dimensions, "normalize": normalize,
+                               "engine_options": engine_options},
+        **resources,
+    )
+
+
+def require_ray():
+    """The `ray` module, or one line saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise EmbedError(f"Ray Data is not installed ({e.name} is missing): pip install 'embed[ray]'") from None
+    return ray
+
+
+def actor_plan() -> tuple[int, dict, int | None]:
+    """(actors, resources per actor, lanes): one actor per GPU; else one per CPU node, leaving a core to Ray
+    Data's reads and using the node's cores through lanes."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        return gpus, {"num_gpus": 1}, None
+    cpus = [int(node["Resources"]["CPU"]) for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU")]
+    if not cpus:
+        raise EmbedError("the Ray cluster has no CPUs or GPUs to run on")
+    return len(cpus), {"num_cpus": max(1, min(cpus) - 1)}, min(cpus)
+
+
+class BatchEmbedder:
+    """A Ray Data actor: the engine, loaded once; each call embeds one Arrow batch's text column."""
+
+    def __init__(self, model: str, text_column: str, prompt: str | None, prompt_name: str | None,
+                 dimensions: int | None, normalize: bool, engine_options: dict):
+        from embedder.engine import EmbeddingEngine
+
+        self.engine = EmbeddingEngine(model, **engine_options)
+        self.engine.load()
+        self.text_column, self.prompt, self.prompt_name = text_column, prompt, prompt_name
+        self.dimensions, self.normalize = dimensions, normalize
+        if dimensions is not None and dimensions > self.engine.dim:
+            raise InputError(f"dimensions {dimensions} is more than the model's {self.engine.dim}")
+
+    def __call__(self, table):
+        import pyarrow as pa
+
+        if self.text_column not in table.column_names:
+            raise InputError(f"no column {self.text_column!r} (columns: {', '.join(table.column_names)}); "
+                             "see text_column")
+        texts = table[self.text_column].to_pylist()
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(f"column {self.text_column!r}: a row holds {type(text).__name__}, not a string "
+                                 f"(row {i} of its batch)")
+        engine = self.engine
+        ids = engine.tokenize(texts, prompt=self.prompt, prompt_name=self.prompt_name)
+        skip = engine.prompt_skip(self.prompt, self.prompt_name)
+        vectors = engine.submit(ids, dimensions=self.dimensions, normalize=None if self.normalize else False,
+                                skip=skip).result()
+        dim = vectors.shape[1] if vectors.ndim == 2 else (self.dimensions or engine.dim)
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
+        tokens = pa.array(np.array([len(row) for row in ids], np.int32))
+        return table.append_column("embedding", embedding).append_column("tokens", tokens)
