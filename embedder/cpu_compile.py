@@ -110,13 +110,32 @@ def _library(name: str) -> ctypes.CDLL | None:
 
 
 def _cache_dir(compiler: str) -> Path:
-    """One directory per CPU, compiler and flags: -march=native kernels are only valid where they were built."""
-    cpu = ""
-    try:
-        cpu = "".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith(("model name", "flags")))
-    except OSError:
-        pass
-    key = hashlib.sha256("\n".join([cpu, platform.machine(), compiler, *FLAGS]).encode()).hexdigest()[:16]
+    """One directory per target: -march=native code is only valid on the CPU it was built for, so the key is what
+    the compiler resolves -march=native to here (the CPU name and every ISA extension it enables), with the
+    compiler's version, the flags and MLX's version. A cache shared by two kinds of CPU (a cluster's shared home)
+    then never hands one the other's code."""
+    import mlx.core as mx
+
+    parts = [target_description(compiler), platform.machine(), *FLAGS, getattr(mx, "__version__", "")]
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "embed" / "mlx-cpu-kernels" / key
+
+
+def target_description(compiler: str) -> str:
+    """`compiler --version` and its resolved target options for FLAGS (`-Q --help=target`: -march=znver4,
+    -mavx512f [enabled], ...); the CPU's own name and flags where the compiler cannot say."""
+    described = []
+    for args in (["--version"], [*FLAGS, "-Q", "--help=target"]):
+        try:
+            done = subprocess.run([compiler, *args], capture_output=True, text=True, timeout=60)
+            described.append(done.stdout)
+        except (OSError, subprocess.SubprocessError):
+            described.append("")
+    if not described[1].strip():
+        try:
+            described.append("".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                                     if line.startswith(("model name", "flags", "Features", "CPU part"))))
+        except OSError:
+            pass
+    return "\n".join(described)

@@ -45,3 +45,28 @@ def test_a_kernel_that_does_not_build_warns_and_gives_none(tmp_path, monkeypatch
     with pytest.warns(RuntimeWarning, match="broken.cpp does not build"):
         assert cpu_compile._library.__wrapped__("broken") is None
     assert not list(cpu_compile.native_cache().glob("lib/broken*"))
+
+
+def _fake_compiler(folder: Path, march: str) -> str:
+    """A compiler whose resolved target is `march`, as `g++ -march=native -Q --help=target` reports one."""
+    script = folder / f"g++-{march}"
+    script.write_text(f'#!/bin/sh\ncase "$*" in *--help=target*) echo "  -march=  {march}";; '
+                      f'*--version*) echo "g++ 12.2.0";; esac\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs Linux")
+def test_the_cache_is_keyed_by_the_resolved_target_so_two_cpus_never_share_code(tmp_path, monkeypatch):
+    """Two kinds of CPU behind one shared home directory: their kernels land in different folders."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "shared-home"))
+    zen4, sapphire = _fake_compiler(tmp_path, "znver4"), _fake_compiler(tmp_path, "sapphirerapids")
+    assert cpu_compile._cache_dir(zen4) != cpu_compile._cache_dir(sapphire)
+    assert cpu_compile._cache_dir(zen4) == cpu_compile._cache_dir(_fake_compiler(tmp_path / "..", "znver4"))
+    assert cpu_compile._cache_dir(zen4).parent == tmp_path / "shared-home" / "embed" / "mlx-cpu-kernels"
+
+
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which("g++") is None, reason="needs Linux and g++")
+def test_the_real_compiler_says_what_native_resolves_to():
+    described = cpu_compile.target_description(shutil.which("g++"))
+    assert "-march=" in described and "native" not in described.split("-march=")[1].split()[0]
