@@ -1,14 +1,17 @@
 """Native CPU code for this machine's vector units (-march=native): MLX's fused kernels, and our own C++ kernels.
 
 MLX writes each fused CPU kernel as C++ and builds it with the `g++` found on PATH, with fixed flags and no
-`-march`: its `exp`/`erf` stay scalar (4-10x slower). A private wrapper that adds `-march=native` is put first on
-PATH, and TMPDIR (where MLX caches built kernels, keyed by graph, not flags) is pointed at a private cache, so no
-kernel built with the stock flags is ever reused and ours survive restarts. The same wrapper builds the C++ files
-in `embedder/kernels` into that cache (`native_library`). Linux only; needs g++ at run time.
+`-march`: its `exp`/`erf` stay scalar (4-10x slower). Inside `native_build_env()` a private wrapper that adds
+`-march=native` is first on PATH, and TMPDIR (where MLX caches built kernels, keyed by graph, not flags) is a
+private cache, so no kernel built with the stock flags is reused and ours survive restarts. The engine builds its
+model's kernels there once, at load, under a lock; outside that block the process's PATH and TMPDIR are its own, so
+child processes (a compiler, a Ray worker) never inherit the wrapper. The same wrapper builds the C++ files in
+`embedder/kernels` into that cache (`native_library`). Linux only; needs g++ at run time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -29,6 +32,7 @@ FLAGS = ("-march=native", "-fno-math-errno", "-fno-trapping-math",
 ENV_VAR = "EMBED_NATIVE_KERNELS"  # "0" keeps MLX's stock kernels
 KERNELS = Path(__file__).parent / "kernels"
 _build_lock = threading.Lock()
+_env_lock = threading.RLock()
 
 
 def native_kernels() -> bool:
@@ -38,11 +42,8 @@ def native_kernels() -> bool:
 
 @functools.cache
 def native_cache() -> Path | None:
-    """The private kernel cache, once MLX builds its fused CPU kernels there with FLAGS; None where it cannot.
-
-    Changes this process's PATH and TMPDIR, once; Python's own tempfile keeps the directory it had.
-    """
-    compiler = shutil.which("g++")
+    """The private kernel cache, once MLX builds a fused CPU kernel there with FLAGS; None where it cannot."""
+    compiler = _real_compiler()
     if sys.platform != "linux" or os.environ.get(ENV_VAR, "1") == "0" or compiler is None:
         return None
     import mlx.core as mx
@@ -60,22 +61,49 @@ def native_cache() -> Path | None:
     except OSError as err:
         warnings.warn(f"embedder.cpu_compile: cannot write {wrapper} ({err}); stock kernels", RuntimeWarning, stacklevel=2)
         return None
-    saved = {k: os.environ.get(k) for k in ("PATH", "TMPDIR")}
-    tempfile.gettempdir()  # fix Python's temp directory before TMPDIR changes
-    os.environ["PATH"] = f"{wrapper.parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    os.environ["TMPDIR"] = str(cache)
     try:
-        mx.eval(mx.compile(lambda a: mx.exp(a) * 2.0 + 1.0)(mx.zeros(8)))
+        with _wrapper_first(cache):
+            mx.eval(mx.compile(lambda a: mx.exp(a) * 2.0 + 1.0)(mx.zeros(8)))
     except (RuntimeError, ValueError) as err:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         warnings.warn(f"embedder.cpu_compile: native kernels do not build ({err}); stock kernels",
                       RuntimeWarning, stacklevel=2)
         return None
     return cache
+
+
+@contextlib.contextmanager
+def native_build_env():
+    """MLX kernels first built inside this block are built with FLAGS into the private cache (and stay loaded for
+    the process); PATH and TMPDIR are restored on exit. Where native kernels are off, it changes nothing."""
+    cache = native_cache()
+    if cache is None:
+        yield
+        return
+    with _wrapper_first(cache):
+        yield
+
+
+@contextlib.contextmanager
+def _wrapper_first(cache: Path):
+    with _env_lock:  # one block at a time: the environment is the process's
+        saved = {k: os.environ.get(k) for k in ("PATH", "TMPDIR")}
+        tempfile.gettempdir()  # fix Python's temp directory before TMPDIR changes
+        os.environ["PATH"] = f"{cache / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+        os.environ["TMPDIR"] = str(cache)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _real_compiler() -> str | None:
+    """g++ on PATH, never one of our wrappers (a PATH inherited from a process inside `native_build_env`)."""
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if "mlx-cpu-kernels" not in Path(d).parts]
+    return shutil.which("g++", path=os.pathsep.join(dirs))
 
 
 def native_library(name: str) -> ctypes.CDLL | None:

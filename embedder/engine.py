@@ -19,6 +19,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .batching import CPU_BATCH, GPU_BATCH, plan_batches, spread  # noqa: E402
+from .cpu_compile import native_build_env  # noqa: E402
 from .errors import InputError, ModelError, NotReady  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
 from .loading import LoadedModel, load_model  # noqa: E402
@@ -110,14 +111,17 @@ class EmbeddingEngine:
                            lanes=self.lanes)
         self._running = 0  # batches launched and not yet done, over all lanes
         self._busy_since = 0.0
+        self._unloaded = False  # by unload(): new work is refused until load() is called again
 
     # ---- life cycle -------------------------------------------------------------------------
 
     def load(self) -> None:
         """Start the worker thread and load the model in it; raises the load error, if any."""
         with self._lock:
+            self._unloaded = False
             if self._ready is None:
                 self._ready = Future()
+                self._queue, self._batches = queue.Queue(), queue.Queue(maxsize=self.lanes)  # nothing left over
                 self._thread = threading.Thread(target=self._work, name="embed-engine", daemon=True)
                 self._thread.start()
                 _LIVE_ENGINES.add(self)
@@ -125,8 +129,10 @@ class EmbeddingEngine:
         ready.result()
 
     def unload(self) -> None:
+        """Stop the worker after the work already queued; until load() is called again, new work is refused."""
         with self._lock:
             thread, self._thread, self._ready = self._thread, None, None
+            self._unloaded = True
         if thread is not None:
             self._queue.put(_STOP)
             thread.join()
@@ -138,6 +144,9 @@ class EmbeddingEngine:
 
     @property
     def model(self) -> LoadedModel:
+        """The loaded model; the first use loads it, but an unloaded engine refuses until load() is called."""
+        if self._unloaded:
+            raise NotReady("the engine was unloaded; call load() to use it again")
         self.load()
         if self._model is None:
             raise NotReady("the engine was unloaded")
@@ -301,6 +310,12 @@ class EmbeddingEngine:
             return
         if mx.default_device() == mx.cpu:
             set_threads(max(1, _cores() // self.lanes))
+            try:
+                self._build_kernels()
+            except BaseException as e:
+                self._model = None
+                self._ready.set_exception(e)
+                return
         lanes = [threading.Thread(target=self._run_lane, name=f"embed-lane-{i}", daemon=True)
                  for i in range(self.lanes)]
         for lane in lanes:
@@ -319,12 +334,44 @@ class EmbeddingEngine:
                 jobs = [j for j in jobs if j is not _STOP]
                 with self._lock:
                     self._stats["queue_depth"] -= sum(len(j.ids) for j in jobs)
-                self._dispatch([j for j in jobs if j.future.set_running_or_notify_cancel()])
+                running = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+                try:
+                    self._dispatch(running)
+                except BaseException as e:  # fail exactly these jobs; the planner lives on
+                    self._fail(running, e)
         finally:
             for _ in lanes:
                 self._batches.put(_STOP)
             for lane in lanes:
                 lane.join()
+            self._fail_waiting(NotReady("the engine stopped before this work ran"))
+
+    def _fail(self, jobs: list[_Job], error: BaseException) -> None:
+        """Resolve these jobs with `error` now; their batches already with a lane find them resolved."""
+        with self._lock:
+            for job in jobs:
+                job.error = job.error or error
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(error)
+
+    def _fail_waiting(self, error: BaseException) -> None:
+        """Jobs still queued when the planner stops (a bug, or unload racing a submit) must not wait forever."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not _STOP and job.future.set_running_or_notify_cancel():
+                self._fail([job], error)
+
+    def _build_kernels(self) -> None:
+        """A padded and an unpadded batch, once, inside `native_build_env`: the model's fused CPU kernels are built
+        for this CPU now, at load, and later batches need neither the compiler nor a changed environment."""
+        token = self._model.tokenizer.pad_token_id
+        with native_build_env():
+            for lengths in ((2, 3), (3,)):
+                mx.eval(self._launch([(_Job([[token] * n], None, False, 0), 0) for n in lengths]))
 
     def _dispatch(self, jobs: list[_Job]) -> None:
         """Plan the jobs' rows into batches and queue them for the lanes (blocks while the lanes are busy)."""
@@ -423,6 +470,8 @@ class EmbeddingEngine:
                 if job.remaining == 0:
                     finished.append(job)
         for job in finished:
+            if job.future.done():  # already failed by the planner
+                continue
             if job.error is not None:
                 job.future.set_exception(job.error)
                 continue

@@ -14,18 +14,22 @@ from embedder import cpu_compile, fastmath
 
 @pytest.mark.skipif(sys.platform != "linux" or shutil.which("g++") is None, reason="needs Linux and g++")
 def test_kernels_build_with_the_wrapper_into_the_private_cache():
+    before = {k: os.environ.get(k) for k in ("PATH", "TMPDIR")}
     assert cpu_compile.native_kernels()
-    cache = Path(os.environ["TMPDIR"])
-    wrapper = Path(os.environ["PATH"].split(os.pathsep)[0]) / "g++"
-    assert wrapper == cache / "bin" / "g++" and "-march=native" in wrapper.read_text()
+    cache = cpu_compile.native_cache()
     x = mx.array(np.linspace(-6, 6, 1001, dtype=np.float32))
-    np.testing.assert_array_equal(np.asarray(fastmath.gelu(x)), np.asarray(fastmath._gelu_formula(x)))
+    with cpu_compile.native_build_env():
+        assert Path(os.environ["TMPDIR"]) == cache
+        wrapper = Path(os.environ["PATH"].split(os.pathsep)[0]) / "g++"
+        assert wrapper == cache / "bin" / "g++" and "-march=native" in wrapper.read_text()
+        np.testing.assert_array_equal(np.asarray(fastmath.gelu(x)), np.asarray(fastmath._gelu_formula(x)))
+    assert {k: os.environ.get(k) for k in ("PATH", "TMPDIR")} == before
     assert list(cache.glob("mlx/*/cpu/lib*Erf*.so"))
     assert cpu_compile.native_library("attention") is not None and list(cache.glob("lib/attention-*.so"))
 
 
 def test_without_a_compiler_nothing_changes(monkeypatch):
-    monkeypatch.setattr(cpu_compile.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cpu_compile.shutil, "which", lambda name, path=None: None)
     before = dict(os.environ)
     assert cpu_compile.native_cache.__wrapped__() is None
     assert dict(os.environ) == before
@@ -70,3 +74,35 @@ def test_the_cache_is_keyed_by_the_resolved_target_so_two_cpus_never_share_code(
 def test_the_real_compiler_says_what_native_resolves_to():
     described = cpu_compile.target_description(shutil.which("g++"))
     assert "-march=" in described and "native" not in described.split("-march=")[1].split()[0]
+
+
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which("g++") is None, reason="needs Linux and g++")
+def test_a_path_inherited_with_the_wrapper_still_finds_the_real_compiler(monkeypatch):
+    """A child of a process inside native_build_env (a Ray worker) must not wrap the wrapper: that recursed forever."""
+    real = shutil.which("g++")
+    monkeypatch.setenv("PATH", f"{cpu_compile.native_cache() / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    assert cpu_compile._real_compiler() == real
+
+
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which("g++") is None, reason="needs Linux and g++")
+def test_after_load_the_engine_needs_no_compiler_and_leaves_the_environment_alone(minilm_path, tmp_path,
+                                                                               monkeypatch):
+    """The kernels are built at load; then batches of any shape run with a g++ on PATH that only fails."""
+    from embedder import EmbeddingEngine
+
+    before = {k: os.environ.get(k) for k in ("PATH", "TMPDIR")}
+    engine = EmbeddingEngine(str(minilm_path), lanes=2)
+    engine.load()
+    try:
+        assert {k: os.environ.get(k) for k in ("PATH", "TMPDIR")} == before
+        (tmp_path / "bin").mkdir()
+        called = tmp_path / "g++ was called"
+        (tmp_path / "bin" / "g++").write_text(f'#!/bin/sh\ntouch "{called}"\nexit 1\n')
+        (tmp_path / "bin" / "g++").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+        texts = ["a", "two words", "a somewhat longer sentence " * 20] * 7
+        vectors = engine.embed(texts)
+        assert np.isfinite(vectors).all() and vectors.shape == (21, engine.dim)
+        assert not called.exists()
+    finally:
+        engine.unload()

@@ -166,3 +166,34 @@ def test_model_errors(tmp_path, minilm_path):
     (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not safetensors")
     with pytest.raises(ModelError, match="corrupt weights"):
         EmbeddingEngine(str(broken)).load()
+
+
+def test_load_unload_load_and_an_unloaded_engine_refuses_work(minilm_path):
+    from embedder import EmbeddingEngine
+    from embedder.errors import NotReady
+
+    engine = EmbeddingEngine(str(minilm_path), lanes=2)
+    first = engine.embed(["load, unload, load"])
+    engine.unload()
+    assert not engine.loaded
+    with pytest.raises(NotReady, match="call load"):
+        engine.embed(["refused"])
+    engine.load()
+    np.testing.assert_array_equal(engine.embed(["load, unload, load"]), first)
+    engine.unload()
+
+
+def test_a_failure_while_planning_fails_only_the_jobs_it_touches(minilm_path, monkeypatch):
+    """A bug in the planner must not leave callers waiting forever: their futures fail, later work still runs."""
+    from embedder import EmbeddingEngine
+
+    engine = EmbeddingEngine(str(minilm_path), lanes=2)
+    engine.load()
+    ids = engine.tokenize(["planned", "and failed"])
+    planner = engine._dispatch
+    monkeypatch.setattr(engine, "_dispatch", lambda jobs: (_ for _ in ()).throw(RuntimeError("planner bug")))
+    with pytest.raises(RuntimeError, match="planner bug"):
+        engine.submit(ids).result(timeout=60)
+    monkeypatch.setattr(engine, "_dispatch", planner)
+    assert engine.submit(ids).result(timeout=60).shape == (2, engine.dim)
+    engine.unload()

@@ -1,8 +1,8 @@
 """`embed --ray` and `embed_dataset` on a real local Ray instance (2 CPUs) with the real all-MiniLM-L6-v2:
 the output equals the single-machine run's, row for row."""
 
-import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +19,6 @@ ray = pytest.importorskip("ray")
 from embedder.errors import InputError  # noqa: E402
 from embedder.pipeline import EmbedOptions, run  # noqa: E402
 from embedder.ray import embed_dataset, run_job  # noqa: E402
-from embedder.ray.job import local_ray_dir  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +30,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 @pytest.fixture(scope="module")
 def local_ray():
     ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=local_ray_dir())
+    ray.init(num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 
@@ -133,7 +132,7 @@ def test_an_actor_killed_mid_job_is_restarted_and_nothing_is_lost_or_doubled(eng
     marker = tmp_path / "died"
     hook_env = {"EMBED_TEST_DIE_MARKER": str(marker),
                 "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=local_ray_dir(),
+    ray.init(num_cpus=2, include_dashboard=False,
              runtime_env={"env_vars": hook_env, "worker_process_setup_hook": "ray_faults.die_once_on_file_1"})
     try:
         inputs = [FIXTURES / n for n in ("nasty.txt", "nasty.jsonl", "nasty.csv")]
@@ -167,7 +166,9 @@ def test_cli_driver_killed_mid_job_then_resume_equals_an_uninterrupted_run(engin
     assert done >= 1, "no part was written before the kill"
     resumed = subprocess.run([*args, "--resume"], env=ENV, capture_output=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{done:,} files already done".encode() in resumed.stderr
+    # the driver's orphaned actor may still finish a part after the count, so the rerun skips at least `done`
+    skipped = re.search(rb"; ([\d,]+) files already done", resumed.stderr)
+    assert skipped and done <= int(skipped[1].replace(b",", b"")) <= len(inputs), resumed.stderr
     assert_same_rows(pq.read_table(out), single_machine(engine, tmp_path, inputs))
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
 import time
 
 import numpy as np
@@ -50,19 +48,12 @@ def run_job(options: EmbedOptions, address: str | None = None, progress: bool = 
 def _connect(address: str | None, progress: bool) -> None:
     ray = require_ray()
     if not ray.is_initialized():
-        local = {} if address or os.environ.get("RAY_ADDRESS") else {"_temp_dir": local_ray_dir()}
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **local)
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = False
     if not progress:  # Ray Data logs its progress instead of drawing it when the bars are off
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-
-
-def local_ray_dir() -> str:
-    """Where a local Ray instance keeps its session: under the process's original temp directory, since MLX's
-    kernel cache may have moved TMPDIR somewhere too deep for Ray's socket paths (107 bytes)."""
-    return os.path.join(tempfile.gettempdir(), "ray")
 
 
 def _settings(options: EmbedOptions, files: list[InputFile]) -> dict:
@@ -126,7 +117,7 @@ def _embed(files: list[InputFile], done: set[int], options: EmbedOptions, out: O
     dataset = ray.data.read_binary_files([f.uri for f in todo], include_paths=True, override_num_blocks=len(todo))
     embedded = dataset.map_batches(
         FileEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), **resources,
-        fn_constructor_kwargs={"options": dataclasses.replace(options, lanes=lanes), "out": out,
+        fn_constructor_kwargs={"options": dataclasses.replace(options, lanes=options.lanes or lanes), "out": out,
                                "files": {ray_path(f.uri): f for f in todo}, "text_ids": text_ids},
     )
     return _run(embedded)
