@@ -45,7 +45,7 @@ ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
     (NotReady, ErrorKind(503, "server_error", "not_ready")),
     (ModelError, ErrorKind(500, "server_error", "model_error")),
     (EmbedError, ErrorKind(500, "server_error", "embed_error")),
-    (RequestValidationError, ErrorKind(422, "invalid_request_error", "invalid_value")),
+    (RequestValidationError, ErrorKind(400, "invalid_request_error", "invalid_value")),  # as OpenAI and vLLM
     (HTTPException, ErrorKind(None, "invalid_request_error", None)),
     (Exception, ErrorKind(500, "server_error", "internal_error")),
 )

@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from .api_errors import ParamError
-from .errors import InputTooLong
+from .errors import InputTooLong, lone_surrogate
 
 
 class EmbeddingRequest(BaseModel):
@@ -100,6 +100,9 @@ def parse_input(value: str | list[Any], max_inputs: int) -> Inputs:
     for i, item in enumerate(inputs.texts or inputs.token_ids):
         if not item:
             raise ParamError(f"input {i} is empty; every input needs at least one character or token", "input")
+        if inputs.texts is not None and (at := lone_surrogate(item)) is not None:
+            raise ParamError(f"input {i} holds a lone UTF-16 surrogate at character {at}, which is not text; "
+                             "send valid Unicode", "input")
         if inputs.token_ids is not None and not all(_is_token_id(t) for t in item):
             raise ParamError(f"input {i} must hold only integer token ids", "input")
     return inputs

@@ -9,6 +9,19 @@ class InputError(EmbedError):
     """Bad input: unreadable file, invalid JSON at line N, missing or non-string field."""
 
 
+def lone_surrogate(text: str) -> int | None:
+    """Where `text` holds a lone UTF-16 surrogate (JSON may escape one: "\\ud800"), or None.
+
+    Such a string is not Unicode text: it has no UTF-8 form, so no tokenizer can read it. embed refuses it, as it
+    refuses invalid UTF-8 bytes in a file, rather than guess a replacement.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
 class InputTooLong(EmbedError):
     """An input is longer than the model's max length and truncation is off."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, ContextManager
 
-from embedder.errors import InputError
+from embedder.errors import InputError, lone_surrogate
 
 FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
 _EXTENSIONS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
@@ -103,7 +103,7 @@ def _is_tree(name: str) -> bool:
     return name != "-" and (os.path.isdir(name) or (not os.path.exists(name) and bool(_GLOB_CHARS & set(name))))
 
 
-def expand_sources(inputs: Iterable[str], options: ReadOptions) -> Iterator[_Source]:
+def expand_sources(inputs: Iterable[str], options: ReadOptions) -> Iterator[Source]:
     """Inputs to sources: stdin, files by format, directories and globs to their files in sorted order."""
     for name in inputs:
         if name == "-":
@@ -218,6 +218,8 @@ def _read_jsonl(stream: BinaryIO, label: str, options: ReadOptions) -> Iterator[
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
+        except RecursionError:
+            raise InputError(f"{where}: JSON nested too deeply to read") from None
         if not isinstance(obj, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         yield _pick(obj, where, options)
@@ -283,6 +285,9 @@ def _pick(obj: dict, where: str, options: ReadOptions) -> tuple[RecordId | None,
     text = obj[options.text_field]
     if not isinstance(text, str):
         raise InputError(f"{where}: field {options.text_field!r} is {_kind(text)}, not a string")
+    if (at := lone_surrogate(text)) is not None:
+        raise InputError(f"{where}: field {options.text_field!r} holds a lone UTF-16 surrogate at character {at}, "
+                         "which is not text")
     if options.id_field is None:
         return None, text, where
     if options.id_field not in obj:

@@ -82,7 +82,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         await warm_up
         registry.close()
 
-    errors = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 422, 429, 503)}
+    errors = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 429, 503)}
     app = FastAPI(title="embed", lifespan=lifespan, responses=errors)
     for exc_type in (EmbedError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(exc_type, _handle)

@@ -4,7 +4,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputTooLong, ModelError
+from .errors import InputError, InputTooLong, ModelError, lone_surrogate
 
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>", "<|pad|>")
 
@@ -20,6 +20,11 @@ class TextTokenizer:
 
     def encode(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
         texts = [(prompt or "") + t for t in texts]
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(f"input {i} is {type(text).__name__}, not a string")
+            if (at := lone_surrogate(text)) is not None:
+                raise InputError(f"input {i} holds a lone UTF-16 surrogate at character {at}, which is not text")
         if self.do_lower_case:
             texts = [t.lower() for t in texts]
         ids = self.encode_batch(texts)

@@ -112,6 +112,8 @@ def test_help_is_instant_and_never_imports_mlx():
         (["broken_json_line3.jsonl"], "broken_json_line3.jsonl line 3: invalid JSON"),
         (["broken_missing_text.jsonl"], "broken_missing_text.jsonl line 2: no field 'text'"),
         (["broken_invalid_utf8.txt"], "broken_invalid_utf8.txt line 2: not valid UTF-8"),
+        (["broken_lone_surrogate.jsonl"], "broken_lone_surrogate.jsonl line 2: field 'text' holds a lone UTF-16"),
+        (["broken_nested.jsonl"], "broken_nested.jsonl line 2: JSON nested too deeply"),
         (["broken_null_text.parquet"], "broken_null_text.parquet row 1: field 'text' is null"),
         (["broken_no_text_column.csv"], "broken_no_text_column.csv: no column 'text'"),
         (["nasty_with_empty.tsv"], "nasty_with_empty.tsv line 4: empty text"),
