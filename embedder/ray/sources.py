@@ -35,6 +35,11 @@ def expand_inputs(inputs: tuple[str, ...], options: ReadOptions) -> list[InputFi
     for name in inputs:
         for source, uri, size, mtime_ns in (_remote(name, options) if is_uri(name) else _local(name, options)):
             files.append(InputFile(source, uri, len(files), size, mtime_ns))
+    seen: set[str] = set()
+    for f in files:  # Ray Data reads each path once, so each must name one output part
+        if f.uri in seen:
+            raise InputError(f"{f.source.name}: given twice; --ray embeds each input file once")
+        seen.add(f.uri)
     return files
 
 
