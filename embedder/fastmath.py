@@ -32,7 +32,8 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | N
     """
     B, L, width = qkv.shape
     D = width // (3 * n_heads)
-    if _native(qkv) and D <= 128 and (mask is None or mask.shape == (B, 1, 1, L)):
+    if (_native(qkv) and D <= native.max_head_dim()
+            and (mask is None or (mask.shape == (B, 1, 1, L) and mask.dtype == mx.bool_))):
         return native.self_attention(qkv, n_heads, scale, mask)
     q, k, v = (qkv.reshape(B, L, 3, n_heads, D)[:, :, i].swapaxes(1, 2) for i in range(3))
     return attention(q, k, v, scale, mask).swapaxes(1, 2).reshape(B, L, n_heads * D)
@@ -40,17 +41,17 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | N
 
 def linear_activation(dense: nn.Module, x: mx.array, act) -> mx.array:
     """act(dense(x)); the erf GELU after a float32 `Linear` as one native pass over the matmul's output."""
-    if act is gelu and isinstance(dense, Linear) and _native(x):
-        return native.bias_gelu(x @ dense["weight"].T, dense.get("bias"))
+    if act is gelu and _native_linear(dense, x):
+        return native.linear_gelu(x, dense["weight"], dense.get("bias"))
     return act(dense(x))
 
 
 def linear_add_norm(dense: nn.Module, x: mx.array, residual: mx.array, norm: nn.Module) -> mx.array:
     """norm(dense(x) + residual); after a float32 `Linear`, with a LayerNorm, one native pass over the matmul's
     output (MLX's CPU LayerNorm alone is a scalar loop: ~1 ms for 1,024 x 384)."""
-    if isinstance(dense, Linear) and isinstance(norm, nn.LayerNorm) and _native(x):
-        return native.add_layer_norm(x @ dense["weight"].T, dense.get("bias"), residual, norm.get("weight"),
-                                     norm.get("bias"), norm.eps)
+    if isinstance(norm, nn.LayerNorm) and _native_linear(dense, x):
+        return native.linear_add_layer_norm(x, dense["weight"], dense.get("bias"), residual, norm.get("weight"),
+                                            norm.get("bias"), norm.eps)
     return norm(dense(x) + residual)
 
 
@@ -73,6 +74,10 @@ def _fast_path(x: mx.array) -> bool:
 
 def _native(x: mx.array) -> bool:
     return _fast_path(x) and native.available()
+
+
+def _native_linear(dense: nn.Module, x: mx.array) -> bool:
+    return isinstance(dense, Linear) and dense["weight"].dtype == mx.float32 and _native(x)
 
 
 def _gelu_formula(x: mx.array) -> mx.array:

@@ -1,9 +1,11 @@
 """Our C++ CPU kernels (`embedder/kernels`), run on MLX arrays' memory: MLX has no CPU custom-kernel API.
 
-Each call evaluates its inputs, runs a kernel on their buffers through ctypes (which lets other threads run
-meanwhile), and returns an MLX array: a new one, or the matmul output it was given, written in place. That
-array is fresh and held by nothing else, so no other array sees the write (NumPy views of an evaluated MLX array
-share its memory, as MLX documents). float32 on the CPU only; `available()` says whether the kernels built here.
+Each call checks every buffer it passes (dtype, shape, C order), runs a kernel on them through ctypes (which lets
+other threads run meanwhile) and returns an MLX array. The layer kernels write in place over a matmul output
+that the call itself makes and that nothing else holds (NumPy views of an evaluated MLX array share its memory,
+as MLX documents), so no other array can see the write. A kernel reports failure (an exception inside it, no
+kernel for a head size) as a status, raised here as ModelError. float32 on the CPU only; `available()` says
+whether the kernels built here.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import mlx.core as mx
 import numpy as np
 
 from .cpu_compile import native_library
+from .errors import ModelError
 
 _PTR, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+_STATUS = {1: "has no kernel for this head size", 2: "ran out of memory", 3: "failed"}  # kernels/boundary.h
 
 
 @functools.cache
@@ -26,10 +30,13 @@ def _kernels() -> SimpleNamespace | None:
     if attention is None or layer_ops is None:
         return None
     kernels = SimpleNamespace(attention=attention.embed_self_attention, bias_gelu=layer_ops.embed_bias_gelu,
-                              add_layer_norm=layer_ops.embed_add_layer_norm)
-    kernels.attention.argtypes, kernels.attention.restype = [_PTR] * 3 + [_INT] * 4 + [_FLOAT], _INT
-    kernels.bias_gelu.argtypes, kernels.bias_gelu.restype = [_PTR] * 2 + [_INT] * 2, None
-    kernels.add_layer_norm.argtypes, kernels.add_layer_norm.restype = [_PTR] * 5 + [_INT] * 2 + [_FLOAT], None
+                              add_layer_norm=layer_ops.embed_add_layer_norm,
+                              max_head_dim=attention.embed_max_head_dim())
+    kernels.attention.argtypes = [_PTR] * 3 + [_INT] * 4 + [_FLOAT]
+    kernels.bias_gelu.argtypes = [_PTR] * 2 + [_INT] * 2
+    kernels.add_layer_norm.argtypes = [_PTR] * 5 + [_INT] * 2 + [_FLOAT]
+    for kernel in (kernels.attention, kernels.bias_gelu, kernels.add_layer_norm):
+        kernel.restype = _INT
     return kernels
 
 
@@ -37,54 +44,80 @@ def available() -> bool:
     return _kernels() is not None
 
 
+def max_head_dim() -> int:
+    """The largest attention head size the kernel handles on this CPU (128 with AVX-512, 64 with AVX2)."""
+    return _kernels().max_head_dim
+
+
 def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | None) -> mx.array:
-    """`fastmath.self_attention` with a (B, 1, 1, L) or no mask, for head sizes up to 128."""
+    """`fastmath.self_attention` with a (B, 1, 1, L) boolean or no mask, for head sizes up to `max_head_dim()`."""
     B, L, width = qkv.shape
+    if width % (3 * n_heads):
+        raise ModelError(f"native attention: width {width} is not 3 x {n_heads} heads")
     head_dim = width // (3 * n_heads)
-    data = _evaluated(qkv)
-    keep = None if mask is None else _evaluated(mask.reshape(B, L))  # bool: one byte per token
+    data = _buffer(qkv, (B, L, width), mx.float32, "qkv")
+    keep = None if mask is None else _buffer(mask.reshape(B, L), (B, L), mx.bool_, "mask")  # one byte a token
     out = np.empty((B, L, width // 3), np.float32)
-    status = _kernels().attention(data.ctypes.data, _address(keep), out.ctypes.data, B, L, n_heads, head_dim, scale)
-    if status != 0:
-        raise ValueError(f"the native attention kernel has no head size {head_dim}")
+    _check(_kernels().attention(data.ctypes.data, _address(keep), out.ctypes.data, B, L, n_heads, head_dim, scale),
+           "attention")
     return mx.array(out)
 
 
-def bias_gelu(y: mx.array, bias: mx.array | None) -> mx.array:
-    """gelu(y + bias), the erf GELU, written over y (a fresh matmul output)."""
-    rows, data = _in_place(y)
-    _kernels().bias_gelu(data.ctypes.data, _address(_evaluated(bias)), rows, y.shape[-1])
+def linear_gelu(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
+    """gelu(x @ weight.T + bias), the erf GELU, written over the matmul output made here."""
+    y, data = _matmul(x, weight)
+    dim = data.shape[-1]
+    _check(_kernels().bias_gelu(data.ctypes.data, _address(_vector(bias, dim, "bias")), data.size // dim, dim),
+           "bias_gelu")
     return y
 
 
-def add_layer_norm(y: mx.array, bias: mx.array | None, residual: mx.array, weight: mx.array | None,
-                   beta: mx.array | None, eps: float) -> mx.array:
-    """layer_norm(y + bias + residual) * weight + beta, written over y (a fresh matmul output)."""
-    rows, data = _in_place(y)
-    res = _evaluated(residual)
-    if res.shape != data.shape:
-        raise ValueError(f"residual shape {res.shape} differs from {data.shape}")
-    _kernels().add_layer_norm(data.ctypes.data, _address(_evaluated(bias)), res.ctypes.data,
-                              _address(_evaluated(weight)), _address(_evaluated(beta)), rows, y.shape[-1], eps)
+def linear_add_layer_norm(x: mx.array, weight: mx.array, bias: mx.array | None, residual: mx.array,
+                          norm_weight: mx.array | None, norm_bias: mx.array | None, eps: float) -> mx.array:
+    """layer_norm(x @ weight.T + bias + residual) * norm_weight + norm_bias, written over the matmul output made
+    here."""
+    y, data = _matmul(x, weight)
+    dim = data.shape[-1]
+    res = _buffer(residual, data.shape, mx.float32, "residual")
+    _check(_kernels().add_layer_norm(data.ctypes.data, _address(_vector(bias, dim, "bias")), res.ctypes.data,
+                                     _address(_vector(norm_weight, dim, "norm weight")),
+                                     _address(_vector(norm_bias, dim, "norm bias")), data.size // dim, dim, eps),
+           "add_layer_norm")
     return y
 
 
-def _evaluated(a: mx.array | None) -> np.ndarray | None:
-    """A C-order view of `a`'s memory (a copy only if MLX holds it strided)."""
-    if a is None:
-        return None
+def _matmul(x: mx.array, weight: mx.array) -> tuple[mx.array, np.ndarray]:
+    """x @ weight.T, evaluated, and a writable view of its memory: a new array no one else holds."""
+    if x.dtype != mx.float32 or weight.dtype != mx.float32 or weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
+        raise ModelError(f"native kernels: x {_described(x.dtype, x.shape)} and weight "
+                         f"{_described(weight.dtype, weight.shape)} are not float32 operands of one matmul")
+    y = x @ weight.T
+    mx.eval(y)
+    data = np.asarray(y)
+    if not (data.flags.c_contiguous and data.flags.writeable):
+        raise ModelError("native kernels: MLX's matmul output is not a writable C-order buffer")
+    return y, data
+
+
+def _buffer(a: mx.array, shape: tuple[int, ...], dtype: mx.Dtype, name: str) -> np.ndarray:
+    """`a`'s memory in C order (a copy only if MLX holds it strided), once its dtype and shape are the kernel's."""
+    if a.dtype != dtype or tuple(a.shape) != tuple(shape):
+        raise ModelError(f"native kernels: {name} is {_described(a.dtype, a.shape)}, not {_described(dtype, shape)}")
     mx.eval(a)
     return np.ascontiguousarray(a)
 
 
-def _in_place(y: mx.array) -> tuple[int, np.ndarray]:
-    if y.dtype != mx.float32:
-        raise TypeError(f"native kernels take float32, not {y.dtype}")
-    mx.eval(y)
-    data = np.asarray(y)
-    if not (data.flags.c_contiguous and data.flags.writeable and np.may_share_memory(data, np.asarray(y))):
-        raise ValueError("native kernels write over a contiguous matmul output, not a copy of it")
-    return data.size // y.shape[-1], data
+def _vector(a: mx.array | None, dim: int, name: str) -> np.ndarray | None:
+    return None if a is None else _buffer(a, (dim,), mx.float32, name)
+
+
+def _described(dtype: mx.Dtype, shape) -> str:
+    return f"{str(dtype).rpartition('.')[2]}{tuple(shape)}"
+
+
+def _check(status: int, kernel: str) -> None:
+    if status:
+        raise ModelError(f"the native {kernel} kernel {_STATUS.get(status, f'returned {status}')}")
 
 
 def _address(a: np.ndarray | None) -> int | None:

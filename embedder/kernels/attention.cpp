@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "boundary.h"
 #include "simd.h"
 
 namespace {
@@ -176,19 +177,24 @@ void attention(const float* qkv, const uint8_t* keep, float* out, int B, int L, 
 
 }  // namespace
 
+// The largest head size with a kernel here: 8 vectors (128 floats with AVX-512, 64 with AVX2).
+extern "C" int embed_max_head_dim() { return 8 * W; }
+
 // qkv: (B, L, 3, H, D) float32, C order; keep: (B, L) bytes, nonzero at real tokens, or null; out: (B, L, H, D).
-// Returns 0, or -1 for a head size this file has no kernel for (D > 128).
+// Returns a boundary::Status: NO_KERNEL for a head size over embed_max_head_dim().
 extern "C" int embed_self_attention(const float* qkv, const uint8_t* keep, float* out, int B, int L, int H, int D,
                                     float scale) {
-  switch ((D + W - 1) / W) {
-    case 1: attention<1>(qkv, keep, out, B, L, H, D, scale); return 0;
-    case 2: attention<2>(qkv, keep, out, B, L, H, D, scale); return 0;
-    case 3: attention<3>(qkv, keep, out, B, L, H, D, scale); return 0;
-    case 4: attention<4>(qkv, keep, out, B, L, H, D, scale); return 0;
-    case 5: attention<5>(qkv, keep, out, B, L, H, D, scale); return 0;
-    case 6: attention<6>(qkv, keep, out, B, L, H, D, scale); return 0;
-    case 7: attention<7>(qkv, keep, out, B, L, H, D, scale); return 0;
-    case 8: attention<8>(qkv, keep, out, B, L, H, D, scale); return 0;
-    default: return -1;
-  }
+  return boundary::guarded([&]() -> int {
+    switch ((D + W - 1) / W) {
+      case 1: attention<1>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
+      case 2: attention<2>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
+      case 3: attention<3>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
+      case 4: attention<4>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
+      case 5: attention<5>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
+      case 6: attention<6>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
+      case 7: attention<7>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
+      case 8: attention<8>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
+      default: return boundary::NO_KERNEL;
+    }
+  });
 }

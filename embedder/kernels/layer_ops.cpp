@@ -4,51 +4,58 @@
 
 #include <cmath>
 
+#include "boundary.h"
 #include "simd.h"
 
 using namespace simd;
 
 // y[r] = gelu(y[r] + bias), the exact (erf) GELU; bias may be null.
-extern "C" void embed_bias_gelu(float* y, const float* bias, int rows, int dim) {
-  for (long r = 0; r < rows; r++) {
-    float* row = y + r * dim;
-    for (int j = 0; j < dim; j += W) {
-      const int n = dim - j < W ? dim - j : W;
-      vec x = load_n(row + j, n);
-      if (bias) x += load_n(bias + j, n);
-      store_n(row + j, x * (1.0f + simd::erf(x * 0.70710678118654752f)) * 0.5f, n);
+extern "C" int embed_bias_gelu(float* y, const float* bias, int rows, int dim) {
+  return boundary::guarded([&] {
+    for (long r = 0; r < rows; r++) {
+      float* row = y + r * dim;
+      for (int j = 0; j < dim; j += W) {
+        const int n = dim - j < W ? dim - j : W;
+        vec x = load_n(row + j, n);
+        if (bias) x += load_n(bias + j, n);
+        store_n(row + j, x * (1.0f + simd::erf(x * 0.70710678118654752f)) * 0.5f, n);
+      }
     }
-  }
+    return boundary::OK;
+  });
 }
 
 // y[r] = layer_norm(y[r] + bias + residual[r]) * weight + beta; bias, weight and beta may be null.
-extern "C" void embed_add_layer_norm(float* y, const float* bias, const float* residual, const float* weight,
-                                     const float* beta, int rows, int dim, float eps) {
-  for (long r = 0; r < rows; r++) {
-    float* row = y + r * dim;
-    const float* res = residual + r * dim;
-    vec total = {};
-    for (int j = 0; j < dim; j += W) {
-      const int n = dim - j < W ? dim - j : W;
-      vec x = load_n(row + j, n) + load_n(res + j, n);
-      if (bias) x += load_n(bias + j, n);
-      store_n(row + j, x, n);
-      total += x;
+extern "C" int embed_add_layer_norm(float* y, const float* bias, const float* residual, const float* weight,
+                                    const float* beta, int rows, int dim, float eps) {
+  return boundary::guarded([&] {
+    for (long r = 0; r < rows; r++) {
+      float* row = y + r * dim;
+      const float* res = residual + r * dim;
+      vec total = {};
+      for (int j = 0; j < dim; j += W) {
+        const int n = dim - j < W ? dim - j : W;
+        vec x = load_n(row + j, n) + load_n(res + j, n);
+        if (bias) x += load_n(bias + j, n);
+        store_n(row + j, x, n);
+        total += x;
+      }
+      const float mean = sum(total) / dim;
+      vec squares = {};
+      for (int j = 0; j < dim; j += W) {
+        const int n = dim - j < W ? dim - j : W;
+        const vec d = first_n(load_n(row + j, n) - mean, n);
+        squares += d * d;
+      }
+      const float inv = 1.0f / std::sqrt(sum(squares) / dim + eps);
+      for (int j = 0; j < dim; j += W) {
+        const int n = dim - j < W ? dim - j : W;
+        vec x = (load_n(row + j, n) - mean) * inv;
+        if (weight) x *= load_n(weight + j, n);
+        if (beta) x += load_n(beta + j, n);
+        store_n(row + j, x, n);
+      }
     }
-    const float mean = sum(total) / dim;
-    vec squares = {};
-    for (int j = 0; j < dim; j += W) {
-      const int n = dim - j < W ? dim - j : W;
-      const vec d = first_n(load_n(row + j, n) - mean, n);
-      squares += d * d;
-    }
-    const float inv = 1.0f / std::sqrt(sum(squares) / dim + eps);
-    for (int j = 0; j < dim; j += W) {
-      const int n = dim - j < W ? dim - j : W;
-      vec x = (load_n(row + j, n) - mean) * inv;
-      if (weight) x *= load_n(weight + j, n);
-      if (beta) x += load_n(beta + j, n);
-      store_n(row + j, x, n);
-    }
-  }
+    return boundary::OK;
+  });
 }
