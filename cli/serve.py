@@ -11,11 +11,17 @@ from cli._options import BatchTokensOpt, LanesOpt
 def serve(
     models: Annotated[
         list[str] | None,
-        typer.Argument(help="Models to serve (Hub ids or local folders); default all-MiniLM-L6-v2.", show_default=False),
+        typer.Argument(help="Models to serve (Hub ids or local folders, or NAME=MODEL to serve one under NAME too); "
+                       "default all-MiniLM-L6-v2.", show_default=False),
     ] = None,
     embedding_model: Annotated[
         str | None,
         typer.Option("--embedding-model", help="Serve this model alone, loaded at start (as vllm-mlx).", show_default=False),
+    ] = None,
+    served_model_name: Annotated[
+        list[str] | None,
+        typer.Option("--served-model-name", help="A name clients may call the model by, listed in /v1/models and "
+                     "echoed in replies (as vLLM and TEI); repeat for several.", show_default=False),
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind; loopback unless told otherwise.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
@@ -49,7 +55,7 @@ def serve(
 
         options = ServerOptions(api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes, max_queue=max_queue)
         registry = build_registry(
-            models or [], embedding_model=embedding_model, preload=preload, truncate=not no_truncate, batch_tokens=batch_tokens,
+            models or [], embedding_model=embedding_model, served_model_names=served_model_name or (), preload=preload, truncate=not no_truncate, batch_tokens=batch_tokens,
             lanes=lanes,
         )
         uvicorn.run(create_app(registry, options), host=host, port=port, log_level="info")

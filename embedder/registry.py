@@ -1,6 +1,7 @@
 """The models a server serves: names and aliases mapped to engines that load on first use or at start."""
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,18 +17,28 @@ class ModelPinned(ModelNotFound):
     """The server pins one model (`--embedding-model`) and the request named another."""
 
 
+DEFAULT_NAME = "default"  # names the first served model, as candle-vllm's documented example expects
+
+
 @dataclass
 class ServedModel:
     """One model named at start; its engine is built then, but loads only on first use unless preloaded."""
 
-    name: str
+    name: str  # the model as given: a Hub id or a folder
     engine: EmbeddingEngine
+    served_names: tuple[str, ...] = ()  # `--served-model-name` / NAME=MODEL: what clients call it
+
+    @property
+    def public_name(self) -> str:
+        """The name /v1/models lists first and a request without a model is answered with."""
+        return (self.served_names or (self.name,))[0]
 
     @property
     def aliases(self) -> tuple[str, ...]:
-        """The name as given, the Hub repo id it stands for, and the repo's (or folder's) short name."""
+        """Its served names, the name as given, the Hub repo id it stands for and the repo's (or folder's) short
+        name."""
         repo_id = canonical_id(self.name)
-        return tuple(dict.fromkeys([self.name, repo_id, repo_id.rstrip("/").rsplit("/", 1)[-1]]))
+        return tuple(dict.fromkeys([*self.served_names, self.name, repo_id, repo_id.rstrip("/").rsplit("/", 1)[-1]]))
 
 
 @dataclass
@@ -45,19 +56,21 @@ class ModelRegistry:
     def __post_init__(self) -> None:
         self._by_alias: dict[str, ServedModel] = {}
         for served in self.models:  # exact names first, so a short alias never shadows a full name
-            self._by_alias.setdefault(served.name, served)
+            for name in (*served.served_names, served.name):
+                self._by_alias.setdefault(name, served)
         for served in self.models:
             for alias in served.aliases:
                 self._by_alias.setdefault(alias, served)
 
     def resolve(self, name: str | None) -> ServedModel:
-        """The served model a request names; no name means the first (or pinned) one, as vllm-mlx does."""
+        """The served model a request names; no name, or "default" (unless a model is served by that name), means
+        the first (or pinned) one, as vllm-mlx and candle-vllm do."""
         if name is None:
             return self.models[0]
-        served = self._by_alias.get(name)
+        served = self._by_alias.get(name) or (self.models[0] if name == DEFAULT_NAME else None)
         if served is not None:
             return served
-        names = ", ".join(m.name for m in self.models)
+        names = ", ".join(m.public_name for m in self.models)
         if self.pinned:
             raise ModelPinned(f"this server serves only {names} (--embedding-model); it does not serve {name!r}")
         raise ModelNotFound(f"model {name!r} is not served here; served: {names}")
@@ -98,18 +111,43 @@ def build_registry(
     models: Sequence[str],
     *,
     embedding_model: str | None = None,
+    served_model_names: Sequence[str] = (),
     preload: bool = False,
     truncate: bool = True,
     batch_tokens: int | None = None,
     lanes: int | None = None,
 ) -> ModelRegistry:
-    """`--embedding-model M` serves M alone and loads it at start, as vllm-mlx does; the default model otherwise."""
-    if embedding_model is not None and any(m != embedding_model for m in models):
+    """`--embedding-model M` serves M alone and loads it at start, as vllm-mlx does; the default model otherwise.
+    A model may be given as NAME=MODEL, or with `served_model_names` (one model only), to answer to those names."""
+    if embedding_model is not None and any(_named(m)[1] != embedding_model for m in models):
         raise InputError(f"--embedding-model serves {embedding_model} alone; drop the other MODEL arguments")
-    names = [embedding_model] if embedding_model is not None else list(dict.fromkeys(models)) or [DEFAULT_MODEL]
-    for name in names:  # a typo fails now, not as a 404 on the first request; loading still waits
-        resolve_model_path(name)
+    names: dict[str, list[str]] = {}  # model -> the names it is served under, in order
+    for entry in [embedding_model] if embedding_model is not None else list(models) or [DEFAULT_MODEL]:
+        name, model = _named(entry)
+        names.setdefault(model, []).extend([name] if name else [])
+    if embedding_model is not None:
+        names[embedding_model].extend(n for n, m in map(_named, models) if n)
+    if served_model_names:
+        if len(names) != 1:
+            raise InputError("--served-model-name names one model; to name several, give each as NAME=MODEL")
+        names[next(iter(names))].extend(served_model_names)
+    seen: dict[str, str] = {}
+    for model, served_as in names.items():
+        for name in served_as:
+            if seen.setdefault(name, model) != model:
+                raise InputError(f"the served name {name!r} is given to both {seen[name]} and {model}")
+    for model in names:  # a typo fails now, not as a 404 on the first request; loading still waits
+        resolve_model_path(model)
     options = {k: v for k, v in {"batch_tokens": batch_tokens, "lanes": lanes}.items() if v is not None}
-    served = [ServedModel(name, EmbeddingEngine(name, truncate=truncate, **options)) for name in names]
+    served = [ServedModel(model, EmbeddingEngine(model, truncate=truncate, **options), tuple(dict.fromkeys(served_as)))
+              for model, served_as in names.items()]
     pinned = embedding_model is not None
     return ModelRegistry(served, pinned=pinned, preload=preload or pinned, truncate=truncate)
+
+
+def _named(entry: str) -> tuple[str | None, str]:
+    """NAME=MODEL as (NAME, MODEL); a plain model (or an existing path holding '=') as (None, MODEL)."""
+    name, sep, model = entry.partition("=")
+    if not sep or not name or not model or os.path.exists(entry):
+        return None, entry
+    return name, model

@@ -34,7 +34,7 @@ from .api_models import (
 from .engine import EmbeddingEngine
 from .errors import AuthError, EmbedError, InputError, Overloaded
 from .metrics import Metrics
-from .registry import ModelRegistry
+from .registry import DEFAULT_NAME, ModelRegistry
 
 CLIENT_CLOSED = 499  # nginx's status for "the client hung up first": seen only in /metrics
 
@@ -105,21 +105,24 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         tokens = sum(map(len, token_ids))
         metrics.observe_embedding(len(token_ids), tokens)
         data = [Embedding(index=i, embedding=e) for i, e in enumerate(encode_vectors(vectors, body.encoding_format))]
-        reply = EmbeddingResponse(data=data, model=served.name, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+        model = served.public_name if body.model in (None, DEFAULT_NAME) else body.model  # the name the client used
+        reply = EmbeddingResponse(data=data, model=model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
         return Response(reply.model_dump_json(), media_type="application/json")
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=m.name, created=registry.created) for m in registry.models])
+        names = [name for m in registry.models for name in m.served_names or (m.name,)]
+        return ModelList(data=[ModelCard(id=name, created=registry.created) for name in names])
 
     @app.get("/health")
     async def health() -> dict:
         registry.check_ready()
-        return {"status": "ok", "models": [m.name for m in registry.models], "loaded": [m.name for m in registry.loaded()]}
+        return {"status": "ok", "models": [m.public_name for m in registry.models],
+                "loaded": [m.public_name for m in registry.loaded()]}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> str:
-        engines = {m.name: m.engine.stats() for m in registry.loaded()}
+        engines = {m.public_name: m.engine.stats() for m in registry.loaded()}
         return metrics.render(admission.in_flight, engines)
 
     return app

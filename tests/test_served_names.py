@@ -1,0 +1,58 @@
+"""Serving a model under the names clients already use (`--served-model-name`, NAME=MODEL, "default"), through a
+real `embed serve` on loopback driven by the openai SDK and curl."""
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from test_server import API_KEY, TEXTS, assert_close, running_server
+
+from embedder import DEFAULT_MODEL, EmbeddingEngine
+from embedder.errors import InputError
+from embedder.registry import build_registry
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with running_server(f"text-embedding-3-small={DEFAULT_MODEL}", "--served-model-name", "text-embedding-ada-002",
+                        "--api-key", API_KEY) as url:
+        yield url
+
+
+def test_openai_model_names_answer_and_are_echoed(server: str, engine: EmbeddingEngine) -> None:
+    sdk = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+    for name in ("text-embedding-3-small", "text-embedding-ada-002", DEFAULT_MODEL):
+        reply = sdk.embeddings.create(model=name, input=TEXTS[:2])
+        assert reply.model == name
+        assert_close([d.embedding for d in reply.data], engine.embed(TEXTS[:2]))
+    assert [m.id for m in sdk.models.list().data] == ["text-embedding-3-small", "text-embedding-ada-002"]
+    with pytest.raises(openai.NotFoundError):
+        sdk.embeddings.create(model="text-embedding-3-large", input="hi")
+
+
+def test_default_names_the_first_model_as_candle_vllms_curl_example(server: str, engine: EmbeddingEngine) -> None:
+    body = json.dumps({"model": "default", "input": ["This is a test sentence.", "And another one."]})
+    out = subprocess.run(
+        ["curl", "-sS", "--fail-with-body", f"{server}/v1/embeddings", "-H", "Content-Type: application/json",
+         "-H", f"Authorization: Bearer {API_KEY}", "-d", body], capture_output=True, check=True, timeout=60).stdout
+    reply = json.loads(out)
+    assert reply["model"] == "text-embedding-3-small"
+    assert_close([d["embedding"] for d in reply["data"]], engine.embed(["This is a test sentence.", "And another one."]))
+    health = httpx.get(f"{server}/health").json()
+    assert health["models"] == ["text-embedding-3-small"]
+
+
+def test_names_are_grouped_per_model_and_conflicts_refused(minilm_path) -> None:
+    model = str(minilm_path)
+    registry = build_registry([f"a={model}", f"b={model}", model])
+    assert len(registry.models) == 1 and registry.models[0].served_names == ("a", "b")
+    assert registry.resolve("b") is registry.resolve("default") is registry.models[0]
+    pinned = build_registry([f"small={model}"], embedding_model=model, served_model_names=["big"])
+    assert pinned.models[0].served_names == ("small", "big") and pinned.pinned
+    with pytest.raises(InputError, match="names one model"):
+        build_registry([model, DEFAULT_MODEL], served_model_names=["x"])
+    with pytest.raises(InputError, match="given to both"):
+        build_registry([f"x={model}", f"x={DEFAULT_MODEL}"])
