@@ -119,14 +119,13 @@ def build_registry(
 ) -> ModelRegistry:
     """`--embedding-model M` serves M alone and loads it at start, as vllm-mlx does; the default model otherwise.
     A model may be given as NAME=MODEL, or with `served_model_names` (one model only), to answer to those names."""
-    if embedding_model is not None and any(_named(m)[1] != embedding_model for m in models):
-        raise InputError(f"--embedding-model serves {embedding_model} alone; drop the other MODEL arguments")
+    pinned = None if embedding_model is None else _named(embedding_model)[1]
+    if pinned is not None and any(_named(m)[1] != pinned for m in models):
+        raise InputError(f"--embedding-model serves {pinned} alone; drop the other MODEL arguments")
     names: dict[str, list[str]] = {}  # model -> the names it is served under, in order
-    for entry in [embedding_model] if embedding_model is not None else list(models) or [DEFAULT_MODEL]:
+    for entry in [embedding_model, *models] if embedding_model is not None else list(models) or [DEFAULT_MODEL]:
         name, model = _named(entry)
         names.setdefault(model, []).extend([name] if name else [])
-    if embedding_model is not None:
-        names[embedding_model].extend(n for n, m in map(_named, models) if n)
     if served_model_names:
         if len(names) != 1:
             raise InputError("--served-model-name names one model; to name several, give each as NAME=MODEL")
@@ -141,8 +140,7 @@ def build_registry(
     options = {k: v for k, v in {"batch_tokens": batch_tokens, "lanes": lanes}.items() if v is not None}
     served = [ServedModel(model, EmbeddingEngine(model, truncate=truncate, **options), tuple(dict.fromkeys(served_as)))
               for model, served_as in names.items()]
-    pinned = embedding_model is not None
-    return ModelRegistry(served, pinned=pinned, preload=preload or pinned, truncate=truncate)
+    return ModelRegistry(served, pinned=pinned is not None, preload=preload or pinned is not None, truncate=truncate)
 
 
 def _named(entry: str) -> tuple[str | None, str]:

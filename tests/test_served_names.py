@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from test_server import API_KEY, TEXTS, assert_close, running_server
+from test_server import API_KEY, SERVE, TEXTS, assert_close, running_server
 
 from embedder import DEFAULT_MODEL, EmbeddingEngine
 from embedder.errors import InputError
@@ -56,3 +56,27 @@ def test_names_are_grouped_per_model_and_conflicts_refused(minilm_path) -> None:
         build_registry([model, DEFAULT_MODEL], served_model_names=["x"])
     with pytest.raises(InputError, match="given to both"):
         build_registry([f"x={model}", f"x={DEFAULT_MODEL}"])
+
+
+def test_vllm_mlx_documented_examples_run_as_written(tmp_path, minilm_path) -> None:
+    """vllm-mlx's embeddings guide, with the 4-bit MiniLM made by `embed convert --quantize 4` and served under its
+    mlx-community name: the OpenAI SDK calls and the curl call as the guide writes them."""
+    q4 = tmp_path / "all-MiniLM-L6-v2-4bit"
+    subprocess.run([*SERVE[:-1], "convert", str(minilm_path), "-o", str(q4), "--quantize", "4"], check=True, timeout=300,
+                   capture_output=True)
+    name = "mlx-community/all-MiniLM-L6-v2-4bit"
+    with running_server("--embedding-model", f"{name}={q4}") as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="not-needed")
+        response = client.embeddings.create(model=name, input="Hello world")
+        assert len(response.data[0].embedding[:5]) == 5 and response.model == name
+        texts = ["I love machine learning", "Deep learning is fascinating", "Natural language processing rocks"]
+        response = client.embeddings.create(model=name, input=texts)
+        assert [len(item.embedding) for item in response.data] == [384, 384, 384]
+        quantized = EmbeddingEngine(str(q4))
+        assert_close([item.embedding for item in response.data], quantized.embed(texts))
+        quantized.unload()
+        out = subprocess.run(["curl", "-sS", "--fail-with-body", f"{url}/v1/embeddings", "-H",
+                              "Content-Type: application/json", "-d",
+                              json.dumps({"model": name, "input": ["Hello world", "How are you?"]})],
+                             capture_output=True, check=True, timeout=60).stdout
+        assert [d["index"] for d in json.loads(out)["data"]] == [0, 1]
