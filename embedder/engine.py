@@ -3,13 +3,10 @@
 import atexit
 import dataclasses
 import os
-import queue
 import threading
-import time
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 from .blas import preload_blas, set_threads
 
@@ -18,35 +15,18 @@ preload_blas()  # must run before mlx.core is first imported
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .batching import CPU_BATCH, GPU_BATCH, plan_batches, spread  # noqa: E402
-from .cpu_compile import native_build_env  # noqa: E402
-from .errors import InputError, ModelError, NotReady  # noqa: E402
+from .batching import CPU_BATCH, GPU_BATCH  # noqa: E402
+from .errors import InputError, NotReady  # noqa: E402
+from .forward import BatchForward  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
 from .loading import LoadedModel, load_model  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402
-from .pooling import pool, truncate_dims  # noqa: E402
+from .pooling import truncate_dims  # noqa: E402
+from .scheduler import Scheduler  # noqa: E402
 
 __all__ = ["EmbeddingEngine", "DEFAULT_MODEL"]
 
 
-@dataclass
-class _Job:
-    """One submit(): its rows are batched with other jobs' rows, its result assembled in input order."""
-
-    ids: list[list[int]]
-    dimensions: int | None
-    normalize: bool
-    skip: int  # leading tokens left out of pooling (a prompt, when the model pools without it)
-    future: Future = field(default_factory=Future)
-    out: np.ndarray | None = None
-    error: BaseException | None = None
-    remaining: int = field(init=False)  # rows not yet done (or failed); the lane taking it to 0 resolves the future
-
-    def __post_init__(self) -> None:
-        self.remaining = len(self.ids)
-
-
-_STOP = object()
 _LIVE_ENGINES: "weakref.WeakSet[EmbeddingEngine]" = weakref.WeakSet()
 MAX_CPU_LANES = 8
 
@@ -71,7 +51,10 @@ def _stop_all() -> None:
 
 
 class EmbeddingEngine:
-    """Tokenize, queue, batch by padded-token budget, run, pool; concurrent submits share batches."""
+    """Tokenize, queue, batch by padded-token budget, run, pool; concurrent submits share batches.
+
+    The model, tokens and prompts are here; the queue, planner and lanes are `Scheduler`'s, and a batch's
+    forward pass is `BatchForward`'s."""
 
     def __init__(
         self,
@@ -102,41 +85,35 @@ class EmbeddingEngine:
         )
         self._normalize = normalize
         self._model: LoadedModel | None = None
-        self._queue: queue.Queue = queue.Queue()
-        self._batches: queue.Queue = queue.Queue(maxsize=self.lanes)  # full: new jobs wait and pack together
-        self._thread: threading.Thread | None = None
-        self._ready: Future | None = None
+        self._scheduler = Scheduler(self.lanes, self.batch_shape, thread_exit=mx.clear_streams)
         self._lock = threading.Lock()
-        self._stats = dict(queue_depth=0, batches=0, rows=0, tokens=0, padded_tokens=0, busy_seconds=0.0,
-                           lanes=self.lanes)
-        self._running = 0  # batches launched and not yet done, over all lanes
-        self._busy_since = 0.0
         self._unloaded = False  # by unload(): new work is refused until load() is called again
 
     # ---- life cycle -------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Start the worker thread and load the model in it; raises the load error, if any."""
+        """Start the worker threads and load the model in the planner's; raises the load error, if any."""
         with self._lock:
             self._unloaded = False
-            if self._ready is None:
-                self._ready = Future()
-                self._queue, self._batches = queue.Queue(), queue.Queue(maxsize=self.lanes)  # nothing left over
-                self._thread = threading.Thread(target=self._work, name="embed-engine", daemon=True)
-                self._thread.start()
-                _LIVE_ENGINES.add(self)
-            ready = self._ready
-        ready.result()
+            _LIVE_ENGINES.add(self)
+        self._scheduler.start(self._open)
 
     def unload(self) -> None:
-        """Stop the worker after the work already queued; until load() is called again, new work is refused."""
+        """Stop the workers after the work already queued; until load() is called again, new work is refused."""
         with self._lock:
-            thread, self._thread, self._ready = self._thread, None, None
             self._unloaded = True
-        if thread is not None:
-            self._queue.put(_STOP)
-            thread.join()
+        self._scheduler.stop()
         self._model = None
+
+    def _open(self) -> BatchForward:
+        """In the planner thread: the model, loaded, and on a CPU its kernels built and BLAS threads set."""
+        model = load_model(self.model_name, **self._options)
+        forward = BatchForward(model)
+        if mx.default_device() == mx.cpu:
+            set_threads(max(1, _cores() // self.lanes))
+            forward.build_kernels()
+        self._model = model
+        return forward
 
     @property
     def loaded(self) -> bool:
@@ -192,8 +169,7 @@ class EmbeddingEngine:
         }
 
     def stats(self) -> dict:
-        with self._lock:
-            return dict(self._stats)
+        return self._scheduler.stats()
 
     # ---- tokens -----------------------------------------------------------------------------
 
@@ -267,14 +243,17 @@ class EmbeddingEngine:
         """Queue rows of token ids; the worker packs waiting jobs together. Cancel the future to drop them."""
         model = self.model
         rows = self._validate(ids, dimensions)
-        job = _Job(rows, dimensions, self.normalizes if normalize is None else normalize, skip)
         if not rows:
-            job.future.set_result(np.zeros((0, dimensions or model.dim), np.float32))
-            return job.future
-        with self._lock:
-            self._stats["queue_depth"] += len(rows)
-        self._queue.put(job)
-        return job.future
+            future: Future = Future()
+            future.set_result(np.zeros((0, dimensions or model.dim), np.float32))
+            return future
+        unit = self.normalizes if normalize is None else normalize
+
+        def finish(out: np.ndarray) -> np.ndarray:
+            out = truncate_dims(out, dimensions)
+            return l2_normalize(out) if unit else np.ascontiguousarray(out)
+
+        return self._scheduler.submit(rows, skip, finish)
 
     def _validate(self, ids: Sequence[Sequence[int]], dimensions: int | None) -> list[list[int]]:
         model = self.model
@@ -290,190 +269,3 @@ class EmbeddingEngine:
             if min(row) < 0 or max(row) >= vocab:
                 raise InputError(f"input {i} has a token id outside the vocabulary [0, {vocab})")
         return rows
-
-    # ---- the worker threads -----------------------------------------------------------------
-    # One planner thread loads the model, packs waiting jobs into batches and hands them to `lanes` lane
-    # threads; each lane runs its batches on its own MLX stream (streams are per thread) and resolves a job's
-    # future when its last row is done.
-
-    def _work(self) -> None:
-        try:
-            self._serve_queue()
-        finally:
-            mx.clear_streams()  # this thread's MLX streams must go before the interpreter does
-
-    def _serve_queue(self) -> None:
-        try:
-            self._model = load_model(self.model_name, **self._options)
-        except BaseException as e:  # handed to load()'s caller, whatever it is
-            self._ready.set_exception(e)
-            return
-        if mx.default_device() == mx.cpu:
-            set_threads(max(1, _cores() // self.lanes))
-            try:
-                self._build_kernels()
-            except BaseException as e:
-                self._model = None
-                self._ready.set_exception(e)
-                return
-        lanes = [threading.Thread(target=self._run_lane, name=f"embed-lane-{i}", daemon=True)
-                 for i in range(self.lanes)]
-        for lane in lanes:
-            lane.start()
-        self._ready.set_result(None)
-        try:
-            stopping = False
-            while not stopping:
-                jobs = [self._queue.get()]
-                while True:  # everything already waiting rides in the same batches
-                    try:
-                        jobs.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                stopping = any(j is _STOP for j in jobs)
-                jobs = [j for j in jobs if j is not _STOP]
-                with self._lock:
-                    self._stats["queue_depth"] -= sum(len(j.ids) for j in jobs)
-                running = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-                try:
-                    self._dispatch(running)
-                except BaseException as e:  # fail exactly these jobs; the planner lives on
-                    self._fail(running, e)
-        finally:
-            for _ in lanes:
-                self._batches.put(_STOP)
-            for lane in lanes:
-                lane.join()
-            self._fail_waiting(NotReady("the engine stopped before this work ran"))
-
-    def _fail(self, jobs: list[_Job], error: BaseException) -> None:
-        """Resolve these jobs with `error` now; their batches already with a lane find them resolved."""
-        with self._lock:
-            for job in jobs:
-                job.error = job.error or error
-        for job in jobs:
-            if not job.future.done():
-                job.future.set_exception(error)
-
-    def _fail_waiting(self, error: BaseException) -> None:
-        """Jobs still queued when the planner stops (a bug, or unload racing a submit) must not wait forever."""
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if job is not _STOP and job.future.set_running_or_notify_cancel():
-                self._fail([job], error)
-
-    def _build_kernels(self) -> None:
-        """A padded and an unpadded batch, once, inside `native_build_env`: the model's fused CPU kernels are built
-        for this CPU now, at load, and later batches need neither the compiler nor a changed environment."""
-        token = self._model.tokenizer.pad_token_id
-        with native_build_env():
-            for lengths in ((2, 3), (3,)):
-                mx.eval(self._launch([(_Job([[token] * n], None, False, 0), 0) for n in lengths]))
-
-    def _dispatch(self, jobs: list[_Job]) -> None:
-        """Plan the jobs' rows into batches and queue them for the lanes (blocks while the lanes are busy)."""
-        rows = [(job, r) for job in jobs for r in range(len(job.ids))]
-        for batch in spread(plan_batches([len(job.ids[r]) for job, r in rows], self.batch_shape), self.lanes):
-            self._batches.put([rows[i] for i in batch])
-
-    def _run_lane(self) -> None:
-        """Trace and launch a batch while this lane's previous one computes; collect it before idling."""
-        in_flight = None
-        try:
-            while True:
-                try:
-                    members = self._batches.get(block=in_flight is None)
-                except queue.Empty:
-                    self._collect(*in_flight)
-                    in_flight = None
-                    continue
-                if members is _STOP:
-                    break
-                self._started()
-                try:
-                    launched = (members, self._launch(members))
-                except BaseException as e:  # fail only the jobs in this batch; the lane lives on
-                    self._done(members, e)
-                    launched = None
-                if in_flight is not None:
-                    self._collect(*in_flight)
-                in_flight = launched
-            if in_flight is not None:
-                self._collect(*in_flight)
-        finally:
-            mx.clear_streams()
-
-    def _launch(self, members: list[tuple[_Job, int]]) -> mx.array:
-        """One padded forward pass and its pooling, evaluated asynchronously."""
-        model = self._model
-        lengths = [len(job.ids[r]) for job, r in members]
-        L = max(lengths)
-        ids = np.full((len(members), L), model.tokenizer.pad_token_id, np.int32)
-        mask = np.zeros((len(members), L), np.int32)
-        for k, (job, r) in enumerate(members):
-            ids[k, : lengths[k]] = job.ids[r]
-            mask[k, : lengths[k]] = 1
-        pool_mask = mask.copy()
-        for k, (job, _) in enumerate(members):
-            pool_mask[k, : min(job.skip, lengths[k] - 1)] = 0
-        # No lock: MLX keeps tracing state and the compile cache per thread, and async_eval itself may wait
-        # (at most 10 tasks in flight), which would stall the other lanes if held under one.
-        hidden = model.forward(mx.array(ids), mx.array(mask))
-        vectors = pool(hidden, mx.array(pool_mask), model.spec.pooling)
-        for layer in model.dense:
-            vectors = layer(vectors)
-        mx.async_eval(vectors)
-        return vectors
-
-    def _collect(self, members: list[tuple[_Job, int]], vectors: mx.array) -> None:
-        """Wait for a launched batch, check it, and copy each row into its job's output."""
-        try:
-            out = np.array(vectors, dtype=np.float32)
-            if not np.isfinite(out).all():
-                raise ModelError(f"the model produced non-finite values for a batch of {len(members)} input(s); "
-                                 f"try dtype float32 or bfloat16")
-        except BaseException as e:
-            self._done(members, e)
-            return
-        lengths = [len(job.ids[r]) for job, r in members]
-        with self._lock:  # a job's rows may come from several lanes
-            for (job, r), v in zip(members, out):
-                if job.out is None:
-                    job.out = np.empty((len(job.ids), out.shape[1]), np.float32)
-                job.out[r] = v
-            s = self._stats
-            s["batches"] += 1
-            s["rows"] += len(members)
-            s["tokens"] += sum(lengths)
-            s["padded_tokens"] += len(members) * max(lengths)
-        self._done(members)
-
-    def _started(self) -> None:
-        with self._lock:
-            if self._running == 0:
-                self._busy_since = time.perf_counter()
-            self._running += 1
-
-    def _done(self, members: list[tuple[_Job, int]], error: BaseException | None = None) -> None:
-        """Count a batch's rows off their jobs; resolve each job whose last row this was."""
-        finished = []
-        with self._lock:
-            self._running -= 1
-            if self._running == 0:
-                self._stats["busy_seconds"] += time.perf_counter() - self._busy_since
-            for job, _ in members:
-                job.error = job.error or error
-                job.remaining -= 1
-                if job.remaining == 0:
-                    finished.append(job)
-        for job in finished:
-            if job.future.done():  # already failed by the planner
-                continue
-            if job.error is not None:
-                job.future.set_exception(job.error)
-                continue
-            out = truncate_dims(job.out, job.dimensions)
-            job.future.set_result(l2_normalize(out) if job.normalize else np.ascontiguousarray(out))

@@ -190,10 +190,10 @@ def test_a_failure_while_planning_fails_only_the_jobs_it_touches(minilm_path, mo
     engine = EmbeddingEngine(str(minilm_path), lanes=2)
     engine.load()
     ids = engine.tokenize(["planned", "and failed"])
-    planner = engine._dispatch
-    monkeypatch.setattr(engine, "_dispatch", lambda jobs: (_ for _ in ()).throw(RuntimeError("planner bug")))
+    planner = engine._scheduler._dispatch
+    monkeypatch.setattr(engine._scheduler, "_dispatch", lambda jobs: (_ for _ in ()).throw(RuntimeError("planner bug")))
     with pytest.raises(RuntimeError, match="planner bug"):
         engine.submit(ids).result(timeout=60)
-    monkeypatch.setattr(engine, "_dispatch", planner)
+    monkeypatch.setattr(engine._scheduler, "_dispatch", planner)
     assert engine.submit(ids).result(timeout=60).shape == (2, engine.dim)
     engine.unload()

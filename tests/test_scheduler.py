@@ -1,0 +1,146 @@
+"""The scheduler alone (no MLX): jobs in, futures out, with a NumPy runner whose vector for a row is known, so
+every row can be checked to land in its job at its place, and every failure to fail exactly its jobs."""
+
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+
+from embedder.batching import BatchShape
+from embedder.errors import NotReady
+from embedder.scheduler import Scheduler
+
+SHAPE = BatchShape(tokens=64, rows=4, attention=None, overhead_tokens=8)
+
+
+class SumRunner:
+    """A row's vector is (its length, its sum, its skip); a row holding `poison` fails the batch it is in."""
+
+    def __init__(self, poison: int | None = None, fail_in: str = "launch"):
+        self.poison, self.fail_in, self.batches = poison, fail_in, 0
+
+    def launch(self, rows, skips):
+        self.batches += 1
+        if self.fail_in == "launch" and any(self.poison in r for r in rows):
+            raise RuntimeError("poisoned batch")
+        return rows, skips
+
+    def collect(self, launched):
+        rows, skips = launched
+        if self.fail_in == "collect" and any(self.poison in r for r in rows):
+            raise RuntimeError("poisoned batch")
+        return np.array([[len(r), sum(r), s] for r, s in zip(rows, skips)], np.float32)
+
+
+def started(runner, lanes=2) -> Scheduler:
+    scheduler = Scheduler(lanes, SHAPE)
+    scheduler.start(lambda: runner)
+    return scheduler
+
+
+def want(rows, skip=0):
+    return np.array([[len(r), sum(r), skip] for r in rows], np.float32)
+
+
+def test_concurrent_jobs_each_get_their_own_rows_in_order():
+    scheduler = started(SumRunner())
+    rng = np.random.default_rng(0)
+    jobs = [[list(rng.integers(1, 100, rng.integers(1, 30))) for _ in range(rng.integers(1, 12))] for _ in range(40)]
+    futures: list[Future] = [None] * len(jobs)
+
+    def submit(k):
+        futures[k] = scheduler.submit(jobs[k], k % 3, lambda out: out)
+
+    threads = [threading.Thread(target=submit, args=(k,)) for k in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, rows in enumerate(jobs):
+        np.testing.assert_array_equal(futures[k].result(timeout=60), want(rows, k % 3))
+    stats = scheduler.stats()
+    assert stats["rows"] == sum(map(len, jobs)) and stats["queue_depth"] == 0
+    assert stats["tokens"] == sum(len(r) for rows in jobs for r in rows) <= stats["padded_tokens"]
+    scheduler.stop()
+
+
+@pytest.mark.parametrize("fail_in", ["launch", "collect"])
+def test_a_failing_batch_fails_only_its_jobs(fail_in):
+    scheduler = started(SumRunner(poison=-1, fail_in=fail_in), lanes=1)
+    bad = scheduler.submit([[5, -1, 5]], 0, lambda out: out)
+    with pytest.raises(RuntimeError, match="poisoned"):
+        bad.result(timeout=60)
+    good = scheduler.submit([[1, 2], [3]], 0, lambda out: out)
+    np.testing.assert_array_equal(good.result(timeout=60), want([[1, 2], [3]]))
+    scheduler.stop()
+
+
+def test_a_failing_finish_fails_its_job_not_the_lane():
+    scheduler = started(SumRunner())
+    broken = scheduler.submit([[1]], 0, lambda out: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        broken.result(timeout=60)
+    np.testing.assert_array_equal(scheduler.submit([[4]], 0, lambda out: out).result(timeout=60), want([[4]]))
+    scheduler.stop()
+
+
+def test_an_open_failure_is_raised_by_start_and_start_can_retry():
+    scheduler = Scheduler(2, SHAPE)
+    with pytest.raises(OSError, match="no weights"):
+        scheduler.start(lambda: (_ for _ in ()).throw(OSError("no weights")))
+    scheduler.stop()
+    scheduler.start(lambda: SumRunner())
+    np.testing.assert_array_equal(scheduler.submit([[7]], 0, lambda out: out).result(timeout=60), want([[7]]))
+    scheduler.stop()
+
+
+def test_after_stop_new_work_is_refused_and_nothing_waits_forever():
+    scheduler = started(SumRunner())
+    done = scheduler.submit([[1, 2, 3]], 0, lambda out: out)
+    scheduler.stop()
+    np.testing.assert_array_equal(done.result(timeout=60), want([[1, 2, 3]]))  # queued before stop: it ran
+    with pytest.raises(NotReady, match="call load"):
+        scheduler.submit([[1]], 0, lambda out: out)
+
+
+def test_a_cancelled_job_is_dropped_before_it_runs():
+    """With the one lane held, one batch queued and the planner holding a third, a fourth job still waits in the
+    queue: cancelling it drops it, and the others run."""
+    entered, gate = threading.Event(), threading.Event()
+
+    class Gated(SumRunner):
+        def launch(self, rows, skips):
+            entered.set()
+            gate.wait(60)
+            return super().launch(rows, skips)
+
+    scheduler = started(Gated(), lanes=1)
+    held = scheduler.submit([[1]], 0, lambda out: out)
+    assert entered.wait(60)
+    queued = scheduler.submit([[2]], 0, lambda out: out)
+    _wait_for(lambda: scheduler._batches.full())
+    planned = scheduler.submit([[3]], 0, lambda out: out)
+    _wait_for(lambda: scheduler.stats()["queue_depth"] == 0)  # the planner took it and waits for the lanes
+    waiting = scheduler.submit([[4]], 0, lambda out: out)
+    assert waiting.cancel()
+    gate.set()
+    for future, row in ((held, [1]), (queued, [2]), (planned, [3])):
+        np.testing.assert_array_equal(future.result(timeout=60), want([row]))
+    assert waiting.cancelled()
+    scheduler.stop()
+
+
+def _wait_for(condition, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the scheduler never got there"
+        time.sleep(0.001)
+
+
+def test_the_scheduler_runs_without_mlx():
+    code = "import sys, embedder.scheduler; assert not [m for m in sys.modules if m.startswith('mlx')]"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
