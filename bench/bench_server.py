@@ -26,10 +26,10 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "sen
 
 
 @contextlib.contextmanager
-def server(url: str | None) -> Iterator[str]:
-    """The given server, or a fresh `embed serve` that is stopped afterwards."""
+def server(url: str | None) -> Iterator[tuple[str, int | None]]:
+    """(URL, process id): the given server (pid unknown), or a fresh `embed serve` that is stopped afterwards."""
     if url:
-        yield url
+        yield url, None
         return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,7 +45,7 @@ def server(url: str | None) -> Iterator[str]:
             if proc.poll() is not None:
                 sys.exit("embed serve exited before it was ready")
             time.sleep(0.2)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait()
@@ -95,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     texts = [line for line in args.corpus.read_text(encoding="utf-8").splitlines() if line.strip()][: args.n]
 
-    with server(args.url) as url:
+    with server(args.url) as (url, _):
         asyncio.run(one_request(url, texts[:64]))  # warm-up: first batches compile kernels
         batch, single, best_latencies = float("inf"), float("inf"), []
         for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both alike
