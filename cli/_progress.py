@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from embedder.pipeline import Progress, Summary
+from embedder.io.pipeline import Progress, Summary
 
 
 @contextmanager

@@ -26,8 +26,8 @@ def convert(
     then `embed docs.txt -m minilm-4bit`; `embed convert model.Q4_0.gguf -o model-mlx`.
     """
     with reported_errors():
-        from embedder.convert import ConvertOptions
-        from embedder.convert import convert as run
+        from embedder.models.convert import ConvertOptions
+        from embedder.models.convert import convert as run
 
         out = run(ConvertOptions(model, output, quantize, group_size, dtype))
         typer.echo(f"wrote {out}", err=True)

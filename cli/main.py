@@ -101,7 +101,7 @@ def embed(
         raise typer.BadParameter("none given, and stdin is a terminal: pass files, or pipe text in",
                                  param_hint="INPUT...")
     from cli._progress import print_summary, progress_bar
-    from embedder.pipeline import EmbedOptions, run
+    from embedder.io.pipeline import EmbedOptions, run
 
     options = EmbedOptions(
         inputs=tuple(inputs or ()),

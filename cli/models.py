@@ -18,8 +18,8 @@ def models(
     prompts, dtype and quantization, as embed will run it."""
     with reported_errors():
         if model is None:
-            from embedder.gguf import ARCHITECTURES as GGUF
-            from embedder.loading import supported_architectures
+            from embedder.models.gguf import ARCHITECTURES as GGUF
+            from embedder.models.loading import supported_architectures
 
             info = {
                 "architectures": supported_architectures(),

@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
 
-from .blas import preload_blas, set_threads
+from .native.blas import preload_blas, set_threads
 
 preload_blas()  # must run before mlx.core is first imported
 
@@ -19,7 +19,7 @@ from .batching import CPU_BATCH, GPU_BATCH  # noqa: E402
 from .errors import InputError, NotReady  # noqa: E402
 from .forward import BatchForward  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
-from .loading import LoadedModel, load_model  # noqa: E402
+from .models.loading import LoadedModel, load_model  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402
 from .pooling import truncate_dims  # noqa: E402
 from .scheduler import Scheduler  # noqa: E402

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from .cpu_compile import native_build_env
+from .native.build import native_build_env
 from .errors import ModelError
-from .loading import LoadedModel
+from .models.loading import LoadedModel
 from .pooling import pool
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from embedder.blas import preload_blas
+from embedder.native.blas import preload_blas
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 preload_blas()  # before any test module imports mlx.core, or the whole session runs on the reference BLAS

@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from embedder import blas
+from embedder.native import blas
 
 SCRIPT = """
 import sys
 import numpy as np
-from embedder.blas import preload_blas
+from embedder.native.blas import preload_blas
 path = preload_blas()
 import mlx.core as mx
 a = np.random.default_rng(0).standard_normal((67, 129)).astype(np.float32)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder import DEFAULT_MODEL, EmbeddingEngine, fastmath, native
+from embedder import DEFAULT_MODEL, EmbeddingEngine
+from embedder.native import fastmath, kernels
 from embedder.errors import InputError, InputTooLong, ModelError, ModelNotFound
 from reference import cosine
 
@@ -32,11 +33,11 @@ def test_vectors_equal_sentence_transformers(engine, golden):
     assert cosine(got, expected).min() >= 0.9999
 
 
-@pytest.mark.parametrize("kernels", ["mlx-compiled", "mlx-builtin"])
-def test_vectors_equal_sentence_transformers_on_mlx_kernels_alone(engine, golden, monkeypatch, kernels):
+@pytest.mark.parametrize("mlx_kernels", ["mlx-compiled", "mlx-builtin"])
+def test_vectors_equal_sentence_transformers_on_mlx_kernels_alone(engine, golden, monkeypatch, mlx_kernels):
     """Where our C++ kernels do not build (or nothing native does: no g++, macOS), MLX's own are exact too."""
-    if kernels == "mlx-compiled":
-        monkeypatch.setattr(native, "available", lambda: False)
+    if mlx_kernels == "mlx-compiled":
+        monkeypatch.setattr(kernels, "available", lambda: False)
     else:
         monkeypatch.setattr(fastmath, "_fast_path", lambda x: False)
     texts, expected, _ = golden

@@ -7,7 +7,8 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from embedder import fastmath, native
+from embedder.native import fastmath
+from embedder.native import kernels
 
 
 @pytest.fixture(params=["native", "compiled", "builtin"])
@@ -17,7 +18,7 @@ def mode(request, monkeypatch):
     if request.param == "builtin":
         monkeypatch.setattr(fastmath, "_fast_path", lambda x: False)
     if request.param == "compiled":
-        monkeypatch.setattr(native, "available", lambda: False)
+        monkeypatch.setattr(kernels, "available", lambda: False)
     return request.param
 
 
@@ -102,7 +103,7 @@ def test_self_attention_with_scores_in_the_hundreds_is_exact(mode):
 def test_the_native_kernels_build_where_native_kernels_do():
     if not fastmath.fast_cpu_kernels(mx.float32):
         pytest.skip("needs Linux and g++")
-    assert native.available()
+    assert kernels.available()
 
 
 def _linear(rng, dims_in, dims_out):
@@ -150,18 +151,18 @@ def test_other_dtypes_and_devices_use_the_builtin_kernels():
 
 
 def _native_or_skip():
-    if not (fastmath.fast_cpu_kernels(mx.float32) and native.available()):
+    if not (fastmath.fast_cpu_kernels(mx.float32) and kernels.available()):
         pytest.skip("the native kernels do not build here (needs Linux and g++)")
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda x, w, b: native.linear_gelu(x, w, b[:5]), r"bias is float32\(5,\), not float32\(7,\)"),
-    (lambda x, w, b: native.linear_gelu(x, w, b.astype(mx.float16)), "bias is float16"),
-    (lambda x, w, b: native.linear_gelu(x, w.astype(mx.bfloat16), b), "not float32 operands"),
-    (lambda x, w, b: native.linear_gelu(x[..., :3], w, b), "not float32 operands"),
-    (lambda x, w, b: native.linear_add_layer_norm(x, w, b, mx.zeros((2, 6)), None, None, 1e-5), "residual is"),
-    (lambda x, w, b: native.self_attention(mx.zeros((2, 4, 24)), 2, 1.0, mx.zeros((2, 1, 1, 4))), "mask is float32"),
-    (lambda x, w, b: native.self_attention(mx.zeros((2, 4, 25)), 2, 1.0, None), "not 3 x 2 heads"),
+    (lambda x, w, b: kernels.linear_gelu(x, w, b[:5]), r"bias is float32\(5,\), not float32\(7,\)"),
+    (lambda x, w, b: kernels.linear_gelu(x, w, b.astype(mx.float16)), "bias is float16"),
+    (lambda x, w, b: kernels.linear_gelu(x, w.astype(mx.bfloat16), b), "not float32 operands"),
+    (lambda x, w, b: kernels.linear_gelu(x[..., :3], w, b), "not float32 operands"),
+    (lambda x, w, b: kernels.linear_add_layer_norm(x, w, b, mx.zeros((2, 6)), None, None, 1e-5), "residual is"),
+    (lambda x, w, b: kernels.self_attention(mx.zeros((2, 4, 24)), 2, 1.0, mx.zeros((2, 1, 1, 4))), "mask is float32"),
+    (lambda x, w, b: kernels.self_attention(mx.zeros((2, 4, 25)), 2, 1.0, None), "not 3 x 2 heads"),
 ])
 def test_native_kernels_refuse_buffers_that_are_not_theirs(call, message):
     """Every buffer handed to C is checked first: a wrong dtype or length is an error, never a wild read."""
@@ -178,9 +179,9 @@ def test_a_kernel_failure_comes_back_as_a_status_raised_as_model_error():
     from embedder.errors import ModelError
 
     _native_or_skip()
-    too_wide = native.max_head_dim() + 1
+    too_wide = kernels.max_head_dim() + 1
     with pytest.raises(ModelError, match="no kernel for this head size"):
-        native.self_attention(mx.zeros((1, 3, 3 * too_wide)), 1, 1.0, None)
+        kernels.self_attention(mx.zeros((1, 3, 3 * too_wide)), 1, 1.0, None)
     wide = np.random.default_rng(0).standard_normal((1, 3, 3 * too_wide)).astype(np.float32)
     out = fastmath.self_attention(mx.array(wide), 1, 1.0, None)  # the public path falls back to MLX's kernel
     want = _reference(wide.reshape(1, 3, 3, 1, too_wide), 1.0, np.ones((1, 3), bool))

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from cli.convert import app as convert_app
 from cli.models import app as models_app
 from embedder import EmbeddingEngine
-from embedder.convert import ConvertOptions, convert
+from embedder.models.convert import ConvertOptions, convert
 from embedder.errors import InputError, ModelError
 from test_models_encoders import TEXTS, cosine
 from tiny_models import save_sentence_transformer, tiny_transformer

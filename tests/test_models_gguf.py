@@ -7,7 +7,7 @@ import pytest
 
 from embedder import EmbeddingEngine
 from embedder.errors import ModelError
-from embedder.gguf import GLOBAL_NAMES, TENSOR_NAMES
+from embedder.models.gguf import GLOBAL_NAMES, TENSOR_NAMES
 from reference import cosine
 from test_models_encoders import TEXTS
 from test_models_decoders import torch_reference

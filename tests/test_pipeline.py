@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedder.errors import InputError
-from embedder.pipeline import EmbedOptions, run
-from embedder.writers import partial_dir
+from embedder.io.pipeline import EmbedOptions, run
+from embedder.io.writers import partial_dir
 
 # Lengths shuffled on purpose: the engine batches by length, the output must still follow the input.
 TEXTS = [

@@ -17,7 +17,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from embedder.errors import InputError  # noqa: E402
-from embedder.pipeline import EmbedOptions, run  # noqa: E402
+from embedder.io.pipeline import EmbedOptions, run  # noqa: E402
 from embedder.ray import embed_dataset, run_job  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedder.errors import InputError
-from embedder.readers import ReadOptions, Record, count_hint, ids_are_text, read_inputs
+from embedder.io.readers import ReadOptions, Record, count_hint, ids_are_text, read_inputs
 
 TEXTS = ["héllo wörld", "漢字かな交じり文", "emoji 🙂🚀 outside the BMP", "שלום עולם", "e\u0301 combining"]
 

@@ -12,7 +12,7 @@ from test_server import API_KEY, SERVE, TEXTS, assert_close, running_server
 
 from embedder import DEFAULT_MODEL, EmbeddingEngine
 from embedder.errors import InputError
-from embedder.registry import build_registry
+from embedder.serve.registry import build_registry
 
 
 @pytest.fixture(scope="module")

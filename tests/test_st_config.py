@@ -5,7 +5,7 @@ import json
 import pytest
 
 from embedder.errors import ModelError
-from embedder.st_config import pooling_modes, read_pipeline_spec
+from embedder.models.st_config import pooling_modes, read_pipeline_spec
 
 
 def test_legacy_boolean_keys():

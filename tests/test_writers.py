@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedder.errors import InputError
-from embedder.writers import Chunk, OutputSpec, Writer, check_target, partial_dir
+from embedder.io.writers import Chunk, OutputSpec, Writer, check_target, partial_dir
 
 DIM = 4
 
@@ -136,7 +136,7 @@ def test_writing_parquet_does_not_import_pandas(tmp_path):
     """pandas costs ~0.2 s of every run's start, and embed never needs it."""
     code = (
         "import sys, numpy as np\n"
-        "from embedder.writers import Chunk, OutputSpec, Writer\n"
+        "from embedder.io.writers import Chunk, OutputSpec, Writer\n"
         f"w = Writer(OutputSpec(path={str(tmp_path / 'o.parquet')!r}, dim=2, metadata={{}}, settings={{}}, "
         "include_text=True, text_ids=True))\n"
         "w.write(Chunk(ids=['a', 'b'], vectors=np.ones((2, 2), np.float32), tokens=np.array([1, 2], np.int32), "

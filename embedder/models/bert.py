@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from .. import fastmath
+from ..native import fastmath
 from .base import BaseModelArgs
 
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "xlm_roberta", "camembert")

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from .. import fastmath
+from ..native import fastmath
 from .attention import allowed_keys, rope_theta
 from .base import BaseModelArgs
 

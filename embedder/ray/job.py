@@ -16,9 +16,9 @@ import numpy as np
 
 from embedder import errors
 from embedder.errors import EmbedError, InputError
-from embedder.pipeline import EmbedOptions, Summary, check_options, embed_chunks, file_metadata, make_engine
-from embedder.readers import ReadOptions, Record, read_source
-from embedder.writers import OutputSpec, arrow_schema, arrow_table
+from embedder.io.pipeline import EmbedOptions, Summary, check_options, embed_chunks, file_metadata, make_engine
+from embedder.io.readers import ReadOptions, Record, read_source
+from embedder.io.writers import OutputSpec, arrow_schema, arrow_table
 from embedder.ray.dataset import actor_plan, require_ray
 from embedder.ray.output import OutputDir
 from embedder.ray.sources import InputFile, expand_inputs, numbered, parquet_footer, ray_path

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, replace
 
 from embedder.errors import InputError
-from embedder.readers import ReadOptions, Source, expand_sources, format_of
+from embedder.io.readers import ReadOptions, Source, expand_sources, format_of
 
 
 @dataclass(frozen=True)

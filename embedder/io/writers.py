@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from embedder.errors import InputError
-from embedder.readers import RecordId
+from embedder.io.readers import RecordId
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _STATE = "state.json"

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embedder.errors import EmbedError, InputError
-from embedder.readers import ReadOptions, Record, check_inputs, count_hint, ids_are_text, read_inputs
-from embedder.writers import Chunk, OutputSpec, Writer, check_target
+from embedder.io.readers import ReadOptions, Record, check_inputs, count_hint, ids_are_text, read_inputs
+from embedder.io.writers import Chunk, OutputSpec, Writer, check_target
 
 if TYPE_CHECKING:  # the engine module imports MLX; only its name is needed here
     from embedder.engine import EmbeddingEngine

@@ -9,46 +9,47 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from embedder import cpu_compile, fastmath
+from embedder.native import build
+from embedder.native import fastmath
 
 
 @pytest.mark.skipif(sys.platform != "linux" or shutil.which("g++") is None, reason="needs Linux and g++")
 def test_kernels_build_with_the_wrapper_into_the_private_cache():
     before = {k: os.environ.get(k) for k in ("PATH", "TMPDIR")}
-    assert cpu_compile.native_kernels()
-    cache = cpu_compile.native_cache()
+    assert build.native_kernels()
+    cache = build.native_cache()
     x = mx.array(np.linspace(-6, 6, 1001, dtype=np.float32))
-    with cpu_compile.native_build_env():
+    with build.native_build_env():
         assert Path(os.environ["TMPDIR"]) == cache
         wrapper = Path(os.environ["PATH"].split(os.pathsep)[0]) / "g++"
         assert wrapper == cache / "bin" / "g++" and "-march=native" in wrapper.read_text()
         np.testing.assert_array_equal(np.asarray(fastmath.gelu(x)), np.asarray(fastmath._gelu_formula(x)))
     assert {k: os.environ.get(k) for k in ("PATH", "TMPDIR")} == before
     assert list(cache.glob("mlx/*/cpu/lib*Erf*.so"))
-    assert cpu_compile.native_library("attention") is not None and list(cache.glob("lib/attention-*.so"))
+    assert build.native_library("attention") is not None and list(cache.glob("lib/attention-*.so"))
 
 
 def test_without_a_compiler_nothing_changes(monkeypatch):
-    monkeypatch.setattr(cpu_compile.shutil, "which", lambda name, path=None: None)
+    monkeypatch.setattr(build.shutil, "which", lambda name, path=None: None)
     before = dict(os.environ)
-    assert cpu_compile.native_cache.__wrapped__() is None
+    assert build.native_cache.__wrapped__() is None
     assert dict(os.environ) == before
 
 
 def test_can_be_switched_off(monkeypatch):
-    monkeypatch.setenv(cpu_compile.ENV_VAR, "0")
+    monkeypatch.setenv(build.ENV_VAR, "0")
     before = dict(os.environ)
-    assert cpu_compile.native_cache.__wrapped__() is None
+    assert build.native_cache.__wrapped__() is None
     assert dict(os.environ) == before
 
 
 @pytest.mark.skipif(sys.platform != "linux" or shutil.which("g++") is None, reason="needs Linux and g++")
 def test_a_kernel_that_does_not_build_warns_and_gives_none(tmp_path, monkeypatch):
     (tmp_path / "broken.cpp").write_text("this is not C++\n")
-    monkeypatch.setattr(cpu_compile, "KERNELS", tmp_path)
+    monkeypatch.setattr(build, "KERNELS", tmp_path)
     with pytest.warns(RuntimeWarning, match="broken.cpp does not build"):
-        assert cpu_compile._library.__wrapped__("broken") is None
-    assert not list(cpu_compile.native_cache().glob("lib/broken*"))
+        assert build._library.__wrapped__("broken") is None
+    assert not list(build.native_cache().glob("lib/broken*"))
 
 
 def _fake_compiler(folder: Path, march: str) -> str:
@@ -65,14 +66,14 @@ def test_the_cache_is_keyed_by_the_resolved_target_so_two_cpus_never_share_code(
     """Two kinds of CPU behind one shared home directory: their kernels land in different folders."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "shared-home"))
     zen4, sapphire = _fake_compiler(tmp_path, "znver4"), _fake_compiler(tmp_path, "sapphirerapids")
-    assert cpu_compile._cache_dir(zen4) != cpu_compile._cache_dir(sapphire)
-    assert cpu_compile._cache_dir(zen4) == cpu_compile._cache_dir(_fake_compiler(tmp_path / "..", "znver4"))
-    assert cpu_compile._cache_dir(zen4).parent == tmp_path / "shared-home" / "embed" / "mlx-cpu-kernels"
+    assert build._cache_dir(zen4) != build._cache_dir(sapphire)
+    assert build._cache_dir(zen4) == build._cache_dir(_fake_compiler(tmp_path / "..", "znver4"))
+    assert build._cache_dir(zen4).parent == tmp_path / "shared-home" / "embed" / "mlx-cpu-kernels"
 
 
 @pytest.mark.skipif(sys.platform != "linux" or shutil.which("g++") is None, reason="needs Linux and g++")
 def test_the_real_compiler_says_what_native_resolves_to():
-    described = cpu_compile.target_description(shutil.which("g++"))
+    described = build.target_description(shutil.which("g++"))
     assert "-march=" in described and "native" not in described.split("-march=")[1].split()[0]
 
 
@@ -80,8 +81,8 @@ def test_the_real_compiler_says_what_native_resolves_to():
 def test_a_path_inherited_with_the_wrapper_still_finds_the_real_compiler(monkeypatch):
     """A child of a process inside native_build_env (a Ray worker) must not wrap the wrapper: that recursed forever."""
     real = shutil.which("g++")
-    monkeypatch.setenv("PATH", f"{cpu_compile.native_cache() / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    assert cpu_compile._real_compiler() == real
+    monkeypatch.setenv("PATH", f"{build.native_cache() / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    assert build._real_compiler() == real
 
 
 @pytest.mark.skipif(sys.platform != "linux" or shutil.which("g++") is None, reason="needs Linux and g++")

@@ -6,9 +6,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .engine import DEFAULT_MODEL, EmbeddingEngine
-from .errors import EmbedError, InputError, ModelNotFound, NotReady
-from .hub import canonical_id, resolve_model_path
+from ..engine import DEFAULT_MODEL, EmbeddingEngine
+from ..errors import EmbedError, InputError, ModelNotFound, NotReady
+from ..hub import canonical_id, resolve_model_path
 
 log = logging.getLogger("embed.server")
 

@@ -1,4 +1,4 @@
-"""Our C++ CPU kernels (`embedder/kernels`), run on MLX arrays' memory: MLX has no CPU custom-kernel API.
+"""Our C++ CPU kernels (`embedder/native/csrc`), run on MLX arrays' memory: MLX has no CPU custom-kernel API.
 
 Each call checks every buffer it passes (dtype, shape, C order), runs a kernel on them through ctypes (which lets
 other threads run meanwhile) and returns an MLX array. The layer kernels write in place over a matmul output
@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import mlx.core as mx
 import numpy as np
 
-from .cpu_compile import native_library
-from .errors import ModelError
+from .build import native_library
+from ..errors import ModelError
 
 _PTR, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 _STATUS = {1: "has no kernel for this head size", 2: "ran out of memory", 3: "failed"}  # kernels/boundary.h

@@ -11,10 +11,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .errors import ModelError
-from .hub import canonical_id, resolve_model_path
+from ..errors import ModelError
+from ..hub import canonical_id, resolve_model_path
 from .st_config import DenseSpec, PipelineSpec, pooling_modes, read_pipeline_spec
-from .tokenizer import TextTokenizer, load_tokenizer
+from ..tokenizer import TextTokenizer, load_tokenizer
 
 # model_type -> (package, module). Encoders are ours: they own speed, padding and exactness. Decoders run
 # mlx-lm's model code through one adapter; any other model_type mlx-lm implements takes the same path.
@@ -87,7 +87,7 @@ def architecture_module(model_type: str) -> tuple[str, str] | None:
     """Our table first, then any causal LM that the installed mlx-lm implements."""
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
-    from .models.causal_lm import lm_module_name
+    from .causal_lm import lm_module_name
 
     return _CAUSAL_LM if lm_module_name(model_type) else None
 
@@ -220,7 +220,7 @@ def load_model(
         raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     module = build_model(config, path, DTYPES[dtype])
     if config.get("quantization") and mx.default_device() == mx.cpu:
-        from .models.quantized import use_blas_for_quantized
+        from .quantized import use_blas_for_quantized
 
         use_blas_for_quantized(module)
 

@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from .errors import AuthError, EmbedError, InputError, InputTooLong, ModelError, ModelNotFound, NotReady, Overloaded
+from ..errors import AuthError, EmbedError, InputError, InputTooLong, ModelError, ModelNotFound, NotReady, Overloaded
 from .registry import ModelPinned
 
 log = logging.getLogger("embed.server")

@@ -7,8 +7,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .api_errors import ParamError
-from .errors import InputTooLong, lone_surrogate
+from .errors import ParamError
+from ..errors import InputTooLong, lone_surrogate
 
 
 class EmbeddingRequest(BaseModel):

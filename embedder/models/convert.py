@@ -10,8 +10,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .errors import InputError, ModelError
-from .hub import resolve_model_path
+from ..errors import InputError, ModelError
+from ..hub import resolve_model_path
 from .loading import BFLOAT16_ONLY, DTYPES, build_model, load_config
 
 BITS = (2, 3, 4, 5, 6, 8)  # what MLX's affine quantization packs

@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .api_errors import BodyTooLarge, error_response
-from .api_models import (
+from .errors import BodyTooLarge, error_response
+from .api import (
     Embedding,
     EmbeddingRequest,
     EmbeddingResponse,
@@ -31,8 +31,8 @@ from .api_models import (
     encode_vectors,
     parse_input,
 )
-from .engine import EmbeddingEngine
-from .errors import AuthError, EmbedError, InputError, Overloaded
+from ..engine import EmbeddingEngine
+from ..errors import AuthError, EmbedError, InputError, Overloaded
 from .metrics import Metrics
 from .registry import DEFAULT_NAME, ModelRegistry
 

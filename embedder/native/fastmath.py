@@ -1,7 +1,7 @@
 """The encoder forward pass's GELU and attention, fast on MLX's CPU backend.
 
 MLX's prebuilt CPU `erf` and `exp` are scalar loops on x86 (~90% of a BERT layer's time). Fused by `mx.compile`
-and built for this CPU's vector units (`cpu_compile`), the same built-in GELU formula runs 4-5x faster with the
+and built for this CPU's vector units (`build`), the same built-in GELU formula runs 4-5x faster with the
 same results. Attention on the CPU in float32 is our own fused C++ kernel (`kernels/attention.cpp`), which never
 writes the scores to memory. Where neither can be built (no g++, not Linux) or for other dtypes, MLX's built-in
 kernels run unchanged; on a GPU, GELU is fused by `mx.compile` too, and attention is MLX's
@@ -15,8 +15,8 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import native
-from .cpu_compile import native_kernels
+from . import kernels
+from .build import native_kernels
 
 
 def gelu(x: mx.array) -> mx.array:
@@ -32,9 +32,9 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | N
     """
     B, L, width = qkv.shape
     D = width // (3 * n_heads)
-    if (_native(qkv) and D <= native.max_head_dim()
+    if (_native(qkv) and D <= kernels.max_head_dim()
             and (mask is None or (mask.shape == (B, 1, 1, L) and mask.dtype == mx.bool_))):
-        return native.self_attention(qkv, n_heads, scale, mask)
+        return kernels.self_attention(qkv, n_heads, scale, mask)
     q, k, v = (qkv.reshape(B, L, 3, n_heads, D)[:, :, i].swapaxes(1, 2) for i in range(3))
     return attention(q, k, v, scale, mask).swapaxes(1, 2).reshape(B, L, n_heads * D)
 
@@ -42,7 +42,7 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | N
 def linear_activation(dense: nn.Module, x: mx.array, act) -> mx.array:
     """act(dense(x)); the erf GELU after a float32 `Linear` as one native pass over the matmul's output."""
     if act is gelu and _native_linear(dense, x):
-        return native.linear_gelu(x, dense["weight"], dense.get("bias"))
+        return kernels.linear_gelu(x, dense["weight"], dense.get("bias"))
     return act(dense(x))
 
 
@@ -50,7 +50,7 @@ def linear_add_norm(dense: nn.Module, x: mx.array, residual: mx.array, norm: nn.
     """norm(dense(x) + residual); after a float32 `Linear`, with a LayerNorm, one native pass over the matmul's
     output (MLX's CPU LayerNorm alone is a scalar loop: ~1 ms for 1,024 x 384)."""
     if isinstance(norm, nn.LayerNorm) and _native_linear(dense, x):
-        return native.linear_add_layer_norm(x, dense["weight"], dense.get("bias"), residual, norm.get("weight"),
+        return kernels.linear_add_layer_norm(x, dense["weight"], dense.get("bias"), residual, norm.get("weight"),
                                             norm.get("bias"), norm.eps)
     return norm(dense(x) + residual)
 
@@ -73,7 +73,7 @@ def _fast_path(x: mx.array) -> bool:
 
 
 def _native(x: mx.array) -> bool:
-    return _fast_path(x) and native.available()
+    return _fast_path(x) and kernels.available()
 
 
 def _native_linear(dense: nn.Module, x: mx.array) -> bool:

@@ -42,7 +42,7 @@ def preload_blas() -> str | None:
     if sys.platform != "linux" or choice.lower() == "none" or not _mlx_uses_reference_blas():
         return None
     if "mlx.core" in sys.modules:
-        warnings.warn("embedder.blas: mlx.core is already imported; the optimized BLAS cannot replace its own",
+        warnings.warn("embedder.native.blas: mlx.core is already imported; the optimized BLAS cannot replace its own",
                       RuntimeWarning, stacklevel=2)
         return None
     loaders = [lambda: _load(choice)] if choice else [_load_scipy_openblas, _load_mkl, _load_system_openblas]
@@ -101,7 +101,7 @@ def _shim_for(library: str) -> Path | None:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
-    source = Path(__file__).parent / "kernels" / "blas_shim.c"
+    source = Path(__file__).parent / "csrc" / "blas_shim.c"
     key = hashlib.sha256(source.read_bytes() + library.encode()).hexdigest()[:16]
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     target = base / "embed" / "blas-shim" / f"cblas-{key}.so"

@@ -6,7 +6,7 @@ MLX writes each fused CPU kernel as C++ and builds it with the `g++` found on PA
 private cache, so no kernel built with the stock flags is reused and ours survive restarts. The engine builds its
 model's kernels there once, at load, under a lock; outside that block the process's PATH and TMPDIR are its own, so
 child processes (a compiler, a Ray worker) never inherit the wrapper. The same wrapper builds the C++ files in
-`embedder/kernels` into that cache (`native_library`). Linux only; needs g++ at run time.
+`embedder/native/csrc` into that cache (`native_library`). Linux only; needs g++ at run time.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 FLAGS = ("-march=native", "-fno-math-errno", "-fno-trapping-math",
          "--param=max-inline-insns-single=2000", "--param=max-inline-insns-auto=2000")
 ENV_VAR = "EMBED_NATIVE_KERNELS"  # "0" keeps MLX's stock kernels
-KERNELS = Path(__file__).parent / "kernels"
+KERNELS = Path(__file__).parent / "csrc"
 _build_lock = threading.Lock()
 _env_lock = threading.RLock()
 
@@ -59,13 +59,13 @@ def native_cache() -> Path | None:
             staged.chmod(0o755)
             staged.replace(wrapper)
     except OSError as err:
-        warnings.warn(f"embedder.cpu_compile: cannot write {wrapper} ({err}); stock kernels", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"embedder.native.build: cannot write {wrapper} ({err}); stock kernels", RuntimeWarning, stacklevel=2)
         return None
     try:
         with _wrapper_first(cache):
             mx.eval(mx.compile(lambda a: mx.exp(a) * 2.0 + 1.0)(mx.zeros(8)))
     except (RuntimeError, ValueError) as err:
-        warnings.warn(f"embedder.cpu_compile: native kernels do not build ({err}); stock kernels",
+        warnings.warn(f"embedder.native.build: native kernels do not build ({err}); stock kernels",
                       RuntimeWarning, stacklevel=2)
         return None
     return cache
@@ -132,7 +132,7 @@ def _library(name: str) -> ctypes.CDLL | None:
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or err
-        warnings.warn(f"embedder.cpu_compile: {source.name} does not build ({detail}); MLX's kernels instead",
+        warnings.warn(f"embedder.native.build: {source.name} does not build ({detail}); MLX's kernels instead",
                       RuntimeWarning, stacklevel=3)
         return None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .errors import ModelError
+from ..errors import ModelError
 
 # general.architecture -> transformers model_type (llama.cpp writes Mistral as llama).
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "phi3": "phi3"}
