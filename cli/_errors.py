@@ -16,9 +16,9 @@ _DEBUG_HINT = "(set EMBED_DEBUG=1 for a traceback)"
 
 def _table() -> list[tuple[type[BaseException], int]]:
     """Exception type to exit code, subclasses before parents; imported late so `--help` stays light."""
-    from embedder.errors import EmbedError, InputError, InputTooLong, ModelError, ModelNotFound
+    from embedder.errors import EmbedError, InputError, ModelError, ModelNotFound
 
-    return [(InputError, 2), (InputTooLong, 2), (ModelNotFound, 1), (ModelError, 1), (EmbedError, 1)]
+    return [(InputError, 2), (ModelNotFound, 1), (ModelError, 1), (EmbedError, 1)]
 
 
 @contextmanager

@@ -50,8 +50,8 @@ def serve(
         typer.echo(f"error: embed serve needs {exc.name}: pip install 'embed[serve]'", err=True)
         raise typer.Exit(1) from exc
     with reported_errors():
-        from embedder.serve.registry import build_registry
         from embedder.serve.app import ServerOptions, create_app
+        from embedder.serve.registry import build_registry
 
         options = ServerOptions(api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes, max_queue=max_queue)
         registry = build_registry(

@@ -71,7 +71,7 @@ class EmbeddingEngine:
         lanes: int | None = None,
     ):
         if lanes is not None and lanes < 1:
-            raise ValueError(f"lanes must be at least 1, got {lanes}")
+            raise InputError(f"lanes must be at least 1, got {lanes}", "lanes")
         self.model_name = model
         self.lanes = lanes or default_lanes()
         shape = GPU_BATCH if mx.default_device() == mx.gpu else CPU_BATCH
@@ -255,10 +255,17 @@ class EmbeddingEngine:
 
         return self._scheduler.submit(rows, skip, finish)
 
+    def check_dimensions(self, dimensions: int | None) -> int | None:
+        """The one check of `dimensions` (leading components kept, then re-normalized), wherever it comes from:
+        the API, `--dimensions`, Ray."""
+        if dimensions is not None and not 1 <= dimensions <= self.dim:
+            raise InputError(f"dimensions must be between 1 and {self.dim} for this model, got {dimensions}",
+                             "dimensions")
+        return dimensions
+
     def _validate(self, ids: Sequence[Sequence[int]], dimensions: int | None) -> list[list[int]]:
         model = self.model
-        if dimensions is not None and not 1 <= dimensions <= model.dim:
-            raise InputError(f"dimensions must be between 1 and {model.dim}, got {dimensions}")
+        self.check_dimensions(dimensions)
         rows = [list(r) for r in ids]
         vocab = model.tokenizer.vocab_size
         for i, row in enumerate(rows):

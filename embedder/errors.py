@@ -2,7 +2,12 @@
 
 
 class EmbedError(Exception):
-    """Base of every error embed knows how to explain in one line."""
+    """Base of every error embed knows how to explain in one line; `param` names the option or request field at
+    fault, where there is one (the server's error body carries it, as OpenAI's does)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class InputError(EmbedError):
@@ -22,8 +27,11 @@ def lone_surrogate(text: str) -> int | None:
     return None
 
 
-class InputTooLong(EmbedError):
-    """An input is longer than the model's max length and truncation is off."""
+class InputTooLong(InputError):
+    """An input is longer than the model's max length and truncation is off: bad input, with its own code."""
+
+    def __init__(self, message: str, param: str | None = "input") -> None:
+        super().__init__(message, param)
 
 
 class ModelNotFound(EmbedError):

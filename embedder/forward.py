@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from .native.build import native_build_env
 from .errors import ModelError
 from .models.loading import LoadedModel
+from .native.build import native_build_env
 from .pooling import pool
 
 

@@ -3,6 +3,8 @@
 import mlx.core as mx
 import numpy as np
 
+from .errors import ModelError
+
 
 def _first_index(mask: mx.array) -> mx.array:
     return mx.argmax(mask, axis=1)
@@ -43,7 +45,7 @@ def pool(hidden: mx.array, mask: mx.array, modes: tuple[str, ...]) -> mx.array:
             weights = m * mx.arange(1, mask.shape[1] + 1, dtype=mx.float32)[None, :, None]
             out.append((hidden * weights).sum(axis=1) / mx.maximum(weights.sum(axis=1), 1e-9))
         else:
-            raise ValueError(f"unknown pooling mode {mode!r}")
+            raise ModelError(f"unknown pooling mode {mode!r}")
     return out[0] if len(out) == 1 else mx.concatenate(out, axis=-1)
 
 

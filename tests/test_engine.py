@@ -134,7 +134,7 @@ def test_lanes_share_jobs_and_agree(minilm_path, golden):
 
 
 def test_lanes_must_be_positive(minilm_path):
-    with pytest.raises(ValueError, match="lanes"):
+    with pytest.raises(InputError, match="lanes"):
         EmbeddingEngine(str(minilm_path), lanes=0)
 
 

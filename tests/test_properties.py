@@ -10,10 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedder.serve.errors import ParamError
-from embedder.serve.api import EmbeddingRequest, parse_input
-from embedder.errors import EmbedError
+from embedder.errors import EmbedError, InputError
 from embedder.io.readers import ReadOptions, read_inputs
+from embedder.serve.api import EmbeddingRequest, parse_input
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # Text as files carry it: any Unicode scalar value (hypothesis leaves out lone surrogates) but line ends.
@@ -93,7 +92,7 @@ def test_any_request_body_is_parsed_or_refused_with_a_param(body):
         return
     try:
         inputs = parse_input(request.input, max_inputs=16)
-    except ParamError as e:
+    except InputError as e:
         assert e.param == "input"
     else:
         assert 1 <= len(inputs) <= 16
@@ -101,5 +100,5 @@ def test_any_request_body_is_parsed_or_refused_with_a_param(body):
 
 @pytest.mark.parametrize("text", ["a\ud800", "\udfffb", "x\ud83d"])
 def test_lone_surrogates_never_reach_the_tokenizer(text):
-    with pytest.raises(ParamError, match="lone UTF-16 surrogate"):
+    with pytest.raises(InputError, match="lone UTF-16 surrogate"):
         parse_input([text], max_inputs=4)

@@ -111,8 +111,7 @@ def run(options: EmbedOptions, on_progress: ProgressCallback | None = None,
     own_engine = engine is None
     engine = make_engine(options) if own_engine else engine
     engine.load()
-    if options.dimensions is not None and options.dimensions > engine.dim:
-        raise InputError(f"--dimensions {options.dimensions} is more than the model's {engine.dim}")
+    engine.check_dimensions(options.dimensions)
     spec = OutputSpec(
         path=options.output,
         dim=options.dimensions or engine.dim,
@@ -147,8 +146,6 @@ def check_options(options: EmbedOptions) -> None:
         raise InputError(f"--on-empty must be one of {', '.join(EMPTY_POLICIES)}, got {options.on_empty!r}")
     if options.dtype not in OUTPUT_DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {options.dtype!r}")
-    if options.dimensions is not None and options.dimensions < 1:
-        raise InputError(f"--dimensions must be at least 1, got {options.dimensions}")
     if options.chunk_rows < 1:
         raise InputError(f"--chunk-rows must be at least 1, got {options.chunk_rows}")
 

@@ -225,7 +225,8 @@ def _strings(values: Sequence[str]):
     encoded = [v.encode() for v in values]
     offsets = np.concatenate([[0], np.cumsum([len(e) for e in encoded], dtype=np.int64)])
     if offsets[-1] > np.iinfo(np.int32).max:
-        raise ValueError(f"{offsets[-1]:,} bytes of text in one chunk: more than a Parquet string column holds")
+        raise InputError(f"{offsets[-1]:,} bytes of text in one chunk: more than a Parquet string column holds; "
+                         "use a smaller --chunk-rows")
     offsets = offsets.astype(np.int32)
     buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
     return pa.Array.from_buffers(pa.string(), len(encoded), buffers)

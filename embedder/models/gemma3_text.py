@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..errors import ModelError
 from .attention import allowed_keys, rope_scale, rope_theta
 from .base import BaseModelArgs
 
@@ -115,7 +116,7 @@ class Model(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         if args.hidden_activation not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast"):
-            raise ValueError(f"unsupported hidden_activation {args.hidden_activation!r}")
+            raise ModelError(f"unsupported hidden_activation {args.hidden_activation!r}")
         self.args = args
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = [DecoderLayer(args, i) for i in range(args.num_hidden_layers)]

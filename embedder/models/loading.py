@@ -13,8 +13,8 @@ from mlx.utils import tree_flatten
 
 from ..errors import ModelError
 from ..hub import canonical_id, resolve_model_path
-from .st_config import DenseSpec, PipelineSpec, pooling_modes, read_pipeline_spec
 from ..tokenizer import TextTokenizer, load_tokenizer
+from .st_config import DenseSpec, PipelineSpec, pooling_modes, read_pipeline_spec
 
 # model_type -> (package, module). Encoders are ours: they own speed, padding and exactness. Decoders run
 # mlx-lm's model code through one adapter; any other model_type mlx-lm implements takes the same path.

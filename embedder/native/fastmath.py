@@ -15,6 +15,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..errors import ModelError
 from . import kernels
 from .build import native_kernels
 
@@ -102,5 +103,5 @@ def activation(name: str):
     table = {"gelu": gelu, "gelu_new": nn.gelu_approx, "gelu_pytorch_tanh": nn.gelu_approx,
              "gelu_fast": nn.gelu_approx, "relu": nn.relu, "silu": nn.silu}
     if name not in table:
-        raise ValueError(f"unsupported activation {name!r}; supported: {', '.join(table)}")
+        raise ModelError(f"unsupported activation {name!r}; supported: {', '.join(table)}")
     return table[name]

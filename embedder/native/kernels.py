@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import mlx.core as mx
 import numpy as np
 
-from .build import native_library
 from ..errors import ModelError
+from .build import native_library
 
 _PTR, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 _STATUS = {1: "has no kernel for this head size", 2: "ran out of memory", 3: "failed"}  # kernels/boundary.h

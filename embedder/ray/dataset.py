@@ -19,8 +19,8 @@ def embed_dataset(ds, model: str = DEFAULT_MODEL, text_column: str = "text", *, 
     GPU, else one per CPU node using its cores; `engine_options` go to `EmbeddingEngine` (max_length, dtype...).
     """
     ray = require_ray()
-    if dimensions is not None and dimensions < 1:
-        raise InputError(f"dimensions must be at least 1, got {dimensions}")
+    if dimensions is not None and dimensions < 1:  # before any actor starts; the model's bound is the engine's
+        raise InputError(f"dimensions must be at least 1, got {dimensions}", "dimensions")
     actors, resources, lanes = actor_plan()
     if num_cpus is not None or num_gpus is not None:
         resources = {k: v for k, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus)) if v is not None}
@@ -72,8 +72,7 @@ class BatchEmbedder:
         self.engine.load()
         self.text_column, self.prompt, self.prompt_name = text_column, prompt, prompt_name
         self.dimensions, self.normalize = dimensions, normalize
-        if dimensions is not None and dimensions > self.engine.dim:
-            raise InputError(f"dimensions {dimensions} is more than the model's {self.engine.dim}")
+        self.engine.check_dimensions(dimensions)
 
     def __call__(self, table):
         import pyarrow as pa

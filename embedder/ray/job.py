@@ -23,6 +23,7 @@ from embedder.ray.dataset import actor_plan, require_ray
 from embedder.ray.output import OutputDir
 from embedder.ray.sources import InputFile, expand_inputs, numbered, parquet_footer, ray_path
 
+
 def run_job(options: EmbedOptions, address: str | None = None, progress: bool = True) -> Summary:
     """Embed every input file into OUT_DIR (options.output); connects to `address`, else RAY_ADDRESS, else
     starts a local Ray instance."""
@@ -153,8 +154,7 @@ class FileEmbedder:
         try:  # a model that cannot load fails every call with its own message
             self.engine = make_engine(options)
             self.engine.load()
-            if options.dimensions is not None and options.dimensions > self.engine.dim:
-                raise InputError(f"--dimensions {options.dimensions} is more than the model's {self.engine.dim}")
+            self.engine.check_dimensions(options.dimensions)
             self.spec = OutputSpec(path=None, dim=options.dimensions or self.engine.dim, dtype=options.dtype,
                                    include_text=options.include_text, text_ids=text_ids,
                                    metadata=file_metadata(self.engine, options))

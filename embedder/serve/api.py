@@ -7,8 +7,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .errors import ParamError
-from ..errors import InputTooLong, lone_surrogate
+from ..errors import InputError, InputTooLong, lone_surrogate
 
 
 class EmbeddingRequest(BaseModel):
@@ -82,7 +81,7 @@ def parse_input(value: str | list[Any], max_inputs: int) -> Inputs:
     """Classify `input` as OpenAI does; refuse what would embed nothing or mixes kinds."""
     items = [value] if isinstance(value, str) else value
     if not items:
-        raise ParamError("'input' is an empty list; send at least one string or token list", "input")
+        raise InputError("'input' is an empty list; send at least one string or token list", "input")
     if all(isinstance(item, str) for item in items):
         inputs = Inputs(texts=items)
     elif all(_is_token_id(item) for item in items):
@@ -90,21 +89,21 @@ def parse_input(value: str | list[Any], max_inputs: int) -> Inputs:
     elif all(isinstance(item, list) for item in items):
         inputs = Inputs(token_ids=items)
     else:
-        raise ParamError(
+        raise InputError(
             "'input' must be a string, a list of strings, a list of token ids or a list of token-id lists, "
             "not a mix of them",
             "input",
         )
     if len(inputs) > max_inputs:
-        raise ParamError(f"'input' holds {len(inputs)} inputs; at most {max_inputs} are allowed per request", "input")
+        raise InputError(f"'input' holds {len(inputs)} inputs; at most {max_inputs} are allowed per request", "input")
     for i, item in enumerate(inputs.texts or inputs.token_ids):
         if not item:
-            raise ParamError(f"input {i} is empty; every input needs at least one character or token", "input")
+            raise InputError(f"input {i} is empty; every input needs at least one character or token", "input")
         if inputs.texts is not None and (at := lone_surrogate(item)) is not None:
-            raise ParamError(f"input {i} holds a lone UTF-16 surrogate at character {at}, which is not text; "
+            raise InputError(f"input {i} holds a lone UTF-16 surrogate at character {at}, which is not text; "
                              "send valid Unicode", "input")
         if inputs.token_ids is not None and not all(_is_token_id(t) for t in item):
-            raise ParamError(f"input {i} must hold only integer token ids", "input")
+            raise InputError(f"input {i} must hold only integer token ids", "input")
     return inputs
 
 
@@ -112,16 +111,10 @@ def check_token_ids(token_ids: list[list[int]], vocab_size: int, max_length: int
     """Ids outside the vocabulary would index past the embedding table; long rows are cut as texts are."""
     for i, ids in enumerate(token_ids):
         if min(ids) < 0 or max(ids) >= vocab_size:
-            raise ParamError(f"input {i} has a token id outside this model's vocabulary [0, {vocab_size})", "input")
+            raise InputError(f"input {i} has a token id outside this model's vocabulary [0, {vocab_size})", "input")
         if len(ids) > max_length and not truncate:
             raise InputTooLong(f"input {i} has {len(ids)} tokens, more than the model's maximum of {max_length}")
     return [ids[:max_length] for ids in token_ids]
-
-
-def check_dimensions(dimensions: int | None, dim: int) -> int | None:
-    if dimensions is not None and not 1 <= dimensions <= dim:
-        raise ParamError(f"'dimensions' must be between 1 and {dim} for this model, got {dimensions}", "dimensions")
-    return dimensions
 
 
 def encode_vectors(vectors: np.ndarray, encoding_format: str | None) -> list[list[float]] | list[str]:

@@ -16,7 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import BodyTooLarge, error_response
+from ..engine import EmbeddingEngine
+from ..errors import AuthError, EmbedError, InputError, Overloaded
 from .api import (
     Embedding,
     EmbeddingRequest,
@@ -26,13 +27,11 @@ from .api import (
     ModelCard,
     ModelList,
     Usage,
-    check_dimensions,
     check_token_ids,
     encode_vectors,
     parse_input,
 )
-from ..engine import EmbeddingEngine
-from ..errors import AuthError, EmbedError, InputError, Overloaded
+from .errors import BodyTooLarge, error_response
 from .metrics import Metrics
 from .registry import DEFAULT_NAME, ModelRegistry
 
@@ -95,7 +94,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         inputs = parse_input(body.input, options.max_inputs)
         with admission.admit(len(inputs)):
             engine = await run_in_threadpool(registry.loaded_engine, served)
-            dimensions = check_dimensions(body.dimensions, engine.dim)
+            dimensions = engine.check_dimensions(body.dimensions)
             token_ids = await run_in_threadpool(_token_ids, engine, inputs, registry.truncate, body)
             skip = engine.prompt_skip(body.prompt, body.prompt_name) if inputs.texts else 0
             future = engine.submit(token_ids, dimensions=dimensions, skip=skip)

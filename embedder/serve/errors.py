@@ -13,14 +13,6 @@ from .registry import ModelPinned
 log = logging.getLogger("embed.server")
 
 
-class ParamError(InputError):
-    """A request field is invalid; `param` names it in the error body, as OpenAI does."""
-
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
 class BodyTooLarge(InputError):
     """The request body is over the server's size limit; refused before it is parsed."""
 
@@ -36,7 +28,7 @@ class ErrorKind:
 # Subclasses before their parents: the first match wins.
 ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
     (BodyTooLarge, ErrorKind(413, "invalid_request_error", "body_too_large")),
-    (InputTooLong, ErrorKind(400, "invalid_request_error", "input_too_long", "input")),
+    (InputTooLong, ErrorKind(400, "invalid_request_error", "input_too_long")),
     (InputError, ErrorKind(400, "invalid_request_error", "invalid_input")),
     (ModelPinned, ErrorKind(400, "invalid_request_error", "model_not_served", "model")),
     (ModelNotFound, ErrorKind(404, "invalid_request_error", "model_not_found", "model")),
@@ -86,5 +78,5 @@ def _describe(exc: Exception) -> tuple[str, str | None]:
     if isinstance(exc, HTTPException):
         return str(exc.detail), None
     if isinstance(exc, EmbedError):
-        return str(exc), getattr(exc, "param", None)
+        return str(exc), exc.param
     return "internal server error; the details are in the server's log", None
