@@ -189,13 +189,23 @@ def embed_chunks(engine: EmbeddingEngine, records: Iterator[Record], spec: Outpu
                                 name="embed-reader", daemon=True)
     producer.start()
     try:
-        while (item := windows.get()) is not _END:
+        while (item := _wait(windows.get)) is not _END:
             if isinstance(item, BaseException):
                 raise item
-            yield _chunk(item, item.future.result() if item.future else None, spec, options), item.skipped
+            yield _chunk(item, _wait(item.future.result) if item.future else None, spec, options), item.skipped
     finally:
         stop.set()
         _drain(windows)
+
+
+def _wait(get: Callable[..., object]) -> object:
+    """get(timeout=...) until it answers: a blocked wait without one holds off Ctrl-C while the signal lands on
+    another thread (the reader in a read of stdin, a lane), so the main thread wakes to take it."""
+    while True:
+        try:
+            return get(timeout=0.1)
+        except (queue.Empty, TimeoutError):  # futures raise the built-in TimeoutError since 3.11
+            continue
 
 
 def _produce(records: Iterator[Record], engine: EmbeddingEngine, options: EmbedOptions, windows: queue.Queue,
