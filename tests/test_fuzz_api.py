@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from test_server import API_KEY, assert_close, running_server
 
 schemathesis = pytest.importorskip("schemathesis")
+pytestmark = pytest.mark.slow
 
 from embedder import DEFAULT_MODEL, EmbeddingEngine  # noqa: E402
 

@@ -11,13 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from embedder import EmbeddingEngine
-from embedder.integrations import llm_plugin
-from embedder.integrations.langchain import EmbedEmbeddings
-from embedder.integrations.llama_index import EmbedEmbedding
 from reference import cosine
 from tiny_models import save_sentence_transformer, tiny_encoder
+
+for _framework in ("llm", "langchain_core", "llama_index.core"):  # the test extra; skipped, visibly, without it
+    pytest.importorskip(_framework)
+
+from embedder import EmbeddingEngine  # noqa: E402
+from embedder.integrations import llm_plugin  # noqa: E402
+from embedder.integrations.langchain import EmbedEmbeddings  # noqa: E402
+from embedder.integrations.llama_index import EmbedEmbedding  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 LLM = Path(sys.executable).with_name("llm")
 MODEL_ID = "embed/all-MiniLM-L6-v2"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from embedder import EmbeddingEngine
-from reference import cosine
+from reference import cosine, require_oracle
 from test_models_encoders import TEXTS, check
 from tiny_models import save_sentence_transformer, tiny_transformer
 
@@ -15,6 +15,7 @@ QWEN3_PROMPTS = {"query": "Instruct: Given a web search query, retrieve relevant
 
 def torch_reference(hf_dir, ids: list[list[int]], pooling: str) -> np.ndarray:
     """transformers' forward on LEFT-padded rows (embed pads on the right): pooling over real tokens only."""
+    require_oracle()
     import torch
     from transformers import AutoModel
 

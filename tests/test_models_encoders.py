@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from embedder import EmbeddingEngine
-from reference import cosine, st_reference
+from reference import cosine, require_oracle, st_reference
 from tiny_models import copy_tokenizer, save_sentence_transformer, tiny_transformer
 
 # Very short next to long texts, so every batch pads, and the long ones cross the tiny attention windows.
@@ -44,6 +44,7 @@ def test_modernbert(tmp_path, minilm_path):
 
 def test_modernbert_masked_lm_checkpoint_gives_hidden_states(tmp_path, minilm_path):
     """mlx-embeddings returns per-token logits for MaskedLM configs; we take the encoder's states."""
+    require_oracle()
     from transformers import AutoModel, ModernBertForMaskedLM
 
     hf = tiny_transformer("modernbert", minilm_path, tmp_path)

@@ -8,7 +8,7 @@ import pytest
 from embedder import EmbeddingEngine
 from embedder.errors import ModelError
 from embedder.models.gguf import GLOBAL_NAMES, TENSOR_NAMES
-from reference import cosine
+from reference import cosine, require_oracle
 from test_models_encoders import TEXTS
 from test_models_decoders import torch_reference
 from tiny_models import tiny_transformer
@@ -31,6 +31,7 @@ def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
 def write_gguf(hf_dir, out, arch: str):
     """Write the model as GGUF and load the same quantize-dequantized weights back into PyTorch, the reference."""
     import gguf
+    require_oracle()
     import torch
     from transformers import AutoModelForCausalLM
 

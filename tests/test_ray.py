@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
 
 from embedder.errors import InputError  # noqa: E402
 from embedder.io.pipeline import EmbedOptions, run  # noqa: E402

@@ -3,6 +3,8 @@
 import shutil
 from pathlib import Path
 
+from reference import require_oracle
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
@@ -21,6 +23,7 @@ def save_sentence_transformer(hf_dir: Path, out: Path, pooling: str, normalize: 
     `dense_out` adds one Tanh Dense layer with bias; `linear` adds bias-free Identity Dense layers of
     these widths (EmbeddingGemma's projections); `padding_side="left"` is how Qwen3-Embedding ships.
     """
+    require_oracle()
     import torch
     from sentence_transformers import SentenceTransformer, models
 
@@ -43,6 +46,7 @@ def save_sentence_transformer(hf_dir: Path, out: Path, pooling: str, normalize: 
 
 def tiny_encoder(kind: str, tokenizer_src: Path, work: Path, **config_overrides) -> Path:
     """A 2-layer BERT or XLM-RoBERTa with random weights and the given tokenizer, saved to `work/kind`."""
+    require_oracle()
     import torch
     from transformers import BertConfig, BertModel, XLMRobertaConfig, XLMRobertaModel
 
@@ -98,6 +102,7 @@ def tiny_transformer(kind: str, tokenizer_src: Path, work: Path, *, causal_lm: b
     Saved as transformers saves it: the base model, or with `causal_lm` the *ForCausalLM checkpoint with
     its `model.` prefix and LM head. Norm weights get noise, so a wrong norm formula cannot hide.
     """
+    require_oracle()
     import torch
     import transformers
 
