@@ -2,8 +2,11 @@
 real `embed serve` on loopback driven by the openai SDK and curl."""
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -31,6 +34,19 @@ def test_openai_model_names_answer_and_are_echoed(server: str, engine: Embedding
     assert [m.id for m in sdk.models.list().data] == ["text-embedding-3-small", "text-embedding-ada-002"]
     with pytest.raises(openai.NotFoundError):
         sdk.embeddings.create(model="text-embedding-3-large", input="hi")
+
+
+def test_llm_asks_for_text_embedding_3_small_through_openai_base_url(server: str, engine: EmbeddingEngine,
+                                                                     tmp_path) -> None:
+    """simonw's llm, unchanged, with its own OpenAI model `3-small`: only OPENAI_BASE_URL points it here."""
+    llm = Path(sys.executable).with_name("llm")
+    if not llm.exists():
+        pytest.skip("llm is not installed (the test extra)")
+    env = {**os.environ, "OPENAI_BASE_URL": f"{server}/v1", "OPENAI_API_KEY": API_KEY, "LLM_USER_PATH": str(tmp_path)}
+    out = subprocess.run([str(llm), "embed", "-m", "3-small", "-c", TEXTS[0]], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert_close([json.loads(out.stdout)], engine.embed(TEXTS[:1]))
 
 
 def test_default_names_the_first_model_as_candle_vllms_curl_example(server: str, engine: EmbeddingEngine) -> None:
