@@ -50,13 +50,14 @@ def serve(
         typer.echo(f"error: embed serve needs {exc.name}: pip install 'embed[serve]'", err=True)
         raise typer.Exit(1) from exc
     with reported_errors():
+        from embedder.options import EngineOptions
         from embedder.serve.app import ServerOptions, create_app
         from embedder.serve.registry import build_registry
 
         options = ServerOptions(api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes, max_queue=max_queue)
         registry = build_registry(
-            models or [], embedding_model=embedding_model, served_model_names=served_model_name or (), preload=preload, truncate=not no_truncate, batch_tokens=batch_tokens,
-            lanes=lanes,
+            models or [], embedding_model=embedding_model, served_model_names=served_model_name or (), preload=preload,
+            options=EngineOptions(truncate=not no_truncate, batch_tokens=batch_tokens, lanes=lanes),
         )
         uvicorn.run(create_app(registry, options), host=host, port=port, log_level="info")
 

@@ -20,6 +20,7 @@ from .errors import InputError, NotReady  # noqa: E402
 from .forward import BatchForward  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
 from .models.loading import LoadedModel, load_model  # noqa: E402
+from .options import EngineOptions  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402
 from .pooling import truncate_dims  # noqa: E402
 from .scheduler import Scheduler  # noqa: E402
@@ -69,21 +70,18 @@ class EmbeddingEngine:
         prompt: str | None = None,
         truncate: bool = True,
         lanes: int | None = None,
+        options: EngineOptions | None = None,
     ):
-        if lanes is not None and lanes < 1:
-            raise InputError(f"lanes must be at least 1, got {lanes}", "lanes")
-        self.model_name = model
-        self.lanes = lanes or default_lanes()
+        """The settings as keywords, or `options` (an `EngineOptions`, as the CLI, server and pipeline pass)."""
+        self.options = options or EngineOptions(
+            model=model, max_length=max_length, batch_tokens=batch_tokens, max_batch_rows=max_batch_rows,
+            dtype=dtype, normalize=normalize, pooling=pooling, prompt=prompt, truncate=truncate, lanes=lanes)
+        self.model_name = self.options.model
+        self.lanes = self.options.lanes or default_lanes()
         shape = GPU_BATCH if mx.default_device() == mx.gpu else CPU_BATCH
         self.batch_shape = dataclasses.replace(
-            shape, tokens=batch_tokens or shape.tokens, rows=max_batch_rows or shape.rows
+            shape, tokens=self.options.batch_tokens or shape.tokens, rows=self.options.max_batch_rows or shape.rows
         )
-        self.default_prompt = prompt
-        self._options = dict(
-            max_length=max_length, batch_tokens=self.batch_shape.tokens, dtype=dtype, pooling=pooling,
-            truncate=truncate,
-        )
-        self._normalize = normalize
         self._model: LoadedModel | None = None
         self._scheduler = Scheduler(self.lanes, self.batch_shape, thread_exit=mx.clear_streams)
         self._lock = threading.Lock()
@@ -107,7 +105,7 @@ class EmbeddingEngine:
 
     def _open(self) -> BatchForward:
         """In the planner thread: the model, loaded, and on a CPU its kernels built and BLAS threads set."""
-        model = load_model(self.model_name, **self._options)
+        model = load_model(dataclasses.replace(self.options, batch_tokens=self.batch_shape.tokens))
         forward = BatchForward(model)
         if mx.default_device() == mx.cpu:
             set_threads(max(1, _cores() // self.lanes))
@@ -147,7 +145,7 @@ class EmbeddingEngine:
 
     @property
     def normalizes(self) -> bool:
-        return self.model.spec.normalize if self._normalize is None else self._normalize
+        return self.model.spec.normalize if self.options.normalize is None else self.options.normalize
 
     def info(self) -> dict:
         """What the model is and what embed does with it: for file metadata, /v1/models and `embed models`."""
@@ -183,8 +181,8 @@ class EmbeddingEngine:
                 known = ", ".join(spec.prompts) or "none"
                 raise InputError(f"unknown prompt_name {prompt_name!r}; this model's prompts: {known}")
             return spec.prompts[prompt_name]
-        if self.default_prompt is not None:
-            return self.default_prompt
+        if self.options.prompt is not None:
+            return self.options.prompt
         if spec.default_prompt_name is not None:
             return spec.prompts.get(spec.default_prompt_name)
         return None

@@ -133,9 +133,35 @@ def test_lanes_share_jobs_and_agree(minilm_path, golden):
     three.unload()
 
 
-def test_lanes_must_be_positive(minilm_path):
-    with pytest.raises(InputError, match="lanes"):
-        EmbeddingEngine(str(minilm_path), lanes=0)
+@pytest.mark.parametrize("settings, param", [
+    ({"lanes": 0}, "lanes"), ({"batch_tokens": -1}, "batch_tokens"), ({"max_length": 1.5}, "max_length"),
+    ({"max_batch_rows": True}, "max_batch_rows"), ({"dtype": "int8"}, "dtype"), ({"model": ""}, "model"),
+])
+def test_engine_options_are_checked_once_where_they_are_made(minilm_path, settings, param):
+    """EngineOptions refuses bad settings at construction, for every front alike: the engine, the batch job."""
+    from embedder.io.pipeline import EmbedOptions, check_options
+    from embedder.options import EngineOptions
+
+    with pytest.raises(InputError) as refused:
+        EmbeddingEngine(**{"model": str(minilm_path), **settings})
+    assert refused.value.param == param
+    with pytest.raises(InputError):
+        EngineOptions(**settings)
+    job = {k: v for k, v in settings.items() if k in ("lanes", "batch_tokens", "max_length")}
+    if job:
+        with pytest.raises(InputError) as refused:
+            check_options(EmbedOptions(inputs=("x.txt",), **job))
+        assert refused.value.param == param
+
+
+def test_an_engine_is_built_from_one_options_object(minilm_path):
+    from embedder.options import EngineOptions
+
+    options = EngineOptions(model=str(minilm_path), max_length=16, batch_tokens=256, lanes=1, normalize=False)
+    engine = EmbeddingEngine(options=options)
+    assert engine.options is options and engine.max_length == 16 and engine.lanes == 1
+    assert not np.isclose(np.linalg.norm(engine.embed(["not normalized"])), 1.0)
+    engine.unload()
 
 
 def test_bad_token_ids_and_dimensions(engine):

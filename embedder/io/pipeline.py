@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embedder.errors import EmbedError, InputError
+from embedder.hub import DEFAULT_MODEL
 from embedder.io.readers import ReadOptions, Record, check_inputs, count_hint, ids_are_text, read_inputs
 from embedder.io.writers import Chunk, OutputSpec, Writer, check_target
+from embedder.options import EngineOptions
 
 if TYPE_CHECKING:  # the engine module imports MLX; only its name is needed here
     from embedder.engine import EmbeddingEngine
@@ -51,6 +53,11 @@ class EmbedOptions:
     overwrite: bool = False
     chunk_rows: int = 512  # records per submit, per checkpoint and per Parquet row group
     windows_in_flight: int = 3  # tokenized windows queued ahead, so the engine never waits on reading
+
+    def engine_options(self) -> EngineOptions:
+        """The engine settings this job gives (validated there); the rest stay the engine's defaults."""
+        return EngineOptions(model=self.model or DEFAULT_MODEL, max_length=self.max_length,
+                             batch_tokens=self.batch_tokens, pooling=self.pooling, lanes=self.lanes)
 
 
 @dataclass(frozen=True)
@@ -148,15 +155,14 @@ def check_options(options: EmbedOptions) -> None:
         raise InputError(f"--dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {options.dtype!r}")
     if options.chunk_rows < 1:
         raise InputError(f"--chunk-rows must be at least 1, got {options.chunk_rows}")
+    options.engine_options()  # the engine's settings are checked there, once
 
 
 def make_engine(options: EmbedOptions) -> EmbeddingEngine:
-    """The engine this job asks for; only the settings given are passed, the rest stay the engine's defaults."""
-    from embedder.engine import DEFAULT_MODEL, EmbeddingEngine
+    """The engine this job asks for."""
+    from embedder.engine import EmbeddingEngine
 
-    given = {"max_length": options.max_length, "batch_tokens": options.batch_tokens, "pooling": options.pooling,
-             "lanes": options.lanes}
-    return EmbeddingEngine(options.model or DEFAULT_MODEL, **{k: v for k, v in given.items() if v is not None})
+    return EmbeddingEngine(options=options.engine_options())
 
 
 def _stream(engine: EmbeddingEngine, writer: Writer, options: EmbedOptions, read_options: ReadOptions,

@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten
 
 from ..errors import ModelError
 from ..hub import canonical_id, resolve_model_path
+from ..options import EngineOptions
 from ..tokenizer import TextTokenizer, load_tokenizer
 from .st_config import DenseSpec, PipelineSpec, pooling_modes, read_pipeline_spec
 
@@ -196,15 +197,9 @@ def pooling_override(pooling: str) -> tuple[str, ...]:
     return pooling_modes({"pooling_mode": modes})
 
 
-def load_model(
-    model: str,
-    *,
-    max_length: int | None = None,
-    batch_tokens: int | None = None,
-    dtype: str | None = None,
-    pooling: str | None = None,
-    truncate: bool = True,
-) -> LoadedModel:
+def load_model(options: EngineOptions) -> LoadedModel:
+    """The model `options` name, built as they say; `batch_tokens` is the engine's resolved budget."""
+    model, max_length, batch_tokens, pooling = options.model, options.max_length, options.batch_tokens, options.pooling
     path = resolve_model_path(model)
     if path.suffix == ".gguf":
         from .gguf import cached_checkpoint
@@ -215,7 +210,7 @@ def load_model(
     spec = read_pipeline_spec(path, default_pooling="mean")
     if pooling is not None:
         spec = dataclasses.replace(spec, pooling=pooling_override(pooling))
-    dtype = dtype or default_dtype(config)
+    dtype = options.dtype or default_dtype(config)
     if dtype not in DTYPES:
         raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     module = build_model(config, path, DTYPES[dtype])
@@ -234,7 +229,7 @@ def load_model(
         raise ModelError(f"max_length {length} is more than the model's position limit of {limit}")
     if batch_tokens is not None and length > batch_tokens:
         raise ModelError(f"max_length {length} is more than the batch token budget {batch_tokens}; raise batch_tokens")
-    tokenizer = load_tokenizer(path, length, spec.do_lower_case, truncate)
+    tokenizer = load_tokenizer(path, length, spec.do_lower_case, options.truncate)
     dense = [load_dense(d) for d in spec.dense]
     dim = dense[-1].weight.shape[0] if dense else config["hidden_size"] * len(spec.pooling)
     return LoadedModel(

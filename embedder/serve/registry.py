@@ -1,5 +1,6 @@
 """The models a server serves: names and aliases mapped to engines that load on first use or at start."""
 
+import dataclasses
 import logging
 import os
 import time
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from ..engine import DEFAULT_MODEL, EmbeddingEngine
 from ..errors import EmbedError, InputError, ModelNotFound, NotReady
 from ..hub import canonical_id, resolve_model_path
+from ..options import EngineOptions
 
 log = logging.getLogger("embed.server")
 
@@ -113,9 +115,7 @@ def build_registry(
     embedding_model: str | None = None,
     served_model_names: Sequence[str] = (),
     preload: bool = False,
-    truncate: bool = True,
-    batch_tokens: int | None = None,
-    lanes: int | None = None,
+    options: EngineOptions = EngineOptions(),
 ) -> ModelRegistry:
     """`--embedding-model M` serves M alone and loads it at start, as vllm-mlx does; the default model otherwise.
     A model may be given as NAME=MODEL, or with `served_model_names` (one model only), to answer to those names."""
@@ -137,10 +137,10 @@ def build_registry(
                 raise InputError(f"the served name {name!r} is given to both {seen[name]} and {model}")
     for model in names:  # a typo fails now, not as a 404 on the first request; loading still waits
         resolve_model_path(model)
-    options = {k: v for k, v in {"batch_tokens": batch_tokens, "lanes": lanes}.items() if v is not None}
-    served = [ServedModel(model, EmbeddingEngine(model, truncate=truncate, **options), tuple(dict.fromkeys(served_as)))
-              for model, served_as in names.items()]
-    return ModelRegistry(served, pinned=pinned is not None, preload=preload or pinned is not None, truncate=truncate)
+    served = [ServedModel(model, EmbeddingEngine(options=dataclasses.replace(options, model=model)),
+                          tuple(dict.fromkeys(served_as))) for model, served_as in names.items()]
+    return ModelRegistry(served, pinned=pinned is not None, preload=preload or pinned is not None,
+                         truncate=options.truncate)
 
 
 def _named(entry: str) -> tuple[str | None, str]:

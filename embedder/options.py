@@ -1,0 +1,37 @@
+"""How an engine is set up: one frozen object, validated once, that every front passes on (the CLI, the server,
+the batch pipeline, Ray) and `load_model` reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InputError
+from .hub import DEFAULT_MODEL
+
+MODEL_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """None means the model's (or the device's) default."""
+
+    model: str = DEFAULT_MODEL
+    max_length: int | None = None  # tokens per input; at most the model's
+    batch_tokens: int | None = None  # padded tokens per batch
+    max_batch_rows: int | None = None
+    dtype: str | None = None  # the model's compute dtype
+    normalize: bool | None = None
+    pooling: str | None = None  # sentence-transformers' mode names, or candle-vllm's `last`; `+` joins several
+    prompt: str | None = None  # prepended to every text unless a request names another
+    truncate: bool = True  # False: an input over max_length is an error, not cut
+    lanes: int | None = None  # batches in flight at once
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "batch_tokens", "max_batch_rows", "lanes"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise InputError(f"{name} must be a whole number of at least 1, got {value!r}", name)
+        if self.dtype is not None and self.dtype not in MODEL_DTYPES:
+            raise InputError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.dtype!r}", "dtype")
+        if not self.model:
+            raise InputError("no model given", "model")
