@@ -51,8 +51,11 @@ def test_batches_respect_budget_and_cover_every_index():
 def test_gpu_shape_takes_fewer_larger_batches():
     lengths = [256] * 64 + [30] * 2000
     cpu, gpu = plan_batches(lengths, CPU_BATCH), plan_batches(lengths, GPU_BATCH)
-    assert max(len(b) for b in cpu if lengths[b[0]] == 256) == 4  # attention scores kept in cache
-    assert [len(b) for b in gpu if lengths[b[0]] == 256] == [64]  # no cache to spill: one launch
+    # the CPU fills batches of long rows up to its attention bound (scores kept in cache), no further
+    assert max(len(b) for b in cpu if lengths[b[0]] == 256) == CPU_BATCH.attention // 256**2
+    # the GPU has no such bound: the long rows fit its token and row budgets, so they go in one launch
+    assert 64 * 256 <= GPU_BATCH.tokens and 64 <= GPU_BATCH.rows and GPU_BATCH.attention is None
+    assert [len(b) for b in gpu if lengths[b[0]] == 256] == [64]
     assert len(gpu) < len(cpu)
     assert sorted(i for b in gpu for i in b) == list(range(len(lengths)))
 
