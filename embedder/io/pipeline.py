@@ -17,7 +17,16 @@ import numpy as np
 
 from embedder.errors import EmbedError, InputError
 from embedder.hub import DEFAULT_MODEL
-from embedder.io.readers import ReadOptions, Record, check_inputs, count_hint, ids_are_text, read_inputs
+from embedder.io.readers import (
+    ReadMeter,
+    ReadOptions,
+    Record,
+    byte_total,
+    check_inputs,
+    count_hint,
+    ids_are_text,
+    read_inputs,
+)
 from embedder.io.writers import Chunk, OutputSpec, Writer, check_target
 from embedder.options import EngineOptions
 
@@ -62,7 +71,8 @@ class EmbedOptions:
 
 @dataclass(frozen=True)
 class Progress:
-    """Rows written so far (a resumed job counts from its checkpoint), this run's tokens, the total if known."""
+    """Rows written so far (a resumed job counts from its checkpoint), this run's tokens, and the total: exact
+    from Parquet footers and file counts, estimated from bytes read for line-based files, None from stdin."""
 
     rows: int
     tokens: int
@@ -169,8 +179,10 @@ def _stream(engine: EmbeddingEngine, writer: Writer, options: EmbedOptions, read
             on_progress: ProgressCallback | None) -> Summary:
     """Take the job's chunks in order and write them; the writer's checkpoint says where a resume starts."""
     start, resumed_at = time.perf_counter(), writer.start_index
-    records = itertools.islice(read_inputs(options.inputs, read_options), resumed_at, None)
+    meter = ReadMeter()
+    records = itertools.islice(read_inputs(options.inputs, read_options, meter), resumed_at, None)
     total = count_hint(options.inputs, read_options) if on_progress else None
+    total_bytes = byte_total(options.inputs, read_options) if on_progress and total is None else None
     rows = tokens = skipped = 0
     done_rows = writer.rows
     for chunk, chunk_skipped in embed_chunks(engine, records, writer.spec, options):
@@ -178,7 +190,8 @@ def _stream(engine: EmbeddingEngine, writer: Writer, options: EmbedOptions, read
         rows, tokens = rows + len(chunk.ids), tokens + int(chunk.tokens.sum())
         skipped += chunk_skipped
         if on_progress:
-            on_progress(Progress(done_rows + rows, tokens, total))
+            known = total if total_bytes is None else meter.estimated_total(total_bytes)
+            on_progress(Progress(done_rows + rows, tokens, known))
     return Summary(rows, tokens, time.perf_counter() - start, skipped, resumed_at)
 
 

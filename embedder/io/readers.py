@@ -52,13 +52,40 @@ class Source:
     kind: str  # a FORMATS entry, or "file" for one text per file
 
 
-def read_inputs(inputs: Sequence[str], options: ReadOptions = ReadOptions()) -> Iterator[Record]:
+@dataclass
+class ReadMeter:
+    """How far reading has got: records produced and bytes of line-based files consumed, so a progress bar can
+    estimate the total of a text file from its size (`estimated_total`)."""
+
+    records: int = 0
+    bytes_read: int = 0
+
+    def estimated_total(self, total_bytes: int) -> int | None:
+        if not self.bytes_read:
+            return None
+        return max(self.records, round(self.records * total_bytes / self.bytes_read))
+
+
+def read_inputs(inputs: Sequence[str], options: ReadOptions = ReadOptions(),
+                meter: ReadMeter | None = None) -> Iterator[Record]:
     """Records of every input in order, one continuous index; nothing is read before it is asked for."""
     index = 0
     for source in expand_sources(inputs or ["-"], options):
-        for record_id, text, where in read_source(source, options):
+        for record_id, text, where in read_source(source, options, meter=meter):
             yield Record(index, index if record_id is None else record_id, text, where)
             index += 1
+            if meter is not None:
+                meter.records = index
+
+
+def byte_total(inputs: Sequence[str], options: ReadOptions = ReadOptions()) -> int | None:
+    """The bytes of every input when all are line-based files (txt, JSONL, CSV/TSV): what `ReadMeter` counts."""
+    total = 0
+    for source in expand_sources(inputs or ["-"], options):
+        if source.name == "-" or source.kind not in ("txt", "jsonl", "csv", "tsv"):
+            return None
+        total += os.path.getsize(source.name)
+    return total
 
 
 def ids_are_text(inputs: Sequence[str], options: ReadOptions = ReadOptions()) -> bool:
@@ -143,8 +170,8 @@ def format_of(path: str) -> str:
     return fmt
 
 
-def read_source(source: Source, options: ReadOptions,
-                data: bytes | None = None) -> Iterator[tuple[RecordId | None, str, str]]:
+def read_source(source: Source, options: ReadOptions, data: bytes | None = None,
+                meter: ReadMeter | None = None) -> Iterator[tuple[RecordId | None, str, str]]:
     """(id or None for the record number, text, location) triples of one source.
 
     `data` is the source's content when it was fetched elsewhere (Ray Data reads it from any filesystem): the
@@ -159,11 +186,11 @@ def read_source(source: Source, options: ReadOptions,
     with _open_binary(source.name) if data is None else io.BytesIO(data) as stream:
         label = "<stdin>" if source.name == "-" else source.name
         if source.kind == "txt":
-            yield from ((None, text, f"{label} line {n}") for n, text in _lines(stream, label))
+            yield from ((None, text, f"{label} line {n}") for n, text in _lines(stream, label, meter))
         elif source.kind == "jsonl":
-            yield from _read_jsonl(stream, label, options)
+            yield from _read_jsonl(stream, label, options, meter)
         else:
-            yield from _read_table(stream, label, "\t" if source.kind == "tsv" else ",", options)
+            yield from _read_table(stream, label, "\t" if source.kind == "tsv" else ",", options, meter)
 
 
 def _open_binary(name: str) -> ContextManager[BinaryIO]:
@@ -192,9 +219,11 @@ def _whole_text(data: bytes, path: str) -> str:
     return text.replace("\r\n", "\n").rstrip()  # a file's final newline is not part of its text
 
 
-def _decoded(stream: BinaryIO, label: str) -> Iterator[tuple[int, str]]:
+def _decoded(stream: BinaryIO, label: str, meter: ReadMeter | None = None) -> Iterator[tuple[int, str]]:
     """(line number, line with its ending) split on \\n only, as files are; a leading BOM dropped."""
     for number, raw in enumerate(stream, 1):
+        if meter is not None:
+            meter.bytes_read += len(raw)
         try:
             line = (raw.removeprefix(_BOM) if number == 1 else raw).decode("utf-8")
         except UnicodeDecodeError as e:
@@ -202,15 +231,16 @@ def _decoded(stream: BinaryIO, label: str) -> Iterator[tuple[int, str]]:
         yield number, line
 
 
-def _lines(stream: BinaryIO, label: str) -> Iterator[tuple[int, str]]:
+def _lines(stream: BinaryIO, label: str, meter: ReadMeter | None = None) -> Iterator[tuple[int, str]]:
     """(line number, line) without its \\n or \\r\\n."""
-    for number, line in _decoded(stream, label):
+    for number, line in _decoded(stream, label, meter):
         yield number, line.removesuffix("\n").removesuffix("\r")
 
 
-def _read_jsonl(stream: BinaryIO, label: str, options: ReadOptions) -> Iterator[tuple[RecordId | None, str, str]]:
+def _read_jsonl(stream: BinaryIO, label: str, options: ReadOptions,
+                meter: ReadMeter | None = None) -> Iterator[tuple[RecordId | None, str, str]]:
     """One JSON object per line; blank lines are allowed and skipped, as JSONL writers often leave one at the end."""
-    for number, line in _lines(stream, label):
+    for number, line in _lines(stream, label, meter):
         if not line.strip():
             continue
         where = f"{label} line {number}"
@@ -226,11 +256,11 @@ def _read_jsonl(stream: BinaryIO, label: str, options: ReadOptions) -> Iterator[
 
 
 def _read_table(
-    stream: BinaryIO, label: str, delimiter: str, options: ReadOptions
+    stream: BinaryIO, label: str, delimiter: str, options: ReadOptions, meter: ReadMeter | None = None
 ) -> Iterator[tuple[RecordId | None, str, str]]:
     """CSV/TSV with a header row; the text (and id) columns are found by name, never by position."""
     csv.field_size_limit(2**31 - 1)  # whole documents in one cell are normal here; the default is 128 KiB
-    reader = csv.reader((line for _, line in _decoded(stream, label)), delimiter=delimiter)
+    reader = csv.reader((line for _, line in _decoded(stream, label, meter)), delimiter=delimiter)
     try:
         header = next(reader, None)
         if header is None:
