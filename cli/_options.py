@@ -27,6 +27,10 @@ class OnEmpty(str, Enum):
 class OutputDtype(str, Enum):
     float32 = "float32"
     float16 = "float16"
+    int8 = "int8"
+    uint8 = "uint8"
+    binary = "binary"
+    ubinary = "ubinary"
 
 
 ModelOpt = Annotated[

@@ -70,7 +70,12 @@ def embed(
     prompt_name: PromptNameOpt = None,
     pooling: PoolingOpt = None,
     include_text: Annotated[bool, typer.Option("--include-text", help="Write the input text beside its vector.")] = False,
-    dtype: Annotated[OutputDtype, typer.Option(help="Type of the written vectors.")] = OutputDtype.float32,
+    dtype: Annotated[OutputDtype, typer.Option(
+        "--precision", "--dtype", help="Written vectors: floats, int8/uint8 buckets (needs --calibration) or packed "
+        "sign bits (binary/ubinary), as sentence-transformers' quantize_embeddings.")] = OutputDtype.float32,
+    calibration: Annotated[str | None, typer.Option(
+        help="int8/uint8: float vectors to take each dimension's range from (a Parquet file with an embedding "
+        "column, e.g. an earlier embed output, or .npy).", show_default=False)] = None,
     on_empty: Annotated[OnEmpty, typer.Option(
         help="An empty or blank text: fail, leave it out, or write a zero vector with 0 tokens.")] = OnEmpty.error,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted job from its last checkpoint.")] = False,
@@ -120,6 +125,7 @@ def embed(
         pooling=pooling,
         include_text=include_text,
         dtype=dtype.value,
+        calibration=calibration,
         on_empty=on_empty.value,
         resume=resume,
         overwrite=overwrite,

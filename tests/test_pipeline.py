@@ -1,6 +1,7 @@
 """The pipeline in-process with the real engine (conftest's all-MiniLM-L6-v2): order, vectors, tokens, resume."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,6 +11,7 @@ from embedder.errors import InputError
 from embedder.io.pipeline import EmbedOptions, run
 from embedder.io.writers import partial_dir
 
+FIXTURES = Path(__file__).parent / "fixtures"
 # Lengths shuffled on purpose: the engine batches by length, the output must still follow the input.
 TEXTS = [
     "a",
@@ -127,3 +129,38 @@ def test_progress_knows_the_total(tmp_path, engine, kind):
     assert seen[-1].rows == seen[-1].total == 300
     # rows vary in length: the estimate, made once a chunk (32 records) is read, is close, not exact (worst: 21)
     assert all(abs(p.total - 300) <= 30 for p in seen)
+
+
+@pytest.mark.parametrize("precision", ["float16", "int8", "uint8", "binary", "ubinary"])
+def test_compact_vectors_equal_sentence_transformers_quantization(tmp_path, engine, precision):
+    """Each precision's Parquet column holds quantize_embeddings of the float32 vectors; int8/uint8 with the ranges
+    of a calibration file, which the output's metadata records."""
+    from reference import require_oracle
+
+    require_oracle()
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    source = FIXTURES / "nasty.jsonl"
+    floats_path = tmp_path / "floats.parquet"
+    run(EmbedOptions(inputs=(str(source),), output=str(floats_path)), engine=engine)
+    floats = np.stack(pq.read_table(floats_path)["embedding"].to_numpy(zero_copy_only=False))
+    calibration = str(floats_path) if precision in ("int8", "uint8") else None
+    out = tmp_path / f"{precision}.parquet"
+    run(EmbedOptions(inputs=(str(source),), output=str(out), dtype=precision, calibration=calibration),
+        engine=engine)
+    table = pq.read_table(out)
+    got = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
+    if precision == "float16":
+        want = floats.astype(np.float16)
+    else:
+        want = quantize_embeddings(floats, precision=precision, calibration_embeddings=floats)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    ranges = json.loads(table.schema.metadata[b"quantization_ranges"])
+    assert (ranges is not None) == (calibration is not None)
+
+
+def test_int8_without_calibration_is_refused_before_any_work(tmp_path):
+    with pytest.raises(InputError, match="needs --calibration"):
+        run(EmbedOptions(inputs=(str(FIXTURES / "nasty.txt"),), output=str(tmp_path / "o.parquet"), dtype="int8"))
+    assert not list(tmp_path.iterdir())

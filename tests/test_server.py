@@ -214,3 +214,28 @@ def test_prompt_extension_fields(http: httpx.Client, engine: EmbeddingEngine) ->
     assert reply["usage"]["prompt_tokens"] == engine.count_tokens(TEXTS[:2], prompt="query: ")
     unknown = http.post("/v1/embeddings", json={"input": "x", "prompt_name": "query"})
     assert unknown.status_code == 400 and "prompt_name" in unknown.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+def test_compact_vectors_as_sentence_transformers_quantizes_them(http: httpx.Client, precision: str) -> None:
+    """The `precision` extension: the request's float vectors through quantize_embeddings (int8/uint8 ranges from
+    the request's own vectors), as JSON integers and as base64 bytes."""
+    from reference import require_oracle
+
+    require_oracle()
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    floats = np.array([d["embedding"] for d in http.post("/v1/embeddings", json={"input": TEXTS}).json()["data"]],
+                      np.float32)
+    want = quantize_embeddings(floats, precision=precision)
+    as_json = http.post("/v1/embeddings", json={"input": TEXTS, "precision": precision}).json()["data"]
+    np.testing.assert_array_equal(np.array([d["embedding"] for d in as_json]), want)
+    as_b64 = http.post("/v1/embeddings", json={"input": TEXTS, "precision": precision,
+                                               "encoding_format": "base64"}).json()["data"]
+    got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), want.dtype) for d in as_b64])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_int8_needs_more_than_one_vector_for_its_ranges(http: httpx.Client) -> None:
+    reply = http.post("/v1/embeddings", json={"input": "alone", "precision": "int8"})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "precision"

@@ -29,12 +29,20 @@ from embedder.io.readers import (
 )
 from embedder.io.writers import Chunk, OutputSpec, Writer, check_target
 from embedder.options import EngineOptions
+from embedder.quantize import (
+    CALIBRATED,
+    check_precision,
+    load_calibration,
+    quantization_ranges,
+    quantize,
+    stored_dtype,
+    stored_width,
+)
 
 if TYPE_CHECKING:  # the engine module imports MLX; only its name is needed here
     from embedder.engine import EmbeddingEngine
 
 EMPTY_POLICIES = ("error", "skip", "zero")
-OUTPUT_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,8 @@ class EmbedOptions:
     prompt_name: str | None = None  # from the model's config_sentence_transformers.json
     pooling: str | None = None  # None: the model's own pooling
     include_text: bool = False
-    dtype: str = "float32"  # of the written vectors
+    dtype: str = "float32"  # of the written vectors: a `quantize.PRECISIONS` entry
+    calibration: str | None = None  # int8/uint8: float vectors (Parquet `embedding` column or .npy) for the ranges
     on_empty: str = "error"
     resume: bool = False
     overwrite: bool = False
@@ -128,16 +137,8 @@ def run(options: EmbedOptions, on_progress: ProgressCallback | None = None,
     own_engine = engine is None
     engine = make_engine(options) if own_engine else engine
     engine.load()
-    engine.check_dimensions(options.dimensions)
-    spec = OutputSpec(
-        path=options.output,
-        dim=options.dimensions or engine.dim,
-        dtype=options.dtype,
-        include_text=options.include_text,
-        text_ids=ids_are_text(options.inputs, read_options),
-        metadata=file_metadata(engine, options),
-        settings=_settings(engine, options),
-    )
+    spec = output_spec(engine, options, options.output, ids_are_text(options.inputs, read_options),
+                       settings=_settings(engine, options))
     writer = Writer(spec, resume=options.resume)
     try:
         summary = _stream(engine, writer, options, read_options, on_progress)
@@ -161,8 +162,11 @@ def check_options(options: EmbedOptions) -> None:
     """Option errors that need neither model nor input, reported before either is touched."""
     if options.on_empty not in EMPTY_POLICIES:
         raise InputError(f"--on-empty must be one of {', '.join(EMPTY_POLICIES)}, got {options.on_empty!r}")
-    if options.dtype not in OUTPUT_DTYPES:
-        raise InputError(f"--dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {options.dtype!r}")
+    check_precision(options.dtype, "dtype")
+    if (options.dtype in CALIBRATED) != (options.calibration is not None):
+        raise InputError(f"--precision {options.dtype} {'needs' if options.calibration is None else 'takes no'} "
+                         "--calibration (float vectors, e.g. an earlier embed output, to compute the int8/uint8 "
+                         "ranges from)", "calibration")
     if options.chunk_rows < 1:
         raise InputError(f"--chunk-rows must be at least 1, got {options.chunk_rows}")
     options.engine_options()  # the engine's settings are checked there, once
@@ -292,20 +296,34 @@ def _cancel(item: object) -> None:
 def _chunk(window: _Window, vectors: np.ndarray | None, spec: OutputSpec, options: EmbedOptions) -> Chunk:
     """A window's output rows; rows kept by `--on-empty zero` get a zero vector and 0 tokens."""
     if vectors is None or len(vectors) != len(window.records):
-        full = np.zeros((len(window.records), spec.dim), np.float32)
+        full = np.zeros((len(window.records), spec.vector_dim or spec.dim), np.float32)
         if vectors is not None:
             full[window.embedded] = vectors
         vectors = full
     return Chunk(
         ids=[r.id for r in window.records],
-        vectors=vectors,
+        vectors=quantize(vectors, spec.precision, spec.ranges),
         tokens=window.tokens,
         texts=[r.text for r in window.records] if options.include_text else None,
         next_index=window.next_index,
     )
 
 
-def file_metadata(engine: EmbeddingEngine, options: EmbedOptions) -> dict[str, str]:
+def output_spec(engine: EmbeddingEngine, options: EmbedOptions, path: str | None, text_ids: bool,
+                settings: dict | None = None) -> OutputSpec:
+    """How this job's rows are written: the width and type its precision stores, its ranges, its metadata."""
+    dim = engine.check_dimensions(options.dimensions) or engine.dim
+    ranges = None
+    if options.calibration is not None:
+        ranges = quantization_ranges(load_calibration(options.calibration)[:, :dim])
+    return OutputSpec(path=path, dim=stored_width(dim, options.dtype), dtype=stored_dtype(options.dtype),
+                      include_text=options.include_text, text_ids=text_ids,
+                      metadata=file_metadata(engine, options, ranges), settings=settings or {},
+                      precision=options.dtype, ranges=ranges, vector_dim=dim)
+
+
+def file_metadata(engine: EmbeddingEngine, options: EmbedOptions,
+                  ranges: np.ndarray | None = None) -> dict[str, str]:
     """The model and the settings in the Parquet footer, so a file says how its vectors were made."""
     meta = {
         **engine.info(),
@@ -313,6 +331,7 @@ def file_metadata(engine: EmbeddingEngine, options: EmbedOptions) -> dict[str, s
         "normalize": engine.normalizes and options.normalize,
         "prompt": engine.resolve_prompt(options.prompt, options.prompt_name),
         "embedding_dtype": options.dtype,
+        "quantization_ranges": None if ranges is None else ranges.tolist(),
         "text_field": options.text_field,
         "id_field": options.id_field,
     }

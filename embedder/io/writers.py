@@ -9,6 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,9 @@ class OutputSpec:
     text_ids: bool = False
     metadata: Mapping[str, str] = field(default_factory=dict)
     settings: Mapping[str, object] = field(default_factory=dict)
+    precision: str = "float32"  # `quantize.PRECISIONS`; `dtype` and `dim` are then its stored type and width
+    ranges: Any = None  # int8/uint8: the (2, vector_dim) calibration ranges
+    vector_dim: int | None = None  # the float vectors' width before quantization; None: `dim`
 
 
 def output_format(path: str) -> str:

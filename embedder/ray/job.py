@@ -16,7 +16,7 @@ import numpy as np
 
 from embedder import errors
 from embedder.errors import EmbedError, InputError
-from embedder.io.pipeline import EmbedOptions, Summary, check_options, embed_chunks, file_metadata, make_engine
+from embedder.io.pipeline import EmbedOptions, Summary, check_options, embed_chunks, make_engine, output_spec
 from embedder.io.readers import ReadOptions, Record, read_source
 from embedder.io.writers import OutputSpec, arrow_schema, arrow_table
 from embedder.ray.dataset import actor_plan, require_ray
@@ -154,10 +154,7 @@ class FileEmbedder:
         try:  # a model that cannot load fails every call with its own message
             self.engine = make_engine(options)
             self.engine.load()
-            self.engine.check_dimensions(options.dimensions)
-            self.spec = OutputSpec(path=None, dim=options.dimensions or self.engine.dim, dtype=options.dtype,
-                                   include_text=options.include_text, text_ids=text_ids,
-                                   metadata=file_metadata(self.engine, options))
+            self.spec = output_spec(self.engine, options, None, text_ids)
         except EmbedError as e:
             self.error = e
 

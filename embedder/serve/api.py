@@ -23,12 +23,14 @@ class EmbeddingRequest(BaseModel):
     # Extensions beside OpenAI's fields, as in sentence-transformers: prepended text, or a prompt the model names.
     prompt: str | None = None
     prompt_name: str | None = None
+    # As sentence-transformers' quantize_embeddings: int8/uint8 ranges from this request's own vectors.
+    precision: Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"] | None = None
 
 
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[int] | list[float] | str  # ints for the int8/uint8/binary precisions
 
 
 class Usage(BaseModel):
@@ -118,9 +120,11 @@ def check_token_ids(token_ids: list[list[int]], vocab_size: int, max_length: int
 
 
 def encode_vectors(vectors: np.ndarray, encoding_format: str | None) -> list[list[float]] | list[str]:
-    """base64 is little-endian float32 bytes, what the openai SDK asks for unless told otherwise."""
+    """base64 is the values' little-endian bytes (float32 unless a precision says otherwise), what the openai
+    SDK asks for unless told otherwise."""
     if encoding_format == "base64":
-        return [base64.b64encode(row.tobytes()).decode("ascii") for row in vectors.astype("<f4", copy=False)]
+        little = vectors.astype(vectors.dtype.newbyteorder("<"), copy=False)
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
     return vectors.tolist()
 
 

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine import EmbeddingEngine
 from ..errors import AuthError, EmbedError, InputError, Overloaded
+from ..quantize import CALIBRATED, quantize
 from .api import (
     Embedding,
     EmbeddingRequest,
@@ -92,6 +93,9 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         served = registry.resolve(body.model)
         inputs = parse_input(body.input, options.max_inputs)
+        if body.precision in CALIBRATED and len(inputs) < 2:
+            raise InputError(f"precision {body.precision} takes each dimension's range from the request's own "
+                             "vectors, so it needs at least two inputs", "precision")
         with admission.admit(len(inputs)):
             engine = await run_in_threadpool(registry.loaded_engine, served)
             dimensions = engine.check_dimensions(body.dimensions)
@@ -103,6 +107,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             return Response(status_code=CLIENT_CLOSED)
         tokens = sum(map(len, token_ids))
         metrics.observe_embedding(len(token_ids), tokens)
+        vectors = quantize(vectors, body.precision or "float32")
         data = [Embedding(index=i, embedding=e) for i, e in enumerate(encode_vectors(vectors, body.encoding_format))]
         model = served.public_name if body.model in (None, DEFAULT_NAME) else body.model  # the name the client used
         reply = EmbeddingResponse(data=data, model=model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
