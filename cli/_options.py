@@ -18,6 +18,20 @@ class InputFormat(str, Enum):
     parquet = "parquet"
 
 
+class LongInput(str, Enum):
+    truncate = "truncate"
+    error = "error"
+    chunk = "chunk"
+
+
+LongInputOpt = Annotated[LongInput | None, typer.Option(
+    "--long-input", show_default=False,
+    help="An input over the model's maximum: cut it (truncate), refuse it (error), or embed it whole as windows "
+         "averaged by token count (chunk).")]
+ChunkOverlapOpt = Annotated[int, typer.Option(
+    "--chunk-overlap", min=0, help="With --long-input chunk: tokens consecutive windows share.")]
+
+
 class OnEmpty(str, Enum):
     error = "error"
     skip = "skip"

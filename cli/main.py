@@ -11,9 +11,11 @@ import typer
 from cli._errors import reported_errors
 from cli._options import (
     BatchTokensOpt,
+    ChunkOverlapOpt,
     DimensionsOpt,
     InputFormat,
     LanesOpt,
+    LongInputOpt,
     MaxLengthOpt,
     ModelOpt,
     NoNormalizeOpt,
@@ -82,6 +84,8 @@ def embed(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
     chunk_rows: Annotated[int, typer.Option(
         min=1, help="Records per checkpoint and per Parquet row group.")] = 512,
+    long_input: LongInputOpt = None,
+    chunk_overlap: ChunkOverlapOpt = 0,
     quiet: QuietOpt = False,
     ray: Annotated[bool, typer.Option(
         "--ray", help="Run on a Ray cluster through Ray Data; -o is then a folder of Parquet files "
@@ -126,6 +130,8 @@ def embed(
         include_text=include_text,
         dtype=dtype.value,
         calibration=calibration,
+        long_input=long_input.value if long_input else "truncate",
+        chunk_overlap=chunk_overlap,
         on_empty=on_empty.value,
         resume=resume,
         overwrite=overwrite,

@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from cli._errors import reported_errors
-from cli._options import BatchTokensOpt, LanesOpt
+from cli._options import BatchTokensOpt, ChunkOverlapOpt, LanesOpt, LongInputOpt
 
 
 def serve(
@@ -36,6 +36,8 @@ def serve(
     max_inputs: Annotated[int, typer.Option(min=1, help="Most inputs one request may carry.")] = 2048,
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted (else 413).")] = 32 * 1024 * 1024,
     max_queue: Annotated[int, typer.Option(min=1, help="Inputs in flight before new requests get 429.")] = 8192,
+    long_input: LongInputOpt = None,
+    chunk_overlap: ChunkOverlapOpt = 0,
     batch_tokens: BatchTokensOpt = None,
     lanes: LanesOpt = None,
 ) -> None:
@@ -57,7 +59,8 @@ def serve(
         options = ServerOptions(api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes, max_queue=max_queue)
         registry = build_registry(
             models or [], embedding_model=embedding_model, served_model_names=served_model_name or (), preload=preload,
-            options=EngineOptions(truncate=not no_truncate, batch_tokens=batch_tokens, lanes=lanes),
+            options=EngineOptions(truncate=not no_truncate, batch_tokens=batch_tokens, lanes=lanes,
+                                  long_input=long_input.value if long_input else None, chunk_overlap=chunk_overlap),
         )
         uvicorn.run(create_app(registry, options), host=host, port=port, log_level="info")
 

@@ -19,6 +19,7 @@ from .batching import CPU_BATCH, GPU_BATCH  # noqa: E402
 from .errors import InputError, NotReady  # noqa: E402
 from .forward import BatchForward  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
+from .long_inputs import Windows, combine  # noqa: E402
 from .models.loading import LoadedModel, load_model  # noqa: E402
 from .options import EngineOptions  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402
@@ -70,12 +71,15 @@ class EmbeddingEngine:
         prompt: str | None = None,
         truncate: bool = True,
         lanes: int | None = None,
+        long_input: str | None = None,
+        chunk_overlap: int = 0,
         options: EngineOptions | None = None,
     ):
         """The settings as keywords, or `options` (an `EngineOptions`, as the CLI, server and pipeline pass)."""
         self.options = options or EngineOptions(
             model=model, max_length=max_length, batch_tokens=batch_tokens, max_batch_rows=max_batch_rows,
-            dtype=dtype, normalize=normalize, pooling=pooling, prompt=prompt, truncate=truncate, lanes=lanes)
+            dtype=dtype, normalize=normalize, pooling=pooling, prompt=prompt, truncate=truncate, lanes=lanes,
+            long_input=long_input, chunk_overlap=chunk_overlap)
         self.model_name = self.options.model
         self.lanes = self.options.lanes or default_lanes()
         shape = GPU_BATCH if mx.default_device() == mx.gpu else CPU_BATCH
@@ -83,6 +87,7 @@ class EmbeddingEngine:
             shape, tokens=self.options.batch_tokens or shape.tokens, rows=self.options.max_batch_rows or shape.rows
         )
         self._model: LoadedModel | None = None
+        self._windows: Windows | None = None  # long inputs chunked: how they are cut
         self._scheduler = Scheduler(self.lanes, self.batch_shape, thread_exit=mx.clear_streams)
         self._lock = threading.Lock()
         self._unloaded = False  # by unload(): new work is refused until load() is called again
@@ -107,6 +112,8 @@ class EmbeddingEngine:
         """In the planner thread: the model, loaded, and on a CPU its kernels built and BLAS threads set."""
         model = load_model(dataclasses.replace(self.options, batch_tokens=self.batch_shape.tokens))
         forward = BatchForward(model)
+        if self.options.long_input_mode == "chunk":
+            self._windows = Windows(*model.tokenizer.special_tokens(), model.max_length, self.options.chunk_overlap)
         if mx.default_device() == mx.cpu:
             set_threads(max(1, _cores() // self.lanes))
             forward.build_kernels()
@@ -246,12 +253,24 @@ class EmbeddingEngine:
             future.set_result(np.zeros((0, dimensions or model.dim), np.float32))
             return future
         unit = self.normalizes if normalize is None else normalize
+        pieces = [self._windows.split(row) for row in rows] if self._windows else [[row] for row in rows]
+        windows = [w for piece in pieces for w in piece]
+        skips = [skip if k == 0 else 0 for piece in pieces for k in range(len(piece))]  # a prompt leads window 1
 
         def finish(out: np.ndarray) -> np.ndarray:
+            if len(windows) != len(rows):
+                out = combine(out, [len(piece) for piece in pieces], [len(w) for w in windows])
             out = truncate_dims(out, dimensions)
             return l2_normalize(out) if unit else np.ascontiguousarray(out)
 
-        return self._scheduler.submit(rows, skip, finish)
+        return self._scheduler.submit(windows, skips, finish)
+
+    def embedded_tokens(self, ids: Sequence[Sequence[int]]) -> list[int]:
+        """Tokens each row puts through the model: its length, or its windows' when long inputs are chunked."""
+        self.load()  # the windows are known once the model is
+        if self._windows is None:
+            return [len(row) for row in ids]
+        return [sum(map(len, self._windows.split(row))) for row in ids]
 
     def check_dimensions(self, dimensions: int | None) -> int | None:
         """The one check of `dimensions` (leading components kept, then re-normalized), wherever it comes from:
@@ -269,7 +288,7 @@ class EmbeddingEngine:
         for i, row in enumerate(rows):
             if not row:
                 raise InputError(f"input {i} has no tokens")
-            if len(row) > model.max_length:
+            if len(row) > model.max_length and self._windows is None:
                 raise InputError(f"input {i} has {len(row)} tokens, more than the model's maximum of {model.max_length}")
             if min(row) < 0 or max(row) >= vocab:
                 raise InputError(f"input {i} has a token id outside the vocabulary [0, {vocab})")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .errors import InputError
 from .hub import DEFAULT_MODEL
+from .long_inputs import LONG_INPUT_MODES
 
 MODEL_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -23,8 +24,10 @@ class EngineOptions:
     normalize: bool | None = None
     pooling: str | None = None  # sentence-transformers' mode names, or candle-vllm's `last`; `+` joins several
     prompt: str | None = None  # prepended to every text unless a request names another
-    truncate: bool = True  # False: an input over max_length is an error, not cut
+    truncate: bool = True  # False: an input over max_length is an error, not cut (`long_input` "error")
     lanes: int | None = None  # batches in flight at once
+    long_input: str | None = None  # "truncate", "error" or "chunk"; None: as `truncate` says
+    chunk_overlap: int = 0  # "chunk": tokens consecutive windows share
 
     def __post_init__(self) -> None:
         for name in ("max_length", "batch_tokens", "max_batch_rows", "lanes"):
@@ -35,3 +38,13 @@ class EngineOptions:
             raise InputError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.dtype!r}", "dtype")
         if not self.model:
             raise InputError("no model given", "model")
+        if self.long_input is not None and self.long_input not in LONG_INPUT_MODES:
+            raise InputError(f"long_input must be one of {', '.join(LONG_INPUT_MODES)}, got {self.long_input!r}",
+                             "long_input")
+        if not isinstance(self.chunk_overlap, int) or self.chunk_overlap < 0:
+            raise InputError(f"chunk_overlap must be a whole number of at least 0, got {self.chunk_overlap!r}",
+                             "chunk_overlap")
+
+    @property
+    def long_input_mode(self) -> str:
+        return self.long_input or ("truncate" if self.truncate else "error")

@@ -37,7 +37,7 @@ class Job:
     """One submit: its rows are batched with other jobs' rows, its result assembled in input order."""
 
     ids: list[list[int]]
-    skip: int  # leading tokens left out of pooling (a prompt, when the model pools without it)
+    skips: list[int]  # per row: leading tokens left out of pooling (a prompt, when the model pools without it)
     finish: Callable[[np.ndarray], np.ndarray]  # the assembled (rows, dim) vectors to the caller's result
     future: Future = field(default_factory=Future)
     out: np.ndarray | None = None
@@ -89,8 +89,8 @@ class Scheduler:
             self._queue.put(_STOP)
             thread.join()
 
-    def submit(self, ids: list[list[int]], skip: int, finish: Callable[[np.ndarray], np.ndarray]) -> Future:
-        job = Job(ids, skip, finish)
+    def submit(self, ids: list[list[int]], skips: list[int], finish: Callable[[np.ndarray], np.ndarray]) -> Future:
+        job = Job(ids, skips, finish)
         with self._lock:
             if self._thread is None:
                 raise NotReady("the engine is not running; call load()")
@@ -190,7 +190,7 @@ class Scheduler:
                 self._started()
                 try:
                     launched = (batch, self._runner.launch([job.ids[r] for job, r in batch],
-                                                           [job.skip for job, _ in batch]))
+                                                           [job.skips[r] for job, r in batch]))
                 except BaseException as e:  # fail only the jobs in this batch; the lane lives on
                     self._done(batch, e)
                     launched = None

@@ -16,7 +16,7 @@ class TextTokenizer:
     vocab_size: int
     max_length: int
     do_lower_case: bool = False
-    truncate: bool = True
+    long_input: str = "truncate"  # `long_inputs.LONG_INPUT_MODES`: cut at max_length, refuse, or keep whole
 
     def encode(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
         texts = [(prompt or "") + t for t in texts]
@@ -28,7 +28,7 @@ class TextTokenizer:
         if self.do_lower_case:
             texts = [t.lower() for t in texts]
         ids = self.encode_batch(texts)
-        if not self.truncate:
+        if self.long_input == "error":
             for i, row in enumerate(ids):
                 if len(row) > self.max_length:
                     raise InputTooLong(
@@ -36,9 +36,16 @@ class TextTokenizer:
                     )
         return ids
 
+    def special_tokens(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The special tokens encode() puts before and after every text ([CLS] and [SEP], <s> and </s>...)."""
+        bare, one = self.encode_batch(["", "a"])
+        common = next((i for i, (x, y) in enumerate(zip(bare, one)) if x != y), min(len(bare), len(one)))
+        return tuple(bare[:common]), tuple(bare[common:])
 
-def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, truncate: bool) -> TextTokenizer:
+
+def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_input: str) -> TextTokenizer:
     """The Rust tokenizer from tokenizer.json; transformers only for models that ship none."""
+    truncate = long_input == "truncate"
     path = model_dir / "tokenizer.json"
     if path.exists():
         from tokenizers import Tokenizer
@@ -56,7 +63,7 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, trunca
         def encode_batch(texts: list[str]) -> list[list[int]]:
             return [e.ids for e in tok.encode_batch(texts, add_special_tokens=True)]
 
-        return TextTokenizer(encode_batch, pad, tok.get_vocab_size(), max_length, do_lower_case, truncate)
+        return TextTokenizer(encode_batch, pad, tok.get_vocab_size(), max_length, do_lower_case, long_input)
 
     try:
         from transformers import AutoTokenizer
@@ -69,4 +76,4 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, trunca
         return hf(texts, truncation=truncate, max_length=max_length if truncate else None)["input_ids"]
 
     pad = hf.pad_token_id if hf.pad_token_id is not None else 0
-    return TextTokenizer(hf_encode_batch, pad, len(hf), max_length, do_lower_case, truncate)
+    return TextTokenizer(hf_encode_batch, pad, len(hf), max_length, do_lower_case, long_input)

@@ -53,7 +53,7 @@ def test_concurrent_jobs_each_get_their_own_rows_in_order():
     futures: list[Future] = [None] * len(jobs)
 
     def submit(k):
-        futures[k] = scheduler.submit(jobs[k], k % 3, lambda out: out)
+        futures[k] = scheduler.submit(jobs[k], [k % 3] * len(jobs[k]), lambda out: out)
 
     threads = [threading.Thread(target=submit, args=(k,)) for k in range(len(jobs))]
     for t in threads:
@@ -71,20 +71,20 @@ def test_concurrent_jobs_each_get_their_own_rows_in_order():
 @pytest.mark.parametrize("fail_in", ["launch", "collect"])
 def test_a_failing_batch_fails_only_its_jobs(fail_in):
     scheduler = started(SumRunner(poison=-1, fail_in=fail_in), lanes=1)
-    bad = scheduler.submit([[5, -1, 5]], 0, lambda out: out)
+    bad = scheduler.submit([[5, -1, 5]], [0], lambda out: out)
     with pytest.raises(RuntimeError, match="poisoned"):
         bad.result(timeout=60)
-    good = scheduler.submit([[1, 2], [3]], 0, lambda out: out)
+    good = scheduler.submit([[1, 2], [3]], [0, 0], lambda out: out)
     np.testing.assert_array_equal(good.result(timeout=60), want([[1, 2], [3]]))
     scheduler.stop()
 
 
 def test_a_failing_finish_fails_its_job_not_the_lane():
     scheduler = started(SumRunner())
-    broken = scheduler.submit([[1]], 0, lambda out: 1 / 0)
+    broken = scheduler.submit([[1]], [0], lambda out: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         broken.result(timeout=60)
-    np.testing.assert_array_equal(scheduler.submit([[4]], 0, lambda out: out).result(timeout=60), want([[4]]))
+    np.testing.assert_array_equal(scheduler.submit([[4]], [0], lambda out: out).result(timeout=60), want([[4]]))
     scheduler.stop()
 
 
@@ -94,17 +94,17 @@ def test_an_open_failure_is_raised_by_start_and_start_can_retry():
         scheduler.start(lambda: (_ for _ in ()).throw(OSError("no weights")))
     scheduler.stop()
     scheduler.start(lambda: SumRunner())
-    np.testing.assert_array_equal(scheduler.submit([[7]], 0, lambda out: out).result(timeout=60), want([[7]]))
+    np.testing.assert_array_equal(scheduler.submit([[7]], [0], lambda out: out).result(timeout=60), want([[7]]))
     scheduler.stop()
 
 
 def test_after_stop_new_work_is_refused_and_nothing_waits_forever():
     scheduler = started(SumRunner())
-    done = scheduler.submit([[1, 2, 3]], 0, lambda out: out)
+    done = scheduler.submit([[1, 2, 3]], [0], lambda out: out)
     scheduler.stop()
     np.testing.assert_array_equal(done.result(timeout=60), want([[1, 2, 3]]))  # queued before stop: it ran
     with pytest.raises(NotReady, match="call load"):
-        scheduler.submit([[1]], 0, lambda out: out)
+        scheduler.submit([[1]], [0], lambda out: out)
 
 
 def test_a_cancelled_job_is_dropped_before_it_runs():
@@ -119,13 +119,13 @@ def test_a_cancelled_job_is_dropped_before_it_runs():
             return super().launch(rows, skips)
 
     scheduler = started(Gated(), lanes=1)
-    held = scheduler.submit([[1]], 0, lambda out: out)
+    held = scheduler.submit([[1]], [0], lambda out: out)
     assert entered.wait(60)
-    queued = scheduler.submit([[2]], 0, lambda out: out)
+    queued = scheduler.submit([[2]], [0], lambda out: out)
     _wait_for(lambda: scheduler._batches.full())
-    planned = scheduler.submit([[3]], 0, lambda out: out)
+    planned = scheduler.submit([[3]], [0], lambda out: out)
     _wait_for(lambda: scheduler.stats()["queue_depth"] == 0)  # the planner took it and waits for the lanes
-    waiting = scheduler.submit([[4]], 0, lambda out: out)
+    waiting = scheduler.submit([[4]], [0], lambda out: out)
     assert waiting.cancel()
     gate.set()
     for future, row in ((held, [1]), (queued, [2]), (planned, [3])):

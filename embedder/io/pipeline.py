@@ -66,6 +66,8 @@ class EmbedOptions:
     include_text: bool = False
     dtype: str = "float32"  # of the written vectors: a `quantize.PRECISIONS` entry
     calibration: str | None = None  # int8/uint8: float vectors (Parquet `embedding` column or .npy) for the ranges
+    long_input: str = "truncate"  # over the model's maximum: "truncate", "error" or "chunk" (windows, averaged)
+    chunk_overlap: int = 0
     on_empty: str = "error"
     resume: bool = False
     overwrite: bool = False
@@ -75,7 +77,8 @@ class EmbedOptions:
     def engine_options(self) -> EngineOptions:
         """The engine settings this job gives (validated there); the rest stay the engine's defaults."""
         return EngineOptions(model=self.model or DEFAULT_MODEL, max_length=self.max_length,
-                             batch_tokens=self.batch_tokens, pooling=self.pooling, lanes=self.lanes)
+                             batch_tokens=self.batch_tokens, pooling=self.pooling, lanes=self.lanes,
+                             long_input=self.long_input, chunk_overlap=self.chunk_overlap)
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,7 @@ def _tokenized(batch: list[Record], engine: EmbeddingEngine, options: EmbedOptio
     texts = [kept[i].text for i in embedded]
     ids = engine.tokenize(texts, prompt=options.prompt, prompt_name=options.prompt_name) if embedded else []
     tokens = np.zeros(len(kept), np.int32)
-    tokens[embedded] = [len(row) for row in ids]
+    tokens[embedded] = engine.embedded_tokens(ids)
     return _Window(kept, embedded, tokens, batch[-1].index + 1, len(batch) - len(kept)), ids
 
 

@@ -229,7 +229,7 @@ def load_model(options: EngineOptions) -> LoadedModel:
         raise ModelError(f"max_length {length} is more than the model's position limit of {limit}")
     if batch_tokens is not None and length > batch_tokens:
         raise ModelError(f"max_length {length} is more than the batch token budget {batch_tokens}; raise batch_tokens")
-    tokenizer = load_tokenizer(path, length, spec.do_lower_case, options.truncate)
+    tokenizer = load_tokenizer(path, length, spec.do_lower_case, options.long_input_mode)
     dense = [load_dense(d) for d in spec.dense]
     dim = dense[-1].weight.shape[0] if dense else config["hidden_size"] * len(spec.pooling)
     return LoadedModel(

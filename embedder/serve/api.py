@@ -109,14 +109,16 @@ def parse_input(value: str | list[Any], max_inputs: int) -> Inputs:
     return inputs
 
 
-def check_token_ids(token_ids: list[list[int]], vocab_size: int, max_length: int, truncate: bool) -> list[list[int]]:
-    """Ids outside the vocabulary would index past the embedding table; long rows are cut as texts are."""
+def check_token_ids(token_ids: list[list[int]], vocab_size: int, max_length: int,
+                    long_input: str) -> list[list[int]]:
+    """Ids outside the vocabulary would index past the embedding table; long rows are cut, refused or kept whole
+    (for the engine to chunk) as texts are."""
     for i, ids in enumerate(token_ids):
         if min(ids) < 0 or max(ids) >= vocab_size:
             raise InputError(f"input {i} has a token id outside this model's vocabulary [0, {vocab_size})", "input")
-        if len(ids) > max_length and not truncate:
+        if len(ids) > max_length and long_input == "error":
             raise InputTooLong(f"input {i} has {len(ids)} tokens, more than the model's maximum of {max_length}")
-    return [ids[:max_length] for ids in token_ids]
+    return token_ids if long_input == "chunk" else [ids[:max_length] for ids in token_ids]
 
 
 def encode_vectors(vectors: np.ndarray, encoding_format: str | None) -> list[list[float]] | list[str]:

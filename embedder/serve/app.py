@@ -99,13 +99,13 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         with admission.admit(len(inputs)):
             engine = await run_in_threadpool(registry.loaded_engine, served)
             dimensions = engine.check_dimensions(body.dimensions)
-            token_ids = await run_in_threadpool(_token_ids, engine, inputs, registry.truncate, body)
+            token_ids = await run_in_threadpool(_token_ids, engine, inputs, body)
             skip = engine.prompt_skip(body.prompt, body.prompt_name) if inputs.texts else 0
             future = engine.submit(token_ids, dimensions=dimensions, skip=skip)
             vectors = await _result(future, request)
         if vectors is None:
             return Response(status_code=CLIENT_CLOSED)
-        tokens = sum(map(len, token_ids))
+        tokens = sum(engine.embedded_tokens(token_ids))
         metrics.observe_embedding(len(token_ids), tokens)
         vectors = quantize(vectors, body.precision or "float32")
         data = [Embedding(index=i, embedding=e) for i, e in enumerate(encode_vectors(vectors, body.encoding_format))]
@@ -136,11 +136,11 @@ async def _handle(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
-def _token_ids(engine: EmbeddingEngine, inputs: Inputs, truncate: bool, body: EmbeddingRequest) -> list[list[int]]:
+def _token_ids(engine: EmbeddingEngine, inputs: Inputs, body: EmbeddingRequest) -> list[list[int]]:
     """Texts are tokenized (with special tokens and any prompt); token ids are checked against the vocabulary and cut."""
     if inputs.texts is not None:
         return engine.tokenize(inputs.texts, prompt=body.prompt, prompt_name=body.prompt_name)
-    return check_token_ids(inputs.token_ids, engine.vocab_size, engine.max_length, truncate)
+    return check_token_ids(inputs.token_ids, engine.vocab_size, engine.max_length, engine.options.long_input_mode)
 
 
 async def _result(future: Future, request: Request) -> np.ndarray | None:

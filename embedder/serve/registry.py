@@ -50,7 +50,6 @@ class ModelRegistry:
     models: list[ServedModel]
     pinned: bool = False  # `--embedding-model`: another model is a 400, not a 404
     preload: bool = False
-    truncate: bool = True
     created: int = field(default_factory=lambda: int(time.time()))
     ready: bool = False
     failure: Exception | None = None
@@ -139,8 +138,7 @@ def build_registry(
         resolve_model_path(model)
     served = [ServedModel(model, EmbeddingEngine(options=dataclasses.replace(options, model=model)),
                           tuple(dict.fromkeys(served_as))) for model, served_as in names.items()]
-    return ModelRegistry(served, pinned=pinned is not None, preload=preload or pinned is not None,
-                         truncate=options.truncate)
+    return ModelRegistry(served, pinned=pinned is not None, preload=preload or pinned is not None)
 
 
 def _named(entry: str) -> tuple[str | None, str]:
