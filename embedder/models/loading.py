@@ -25,6 +25,7 @@ ARCHITECTURES = {
     "roberta": ("embedder.models", "bert"),
     "xlm-roberta": ("embedder.models", "bert"),
     "camembert": ("embedder.models", "bert"),
+    "distilbert": ("embedder.models", "distilbert"),
     "modernbert": ("embedder.models", "modernbert"),
     "gemma3_text": ("embedder.models", "gemma3_text"),
     **{t: _CAUSAL_LM for t in ("llama", "mistral", "phi3", "gemma", "gemma2", "qwen2", "qwen3", "qwen3_moe", "glm4")},
@@ -231,7 +232,8 @@ def load_model(options: EngineOptions) -> LoadedModel:
         raise ModelError(f"max_length {length} is more than the batch token budget {batch_tokens}; raise batch_tokens")
     tokenizer = load_tokenizer(path, length, spec.do_lower_case, options.long_input_mode)
     dense = [load_dense(d) for d in spec.dense]
-    dim = dense[-1].weight.shape[0] if dense else config["hidden_size"] * len(spec.pooling)
+    hidden = config.get("hidden_size") or config["dim"]  # DistilBERT's config calls it dim
+    dim = dense[-1].weight.shape[0] if dense else hidden * len(spec.pooling)
     return LoadedModel(
         model_id=canonical_id(model),
         path=path,
