@@ -22,7 +22,7 @@ TEXTS = [
 @pytest.mark.parametrize(
     "kind, pooling, normalize, dense",
     [("bert", "cls", False, None), ("xlm-roberta", "mean", True, None), ("bert", "max", True, 32),
-     ("distilbert", "mean", True, None)],
+     ("distilbert", "mean", True, None), ("mpnet", "mean", True, None)],
 )
 def test_tiny_encoder_matches_pytorch(tmp_path, minilm_path, kind, pooling, normalize, dense):
     hf = tiny_encoder(kind, minilm_path, tmp_path)

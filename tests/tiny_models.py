@@ -45,10 +45,11 @@ def save_sentence_transformer(hf_dir: Path, out: Path, pooling: str, normalize: 
 
 
 def tiny_encoder(kind: str, tokenizer_src: Path, work: Path, **config_overrides) -> Path:
-    """A 2-layer BERT, DistilBERT or XLM-RoBERTa with random weights and the given tokenizer, saved to `work/kind`."""
+    """A 2-layer BERT, DistilBERT, MPNet or XLM-RoBERTa with random weights and the given tokenizer, saved to `work/kind`."""
     require_oracle()
     import torch
-    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel, XLMRobertaConfig, XLMRobertaModel
+    from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertModel, MPNetConfig, MPNetModel,
+                              XLMRobertaConfig, XLMRobertaModel)
 
     torch.manual_seed(0)
     common = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -58,6 +59,9 @@ def tiny_encoder(kind: str, tokenizer_src: Path, work: Path, **config_overrides)
     elif kind == "distilbert":
         model = DistilBertModel(DistilBertConfig(vocab_size=30522, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
                                                  max_position_embeddings=128, **config_overrides))
+    elif kind == "mpnet":
+        model = MPNetModel(MPNetConfig(max_position_embeddings=130, pad_token_id=1, layer_norm_eps=1e-5, **common),
+                           add_pooling_layer=False)
     elif kind == "xlm-roberta":
         model = XLMRobertaModel(XLMRobertaConfig(max_position_embeddings=130, pad_token_id=1, type_vocab_size=1,
                                                  layer_norm_eps=1e-5, **common), add_pooling_layer=False)

@@ -26,6 +26,7 @@ ARCHITECTURES = {
     "xlm-roberta": ("embedder.models", "bert"),
     "camembert": ("embedder.models", "bert"),
     "distilbert": ("embedder.models", "distilbert"),
+    "mpnet": ("embedder.models", "mpnet"),
     "modernbert": ("embedder.models", "modernbert"),
     "gemma3_text": ("embedder.models", "gemma3_text"),
     **{t: _CAUSAL_LM for t in ("llama", "mistral", "phi3", "gemma", "gemma2", "qwen2", "qwen3", "qwen3_moe", "glm4")},
@@ -111,7 +112,7 @@ def get_architecture(config: dict):
 def position_limit(config: dict) -> int | None:
     """The longest input the position table allows (RoBERTa's table includes a padding offset)."""
     limit = config.get("max_position_embeddings")
-    if limit is not None and config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+    if limit is not None and config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "mpnet"):
         limit -= config.get("pad_token_id", 1) + 1
     return limit
 

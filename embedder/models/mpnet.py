@@ -1,0 +1,133 @@
+"""MPNet (sentence-transformers/all-mpnet-base-v2, multi-qa-mpnet-*): BERT-style post-LN layers, RoBERTa-style
+positions, and a relative position bias shared by every layer, added to the attention scores."""
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..native import fastmath
+from .base import BaseModelArgs
+from .bert import DenseNorm, Intermediate
+
+# transformers computes the buckets with 32 whatever the config says (MPNetEncoder.compute_position_bias).
+BUCKETS, MAX_DISTANCE = 32, 128
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    model_type: str
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    vocab_size: int
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "gelu"
+    pad_token_id: int = 1
+    relative_attention_num_buckets: int = 32
+
+
+def relative_position_buckets(length: int) -> np.ndarray:
+    """(length, length) bucket of each (query, key) offset, in float32 as PyTorch computes it."""
+    positions = np.arange(length)
+    n = -(positions[None, :] - positions[:, None])
+    half = BUCKETS // 2
+    buckets = (n < 0).astype(np.int64) * half
+    n = np.abs(n)
+    exact = half // 2
+    with np.errstate(divide="ignore"):
+        scaled = (np.log(n.astype(np.float32) / np.float32(exact)) / np.float32(math.log(MAX_DISTANCE / exact))
+                  * np.float32(half - exact))
+    large = np.minimum(exact + scaled.astype(np.int64, copy=False), half - 1)
+    return buckets + np.where(n < exact, n, large)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.position_embeddings = nn.Embedding(args.max_position_embeddings, args.hidden_size)
+        self.LayerNorm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.pad_token_id = args.pad_token_id
+
+    def __call__(self, input_ids: mx.array) -> mx.array:
+        not_pad = (input_ids != self.pad_token_id).astype(mx.int32)  # numbered from pad_token_id + 1, as RoBERTa
+        positions = mx.cumsum(not_pad, axis=1) * not_pad + self.pad_token_id
+        return self.LayerNorm(self.word_embeddings(input_ids) + self.position_embeddings(positions))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads = args.num_attention_heads
+        self.head_dim = args.hidden_size // args.num_attention_heads
+        self.q, self.k, self.v, self.o = (fastmath.Linear(args.hidden_size, args.hidden_size) for _ in range(4))
+
+    def __call__(self, x: mx.array, scores_bias: mx.array) -> mx.array:
+        """The heads' context (B, L, H * D), before `o`; `scores_bias` holds the position bias and the padding."""
+        B, L, _ = x.shape
+        q, k, v = (p(x).reshape(B, L, self.n_heads, self.head_dim).swapaxes(1, 2) for p in (self.q, self.k, self.v))
+        context = mx.fast.scaled_dot_product_attention(q, k, v, scale=1 / math.sqrt(self.head_dim), mask=scores_bias)
+        return context.swapaxes(1, 2).reshape(B, L, -1)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attn = SelfAttention(args)
+        self.LayerNorm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+
+    def __call__(self, x: mx.array, scores_bias: mx.array) -> mx.array:
+        return fastmath.linear_add_norm(self.attn.o, self.attn(x, scores_bias), x, self.LayerNorm)
+
+
+class Layer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention = Attention(args)
+        self.intermediate = Intermediate(args)
+        self.output = DenseNorm(args.intermediate_size, args.hidden_size, args.layer_norm_eps)
+
+    def __call__(self, x: mx.array, scores_bias: mx.array) -> mx.array:
+        h = self.attention(x, scores_bias)
+        return self.output(self.intermediate(h), h)
+
+
+class Encoder(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.layer = [Layer(args) for _ in range(args.num_hidden_layers)]
+        self.relative_attention_bias = nn.Embedding(args.relative_attention_num_buckets, args.num_attention_heads)
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embeddings = Embeddings(args)
+        self.encoder = Encoder(args)
+
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array) -> mx.array:
+        """The last hidden state; `attention_mask` is (B, L), nonzero on real tokens."""
+        x = self.embeddings(input_ids)
+        buckets = mx.array(relative_position_buckets(input_ids.shape[1]))
+        position_bias = self.encoder.relative_attention_bias(buckets).transpose(2, 0, 1)[None].astype(x.dtype)
+        keys = (attention_mask != 0)[:, None, None, :]
+        scores_bias = mx.where(keys, position_bias, mx.array(-math.inf, x.dtype))
+        for layer in self.encoder.layer:
+            x = layer(x, scores_bias)
+        return x
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Drop heads and buffers, strip a task-model prefix."""
+        out = {}
+        for key, value in weights.items():
+            key = key.removeprefix("mpnet.")
+            if key.startswith(("pooler.", "lm_head.", "classifier.")) or key.endswith("position_ids"):
+                continue
+            out[key] = value
+        return out
