@@ -19,10 +19,11 @@ def models(
     with reported_errors():
         if model is None:
             from embedder.models.gguf import ARCHITECTURES as GGUF
-            from embedder.models.loading import supported_architectures
+            from embedder.models.loading import own_encoders, supported_architectures
 
             info = {
                 "architectures": supported_architectures(),
+                "own_encoders": own_encoders(),
                 "causal_lm": "any other model_type that the installed mlx-lm implements (pooling mean, last or cls)",
                 "gguf": sorted(GGUF),
             }
@@ -35,8 +36,51 @@ def models(
     if as_json:
         typer.echo(json.dumps(info, ensure_ascii=False))
         return
+    from rich.console import Console
+
+    Console().print(_supported_table(info) if model is None else _model_table(info))
+
+
+# Well-known checkpoints of each architecture, for the listing.
+EXAMPLES = {
+    "bert": "all-MiniLM-L6-v2, bge-*-en-v1.5, e5-*-v2, gte-small/base/large",
+    "distilbert": "msmarco-distilbert-*, multi-qa-distilbert-*",
+    "mpnet": "all-mpnet-base-v2, multi-qa-mpnet-base-*",
+    "roberta": "all-roberta-large-v1",
+    "xlm-roberta": "multilingual-e5-*, bge-m3, paraphrase-multilingual-*",
+    "camembert": "sentence-camembert-*",
+    "modernbert": "modernbert-embed-base, gte-modernbert-base",
+    "gemma3_text": "embeddinggemma-300m",
+    "qwen3": "Qwen3-Embedding-0.6B/4B/8B",
+    "qwen2": "gte-Qwen2-*-instruct",
+    "mistral": "e5-mistral-7b-instruct, SFR-Embedding-Mistral",
+    "llama": "LLM2Vec and other Llama embedders",
+}
+
+
+def _supported_table(info: dict):
+    from rich.table import Table
+
+    table = Table(title="Architectures embed runs", title_justify="left")
+    for column in ("architecture", "runs on", "GGUF", "for example"):
+        table.add_column(column)
+    for arch in info["architectures"]:
+        runs_on = "embed's MLX encoder" if arch in info["own_encoders"] else "mlx-lm (the llm extra), pooled"
+        table.add_row(arch, runs_on, "yes" if arch.replace("_", "") in info["gguf"] else "",
+                      EXAMPLES.get(arch, ""))
+    table.caption = f"and {info['causal_lm']}"
+    return table
+
+
+def _model_table(info: dict):
+    from rich.table import Table
+
+    table = Table(title=f"What embed will do with {info['model']}", title_justify="left", show_header=False)
+    table.add_column("setting", style="bold")
+    table.add_column("value", overflow="fold")
     for key, value in info.items():
-        typer.echo(f"{key}: {value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}")
+        table.add_row(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+    return table
 
 
 # The one-command app `cli.main` dispatches `embed models ...` to.

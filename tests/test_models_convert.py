@@ -67,11 +67,20 @@ def test_models_lists_and_describes(minilm_path):
     assert listed.exit_code == 0
     supported = json.loads(listed.stdout)
     assert {"bert", "modernbert", "gemma3_text", "qwen3", "llama"} <= set(supported["architectures"])
-    described = CliRunner().invoke(models_app, [str(minilm_path)])
+    assert {"bert", "mpnet", "distilbert"} <= set(supported["own_encoders"])
+    assert "qwen3" not in supported["own_encoders"]
+    table = CliRunner().invoke(models_app, [], env={"COLUMNS": "160"})
+    rows = {cells[0]: cells[1:] for line in table.stdout.splitlines()
+            if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) == 4}
+    assert rows["mpnet"][0] == "embed's MLX encoder" and rows["qwen3"][:2] == ["mlx-lm (the llm extra), pooled", "yes"]
+    described = CliRunner().invoke(models_app, [str(minilm_path)], env={"COLUMNS": "160"})
     assert described.exit_code == 0
-    lines = dict(line.split(": ", 1) for line in described.stdout.splitlines())
+    lines = {cells[0]: cells[1] for line in described.stdout.splitlines()
+             if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) == 2}
     assert (lines["architecture"], lines["dim"], lines["max_length"], lines["pooling"], lines["normalize"]) == (
         "bert", "384", "256", "mean", "true")
+    described_json = json.loads(CliRunner().invoke(models_app, [str(minilm_path), "--json"]).stdout)
+    assert described_json["dim"] == 384
 
 
 def test_unsupported_architecture_is_a_clear_error(tmp_path):

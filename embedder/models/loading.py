@@ -86,6 +86,11 @@ def supported_architectures() -> list[str]:
     return sorted(ARCHITECTURES)
 
 
+def own_encoders() -> list[str]:
+    """The architectures with a model file of embed's own (the rest run on mlx-lm's code)."""
+    return sorted(arch for arch, module in ARCHITECTURES.items() if module != _CAUSAL_LM)
+
+
 def architecture_module(model_type: str) -> tuple[str, str] | None:
     """Our table first, then any causal LM that the installed mlx-lm implements."""
     if model_type in ARCHITECTURES:
