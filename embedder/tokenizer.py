@@ -67,7 +67,10 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
 
     try:
         from transformers import AutoTokenizer
-
+    except ImportError as e:
+        raise ModelError(f"{model_dir} has no tokenizer.json; its tokenizer files need transformers to read "
+                         "(pip install transformers)") from e
+    try:
         hf = AutoTokenizer.from_pretrained(str(model_dir))
     except Exception as e:  # transformers raises many types for a missing or broken tokenizer
         raise ModelError(f"cannot load a tokenizer from {model_dir}: {e}") from e

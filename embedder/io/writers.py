@@ -215,7 +215,7 @@ def arrow_table(chunk: Chunk, spec: OutputSpec):
 
 
 # Arrow arrays straight from buffers: `pa.array` first checks whether its input is a pandas object, which
-# imports pandas (installed beside mlx-embeddings): ~0.2 s of every run, a third of a small job's start.
+# imports pandas where it is installed: ~0.2 s of every run, a third of a small job's start.
 def _numbers(values: np.ndarray):
     import pyarrow as pa
 

@@ -1,1 +1,1 @@
-"""Encoder architectures embed runs itself (the rest come from mlx-embeddings and mlx-lm)."""
+"""The model files embed runs itself (encoders, EmbeddingGemma), and the loader; decoder LLMs come from mlx-lm."""
