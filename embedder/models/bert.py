@@ -103,13 +103,16 @@ class Intermediate(nn.Module):
 
 
 class Layer(nn.Module):
-    def __init__(self, args: ModelArgs):
+    """Attention, then the feed-forward block, each post-LN; `attention` is the family's (MPNet passes its own)."""
+
+    def __init__(self, args: ModelArgs, attention: type[nn.Module] = Attention):
         super().__init__()
-        self.attention = Attention(args)
+        self.attention = attention(args)
         self.intermediate = Intermediate(args)
         self.output = DenseNorm(args.intermediate_size, args.hidden_size, args.layer_norm_eps)
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+        """`mask` is whatever the attention takes: BERT's key mask, MPNet's scores bias."""
         h = self.attention(x, mask)
         return self.output(self.intermediate(h), h)
 

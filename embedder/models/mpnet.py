@@ -10,7 +10,7 @@ import numpy as np
 
 from ..native import fastmath
 from .base import BaseModelArgs
-from .bert import DenseNorm, Intermediate
+from .bert import Layer
 
 # transformers computes the buckets with 32 whatever the config says (MPNetEncoder.compute_position_bias).
 BUCKETS, MAX_DISTANCE = 32, 128
@@ -85,22 +85,10 @@ class Attention(nn.Module):
         return fastmath.linear_add_norm(self.attn.o, self.attn(x, scores_bias), x, self.LayerNorm)
 
 
-class Layer(nn.Module):
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.attention = Attention(args)
-        self.intermediate = Intermediate(args)
-        self.output = DenseNorm(args.intermediate_size, args.hidden_size, args.layer_norm_eps)
-
-    def __call__(self, x: mx.array, scores_bias: mx.array) -> mx.array:
-        h = self.attention(x, scores_bias)
-        return self.output(self.intermediate(h), h)
-
-
 class Encoder(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.layer = [Layer(args) for _ in range(args.num_hidden_layers)]
+        self.layer = [Layer(args, Attention) for _ in range(args.num_hidden_layers)]
         self.relative_attention_bias = nn.Embedding(args.relative_attention_num_buckets, args.num_attention_heads)
 
 
