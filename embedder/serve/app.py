@@ -39,6 +39,8 @@ from .registry import DEFAULT_NAME, ModelRegistry
 CLIENT_CLOSED = 499  # nginx's status for "the client hung up first": seen only in /metrics
 
 
+INLINE_TOKENIZE_CHARS = 4096  # tokenized on the event loop (tens of microseconds); longer inputs in a thread
+
 @dataclass(frozen=True)
 class ServerOptions:
     """Access and limits of one server; 2048 inputs per request is OpenAI's own limit."""
@@ -97,9 +99,13 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             raise InputError(f"precision {body.precision} takes each dimension's range from the request's own "
                              "vectors, so it needs at least two inputs", "precision")
         with admission.admit(len(inputs)):
-            engine = await run_in_threadpool(registry.loaded_engine, served)
+            # A thread hop costs more than a loaded engine's lookup or a short text's tokens: only long work hops.
+            engine = served.engine if served.engine.loaded else await run_in_threadpool(registry.loaded_engine, served)
             dimensions = engine.check_dimensions(body.dimensions)
-            token_ids = await run_in_threadpool(_token_ids, engine, inputs, body)
+            if _characters(inputs) <= INLINE_TOKENIZE_CHARS:
+                token_ids = _token_ids(engine, inputs, body)
+            else:
+                token_ids = await run_in_threadpool(_token_ids, engine, inputs, body)
             skip = engine.prompt_skip(body.prompt, body.prompt_name) if inputs.texts else 0
             future = engine.submit(token_ids, dimensions=dimensions, skip=skip)
             vectors = await _result(future, request)
@@ -136,11 +142,17 @@ async def _handle(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+def _characters(inputs: Inputs) -> int:
+    return sum(map(len, inputs.texts)) if inputs.texts is not None else sum(map(len, inputs.token_ids))
+
+
 def _token_ids(engine: EmbeddingEngine, inputs: Inputs, body: EmbeddingRequest) -> list[list[int]]:
-    """Texts are tokenized (with special tokens and any prompt); token ids are checked against the vocabulary and cut."""
+    """Texts are tokenized (with special tokens and any prompt); token ids are checked against the vocabulary
+    and cut."""
     if inputs.texts is not None:
         return engine.tokenize(inputs.texts, prompt=body.prompt, prompt_name=body.prompt_name)
-    return check_token_ids(inputs.token_ids, engine.vocab_size, engine.max_length, engine.options.long_input_mode)
+    return check_token_ids(inputs.token_ids, engine.vocab_size, engine.max_length,
+                           engine.options.long_input_mode)
 
 
 async def _result(future: Future, request: Request) -> np.ndarray | None:
