@@ -195,12 +195,20 @@ class EmbeddingEngine:
         return None
 
     def tokenize(
-        self, texts: Sequence[str], *, prompt: str | None = None, prompt_name: str | None = None
+        self, texts: Sequence[str], *, prompt: str | None = None, prompt_name: str | None = None,
+        keep_last: int | None = None,
     ) -> list[list[int]]:
-        """Token ids with special tokens, truncated to max_length (InputTooLong when truncation is off)."""
+        """Token ids with special tokens, long ones as `long_input` says (truncated to max_length by default);
+        `keep_last` keeps each text's last N tokens instead, at most max_length (vLLM's truncate_prompt_tokens)."""
         if isinstance(texts, str):
             raise TypeError("tokenize() takes a list of texts, not one string")
-        return self.model.tokenizer.encode(list(texts), self.resolve_prompt(prompt, prompt_name))
+        self.check_keep_last(keep_last)
+        return self.model.tokenizer.encode(list(texts), self.resolve_prompt(prompt, prompt_name), keep_last)
+
+    def check_keep_last(self, keep_last: int | None) -> None:
+        if keep_last is not None and not 1 <= keep_last <= self.max_length:
+            raise InputError(f"truncate_prompt_tokens must be -1 or between 1 and {self.max_length} for this model, "
+                             f"got {keep_last}", "truncate_prompt_tokens")
 
     def tokens_per_text(self, texts: Sequence[str], *, prompt: str | None = None) -> list[int]:
         return [len(ids) for ids in self.tokenize(texts, prompt=prompt)]
@@ -289,7 +297,8 @@ class EmbeddingEngine:
             if not row:
                 raise InputError(f"input {i} has no tokens")
             if len(row) > model.max_length and self._windows is None:
-                raise InputError(f"input {i} has {len(row)} tokens, more than the model's maximum of {model.max_length}")
+                raise InputError(f"input {i} has {len(row)} tokens, more than the model's maximum of "
+                                 f"{model.max_length}")
             if min(row) < 0 or max(row) >= vocab:
                 raise InputError(f"input {i} has a token id outside the vocabulary [0, {vocab})")
         return rows

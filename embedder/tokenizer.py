@@ -12,13 +12,16 @@ _PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>", "<|pad|>")
 @dataclass(frozen=True)
 class TextTokenizer:
     encode_batch: Callable[[list[str]], list[list[int]]]
+    encode_whole: Callable[[list[str]], list[list[int]]]  # never truncated, whatever `long_input` says
     pad_token_id: int
     vocab_size: int
     max_length: int
     do_lower_case: bool = False
     long_input: str = "truncate"  # `long_inputs.LONG_INPUT_MODES`: cut at max_length, refuse, or keep whole
 
-    def encode(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
+    def encode(self, texts: Sequence[str], prompt: str | None = None, keep_last: int | None = None) -> list[list[int]]:
+        """Token ids with special tokens, long ones as `long_input` says; `keep_last` keeps each text's last N
+        tokens of its whole tokenization instead (vLLM's truncate_prompt_tokens)."""
         texts = [(prompt or "") + t for t in texts]
         for i, text in enumerate(texts):
             if not isinstance(text, str):
@@ -27,6 +30,8 @@ class TextTokenizer:
                 raise InputError(f"input {i} holds a lone UTF-16 surrogate at character {at}, which is not text")
         if self.do_lower_case:
             texts = [t.lower() for t in texts]
+        if keep_last is not None:
+            return [row[-keep_last:] for row in self.encode_whole(texts)]
         ids = self.encode_batch(texts)
         if self.long_input == "error":
             for i, row in enumerate(ids):
@@ -60,10 +65,18 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
         if pad is None:
             pad = next((i for t in _PAD_TOKENS if (i := tok.token_to_id(t)) is not None), 0)
 
+        whole = Tokenizer.from_file(str(path))
+        whole.no_padding()
+        whole.no_truncation()
+
         def encode_batch(texts: list[str]) -> list[list[int]]:
             return [e.ids for e in tok.encode_batch(texts, add_special_tokens=True)]
 
-        return TextTokenizer(encode_batch, pad, tok.get_vocab_size(), max_length, do_lower_case, long_input)
+        def encode_whole(texts: list[str]) -> list[list[int]]:
+            return [e.ids for e in whole.encode_batch(texts, add_special_tokens=True)]
+
+        return TextTokenizer(encode_batch, encode_whole, pad, tok.get_vocab_size(), max_length, do_lower_case,
+                             long_input)
 
     try:
         from transformers import AutoTokenizer
@@ -78,5 +91,8 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
     def hf_encode_batch(texts: list[str]) -> list[list[int]]:
         return hf(texts, truncation=truncate, max_length=max_length if truncate else None)["input_ids"]
 
+    def hf_encode_whole(texts: list[str]) -> list[list[int]]:
+        return hf(texts, truncation=False)["input_ids"]
+
     pad = hf.pad_token_id if hf.pad_token_id is not None else 0
-    return TextTokenizer(hf_encode_batch, pad, len(hf), max_length, do_lower_case, long_input)
+    return TextTokenizer(hf_encode_batch, hf_encode_whole, pad, len(hf), max_length, do_lower_case, long_input)

@@ -239,3 +239,19 @@ def test_compact_vectors_as_sentence_transformers_quantizes_them(http: httpx.Cli
 def test_int8_needs_more_than_one_vector_for_its_ranges(http: httpx.Client) -> None:
     reply = http.post("/v1/embeddings", json={"input": "alone", "precision": "int8"})
     assert reply.status_code == 400 and reply.json()["error"]["param"] == "precision"
+
+
+def test_truncate_prompt_tokens_keeps_the_last_tokens_as_vllm(http: httpx.Client, engine: EmbeddingEngine) -> None:
+    """vLLM's field: each input's last N tokens of its whole tokenization; -1 is the model's maximum."""
+    long_text = "the start of a long text " + "middle words " * 200 + "and its very end"
+    whole = engine.model.tokenizer.encode_whole([long_text, TEXTS[0]])
+    for n, cut in ((5, 5), (-1, engine.max_length)):
+        reply = http.post("/v1/embeddings", json={"input": [long_text, TEXTS[0]], "truncate_prompt_tokens": n}).json()
+        kept = [ids[-cut:] for ids in whole]
+        assert reply["usage"]["prompt_tokens"] == sum(map(len, kept))
+        assert_close([d["embedding"] for d in reply["data"]], engine.embed_tokens(kept))
+    by_ids = http.post("/v1/embeddings", json={"input": [whole[1]], "truncate_prompt_tokens": 3}).json()
+    assert_close([by_ids["data"][0]["embedding"]], engine.embed_tokens([whole[1][-3:]]))
+    for bad in (0, -2, engine.max_length + 1):
+        reply = http.post("/v1/embeddings", json={"input": "hi", "truncate_prompt_tokens": bad})
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "truncate_prompt_tokens"

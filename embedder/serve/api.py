@@ -25,6 +25,8 @@ class EmbeddingRequest(BaseModel):
     prompt_name: str | None = None
     # As sentence-transformers' quantize_embeddings: int8/uint8 ranges from this request's own vectors.
     precision: Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"] | None = None
+    # vLLM's: keep each input's last N tokens (-1: the model's maximum), counted on its whole tokenization.
+    truncate_prompt_tokens: int | None = None
 
 
 class Embedding(BaseModel):

@@ -148,9 +148,13 @@ def _characters(inputs: Inputs) -> int:
 
 def _token_ids(engine: EmbeddingEngine, inputs: Inputs, body: EmbeddingRequest) -> list[list[int]]:
     """Texts are tokenized (with special tokens and any prompt); token ids are checked against the vocabulary
-    and cut."""
+    and cut; `truncate_prompt_tokens` keeps the last N of either."""
+    keep_last = engine.max_length if body.truncate_prompt_tokens == -1 else body.truncate_prompt_tokens
     if inputs.texts is not None:
-        return engine.tokenize(inputs.texts, prompt=body.prompt, prompt_name=body.prompt_name)
+        return engine.tokenize(inputs.texts, prompt=body.prompt, prompt_name=body.prompt_name, keep_last=keep_last)
+    if keep_last is not None:
+        engine.check_keep_last(keep_last)
+        inputs = Inputs(token_ids=[ids[-keep_last:] for ids in inputs.token_ids])
     return check_token_ids(inputs.token_ids, engine.vocab_size, engine.max_length,
                            engine.options.long_input_mode)
 
