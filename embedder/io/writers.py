@@ -97,7 +97,8 @@ class Writer:
         elif self.format == "parquet":
             import pyarrow.parquet as pq
 
-            pq.write_table(arrow_table(chunk, self.spec), self._dir / f"part-{self._parts:06d}.parquet")
+            table = arrow_table(chunk, self.spec)
+            pq.write_table(table, self._dir / f"part-{self._parts:06d}.parquet", **parquet_options(table.schema))
             self._parts += 1
         else:
             with open(self._dir / _JSONL_DATA, "ab") as f:
@@ -165,7 +166,7 @@ class Writer:
         import pyarrow.parquet as pq
 
         schema = arrow_schema(self.spec)
-        with pq.ParquetWriter(staged, schema) as out:
+        with pq.ParquetWriter(staged, schema, **parquet_options(schema)) as out:
             for k in range(self._parts):
                 with pq.ParquetFile(self._dir / f"part-{k:06d}.parquet") as part:  # read_table imports pandas
                     out.write_table(part.read())
@@ -182,6 +183,13 @@ def _load_state(folder: Path) -> dict | None:
 def _plain(settings: Mapping[str, object]) -> object:
     """Settings as JSON would give them back (tuples as lists), so a stored copy compares equal."""
     return json.loads(json.dumps(settings))
+
+
+def parquet_options(schema) -> dict:
+    """Dictionary encoding for every column but the vectors: their values are all distinct, so a dictionary is
+    pure cost (hashing every float, twice with the merge: the largest cost outside the model in a py-spy profile
+    of a sentences job; 2% off the whole process, 3 alternating pairs)."""
+    return {"use_dictionary": [name for name in schema.names if name != "embedding"]}
 
 
 def arrow_schema(spec: OutputSpec):

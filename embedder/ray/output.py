@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from embedder.errors import InputError
+from embedder.io.writers import parquet_options
 from embedder.ray.sources import filesystem
 
 MANIFEST = "_embed_job.json"  # a leading "_" keeps pyarrow's dataset reader away from it
@@ -72,7 +73,8 @@ class OutputDir:
         fs, base = self._fs_path
         staged = f"{base}/.{self.part(number)}.{uuid.uuid4().hex}.tmp"
         try:
-            with fs.open_output_stream(staged) as stream, pq.ParquetWriter(stream, schema) as writer:
+            with fs.open_output_stream(staged) as stream, \
+                    pq.ParquetWriter(stream, schema, **parquet_options(schema)) as writer:
                 for table in tables:
                     writer.write_table(table)
             fs.move(staged, f"{base}/{self.part(number)}")
