@@ -54,7 +54,7 @@ def test_parquet_schema_metadata_and_row_groups(tmp_path):
 
 def test_float16_and_text_ids(tmp_path):
     out = tmp_path / "out.parquet"
-    write_all(out, [chunk(0, 2)], dtype="float16", text_ids=True)
+    write_all(out, [chunk(0, 2)], precision="float16", text_ids=True)
     table = pq.read_table(out)
     assert table.schema.field("embedding").type == pa.list_(pa.float16(), DIM)
     assert table["id"].to_pylist() == ["0", "1"]

@@ -29,15 +29,7 @@ from embedder.io.readers import (
 )
 from embedder.io.writers import Chunk, OutputSpec, Writer, check_target
 from embedder.options import EngineOptions
-from embedder.quantize import (
-    CALIBRATED,
-    check_precision,
-    load_calibration,
-    quantization_ranges,
-    quantize,
-    stored_dtype,
-    stored_width,
-)
+from embedder.quantize import CALIBRATED, check_precision, load_calibration, quantization_ranges
 
 if TYPE_CHECKING:  # the engine module imports MLX; only its name is needed here
     from embedder.engine import EmbeddingEngine
@@ -299,13 +291,13 @@ def _cancel(item: object) -> None:
 def _chunk(window: _Window, vectors: np.ndarray | None, spec: OutputSpec, options: EmbedOptions) -> Chunk:
     """A window's output rows; rows kept by `--on-empty zero` get a zero vector and 0 tokens."""
     if vectors is None or len(vectors) != len(window.records):
-        full = np.zeros((len(window.records), spec.vector_dim or spec.dim), np.float32)
+        full = np.zeros((len(window.records), spec.dim), np.float32)
         if vectors is not None:
             full[window.embedded] = vectors
         vectors = full
     return Chunk(
         ids=[r.id for r in window.records],
-        vectors=quantize(vectors, spec.precision, spec.ranges),
+        vectors=vectors,
         tokens=window.tokens,
         texts=[r.text for r in window.records] if options.include_text else None,
         next_index=window.next_index,
@@ -319,10 +311,9 @@ def output_spec(engine: EmbeddingEngine, options: EmbedOptions, path: str | None
     ranges = None
     if options.calibration is not None:
         ranges = quantization_ranges(load_calibration(options.calibration)[:, :dim])
-    return OutputSpec(path=path, dim=stored_width(dim, options.dtype), dtype=stored_dtype(options.dtype),
-                      include_text=options.include_text, text_ids=text_ids,
+    return OutputSpec(path=path, dim=dim, include_text=options.include_text, text_ids=text_ids,
                       metadata=file_metadata(engine, options, ranges), settings=settings or {},
-                      precision=options.dtype, ranges=ranges, vector_dim=dim)
+                      precision=options.dtype, ranges=ranges)
 
 
 def file_metadata(engine: EmbeddingEngine, options: EmbedOptions,

@@ -15,6 +15,7 @@ import numpy as np
 
 from embedder.errors import InputError
 from embedder.io.readers import RecordId
+from embedder.quantize import quantize, stored_dtype, stored_width
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _STATE = "state.json"
@@ -26,7 +27,7 @@ class Chunk:
     """Consecutive output rows; `next_index` is the first record not yet covered, the point a resume continues from."""
 
     ids: Sequence[RecordId]
-    vectors: np.ndarray  # (rows, dim) float32
+    vectors: np.ndarray  # (rows, dim) float32; the writer stores them at the spec's precision
     tokens: np.ndarray  # (rows,) int32: tokens embedded, after truncation, no padding
     texts: Sequence[str] | None
     next_index: int
@@ -37,15 +38,13 @@ class OutputSpec:
     """Where and how to write; `settings` must match for a resume, `metadata` goes into Parquet's key-value footer."""
 
     path: str | None  # None: JSONL on stdout
-    dim: int
-    dtype: str = "float32"
+    dim: int  # of the float vectors, before `precision` packs them
     include_text: bool = False
     text_ids: bool = False
     metadata: Mapping[str, str] = field(default_factory=dict)
     settings: Mapping[str, object] = field(default_factory=dict)
-    precision: str = "float32"  # `quantize.PRECISIONS`; `dtype` and `dim` are then its stored type and width
-    ranges: Any = None  # int8/uint8: the (2, vector_dim) calibration ranges
-    vector_dim: int | None = None  # the float vectors' width before quantization; None: `dim`
+    precision: str = "float32"  # `quantize.PRECISIONS`: how the vectors are stored
+    ranges: Any = None  # int8/uint8: the (2, dim) calibration ranges
 
 
 def output_format(path: str) -> str:
@@ -193,12 +192,14 @@ def parquet_options(schema) -> dict:
 
 
 def arrow_schema(spec: OutputSpec):
-    """id, embedding fixed_size_list<dtype>[dim], tokens int32, optional text; the metadata rides on the schema."""
+    """id, embedding fixed_size_list<stored type>[stored width], tokens int32, optional text; the metadata rides on
+    the schema."""
     import pyarrow as pa
 
+    stored = pa.from_numpy_dtype(np.dtype(stored_dtype(spec.precision)))
     fields = [
         pa.field("id", pa.string() if spec.text_ids else pa.int64()),
-        pa.field("embedding", pa.list_(pa.from_numpy_dtype(np.dtype(spec.dtype)), spec.dim)),
+        pa.field("embedding", pa.list_(stored, stored_width(spec.dim, spec.precision))),
         pa.field("tokens", pa.int32()),
     ]
     if spec.include_text:
@@ -211,10 +212,10 @@ def arrow_table(chunk: Chunk, spec: OutputSpec):
     import pyarrow as pa
 
     schema = arrow_schema(spec)
-    vectors = np.ascontiguousarray(chunk.vectors, dtype=spec.dtype).reshape(-1)
+    vectors = quantize(chunk.vectors, spec.precision, spec.ranges)
     columns = [
         _strings([str(i) for i in chunk.ids]) if spec.text_ids else _numbers(np.asarray(chunk.ids, np.int64)),
-        pa.FixedSizeListArray.from_arrays(_numbers(vectors), spec.dim),
+        pa.FixedSizeListArray.from_arrays(_numbers(vectors.reshape(-1)), vectors.shape[1]),
         _numbers(np.asarray(chunk.tokens, np.int32)),
     ]
     if spec.include_text:
@@ -246,7 +247,7 @@ def _strings(values: Sequence[str]):
 
 def _jsonl(chunk: Chunk, spec: OutputSpec) -> bytes:
     """One JSON object per row: {"id", "embedding", "tokens"} (+ "text"), UTF-8, newline-terminated."""
-    vectors, tokens = chunk.vectors.astype(spec.dtype).tolist(), chunk.tokens.tolist()
+    vectors, tokens = quantize(chunk.vectors, spec.precision, spec.ranges).tolist(), chunk.tokens.tolist()
     lines = []
     for row, record_id in enumerate(chunk.ids):
         obj = {"id": str(record_id) if spec.text_ids else record_id, "embedding": vectors[row], "tokens": tokens[row]}
