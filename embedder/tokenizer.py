@@ -1,5 +1,6 @@
 """Text to token ids exactly as sentence-transformers tokenizes: special tokens, truncation, lower-casing."""
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,15 +66,21 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
         if pad is None:
             pad = next((i for t in _PAD_TOKENS if (i := tok.token_to_id(t)) is not None), 0)
 
-        whole = Tokenizer.from_file(str(path))
-        whole.no_padding()
-        whole.no_truncation()
+        @functools.cache
+        def untruncated() -> Tokenizer:
+            """A second copy, made on first use (a large vocabulary costs memory), only where `tok` truncates."""
+            if not truncate:
+                return tok
+            whole = Tokenizer.from_file(str(path))
+            whole.no_padding()
+            whole.no_truncation()
+            return whole
 
         def encode_batch(texts: list[str]) -> list[list[int]]:
             return [e.ids for e in tok.encode_batch(texts, add_special_tokens=True)]
 
         def encode_whole(texts: list[str]) -> list[list[int]]:
-            return [e.ids for e in whole.encode_batch(texts, add_special_tokens=True)]
+            return [e.ids for e in untruncated().encode_batch(texts, add_special_tokens=True)]
 
         return TextTokenizer(encode_batch, encode_whole, pad, tok.get_vocab_size(), max_length, do_lower_case,
                              long_input)

@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import InputError, InputTooLong, lone_surrogate
+from ..quantize import PRECISIONS
 
 
 class EmbeddingRequest(BaseModel):
@@ -24,7 +25,7 @@ class EmbeddingRequest(BaseModel):
     prompt: str | None = None
     prompt_name: str | None = None
     # As sentence-transformers' quantize_embeddings: int8/uint8 ranges from this request's own vectors.
-    precision: Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"] | None = None
+    precision: Literal[PRECISIONS] | None = None
     # vLLM's: keep each input's last N tokens (-1: the model's maximum), counted on its whole tokenization.
     truncate_prompt_tokens: int | None = None
 
