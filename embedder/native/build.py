@@ -31,6 +31,7 @@ FLAGS = ("-march=native", "-fno-math-errno", "-fno-trapping-math",
          "--param=max-inline-insns-single=2000", "--param=max-inline-insns-auto=2000")
 ENV_VAR = "EMBED_NATIVE_KERNELS"  # "0" keeps MLX's stock kernels
 KERNELS = Path(__file__).parent / "csrc"
+CACHE_FOLDER = "mlx-cpu-kernels"  # under ~/.cache/embed: one folder per target, each with its g++ wrapper
 _build_lock = threading.Lock()
 _env_lock = threading.RLock()
 
@@ -102,12 +103,12 @@ def _wrapper_first(cache: Path):
 
 def _real_compiler() -> str | None:
     """g++ on PATH, never one of our wrappers (a PATH inherited from a process inside `native_build_env`)."""
-    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if "mlx-cpu-kernels" not in Path(d).parts]
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if CACHE_FOLDER not in Path(d).parts]
     return shutil.which("g++", path=os.pathsep.join(dirs))
 
 
 def native_library(name: str) -> ctypes.CDLL | None:
-    """`kernels/<name>.cpp` built for this CPU (once per machine, cached by content) and loaded; None where
+    """`csrc/<name>.cpp` built for this CPU (once per machine, cached by content) and loaded; None where
     native kernels are off or it does not build."""
     with _build_lock:  # lanes ask at once; one builds
         return _library(name)
@@ -147,7 +148,7 @@ def _cache_dir(compiler: str) -> Path:
     parts = [target_description(compiler), platform.machine(), *FLAGS, getattr(mx, "__version__", "")]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "embed" / "mlx-cpu-kernels" / key
+    return base / "embed" / CACHE_FOLDER / key
 
 
 def target_description(compiler: str) -> str:
