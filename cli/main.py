@@ -31,6 +31,7 @@ from cli._options import (
 # so `embed --help` and `embed INPUT` never load the server. A file named like a subcommand needs `./NAME`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("cli.serve", "serve the engine behind an OpenAI-compatible /v1/embeddings"),
+    "rerank": ("cli.rerank", "rank the records of files against a query (cross-encoders, or embedding cosines)"),
     "models": ("cli.models", "list supported architectures, or describe what embed does with a model"),
     "convert": ("cli.convert", "write an MLX checkpoint, optionally quantized, that embed loads directly"),
 }

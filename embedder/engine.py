@@ -5,7 +5,7 @@ import dataclasses
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from .native.blas import preload_blas, set_threads
@@ -16,7 +16,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .batching import CPU_BATCH, GPU_BATCH  # noqa: E402
-from .errors import InputError, NotReady  # noqa: E402
+from .errors import InputError, ModelError, NotReady  # noqa: E402
 from .forward import BatchForward  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
 from .long_inputs import Windows, combine  # noqa: E402
@@ -26,7 +26,7 @@ from .pooling import normalize as l2_normalize  # noqa: E402
 from .pooling import truncate_dims  # noqa: E402
 from .scheduler import Scheduler  # noqa: E402
 
-__all__ = ["EmbeddingEngine", "DEFAULT_MODEL"]
+__all__ = ["EmbeddingEngine", "DEFAULT_MODEL", "ranked"]
 
 
 _LIVE_ENGINES: "weakref.WeakSet[EmbeddingEngine]" = weakref.WeakSet()
@@ -42,6 +42,13 @@ def default_lanes() -> int:
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def ranked(scores: np.ndarray, top_n: int | None = None) -> list[tuple[int, float]]:
+    """(index, score) pairs of one score per document, best first, ties in input order, the first `top_n` (all when
+    None)."""
+    order = np.argsort(-scores, kind="stable")[:top_n]
+    return [(int(i), float(scores[i])) for i in order]
 
 
 @atexit.register
@@ -112,6 +119,9 @@ class EmbeddingEngine:
         """In the planner thread: the model, loaded, and on a CPU its kernels built and BLAS threads set."""
         model = load_model(dataclasses.replace(self.options, batch_tokens=self.batch_shape.tokens))
         forward = BatchForward(model)
+        if model.spec.scores is not None and self.options.long_input_mode == "chunk":
+            raise ModelError(f"{model.model_id} is a cross-encoder: it scores text pairs, which are cut (longest text "
+                             "first) or refused, never chunked; use long_input truncate or error", "long_input")
         if self.options.long_input_mode == "chunk":
             self._windows = Windows(*model.tokenizer.special_tokens(), model.max_length, self.options.chunk_overlap)
         if mx.default_device() == mx.cpu:
@@ -149,6 +159,11 @@ class EmbeddingEngine:
     @property
     def vocab_size(self) -> int:
         return self.model.tokenizer.vocab_size
+
+    @property
+    def cross_encoder(self) -> bool:
+        """A sequence classifier (a reranker): it scores text pairs and embeds nothing."""
+        return self.model.spec.scores is not None
 
     @property
     def normalizes(self) -> bool:
@@ -252,9 +267,14 @@ class EmbeddingEngine:
         dimensions: int | None = None,
         normalize: bool | None = None,
         skip: int = 0,
+        then: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> Future:
-        """Queue rows of token ids; the worker packs waiting jobs together. Cancel the future to drop them."""
+        """Queue rows of token ids; the worker packs waiting jobs together. Cancel the future to drop them.
+        `then` maps the finished vectors to the future's result."""
         model = self.model
+        if self.cross_encoder:
+            raise InputError(f"{model.model_id} is a cross-encoder (a reranker): it scores (query, document) pairs "
+                             "with rerank, and embeds nothing", "model")
         rows = self._validate(ids, dimensions)
         if not rows:
             future: Future = Future()
@@ -269,9 +289,60 @@ class EmbeddingEngine:
             if len(windows) != len(rows):
                 out = combine(out, [len(piece) for piece in pieces], [len(w) for w in windows])
             out = truncate_dims(out, dimensions)
-            return l2_normalize(out) if unit else np.ascontiguousarray(out)
+            out = l2_normalize(out) if unit else np.ascontiguousarray(out)
+            return then(out) if then else out
 
         return self._scheduler.submit(windows, skips, finish)
+
+    # ---- scores -----------------------------------------------------------------------------
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Each (first, second) text pair's score: a cross-encoder's, equal to sentence-transformers'
+        CrossEncoder.predict ((pairs,) for one label, (pairs, labels) for several); for an embedding model the cosine
+        similarity of the two texts' vectors (vLLM's score for embedding models)."""
+        future, _ = self.submit_scores([p[0] for p in pairs], [p[1] for p in pairs])
+        return future.result()
+
+    def rerank(self, query: str, documents: Sequence[str], top_n: int | None = None) -> list[tuple[int, float]]:
+        """(document index, score) of the `top_n` best documents for `query`, best first, ties in input order;
+        as CrossEncoder.rank. Scores are one per pair, so a cross-encoder with several labels is refused."""
+        self.check_rankable()
+        future, _ = self.submit_scores([query] * len(documents), list(documents))
+        return ranked(future.result(), top_n)
+
+    def check_rankable(self) -> None:
+        """Ranking takes one score per document; a cross-encoder with several labels gives one per label."""
+        if self.cross_encoder and self.dim != 1:
+            raise InputError(f"{self.model_id} gives {self.dim} scores per pair (one per label); ranking needs a "
+                             "model with one", "model")
+
+    def submit_scores(self, firsts: Sequence[str], seconds: Sequence[str]) -> tuple[Future, int]:
+        """Queue text pairs for `score`; returns the future of their scores and the tokens they put through the
+        model. An embedding model embeds each distinct text once."""
+        if len(firsts) != len(seconds):
+            raise InputError(f"{len(firsts)} first texts for {len(seconds)} second texts; pair them one to one")
+        if not firsts:
+            future: Future = Future()
+            future.set_result(np.zeros(0, np.float32))
+            return future, 0
+        model = self.model
+        if not self.cross_encoder:
+            texts = list(dict.fromkeys([*firsts, *seconds]))
+            row = {text: i for i, text in enumerate(texts)}
+            left, right = [row[t] for t in firsts], [row[t] for t in seconds]
+            ids = self.tokenize(texts)
+
+            def cosines(vectors: np.ndarray) -> np.ndarray:
+                return np.einsum("ij,ij->i", vectors[left], vectors[right])
+
+            return self.submit(ids, normalize=True, then=cosines), sum(self.embedded_tokens(ids))
+        pairs = model.tokenizer.encode_pairs(firsts, seconds)
+        labels = model.spec.scores.labels
+
+        def scores(out: np.ndarray) -> np.ndarray:
+            return out[:, 0].copy() if labels == 1 else out
+
+        return self._scheduler.submit(pairs.ids, pairs.splits, scores), sum(map(len, pairs.ids))
 
     def embedded_tokens(self, ids: Sequence[Sequence[int]]) -> list[int]:
         """Tokens each row puts through the model: its length, or its windows' when long inputs are chunked."""

@@ -1,4 +1,4 @@
-"""One batch through the model on MLX: pad, run, pool, project; the lanes' `BatchRunner`."""
+"""One batch through the model on MLX: pad, run, pool, project (or score pairs); the lanes' `BatchRunner`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import ModelError
-from .models.loading import LoadedModel
+from .models.loading import ACTIVATIONS, LoadedModel
 from .native.build import native_build_env
 from .pooling import pool
 
@@ -17,9 +17,10 @@ from .pooling import pool
 class BatchForward:
     model: LoadedModel
 
-    def launch(self, rows: list[list[int]], skips: list[int]) -> mx.array:
-        """One padded forward pass and its pooling, evaluated asynchronously; `skips` leading tokens of each row
-        are left out of pooling (never its last)."""
+    def launch(self, rows: list[list[int]], splits: list[int]) -> mx.array:
+        """One padded forward pass, evaluated asynchronously: pooled and projected vectors, `splits` leading tokens
+        of each row left out of pooling (never its last); for a cross-encoder, each pair's scores, its second text
+        (from its split on) of token type 1."""
         model = self.model
         lengths = [len(r) for r in rows]
         ids = np.full((len(rows), max(lengths)), model.tokenizer.pad_token_id, np.int32)
@@ -27,21 +28,25 @@ class BatchForward:
         for k, row in enumerate(rows):
             ids[k, : lengths[k]] = row
             mask[k, : lengths[k]] = 1
-        pool_mask = mask.copy()
-        for k, skip in enumerate(skips):
-            pool_mask[k, : min(skip, lengths[k] - 1)] = 0
         # No lock: MLX keeps tracing state and the compile cache per thread, and async_eval itself may wait
         # (at most 10 tasks in flight), which would stall the other lanes if held under one.
-        hidden = model.forward(mx.array(ids), mx.array(mask))
-        vectors = pool(hidden, mx.array(pool_mask), model.spec.pooling)
-        for layer in model.dense:
-            vectors = layer(vectors)
-        mx.async_eval(vectors)
-        return vectors
+        if (scores := model.spec.scores) is not None:
+            token_types = (np.arange(ids.shape[1])[None, :] >= np.array(splits)[:, None]).astype(np.int32)
+            logits = model.forward(mx.array(ids), mx.array(mask), mx.array(token_types))
+            out = ACTIVATIONS[scores.activation](logits.astype(mx.float32))
+        else:
+            pool_mask = mask.copy()
+            for k, split in enumerate(splits):
+                pool_mask[k, : min(split, lengths[k] - 1)] = 0
+            out = pool(model.forward(mx.array(ids), mx.array(mask)), mx.array(pool_mask), model.spec.pooling)
+            for layer in model.dense:
+                out = layer(out)
+        mx.async_eval(out)
+        return out
 
-    def collect(self, vectors: mx.array) -> np.ndarray:
-        """The batch's vectors as float32, once computed; never a NaN or an infinity."""
-        out = np.array(vectors, dtype=np.float32)
+    def collect(self, launched: mx.array) -> np.ndarray:
+        """The batch's vectors (or scores) as float32, once computed; never a NaN or an infinity."""
+        out = np.array(launched, dtype=np.float32)
         if not np.isfinite(out).all():
             raise ModelError(f"the model produced non-finite values for a batch of {len(out)} input(s); "
                              f"try dtype float32 or bfloat16")

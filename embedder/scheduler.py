@@ -27,7 +27,7 @@ class BatchRunner(Protocol):
     """The forward pass the lanes call: `launch` starts a batch (asynchronously where it can), `collect` waits
     for it and returns its (rows, dim) float32 vectors, or raises."""
 
-    def launch(self, rows: list[list[int]], skips: list[int]) -> Any: ...
+    def launch(self, rows: list[list[int]], splits: list[int]) -> Any: ...
 
     def collect(self, launched: Any) -> np.ndarray: ...
 
@@ -37,7 +37,7 @@ class Job:
     """One submit: its rows are batched with other jobs' rows, its result assembled in input order."""
 
     ids: list[list[int]]
-    skips: list[int]  # per row: leading tokens left out of pooling (a prompt, when the model pools without it)
+    splits: list[int]  # per row, where its leading part ends: a prompt pooling leaves out, or a pair's first text
     finish: Callable[[np.ndarray], np.ndarray]  # the assembled (rows, dim) vectors to the caller's result
     future: Future = field(default_factory=Future)
     out: np.ndarray | None = None
@@ -89,8 +89,8 @@ class Scheduler:
             self._queue.put(_STOP)
             thread.join()
 
-    def submit(self, ids: list[list[int]], skips: list[int], finish: Callable[[np.ndarray], np.ndarray]) -> Future:
-        job = Job(ids, skips, finish)
+    def submit(self, ids: list[list[int]], splits: list[int], finish: Callable[[np.ndarray], np.ndarray]) -> Future:
+        job = Job(ids, splits, finish)
         with self._lock:
             if self._thread is None:
                 raise NotReady("the engine is not running; call load()")
@@ -190,7 +190,7 @@ class Scheduler:
                 self._started()
                 try:
                     launched = (batch, self._runner.launch([job.ids[r] for job, r in batch],
-                                                           [job.skips[r] for job, r in batch]))
+                                                           [job.splits[r] for job, r in batch]))
                 except BaseException as e:  # fail only the jobs in this batch; the lane lives on
                     self._done(batch, e)
                     launched = None

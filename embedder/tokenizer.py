@@ -11,9 +11,24 @@ _PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>", "<|pad|>")
 
 
 @dataclass(frozen=True)
+class Pairs:
+    """Tokenized text pairs: ids with special tokens, and where each pair's second text starts (the first token
+    of token type 1, or the row's length where the tokenizer gives every token type 0, as RoBERTa's does)."""
+
+    ids: list[list[int]]
+    splits: list[int]
+
+
+def second_text_start(type_ids: Sequence[int]) -> int:
+    return next((i for i, t in enumerate(type_ids) if t), len(type_ids))
+
+
+@dataclass(frozen=True)
 class TextTokenizer:
     encode_batch: Callable[[list[str]], list[list[int]]]
     encode_whole: Callable[[list[str]], list[list[int]]]  # never truncated, whatever `long_input` says
+    # (first texts, second texts) -> each pair's ids and where its second text starts (`Pairs`)
+    encode_pair_batch: Callable[[list[str], list[str]], "Pairs"]
     pad_token_id: int
     vocab_size: int
     max_length: int
@@ -23,17 +38,27 @@ class TextTokenizer:
     def encode(self, texts: Sequence[str], prompt: str | None = None, keep_last: int | None = None) -> list[list[int]]:
         """Token ids with special tokens, long ones as `long_input` says; `keep_last` keeps each text's last N
         tokens of its whole tokenization instead (vLLM's truncate_prompt_tokens)."""
-        texts = [(prompt or "") + t for t in texts]
+        texts = self._checked([(prompt or "") + t for t in texts])
+        if keep_last is not None:
+            return [row[-keep_last:] for row in self.encode_whole(texts)]
+        return self._fitted(self.encode_batch(texts))
+
+    def encode_pairs(self, firsts: Sequence[str], seconds: Sequence[str]) -> "Pairs":
+        """Each (first, second) pair as one input, as transformers tokenizes a pair for a cross-encoder: both texts
+        framed by special tokens, a long pair cut from its longer text first ("longest_first") or refused."""
+        pairs = self.encode_pair_batch(self._checked(firsts), self._checked(seconds))
+        self._fitted(pairs.ids)
+        return pairs
+
+    def _checked(self, texts: Sequence[str]) -> list[str]:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InputError(f"input {i} is {type(text).__name__}, not a string")
             if (at := lone_surrogate(text)) is not None:
                 raise InputError(f"input {i} holds a lone UTF-16 surrogate at character {at}, which is not text")
-        if self.do_lower_case:
-            texts = [t.lower() for t in texts]
-        if keep_last is not None:
-            return [row[-keep_last:] for row in self.encode_whole(texts)]
-        ids = self.encode_batch(texts)
+        return [t.lower() for t in texts] if self.do_lower_case else list(texts)
+
+    def _fitted(self, ids: list[list[int]]) -> list[list[int]]:
         if self.long_input == "error":
             for i, row in enumerate(ids):
                 if len(row) > self.max_length:
@@ -82,8 +107,12 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
         def encode_whole(texts: list[str]) -> list[list[int]]:
             return [e.ids for e in untruncated().encode_batch(texts, add_special_tokens=True)]
 
-        return TextTokenizer(encode_batch, encode_whole, pad, tok.get_vocab_size(), max_length, do_lower_case,
-                             long_input)
+        def encode_pair_batch(firsts: list[str], seconds: list[str]) -> Pairs:
+            found = tok.encode_batch(list(zip(firsts, seconds)), add_special_tokens=True)
+            return Pairs([e.ids for e in found], [second_text_start(e.type_ids) for e in found])
+
+        return TextTokenizer(encode_batch, encode_whole, encode_pair_batch, pad, tok.get_vocab_size(), max_length,
+                             do_lower_case, long_input)
 
     try:
         from transformers import AutoTokenizer
@@ -101,5 +130,11 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
     def hf_encode_whole(texts: list[str]) -> list[list[int]]:
         return hf(texts, truncation=False)["input_ids"]
 
+    def hf_encode_pair_batch(firsts: list[str], seconds: list[str]) -> Pairs:
+        found = hf(firsts, seconds, truncation="longest_first" if truncate else False,
+                   max_length=max_length if truncate else None, return_token_type_ids=True)
+        return Pairs(found["input_ids"], [second_text_start(types) for types in found["token_type_ids"]])
+
     pad = hf.pad_token_id if hf.pad_token_id is not None else 0
-    return TextTokenizer(hf_encode_batch, hf_encode_whole, pad, len(hf), max_length, do_lower_case, long_input)
+    return TextTokenizer(hf_encode_batch, hf_encode_whole, hf_encode_pair_batch, pad, len(hf), max_length,
+                         do_lower_case, long_input)

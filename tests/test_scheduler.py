@@ -18,22 +18,22 @@ SHAPE = BatchShape(tokens=64, rows=4, attention=None, overhead_tokens=8)
 
 
 class SumRunner:
-    """A row's vector is (its length, its sum, its skip); a row holding `poison` fails the batch it is in."""
+    """A row's vector is (its length, its sum, its split); a row holding `poison` fails the batch it is in."""
 
     def __init__(self, poison: int | None = None, fail_in: str = "launch"):
         self.poison, self.fail_in, self.batches = poison, fail_in, 0
 
-    def launch(self, rows, skips):
+    def launch(self, rows, splits):
         self.batches += 1
         if self.fail_in == "launch" and any(self.poison in r for r in rows):
             raise RuntimeError("poisoned batch")
-        return rows, skips
+        return rows, splits
 
     def collect(self, launched):
-        rows, skips = launched
+        rows, splits = launched
         if self.fail_in == "collect" and any(self.poison in r for r in rows):
             raise RuntimeError("poisoned batch")
-        return np.array([[len(r), sum(r), s] for r, s in zip(rows, skips)], np.float32)
+        return np.array([[len(r), sum(r), s] for r, s in zip(rows, splits)], np.float32)
 
 
 def started(runner, lanes=2) -> Scheduler:
@@ -113,10 +113,10 @@ def test_a_cancelled_job_is_dropped_before_it_runs():
     entered, gate = threading.Event(), threading.Event()
 
     class Gated(SumRunner):
-        def launch(self, rows, skips):
+        def launch(self, rows, splits):
             entered.set()
             gate.wait(60)
-            return super().launch(rows, skips)
+            return super().launch(rows, splits)
 
     scheduler = started(Gated(), lanes=1)
     held = scheduler.submit([[1]], [0], lambda out: out)

@@ -1,5 +1,6 @@
 """Small random-weight models built with transformers + sentence-transformers, saved as a user would save them."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -125,4 +126,47 @@ def tiny_transformer(kind: str, tokenizer_src: Path, work: Path, *, causal_lm: b
     out = work / f"hf-{kind}{'-lm' if causal_lm else ''}"
     model.save_pretrained(str(out), safe_serialization=True)
     copy_tokenizer(tokenizer_src, out)
+    return out
+
+
+def tiny_cross_encoder(kind: str, tokenizer_src: Path, work: Path, *, labels: int = 1, saved_by: str = "hf",
+                       **config_overrides) -> Path:
+    """A small random-weight *ForSequenceClassification (BERT, XLM-RoBERTa or ModernBERT), saved as a reranker on
+    the Hub is: by transformers alone (`saved_by="hf"`, as ms-marco-MiniLM and bge-reranker ship), or by
+    sentence-transformers 6's CrossEncoder.save (`"st"`). XLM-RoBERTa gets RoBERTa's pair template (`<s> A </s></s> B
+    </s>`, every token type 0) and the tokenizer's limit inside its position table. Weights are drawn wide, so scores spread instead of sitting at sigmoid(0)."""
+    require_oracle()
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                  initializer_range=0.3, num_labels=labels, **config_overrides)
+    if kind == "bert":
+        config = transformers.BertConfig(max_position_embeddings=128, **common)
+    elif kind == "xlm-roberta":
+        config = transformers.XLMRobertaConfig(max_position_embeddings=130, pad_token_id=1, type_vocab_size=1,
+                                               layer_norm_eps=1e-5, **common)
+    elif kind == "modernbert":
+        config = transformers.ModernBertConfig(**dict(TINY["modernbert"][1], **common))
+    else:
+        raise ValueError(kind)
+    model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
+    out = work / f"ce-{kind}-{labels}-{saved_by}"
+    model.save_pretrained(str(out), safe_serialization=True)
+    copy_tokenizer(tokenizer_src, out)
+    if kind == "xlm-roberta":
+        tokenizer = json.loads((out / "tokenizer.json").read_text())
+        tokenizer["post_processor"] = {"type": "RobertaProcessing", "sep": ["[SEP]", 102], "cls": ["[CLS]", 101],
+                                       "trim_offsets": True, "add_prefix_space": False}
+        (out / "tokenizer.json").write_text(json.dumps(tokenizer))
+        # tokenizer.json as written (transformers' BertTokenizer would frame pairs its own way), and the real models'
+        # limit (512 of 514 positions): sentence-transformers would take all 130 positions
+        settings = json.loads((out / "tokenizer_config.json").read_text())
+        (out / "tokenizer_config.json").write_text(json.dumps(
+            {**settings, "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 128}))
+    if saved_by == "st":
+        from sentence_transformers import CrossEncoder
+
+        CrossEncoder(str(out), device="cpu").save(str(out))
     return out

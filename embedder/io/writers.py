@@ -214,25 +214,25 @@ def arrow_table(chunk: Chunk, spec: OutputSpec):
     schema = arrow_schema(spec)
     vectors = quantize(chunk.vectors, spec.precision, spec.ranges)
     columns = [
-        _strings([str(i) for i in chunk.ids]) if spec.text_ids else _numbers(np.asarray(chunk.ids, np.int64)),
-        pa.FixedSizeListArray.from_arrays(_numbers(vectors.reshape(-1)), vectors.shape[1]),
-        _numbers(np.asarray(chunk.tokens, np.int32)),
+        string_array([str(i) for i in chunk.ids]) if spec.text_ids else number_array(np.asarray(chunk.ids, np.int64)),
+        pa.FixedSizeListArray.from_arrays(number_array(vectors.reshape(-1)), vectors.shape[1]),
+        number_array(np.asarray(chunk.tokens, np.int32)),
     ]
     if spec.include_text:
-        columns.append(_strings(chunk.texts))
+        columns.append(string_array(chunk.texts))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
 # Arrow arrays straight from buffers: `pa.array` first checks whether its input is a pandas object, which
 # imports pandas where it is installed: ~0.2 s of every run, a third of a small job's start.
-def _numbers(values: np.ndarray):
+def number_array(values: np.ndarray):
     import pyarrow as pa
 
     values = np.ascontiguousarray(values)
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
-def _strings(values: Sequence[str]):
+def string_array(values: Sequence[str]):
     import pyarrow as pa
 
     encoded = [v.encode() for v in values]

@@ -42,7 +42,11 @@ class Embeddings(nn.Module):
         self.roberta_positions = args.roberta_positions
         self.pad_token_id = args.pad_token_id
 
-    def __call__(self, input_ids: mx.array) -> mx.array:
+    def __call__(self, input_ids: mx.array, token_types: mx.array | None = None) -> mx.array:
+        """`token_types` (B, L): 1 on a pair's second text (cross-encoders); a one-row table (RoBERTa) ignores it,
+        as transformers' tokenizers for those models send none."""
+        if token_types is None or self.token_type_embeddings.weight.shape[0] == 1:
+            token_types = mx.zeros((1, 1), dtype=mx.int32)
         if self.roberta_positions:
             # RoBERTa numbers real tokens from pad_token_id + 1, as transformers does.
             not_pad = (input_ids != self.pad_token_id).astype(mx.int32)
@@ -52,7 +56,7 @@ class Embeddings(nn.Module):
         x = (
             self.word_embeddings(input_ids)
             + self.position_embeddings(positions)
-            + self.token_type_embeddings(mx.zeros((1, 1), dtype=mx.int32))
+            + self.token_type_embeddings(token_types)
         )
         return self.LayerNorm(x)
 
@@ -130,13 +134,15 @@ class Model(nn.Module):
         self.embeddings = Embeddings(args)
         self.encoder = Encoder(args)
 
-    def __call__(self, input_ids: mx.array, attention_mask: mx.array) -> mx.array:
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
         """The last hidden state; `attention_mask` is (B, L), nonzero on real tokens."""
         mask = (attention_mask != 0)[:, None, None, :]
-        x = self.embeddings(input_ids)
+        x = self.embeddings(input_ids, token_types)
         for layer in self.encoder.layer:
             x = layer(x, mask)
         return x
+
+    heads = ("pooler.", "cls.", "lm_head.", "classifier.")  # what `sanitize` drops: task heads this model lacks
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop heads and buffers, strip a task-model prefix, fuse q/k/v into one projection."""
@@ -145,7 +151,7 @@ class Model(nn.Module):
             for prefix in ("bert.", "roberta.", "xlm_roberta.", "model."):
                 if key.startswith(prefix):
                     key = key[len(prefix):]
-            if key.startswith(("pooler.", "cls.", "lm_head.", "classifier.")) or key.endswith("position_ids"):
+            if key.startswith(self.heads) or key.endswith("position_ids"):
                 continue
             out[key] = value
         for i in range(self.args.num_hidden_layers):
@@ -155,3 +161,45 @@ class Model(nn.Module):
                 if all(n in out for n in names):
                     out[f"{base}qkv.{part}"] = mx.concatenate([out.pop(n) for n in names], axis=0)
         return out
+
+
+class Pooler(nn.Module):
+    """BERT's pooler: the first token's state through a tanh projection."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.dense = nn.Linear(args.hidden_size, args.hidden_size)
+
+    def __call__(self, first: mx.array) -> mx.array:
+        return mx.tanh(self.dense(first))
+
+
+class RobertaHead(nn.Module):
+    """RobertaClassificationHead: a tanh projection of the first token's state, then the label projection."""
+
+    def __init__(self, args: ModelArgs, labels: int):
+        super().__init__()
+        self.dense = nn.Linear(args.hidden_size, args.hidden_size)
+        self.out_proj = nn.Linear(args.hidden_size, labels)
+
+    def __call__(self, first: mx.array) -> mx.array:
+        return self.out_proj(mx.tanh(self.dense(first)))
+
+
+class Classifier(Model):
+    """*ForSequenceClassification (cross-encoders such as ms-marco-MiniLM and bge-reranker): logits per pair.
+    BERT classifies its pooler's output; the RoBERTa family has its own two-layer head."""
+
+    heads = ("cls.", "lm_head.")
+
+    def __init__(self, args: ModelArgs, labels: int):
+        super().__init__(args)
+        if args.roberta_positions:
+            self.classifier = RobertaHead(args, labels)
+        else:
+            self.pooler = Pooler(args)
+            self.classifier = nn.Linear(args.hidden_size, labels)
+
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
+        first = super().__call__(input_ids, attention_mask, token_types)[:, 0]
+        return self.classifier(first if self.args.roberta_positions else self.pooler(first))

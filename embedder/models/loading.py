@@ -37,7 +37,8 @@ BFLOAT16_ONLY = ("gemma", "gemma2", "gemma3_text")
 # Names users type for pooling modes, as candle-vllm spells them.
 POOLING_ALIASES = {"last": "lasttoken", "last_token": "lasttoken", "first": "cls"}
 
-Forward = Callable[[mx.array, mx.array], mx.array]
+Forward = Callable[..., mx.array]  # (input_ids, attention_mask[, token_types]) -> hidden states, or a pair's logits
+ACTIVATIONS = {"identity": lambda v: v, "tanh": mx.tanh, "relu": nn.relu, "gelu": nn.gelu, "sigmoid": mx.sigmoid}
 
 
 @dataclass
@@ -50,9 +51,7 @@ class DenseLayer:
         y = x @ self.weight.T
         if self.bias is not None:
             y = y + self.bias
-        return {"identity": lambda v: v, "tanh": mx.tanh, "relu": nn.relu, "gelu": nn.gelu, "sigmoid": mx.sigmoid}[
-            self.activation
-        ](y)
+        return ACTIVATIONS[self.activation](y)
 
 
 @dataclass
@@ -62,7 +61,7 @@ class LoadedModel:
     model_id: str
     path: Path
     architecture: str
-    forward: Forward  # (input_ids, attention_mask) -> last hidden state (B, L, H)
+    forward: Forward  # (input_ids, attention_mask) -> last hidden state (B, L, H); a cross-encoder's logits (B, labels)
     module: nn.Module
     dense: list[DenseLayer]
     spec: PipelineSpec
@@ -84,6 +83,11 @@ def load_config(path: Path) -> dict:
 
 def supported_architectures() -> list[str]:
     return sorted(ARCHITECTURES)
+
+
+def cross_encoder_architectures() -> list[str]:
+    """The architectures whose sequence classifiers (rerankers) embed runs."""
+    return sorted(arch for arch in own_encoders() if hasattr(get_architecture({"model_type": arch}), "Classifier"))
 
 
 def own_encoders() -> list[str]:
@@ -135,10 +139,18 @@ def load_weights(path: Path) -> dict[str, mx.array]:
     return weights
 
 
-def build_model(config: dict, path: Path, dtype: mx.Dtype) -> nn.Module:
-    """mlx-lm's chain: ModelArgs.from_dict -> Model -> sanitize -> quantize what is quantized -> strict load."""
+def build_model(config: dict, path: Path, dtype: mx.Dtype, labels: int | None = None) -> nn.Module:
+    """mlx-lm's chain: ModelArgs.from_dict -> Model -> sanitize -> quantize what is quantized -> strict load.
+    With `labels`, the architecture's `Classifier` (a cross-encoder) instead of its `Model`."""
     arch = get_architecture(config)
-    model = arch.Model(arch.ModelArgs.from_dict(config))
+    args = arch.ModelArgs.from_dict(config)
+    if labels is None:
+        model = arch.Model(args)
+    elif hasattr(arch, "Classifier"):
+        model = arch.Classifier(args, labels)
+    else:
+        raise ModelError(f"cross-encoders (sequence classifiers) of architecture {config['model_type']!r} are not "
+                         f"supported; supported: {', '.join(cross_encoder_architectures())}")
     weights = load_weights(path)
     if hasattr(model, "sanitize"):
         weights = model.sanitize(weights)
@@ -214,13 +226,13 @@ def load_model(options: EngineOptions) -> LoadedModel:
         path = cached_checkpoint(path)
     config = load_config(path)
     # A bare causal LM has no Pooling module: mean over its tokens, as candle-vllm does.
-    spec = read_pipeline_spec(path, default_pooling="mean")
-    if pooling is not None:
+    spec = read_pipeline_spec(path, default_pooling="mean", config=config)
+    if pooling is not None and spec.scores is None:
         spec = dataclasses.replace(spec, pooling=pooling_override(pooling))
     dtype = options.dtype or default_dtype(config)
     if dtype not in DTYPES:
         raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    module = build_model(config, path, DTYPES[dtype])
+    module = build_model(config, path, DTYPES[dtype], spec.scores.labels if spec.scores else None)
     if config.get("quantization") and mx.default_device() == mx.cpu:
         from .quantized import use_blas_for_quantized
 
@@ -240,6 +252,8 @@ def load_model(options: EngineOptions) -> LoadedModel:
     dense = [load_dense(d) for d in spec.dense]
     hidden = config.get("hidden_size") or config["dim"]  # DistilBERT's config calls it dim
     dim = dense[-1].weight.shape[0] if dense else hidden * len(spec.pooling)
+    if spec.scores is not None:  # a cross-encoder's output is its labels' scores
+        dim = spec.scores.labels
     return LoadedModel(
         model_id=canonical_id(model),
         path=path,

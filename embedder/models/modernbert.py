@@ -5,7 +5,9 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..errors import ModelError
 from ..native import fastmath
+from ..pooling import pool
 from .attention import allowed_keys, rope_theta
 from .base import BaseModelArgs
 
@@ -30,6 +32,9 @@ class ModelArgs(BaseModelArgs):
     local_rope_theta: float = 10000.0
     layer_types: list[str] | None = None
     rope_parameters: dict | None = None
+    classifier_pooling: str = "cls"  # the sequence classifier's: the first token's state, or the tokens' mean
+    classifier_bias: bool = False
+    classifier_activation: str = "gelu"
 
     def __post_init__(self):
         if self.layer_types is None:  # configs before transformers 5 give the pattern as one number
@@ -107,8 +112,9 @@ class Model(nn.Module):
         self.layers = [Layer(args, i) for i in range(args.num_hidden_layers)]
         self.final_norm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps, bias=args.norm_bias)
 
-    def __call__(self, input_ids: mx.array, attention_mask: mx.array) -> mx.array:
-        """The last hidden state (B, L, H) for every token: no MaskedLM head, whatever the checkpoint."""
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
+        """The last hidden state (B, L, H) for every token: no MaskedLM head, whatever the checkpoint. ModernBERT
+        has no token types; `token_types` is accepted and ignored, as its tokenizer sends none."""
         masks = {
             "full_attention": allowed_keys(attention_mask),
             # Local layers see keys at most local_attention // 2 positions away, on both sides.
@@ -119,13 +125,47 @@ class Model(nn.Module):
             x = layer(x, masks[layer.layer_type])
         return self.final_norm(x)
 
+    heads = ("head.", "decoder.", "classifier.", "drop.")  # what `sanitize` drops: task heads this model lacks
+
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Keep the encoder of a MaskedLM or task checkpoint: strip `model.`, drop heads."""
         out = {}
         for key, value in weights.items():
             key = key.removeprefix("model.")
-            if key.startswith(("head.", "decoder.", "classifier.", "drop.")):
+            if key.startswith(self.heads):
                 continue
             out[key] = value
         return out
+
+
+class Head(nn.Module):
+    """ModernBertPredictionHead: projection, activation, LayerNorm."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.dense = nn.Linear(args.hidden_size, args.hidden_size, bias=args.classifier_bias)
+        self.act = fastmath.activation(args.classifier_activation)
+        self.norm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps, bias=args.norm_bias)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.norm(self.act(self.dense(x)))
+
+
+class Classifier(Model):
+    """ModernBertForSequenceClassification (gte-reranker-modernbert and the like): logits per pair, from the
+    first token's state or the tokens' mean as `classifier_pooling` says."""
+
+    heads = ("decoder.", "drop.")
+
+    def __init__(self, args: ModelArgs, labels: int):
+        super().__init__(args)
+        if args.classifier_pooling not in ("cls", "mean"):
+            raise ModelError(f"unsupported classifier_pooling {args.classifier_pooling!r}; supported: cls, mean")
+        self.head = Head(args)
+        self.classifier = nn.Linear(args.hidden_size, labels)
+
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
+        hidden = super().__call__(input_ids, attention_mask)
+        pooled = pool(hidden, attention_mask, ("cls" if self.args.classifier_pooling == "cls" else "mean",))
+        return self.classifier(self.head(pooled))
 

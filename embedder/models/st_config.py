@@ -33,6 +33,15 @@ class DenseSpec:
 
 
 @dataclass(frozen=True)
+class ScoreSpec:
+    """A cross-encoder's output: `labels` logits per (query, document) pair, then `activation`, as
+    sentence-transformers' CrossEncoder.predict applies it."""
+
+    labels: int
+    activation: str
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     """What happens after the encoder: pooling modes, Dense layers, normalization, limits, prompts."""
 
@@ -45,6 +54,7 @@ class PipelineSpec:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     has_st_files: bool = False
+    scores: ScoreSpec | None = None  # a cross-encoder: the model scores text pairs instead of embedding texts
 
 
 def _read_json(path: Path) -> dict | list:
@@ -98,8 +108,39 @@ def _tokenizer_max_length(model_dir: Path) -> int | None:
     return value if isinstance(value, int) and value < 1_000_000 else None  # transformers' "no limit" is 1e30
 
 
-def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean") -> PipelineSpec:
-    """Follow modules.json when present; a bare transformers checkpoint gets `default_pooling`."""
+def is_cross_encoder(config: dict) -> bool:
+    """A `*ForSequenceClassification` checkpoint: BERT's, XLM-RoBERTa's, ModernBERT's... (rerankers)."""
+    return any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or ())
+
+
+def label_count(config: dict) -> int:
+    """transformers saves id2label, from which it derives num_labels (2 when neither is saved)."""
+    labels = config.get("id2label")
+    return len(labels) if isinstance(labels, dict) and labels else int(config.get("num_labels", 2))
+
+
+def read_score_spec(model_dir: Path, config: dict) -> ScoreSpec:
+    """The activation CrossEncoder applies: from config_sentence_transformers.json (sentence-transformers 6),
+    config.json's `sentence_transformers` (5) or `sbert_ce_default_activation_function` (< 4); else Sigmoid for
+    one label and Identity for several. Like CrossEncoder without trust_remote_code, only torch's own classes."""
+    st_file = model_dir / "config_sentence_transformers.json"
+    candidates = (
+        (_read_json(st_file) if st_file.exists() else {}).get("activation_fn"),
+        (config.get("sentence_transformers") or {}).get("activation_fn"),
+        config.get("sbert_ce_default_activation_function"),
+    )
+    path = next((c for c in candidates if isinstance(c, str) and c.startswith("torch.")), None)
+    labels = label_count(config)
+    if path is None:
+        return ScoreSpec(labels, "sigmoid" if labels == 1 else "identity")
+    if module_kind(path) not in _ACTIVATIONS:
+        raise ModelError(f"unsupported cross-encoder activation {path}; supported: {', '.join(_ACTIVATIONS)}")
+    return ScoreSpec(labels, _ACTIVATIONS[module_kind(path)])
+
+
+def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean", config: dict | None = None) -> PipelineSpec:
+    """Follow modules.json when present; a bare transformers checkpoint gets `default_pooling`; a cross-encoder
+    (`config` says so) gets its scores instead of pooling."""
     modules_file = model_dir / "modules.json"
     st_config = model_dir / "config_sentence_transformers.json"
     prompts = _read_json(st_config) if st_config.exists() else {}
@@ -111,6 +152,8 @@ def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean") -> Pipeli
         prompts=dict(prompts.get("prompts") or {}),
         default_prompt_name=prompts.get("default_prompt_name"),
     )
+    if config is not None and is_cross_encoder(config):
+        return PipelineSpec(pooling=(), scores=read_score_spec(model_dir, config), **common)
     if not modules_file.exists():
         return PipelineSpec(pooling=(default_pooling,), **common)
 

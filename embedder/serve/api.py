@@ -48,6 +48,36 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankRequest(BaseModel):
+    """Cohere's and Jina's rerank request, as vLLM, infinity and vllm-mlx accept it on /v1/rerank and /rerank.
+    `top_n` 0 or absent keeps every document; documents may be strings or {"text": ...} objects."""
+
+    model_config = ConfigDict(strict=True)
+
+    query: str
+    documents: list[str | RerankDocument]
+    model: str | None = None
+    top_n: int | None = None
+    return_documents: bool = True
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    usage: Usage
+    results: list[RerankResult]
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -110,6 +140,26 @@ def parse_input(value: str | list[Any], max_inputs: int) -> Inputs:
         if inputs.token_ids is not None and not all(_is_token_id(t) for t in item):
             raise InputError(f"input {i} must hold only integer token ids", "input")
     return inputs
+
+
+def parse_rerank(body: RerankRequest, max_inputs: int) -> list[str]:
+    """The documents' texts; a request that would rank nothing, or more than `max_inputs`, is refused."""
+    if not body.query:
+        raise InputError("'query' is empty; send the text to rank the documents against", "query")
+    if not body.documents:
+        raise InputError("'documents' is an empty list; send at least one document", "documents")
+    if len(body.documents) > max_inputs:
+        raise InputError(f"'documents' holds {len(body.documents)} documents; at most {max_inputs} are allowed per "
+                         "request", "documents")
+    if body.top_n is not None and body.top_n < 0:
+        raise InputError(f"'top_n' must be 0 (every document) or more, got {body.top_n}", "top_n")
+    texts = [d if isinstance(d, str) else d.text for d in body.documents]
+    for i, text in enumerate([body.query, *texts]):
+        if (at := lone_surrogate(text)) is not None:
+            where = "'query'" if i == 0 else f"document {i - 1}"
+            raise InputError(f"{where} holds a lone UTF-16 surrogate at character {at}, which is not text; send "
+                             "valid Unicode", "query" if i == 0 else "documents")
+    return texts
 
 
 def check_token_ids(token_ids: list[list[int]], vocab_size: int, max_length: int,

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP front: /v1/embeddings, /v1/models, /health and /metrics over served engines."""
+"""The OpenAI-compatible HTTP front: /v1/embeddings, /v1/rerank, /v1/models, /health and /metrics over served
+engines."""
 
 import asyncio
 import contextlib
@@ -16,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..engine import EmbeddingEngine
+from ..engine import EmbeddingEngine, ranked
 from ..errors import AuthError, EmbedError, InputError, Overloaded
 from ..quantize import CALIBRATED, quantize
 from .api import (
@@ -27,14 +28,19 @@ from .api import (
     Inputs,
     ModelCard,
     ModelList,
+    RerankDocument,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
     Usage,
     check_token_ids,
     encode_vectors,
     parse_input,
+    parse_rerank,
 )
 from .errors import BodyTooLarge, error_response
 from .metrics import Metrics
-from .registry import DEFAULT_NAME, ModelRegistry
+from .registry import DEFAULT_NAME, ModelRegistry, ServedModel
 
 CLIENT_CLOSED = 499  # nginx's status for "the client hung up first": seen only in /metrics
 
@@ -115,9 +121,31 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         metrics.observe_embedding(len(token_ids), tokens)
         vectors = quantize(vectors, body.precision or "float32")
         data = [Embedding(index=i, embedding=e) for i, e in enumerate(encode_vectors(vectors, body.encoding_format))]
-        model = served.public_name if body.model in (None, DEFAULT_NAME) else body.model  # the name the client used
-        reply = EmbeddingResponse(data=data, model=model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+        reply = EmbeddingResponse(data=data, model=_client_name(served, body.model),
+                                  usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
         return Response(reply.model_dump_json(), media_type="application/json")
+
+    async def rerank(body: RerankRequest, request: Request) -> Response:
+        """The documents ranked against the query, best first: a cross-encoder's scores, or an embedding model's
+        cosine similarities."""
+        served = registry.resolve(body.model)
+        documents = parse_rerank(body, options.max_inputs)
+        with admission.admit(len(documents)):
+            engine = served.engine if served.engine.loaded else await run_in_threadpool(registry.loaded_engine, served)
+            engine.check_rankable()
+            future, tokens = await run_in_threadpool(engine.submit_scores, [body.query] * len(documents), documents)
+            scores = await _result(future, request)
+        if scores is None:
+            return Response(status_code=CLIENT_CLOSED)
+        results = [RerankResult(index=i, relevance_score=score,
+                                document=RerankDocument(text=documents[i]) if body.return_documents else None)
+                   for i, score in ranked(scores, body.top_n or None)]
+        reply = RerankResponse(id=f"rerank-{secrets.token_hex(12)}", model=_client_name(served, body.model),
+                               usage=Usage(prompt_tokens=tokens, total_tokens=tokens), results=results)
+        return Response(reply.model_dump_json(exclude_none=True), media_type="application/json")
+
+    for path in ("/v1/rerank", "/rerank", "/v2/rerank"):  # vLLM's three spellings; Jina's, Cohere's v1 and v2
+        app.post(path, response_model=RerankResponse)(rerank)
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
@@ -140,6 +168,11 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
 
 async def _handle(request: Request, exc: Exception) -> Response:
     return error_response(exc)
+
+
+def _client_name(served: ServedModel, asked: str | None) -> str:
+    """The model name to answer with: the one the client used, or the served model's public name."""
+    return served.public_name if asked in (None, DEFAULT_NAME) else asked
 
 
 def _characters(inputs: Inputs) -> int:
@@ -176,9 +209,13 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
+KEYED_PATHS = ("/v1/", "/v2/", "/rerank")  # what --api-key guards; /health and /metrics stay open to probes
+
+
 @dataclass
 class Gate:
-    """What a request must pass before its body is parsed: the API key on /v1, and the body size limit."""
+    """What a request must pass before its body is parsed: the API key on the API's paths, and the body size
+    limit."""
 
     app: ASGIApp
     api_key: str | None
@@ -188,7 +225,7 @@ class Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         try:
-            if self.api_key is not None and scope["path"].startswith("/v1/"):
+            if self.api_key is not None and scope["path"].startswith(KEYED_PATHS):
                 self._check_key(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"))
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 receive = await self._buffer(receive)
