@@ -134,7 +134,7 @@ def test_progress_knows_the_total(tmp_path, engine, kind):
 @pytest.mark.parametrize("precision", ["float16", "int8", "uint8", "binary", "ubinary"])
 def test_compact_vectors_equal_sentence_transformers_quantization(tmp_path, engine, precision):
     """Each precision's Parquet column holds quantize_embeddings of the float32 vectors; int8/uint8 with the ranges
-    of a calibration file, which the output's metadata records."""
+    of a calibration file, which the output's metadata records; DuckDB and polars read the same values."""
     from reference import require_oracle
 
     require_oracle()
@@ -156,6 +156,13 @@ def test_compact_vectors_equal_sentence_transformers_quantization(tmp_path, engi
         want = quantize_embeddings(floats, precision=precision, calibration_embeddings=floats)
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
+    # the file reads the same in the tools users query vector files with
+    import duckdb
+    import polars
+
+    in_duckdb = [row[0] for row in duckdb.sql(f"SELECT embedding FROM '{out}'").fetchall()]
+    np.testing.assert_array_equal(np.array(in_duckdb).astype(want.dtype), want)
+    np.testing.assert_array_equal(polars.read_parquet(out)["embedding"].to_numpy(), want)
     ranges = json.loads(table.schema.metadata[b"quantization_ranges"])
     assert (ranges is not None) == (calibration is not None)
 

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from reference import require_oracle
 
 from embedder import DEFAULT_MODEL, EmbeddingEngine
 
@@ -124,6 +125,27 @@ def test_base64_is_little_endian_float32(http: httpx.Client, engine: EmbeddingEn
     data = http.post("/v1/embeddings", json={"input": TEXTS[:2], "encoding_format": "base64"}).json()["data"]
     got = [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in data]
     assert_close(got, engine.embed(TEXTS[:2]))
+
+
+@pytest.mark.parametrize("embed_dtype,endianness", [("float16", "big"), ("bfloat16", "little"), ("float32", "big")])
+def test_vllm_embed_dtype_and_endianness(http: httpx.Client, engine: EmbeddingEngine, embed_dtype: str,
+                                         endianness: str) -> None:
+    """As vLLM encodes them: the vectors' values in that type and byte order, decoded here with torch's bfloat16."""
+    require_oracle()
+    import torch
+
+    data = http.post("/v1/embeddings", json={"input": TEXTS[:2], "encoding_format": "base64",
+                                             "embed_dtype": embed_dtype, "endianness": endianness}).json()["data"]
+    width = {"float32": 4, "float16": 2, "bfloat16": 2}[embed_dtype]
+    raw = [bytearray(base64.b64decode(d["embedding"])) for d in data]
+    assert all(len(r) == width * 384 for r in raw)
+    if endianness == "big":  # torch reads native (little-endian here) bytes
+        raw = [bytearray(np.frombuffer(r, f">u{width}").astype(f"<u{width}").tobytes()) for r in raw]
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[embed_dtype]
+    got = np.stack([torch.frombuffer(r, dtype=dtype).float().numpy() for r in raw])
+    want = torch.from_numpy(engine.embed(TEXTS[:2])).to(dtype).float().numpy()
+    assert_close(got, want)
+    np.testing.assert_allclose(got, want, atol=1e-6)  # torch's rounding, bit for bit up to its float32 read-back
 
 
 @pytest.mark.parametrize("nested", [False, True])

@@ -11,6 +11,9 @@ from ..errors import InputError, InputTooLong, lone_surrogate
 from ..quantize import PRECISIONS
 
 
+EMBED_DTYPES = ("float32", "float16", "bfloat16")
+
+
 class EmbeddingRequest(BaseModel):
     """OpenAI's embeddings request. `input` is classified by `parse_input`, so a bad list gets a 400 naming it."""
 
@@ -28,6 +31,9 @@ class EmbeddingRequest(BaseModel):
     precision: Literal[PRECISIONS] | None = None
     # vLLM's: keep each input's last N tokens (-1: the model's maximum), counted on its whole tokenization.
     truncate_prompt_tokens: int | None = None
+    # vLLM's: the type and byte order of base64 values (float lists are always floats).
+    embed_dtype: Literal[EMBED_DTYPES] | None = None
+    endianness: Literal["native", "little", "big"] | None = None
 
 
 class Embedding(BaseModel):
@@ -174,13 +180,26 @@ def check_token_ids(token_ids: list[list[int]], vocab_size: int, max_length: int
     return token_ids if long_input == "chunk" else [ids[:max_length] for ids in token_ids]
 
 
-def encode_vectors(vectors: np.ndarray, encoding_format: str | None) -> list[list[float]] | list[str]:
-    """base64 is the values' little-endian bytes (float32 unless a precision says otherwise), what the openai
-    SDK asks for unless told otherwise."""
-    if encoding_format == "base64":
-        little = vectors.astype(vectors.dtype.newbyteorder("<"), copy=False)
-        return [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
-    return vectors.tolist()
+def encode_vectors(vectors: np.ndarray, encoding_format: str | None, embed_dtype: str | None = None,
+                   endianness: str | None = None) -> list[list[float]] | list[str]:
+    """base64 is the values' bytes, what the openai SDK asks for unless told otherwise: float32 little-endian, or
+    the type a precision made them; vLLM's `embed_dtype` (float16 or bfloat16, rounded to nearest even) and
+    `endianness` choose another type and byte order for float vectors."""
+    if encoding_format != "base64":
+        return vectors.tolist()
+    if embed_dtype == "float16":
+        vectors = vectors.astype(np.float16)
+    elif embed_dtype == "bfloat16":
+        vectors = bfloat16_bits(vectors)
+    order = {"big": ">", "native": "="}.get(endianness or "little", "<")
+    ordered = vectors.astype(vectors.dtype.newbyteorder(order), copy=False)
+    return [base64.b64encode(row.tobytes()).decode("ascii") for row in ordered]
+
+
+def bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
+    """float32 values as bfloat16 bit patterns (uint16), rounded to nearest even as torch rounds; never NaN here."""
+    bits = np.ascontiguousarray(vectors, np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 
 
 def _is_token_id(value: Any) -> bool:

@@ -104,6 +104,9 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         if body.precision in CALIBRATED and len(inputs) < 2:
             raise InputError(f"precision {body.precision} takes each dimension's range from the request's own "
                              "vectors, so it needs at least two inputs", "precision")
+        if body.embed_dtype not in (None, "float32") and body.precision not in (None, "float32"):
+            raise InputError(f"embed_dtype {body.embed_dtype} is for float vectors; precision {body.precision} "
+                             "already sets the values' type", "embed_dtype")
         with admission.admit(len(inputs)):
             # A thread hop costs more than a loaded engine's lookup or a short text's tokens: only long work hops.
             engine = served.engine if served.engine.loaded else await run_in_threadpool(registry.loaded_engine, served)
@@ -120,7 +123,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         tokens = sum(engine.embedded_tokens(token_ids))
         metrics.observe_embedding(len(token_ids), tokens)
         vectors = quantize(vectors, body.precision or "float32")
-        data = [Embedding(index=i, embedding=e) for i, e in enumerate(encode_vectors(vectors, body.encoding_format))]
+        encoded = encode_vectors(vectors, body.encoding_format, body.embed_dtype, body.endianness)
+        data = [Embedding(index=i, embedding=e) for i, e in enumerate(encoded)]
         reply = EmbeddingResponse(data=data, model=_client_name(served, body.model),
                                   usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
         return Response(reply.model_dump_json(), media_type="application/json")
