@@ -12,7 +12,7 @@ from embedder.io.pipeline import Progress, Summary
 
 @contextmanager
 def progress_bar(enabled: bool) -> Iterator[Callable[[Progress], None] | None]:
-    """A rich bar fed by the pipeline's callback (rows, tokens/s, ETA when the total is known), or None."""
+    """A rich bar fed by the pipeline's callback (rows, rows/s and tokens/s, ETA when the total is known), or None."""
     if not enabled:
         yield None
         return
@@ -27,8 +27,9 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[Progress], None] | None]:
         task = bar.add_task("embed", total=None, rate="")
 
         def update(p: Progress) -> None:
-            rate = p.tokens / max(time.perf_counter() - start, 1e-9)
-            bar.update(task, completed=p.rows, total=p.total, rate=f"{rate:,.0f} tokens/s")
+            seconds = max(time.perf_counter() - start, 1e-9)
+            bar.update(task, completed=p.rows, total=p.total,
+                       rate=f"{p.rows / seconds:,.0f} rows/s {p.tokens / seconds:,.0f} tokens/s")
 
         yield update
 

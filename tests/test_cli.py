@@ -188,3 +188,30 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, stop):
     assert pq.ParquetFile(out).metadata.num_row_groups == pq.ParquetFile(whole).metadata.num_row_groups == ROWS // 8
     np.testing.assert_allclose(vectors_of(resumed), vectors_of(reference), atol=1e-6)
     assert not partial_dir(str(out)).exists()
+
+
+def test_progress_on_a_terminal_counts_to_the_total_with_rates(tmp_path):
+    """stderr a terminal (a pty): the bar's last frame shows rows of the exact total, rows/s and tokens/s, then the
+    summary line; the bar itself is erased."""
+    import pty
+
+    source = tmp_path / "docs.txt"
+    source.write_text("".join(f"text number {i}\n" for i in range(40)))
+    parent, child = pty.openpty()
+    proc = subprocess.Popen([*COMMAND, str(source), "-o", str(tmp_path / "out.parquet")], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=child, env={**ENV, "COLUMNS": "160"})
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(parent, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(parent)
+    assert proc.wait(timeout=300) == 0, seen
+    text = seen.decode(errors="replace")
+    assert "40/40" in text and " rows/s " in text and " tokens/s" in text, text
+    assert "embedded 40 rows, " in text
