@@ -1,5 +1,6 @@
 """GGUF: a tiny llama / qwen2 written by the test (mixed Q4_0, Q4_1, Q8_0, F32), against PyTorch on the same weights."""
 
+import json
 import shutil
 
 import numpy as np
@@ -8,10 +9,10 @@ import pytest
 from embedder import EmbeddingEngine
 from embedder.errors import ModelError
 from embedder.models.gguf import GLOBAL_NAMES, TENSOR_NAMES
-from reference import cosine, require_oracle
+from reference import cosine, require_oracle, st_reference
 from test_models_encoders import TEXTS
 from test_models_decoders import torch_reference
-from tiny_models import tiny_transformer
+from tiny_models import copy_tokenizer, save_sentence_transformer, tiny_encoder, tiny_transformer
 
 
 def quant_type(name: str):
@@ -105,3 +106,121 @@ def test_gguf_unsupported_architecture(tmp_path):
     w.close()
     with pytest.raises(ModelError, match="unsupported GGUF architecture 'mamba'"):
         EmbeddingEngine(str(tmp_path / "x.gguf")).load()
+
+
+# ---- encoders as llama.cpp writes them (Ollama's all-minilm, nomic-embed-text, mxbai-embed-large blobs) -------
+
+# fp16 scale fields of each K-quant block (offset in the block), set so the random blocks decode to weights of a
+# trained model's size; the rest of each block is random bytes.
+K_QUANT_SCALES = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def k_quant_blocks(rows: int, cols: int, qtype, rng) -> np.ndarray:
+    import gguf
+
+    per_block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, size=(rows, cols // per_block, block_bytes), dtype=np.uint8)
+    scale = np.frombuffer(np.float16(0.0004).tobytes(), np.uint8)
+    for offset in K_QUANT_SCALES.get(qtype.name, ()):
+        raw[..., offset:offset + 2] = scale
+    return raw.reshape(rows, -1)
+
+
+def write_bert_gguf(hf_dir, out, types) -> None:
+    """The BertModel in `hf_dir` as llama.cpp's converter writes it: its tensor names (the gguf package's own map),
+    its metadata, the WordPiece vocabulary in phantom-space form, mean pooling. `types(name, shape)` picks each
+    2-D weight's block type; K-quant ones get random blocks, and `hf_dir`'s weights are replaced by what every
+    tensor decodes to, so the transformers model there is the reference."""
+    import gguf
+    require_oracle()
+    import torch
+    from transformers import BertModel
+
+    model = BertModel.from_pretrained(str(hf_dir), add_pooling_layer=False)
+    c = model.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, c.num_hidden_layers)
+    w = gguf.GGUFWriter(str(out), "bert")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_head_count(c.num_attention_heads)
+    w.add_layer_norm_eps(c.layer_norm_eps)
+    w.add_causal_attention(False)
+    w.add_pooling_type(gguf.PoolingType.MEAN)
+    vocab = json.loads((hf_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    w.add_tokenizer_model("bert")
+    w.add_token_list([t if t.startswith("[") and t.endswith("]") else t[2:] if t.startswith("##") else "\u2581" + t
+                      for t in tokens])
+    for key, token in (("unk", "[UNK]"), ("bos", "[CLS]"), ("sep", "[SEP]"), ("pad", "[PAD]")):  # llama.cpp's keys
+        getattr(w, f"add_{key}_token_id")(vocab[token])
+    rng = np.random.default_rng(0)
+    state = model.state_dict()
+    with torch.no_grad():
+        for key, tensor in state.items():
+            if key.endswith("position_ids"):
+                continue
+            name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+            data = tensor.float().numpy()
+            qtype = types(name, data.shape) if data.ndim == 2 else gguf.GGMLQuantizationType.F32
+            if qtype.name in K_QUANT_SCALES:
+                packed = k_quant_blocks(*data.shape, qtype, rng)
+            elif qtype != gguf.GGMLQuantizationType.F32:
+                packed = gguf.quants.quantize(data, qtype)
+            else:
+                packed = data
+            if qtype != gguf.GGMLQuantizationType.F32:
+                tensor.copy_(torch.from_numpy(gguf.quants.dequantize(packed, qtype)))
+            w.add_tensor(name, packed, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    model.save_pretrained(str(hf_dir))
+
+
+def test_bert_gguf_matches_the_safetensors_model(tmp_path, minilm_path, monkeypatch):
+    """Q8_0 as Ollama ships all-minilm, no tokenizer.json beside the file: the vocabulary, pooling and
+    normalization come from the GGUF metadata, and the vectors match the unquantized model's."""
+    from gguf import GGMLQuantizationType as Q
+
+    monkeypatch.setenv("EMBED_CACHE", str(tmp_path / "cache"))
+    hf = tiny_encoder("bert", minilm_path, tmp_path)
+    unquantized = save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=128)
+    expected, tokens = st_reference(unquantized, TEXTS)
+    (tmp_path / "g").mkdir()
+    write_bert_gguf(hf, tmp_path / "g" / "all-minilm.gguf", lambda name, shape: Q.Q8_0)
+    engine = EmbeddingEngine(str(tmp_path / "g" / "all-minilm.gguf"))
+    info = engine.info()
+    assert info["architecture"] == "bert" and info["pooling"] == "mean" and info["normalize"]
+    assert info["quantization"]["bits"] == 8
+    assert engine.tokens_per_text(TEXTS) == tokens
+    assert cosine(engine.embed(TEXTS), expected).min() >= 0.999
+    engine.unload()
+
+
+def test_k_quant_gguf_matches_its_dequantized_weights(tmp_path, minilm_path, monkeypatch):
+    """Q2_K to Q6_K and Q5_0 (blocks MLX cannot read exactly) dequantized by the gguf package, stored as MLX 8-bit:
+    equal to PyTorch running what the blocks decode to."""
+    require_oracle()
+    from gguf import GGMLQuantizationType as Q
+    from transformers import BertConfig, BertModel
+
+    monkeypatch.setenv("EMBED_CACHE", str(tmp_path / "cache"))
+    hf = tmp_path / "hf-bert-wide"  # K-quant blocks hold 256 weights: rows of 256 and 512
+    BertModel(BertConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=128), add_pooling_layer=False).save_pretrained(str(hf))
+    copy_tokenizer(minilm_path, hf)
+    mix = {"attn_q": Q.Q4_K, "attn_k": Q.Q5_K, "attn_v": Q.Q6_K, "attn_output": Q.Q3_K, "ffn_up": Q.Q2_K,
+           "ffn_down": Q.Q5_0, "token_embd": Q.Q4_K}
+    (tmp_path / "g").mkdir()
+    write_bert_gguf(hf, tmp_path / "g" / "wide.gguf",
+                    lambda name, shape: next((t for part, t in mix.items() if f"{part}." in name), Q.F32))
+    expected, tokens = st_reference(save_sentence_transformer(hf, tmp_path / "st", "mean", True, 128), TEXTS)
+    engine = EmbeddingEngine(str(tmp_path / "g" / "wide.gguf"))
+    assert engine.info()["quantization"]["bits"] == 8
+    got = engine.embed(TEXTS)
+    assert np.isfinite(got).all() and engine.tokens_per_text(TEXTS) == tokens
+    assert cosine(got, expected).min() >= 0.999
+    engine.unload()

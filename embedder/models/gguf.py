@@ -1,5 +1,6 @@
-"""GGUF files (llama.cpp) to MLX checkpoints: tensors as MLX reads them (Q4_0/Q4_1/Q8_0 stay quantized),
-config from the file's metadata, tokenizer from beside the file or from its metadata."""
+"""GGUF files (llama.cpp, Ollama) to MLX checkpoints: decoder LLMs and BERT encoders, tensors as MLX reads them
+(Q4_0/Q4_1/Q8_0 stay quantized) or, for K-quants and other block types, dequantized once by the gguf package and
+stored as MLX 8-bit; config and pooling from the file's metadata; tokenizer from beside the file or its metadata."""
 
 import hashlib
 import json
@@ -9,11 +10,14 @@ from collections import Counter
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 
 from ..errors import ModelError
 
 # general.architecture -> transformers model_type (llama.cpp writes Mistral as llama).
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "phi3": "phi3"}
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "phi3": "phi3",
+                 "bert": "bert"}
+ENCODERS = ("bert",)  # model_types whose GGUF tensors follow llama.cpp's BERT names (ENCODER_TENSOR_NAMES)
 # Metadata key (after "<arch>.") -> config.json key.
 CONFIG_KEYS = {
     "embedding_length": "hidden_size",
@@ -22,6 +26,7 @@ CONFIG_KEYS = {
     "attention.head_count": "num_attention_heads",
     "attention.head_count_kv": "num_key_value_heads",
     "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "attention.layer_norm_epsilon": "layer_norm_eps",
     "attention.key_length": "head_dim",
     "rope.freq_base": "rope_theta",
     "context_length": "max_position_embeddings",
@@ -49,14 +54,60 @@ TENSOR_NAMES = {
     "ffn_down_exps": "mlp.switch_mlp.down_proj",
 }
 GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+# The same for llama.cpp's BERT (convert_hf_to_gguf's BertModel): GGUF name -> transformers BertModel name.
+ENCODER_TENSOR_NAMES = {
+    "attn_q": "attention.self.query",
+    "attn_k": "attention.self.key",
+    "attn_v": "attention.self.value",
+    "attn_output": "attention.output.dense",
+    "attn_output_norm": "attention.output.LayerNorm",
+    "ffn_up": "intermediate.dense",
+    "ffn_down": "output.dense",
+    "layer_output_norm": "output.LayerNorm",
+}
+ENCODER_GLOBAL_NAMES = {
+    "token_embd": "embeddings.word_embeddings",
+    "token_types": "embeddings.token_type_embeddings",
+    "position_embd": "embeddings.position_embeddings",
+    "token_embd_norm": "embeddings.LayerNorm",
+}
+# `<arch>.pooling_type` (llama.cpp's enum) -> sentence-transformers' pooling mode.
+POOLING_TYPES = {1: "mean", 2: "cls", 3: "lasttoken"}
 GROUP_SIZE = 32  # every GGUF block format MLX reads (Q4_0, Q4_1, Q8_0) quantizes 32 weights per block
+MLX_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0")  # what MLX's own GGUF reader converts exactly
+FLOAT_TYPES = ("F32", "F16", "BF16")
+REQUANTIZED_BITS = 8  # other block types, dequantized: MLX affine 8-bit, far finer than any K-quant's own error
 
 
 def read_gguf(path: Path) -> tuple[dict[str, mx.array], dict]:
+    """Tensors and metadata. MLX reads the formats it converts exactly; for any other block type (K-quants, Q5_0,
+    IQ4_NL...) every tensor is read by the gguf package instead, and quantized ones are dequantized with its
+    dequantizers and stored as MLX 8-bit (MLX's own reader would turn some K-quants into wrong floats)."""
     try:
-        return mx.load(str(path), return_metadata=True)
-    except Exception as e:  # MLX raises plain errors for unknown block types and broken files
-        raise ModelError(f"cannot read {path}: {e} (MLX reads F32, F16, BF16, Q4_0, Q4_1 and Q8_0 tensors)") from e
+        import gguf
+    except ImportError as e:
+        raise ModelError(f"reading {path.name} needs the gguf package: pip install 'embed[gguf]'") from e
+    try:
+        reader = gguf.GGUFReader(str(path))
+        if all(t.tensor_type.name in MLX_TYPES for t in reader.tensors):
+            return mx.load(str(path), return_metadata=True)
+        metadata = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+        return {k: v for t in reader.tensors for k, v in _tensor(t, gguf).items()}, metadata
+    except (ValueError, OSError, RuntimeError, NotImplementedError) as e:  # broken files, unknown block types
+        raise ModelError(f"cannot read {path}: {e}") from e
+
+
+def _tensor(tensor, gguf) -> dict[str, mx.array]:
+    """One tensor the gguf package read: floats as they are, a quantized one dequantized, then MLX 8-bit."""
+    name = tensor.name
+    if tensor.tensor_type.name in ("F32", "F16"):
+        return {name: mx.array(np.asarray(tensor.data))}
+    values = mx.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type))
+    if tensor.tensor_type.name in FLOAT_TYPES or values.ndim != 2:
+        return {name: values}
+    weight, scales, biases = mx.quantize(values, group_size=GROUP_SIZE, bits=REQUANTIZED_BITS)
+    stem = name.removesuffix(".weight")
+    return {name: weight, f"{stem}.scales": scales, f"{stem}.biases": biases}
 
 
 def _scalar(value):
@@ -73,6 +124,10 @@ def gguf_config(metadata: dict, weights: dict[str, mx.array]) -> dict:
         if f"{arch}.{key}" in metadata:
             config[name] = _scalar(metadata[f"{arch}.{key}"])
     config["vocab_size"] = weights["token_embd.weight"].shape[0]
+    if config["model_type"] in ENCODERS:
+        if "token_types.weight" in weights:
+            config["type_vocab_size"] = weights["token_types.weight"].shape[0]
+        return config
     config["tie_word_embeddings"] = "output.weight" not in weights
     if arch == "phi3":  # fused gate_up: half of the up projection's rows
         config["intermediate_size"] = config.get("intermediate_size") or weights["blk.0.ffn_up.weight"].shape[0] // 2
@@ -88,18 +143,21 @@ def _unpermute(w: mx.array, n_heads: int) -> mx.array:
 
 def hf_weights(weights: dict[str, mx.array], config: dict) -> dict[str, mx.array]:
     """GGUF tensor names to transformers ones; `.scales`/`.biases` follow their weight."""
+    encoder = config["model_type"] in ENCODERS
+    layers, names, globals_ = (("encoder.layer", ENCODER_TENSOR_NAMES, ENCODER_GLOBAL_NAMES) if encoder
+                               else ("model.layers", TENSOR_NAMES, GLOBAL_NAMES))
     out = {}
     for key, value in weights.items():
         stem, part = key.rsplit(".", 1)
         if m := re.fullmatch(r"blk\.(\d+)\.(\w+)", stem):
-            if m.group(2) not in TENSOR_NAMES:
+            if m.group(2) not in names:
                 raise ModelError(f"unknown GGUF tensor {key}")
-            name = f"model.layers.{m.group(1)}.{TENSOR_NAMES[m.group(2)]}"
+            name = f"{layers}.{m.group(1)}.{names[m.group(2)]}"
             if config["model_type"] == "llama" and m.group(2) in ("attn_q", "attn_k"):
                 heads = config["num_attention_heads" if m.group(2) == "attn_q" else "num_key_value_heads"]
                 value = _unpermute(value, heads)
-        elif stem in GLOBAL_NAMES:
-            name = GLOBAL_NAMES[stem]
+        elif stem in globals_:
+            name = globals_[stem]
         else:
             raise ModelError(f"unknown GGUF tensor {key}")
         out[f"{name}.{part}"] = value
@@ -121,13 +179,17 @@ def quantization_config(weights: dict[str, mx.array]) -> dict | None:
     return config
 
 
-def save_tokenizer(src: Path, out: Path) -> None:
-    """A tokenizer.json beside the file wins; else transformers rebuilds one from the GGUF metadata."""
+def save_tokenizer(src: Path, out: Path, metadata: dict) -> None:
+    """A tokenizer.json beside the file wins; else one built from the GGUF vocabulary (BERT's WordPiece here,
+    transformers for the rest)."""
     beside = src.parent / "tokenizer.json"
     if beside.exists():
         for f in src.parent.glob("*.json"):
             if f.name.startswith(("tokenizer", "special_tokens")):
                 (out / f.name).write_bytes(f.read_bytes())
+        return
+    if metadata.get("tokenizer.ggml.model") == "bert":
+        wordpiece_tokenizer(metadata).save(str(out / "tokenizer.json"))
         return
     try:
         from transformers import AutoTokenizer
@@ -135,7 +197,54 @@ def save_tokenizer(src: Path, out: Path) -> None:
         AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name).save_pretrained(str(out))
     except ImportError as e:
         raise ModelError(f"{src} has no tokenizer.json beside it; rebuilding one from the GGUF metadata "
-                         f"needs transformers, torch and gguf (pip install 'embed[oracle]' gguf)") from e
+                         f"needs transformers, torch and gguf (pip install 'embed[oracle,gguf]')") from e
+
+
+def wordpiece_tokenizer(metadata: dict):
+    """BERT's tokenizer from a llama.cpp vocabulary. llama.cpp stores WordPiece tokens in "phantom space" form (a
+    word's first piece gets a leading U+2581, a continuation loses its "##"); this undoes that, and lower-cases and
+    strips accents as llama.cpp's WPM tokenizer does."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    def piece(token: str) -> str:
+        if token.startswith("\u2581"):
+            return token[1:]
+        return token if token.startswith("[") and token.endswith("]") else "##" + token
+
+    tokens = [piece(t) for t in metadata["tokenizer.ggml.tokens"]]
+
+    def special(keys: tuple[str, ...], default: str) -> str:
+        """The first of these metadata ids present (llama.cpp's newer key first), else the usual BERT token."""
+        found = next((metadata[f"tokenizer.ggml.{k}"] for k in keys if f"tokenizer.ggml.{k}" in metadata), None)
+        return default if found is None else tokens[_scalar(found)]
+
+    unk = special(("unknown_token_id",), "[UNK]")
+    cls = special(("cls_token_id", "bos_token_id"), "[CLS]")
+    sep = special(("seperator_token_id", "eos_token_id"), "[SEP]")  # sic: llama.cpp's spelling
+    tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token=unk))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, tokens.index(cls)), (sep, tokens.index(sep))])
+    return tokenizer
+
+
+def save_pipeline(metadata: dict, config: dict, out: Path) -> None:
+    """An encoder's pooling (`<arch>.pooling_type`) and normalization as sentence-transformers files, so the normal
+    load chain reads them; llama.cpp and Ollama L2-normalize the embeddings they return, and so does this."""
+    arch = metadata["general.architecture"]
+    pooling = POOLING_TYPES.get(_scalar(metadata.get(f"{arch}.pooling_type", 1)))
+    if pooling is None:
+        raise ModelError(f"unsupported GGUF pooling type {metadata.get(f'{arch}.pooling_type')} (mean, cls, last)")
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": config["hidden_size"], "pooling_mode": pooling}))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (out / "modules.json").write_text(json.dumps(modules, indent=2))
 
 
 def gguf_to_checkpoint(src: Path, out: Path) -> Path:
@@ -146,7 +255,9 @@ def gguf_to_checkpoint(src: Path, out: Path) -> Path:
     if (q := quantization_config(weights)) is not None:
         config["quantization"] = q
     out.mkdir(parents=True, exist_ok=True)
-    save_tokenizer(src, out)
+    save_tokenizer(src, out, metadata)
+    if config["model_type"] in ENCODERS:
+        save_pipeline(metadata, config, out)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return out
