@@ -25,7 +25,7 @@ def models(
                 "architectures": supported_architectures(),
                 "own_encoders": own_encoders(),
                 "causal_lm": "any other model_type that the installed mlx-lm implements (pooling mean, last or cls)",
-                "gguf": sorted(GGUF),
+                "gguf": sorted(set(GGUF.values())),  # the model types GGUF files of llama.cpp load as
             }
         else:
             from embedder import EmbeddingEngine
@@ -50,6 +50,11 @@ EXAMPLES = {
     "xlm-roberta": "multilingual-e5-*, bge-m3, paraphrase-multilingual-*",
     "camembert": "sentence-camembert-*",
     "modernbert": "modernbert-embed-base, gte-modernbert-base",
+    "nomic_bert": "nomic-embed-text-v1, nomic-embed-text-v1.5",
+    "gte": "gte-base/large-en-v1.5, gte-multilingual-base, snowflake-arctic-embed-m-v2.0",
+    "new": "gte-*-en-v1.5, gte-multilingual-base (their remote code's name for gte)",
+    "t5": "sentence-t5-base/large/xl, gtr-t5-base/large",
+    "siglip": "siglip-base-patch16-224 and the like: images and texts in one space (the images extra)",
     "gemma3_text": "embeddinggemma-300m",
     "qwen3": "Qwen3-Embedding-0.6B/4B/8B",
     "qwen2": "gte-Qwen2-*-instruct",
@@ -66,7 +71,7 @@ def _supported_table(info: dict):
         table.add_column(column)
     for arch in info["architectures"]:
         runs_on = "embed's MLX encoder" if arch in info["own_encoders"] else "mlx-lm (the llm extra), pooled"
-        table.add_row(arch, runs_on, "yes" if arch.replace("_", "") in info["gguf"] else "",
+        table.add_row(arch, runs_on, "yes" if arch in info["gguf"] else "",
                       EXAMPLES.get(arch, ""))
     table.caption = f"and {info['causal_lm']}"
     return table

@@ -1,7 +1,10 @@
-"""What every architecture module shares: config parsing that ignores keys it does not declare."""
+"""What every architecture module shares: config parsing that ignores keys it does not declare, and the fusing of
+separate checkpoint projections into one."""
 
 import inspect
 from dataclasses import dataclass
+
+import mlx.core as mx
 
 
 @dataclass
@@ -10,3 +13,16 @@ class BaseModelArgs:
     def from_dict(cls, params: dict):
         fields = inspect.signature(cls).parameters
         return cls(**{k: v for k, v in params.items() if k in fields})
+
+
+def fuse(weights: dict[str, mx.array], n_layers: int, layer: str, groups: dict[str, tuple[str, ...]]
+         ) -> dict[str, mx.array]:
+    """Concatenate each group's projections (output rows, quantized ones too) into the one named by the key."""
+    for i in range(n_layers):
+        base = layer.format(i)
+        for fused, parts in groups.items():
+            for part in ("weight", "bias", "scales", "biases"):
+                names = [f"{base}{p}.{part}" for p in parts]
+                if all(n in weights for n in names):
+                    weights[f"{base}{fused}.{part}"] = mx.concatenate([weights.pop(n) for n in names], axis=0)
+    return weights

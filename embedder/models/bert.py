@@ -7,7 +7,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..native import fastmath
-from .base import BaseModelArgs
+from .base import BaseModelArgs, fuse
 
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "xlm_roberta", "camembert")
 
@@ -154,13 +154,8 @@ class Model(nn.Module):
             if key.startswith(self.heads) or key.endswith("position_ids"):
                 continue
             out[key] = value
-        for i in range(self.args.num_hidden_layers):
-            base = f"encoder.layer.{i}.attention.self."
-            for part in ("weight", "bias", "scales", "biases"):
-                names = [f"{base}{n}.{part}" for n in ("query", "key", "value")]
-                if all(n in out for n in names):
-                    out[f"{base}qkv.{part}"] = mx.concatenate([out.pop(n) for n in names], axis=0)
-        return out
+        return fuse(out, self.args.num_hidden_layers, "encoder.layer.{}.attention.self.",
+                    {"qkv": ("query", "key", "value")})
 
 
 class Pooler(nn.Module):

@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten
 
 from ..errors import ModelError
 from ..hub import canonical_id, resolve_model_path
+from ..images import ImageProcessor, read_image_processor
 from ..options import EngineOptions
 from ..tokenizer import TextTokenizer, load_tokenizer
 from .st_config import DenseSpec, PipelineSpec, pooling_modes, read_pipeline_spec
@@ -28,12 +29,19 @@ ARCHITECTURES = {
     "distilbert": ("embedder.models", "distilbert"),
     "mpnet": ("embedder.models", "mpnet"),
     "modernbert": ("embedder.models", "modernbert"),
+    "nomic_bert": ("embedder.models", "nomic_bert"),
+    "gte": ("embedder.models", "gte"),
+    "new": ("embedder.models", "gte"),  # the published GTE v1.5 checkpoints' remote-code name
+    "t5": ("embedder.models", "t5"),
+    "mt5": ("embedder.models", "t5"),
     "gemma3_text": ("embedder.models", "gemma3_text"),
+    "siglip": ("embedder.models", "siglip"),
     **{t: _CAUSAL_LM for t in ("llama", "mistral", "phi3", "gemma", "gemma2", "qwen2", "qwen3", "qwen3_moe", "glm4")},
 }
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
-# Activations that overflow float16 (Gemma's embedding scale and residual stream): bfloat16 on GPU instead.
-BFLOAT16_ONLY = ("gemma", "gemma2", "gemma3_text")
+# Activations that overflow float16 (Gemma's embedding scale and residual stream, T5's feed-forward, which
+# transformers keeps in float32): bfloat16 on GPU instead.
+BFLOAT16_ONLY = ("gemma", "gemma2", "gemma3_text", "t5", "mt5")  # T5's feed-forward outputs overflow float16 too
 # Names users type for pooling modes, as candle-vllm spells them.
 POOLING_ALIASES = {"last": "lasttoken", "last_token": "lasttoken", "first": "cls"}
 
@@ -70,6 +78,8 @@ class LoadedModel:
     dim: int
     dtype: str
     quantization: dict | None
+    images: ImageProcessor | None = None  # an image model's preprocessing (its module has `embed_images`)
+    image_patches: int = 0  # what one image costs a batch, in tokens: its vision tower's patch count
 
 
 def load_config(path: Path) -> dict:
@@ -118,9 +128,21 @@ def get_architecture(config: dict):
     return importlib.import_module(f"{package}.{name}")
 
 
+def hidden_size(config: dict) -> int:
+    """The width of the states the model returns, whatever its config calls it."""
+    for key in ("hidden_size", "d_model", "n_embd", "dim"):  # T5: d_model; NomicBERT: n_embd; DistilBERT: dim
+        if key in config:
+            return config[key]
+    text = config.get("text_config") or {}  # SigLIP: its text tower's projection
+    return text.get("projection_size") or text.get("hidden_size", 768)
+
+
 def position_limit(config: dict) -> int | None:
     """The longest input the position table allows (RoBERTa's table includes a padding offset)."""
-    limit = config.get("max_position_embeddings")
+    # n_positions: NomicBERT's GPT-2 name; a two-tower model (SigLIP) limits texts by its text tower's table
+    text_tower = config.get("text_config") or {}
+    limit = (config.get("max_position_embeddings") or config.get("n_positions")
+             or text_tower.get("max_position_embeddings"))
     if limit is not None and config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "mpnet"):
         limit -= config.get("pad_token_id", 1) + 1
     return limit
@@ -250,7 +272,11 @@ def load_model(options: EngineOptions) -> LoadedModel:
         raise ModelError(f"max_length {length} is more than the batch token budget {batch_tokens}; raise batch_tokens")
     tokenizer = load_tokenizer(path, length, spec.do_lower_case, options.long_input_mode)
     dense = [load_dense(d) for d in spec.dense]
-    hidden = config.get("hidden_size") or config["dim"]  # DistilBERT's config calls it dim
+    images = read_image_processor(path, module.args.image_size) if hasattr(module, "embed_images") else None
+    if images is not None and not spec.has_st_files:  # text and image vectors compared by cosine, as SigLIP's own
+        spec = dataclasses.replace(spec, normalize=True)
+    # DistilBERT: dim; T5: d_model; NomicBERT: n_embd
+    hidden = hidden_size(config)
     dim = dense[-1].weight.shape[0] if dense else hidden * len(spec.pooling)
     if spec.scores is not None:  # a cross-encoder's output is its labels' scores
         dim = spec.scores.labels
@@ -267,4 +293,6 @@ def load_model(options: EngineOptions) -> LoadedModel:
         dim=dim,
         dtype=dtype,
         quantization=config.get("quantization"),
+        images=images,
+        image_patches=module.args.patches if images is not None else 0,
     )

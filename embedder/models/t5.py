@@ -1,0 +1,175 @@
+"""The T5 encoder (sentence-t5, gtr-t5; mT5): pre-norm layers with RMS norms and no biases, no absolute positions
+but a bucketed relative position bias that block 0 learns and every layer adds, unscaled attention scores."""
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..native import fastmath
+from .base import BaseModelArgs, fuse
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    model_type: str
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64  # the head size: need not be d_model // num_heads
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str | None = None  # "relu" (T5), "gated-gelu" (T5 v1.1, mT5): None is the model type's default
+    # Derived from feed_forward_proj unless config.json gives them, as transformers does.
+    dense_act_fn: str | None = None
+    is_gated_act: bool | None = None
+
+    def __post_init__(self):
+        if self.feed_forward_proj is None:
+            self.feed_forward_proj = "gated-gelu" if self.model_type == "mt5" else "relu"
+        parts = self.feed_forward_proj.split("-")
+        if self.is_gated_act is None:
+            self.is_gated_act = parts[0] == "gated"
+        if self.dense_act_fn is None:
+            # transformers' "gated-gelu" is the tanh approximation
+            self.dense_act_fn = "gelu_new" if self.feed_forward_proj == "gated-gelu" else parts[-1]
+
+
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:
+    """(length, length) bucket of each (query, key) offset, bidirectional: half the buckets for keys after the query;
+    in each half, exact offsets up to a quarter of the buckets, then logarithmic bins up to `max_distance`. In float32
+    as PyTorch computes it, so that bins meet where transformers' do."""
+    positions = np.arange(length)
+    offset = positions[None, :] - positions[:, None]  # key - query
+    half = num_buckets // 2
+    exact = half // 2
+    distance = np.abs(offset)
+    far = np.maximum(distance, exact).astype(np.float32)  # no log(0); nearer offsets take the exact buckets
+    scaled = (np.log(far / np.float32(exact)) / np.float32(math.log(max_distance / exact)) * np.float32(half - exact))
+    large = np.minimum(exact + scaled.astype(np.int64), half - 1)
+    return (offset > 0) * half + np.where(distance < exact, distance, large)
+
+
+class Attention(nn.Module):
+    """T5Attention: no biases, no 1/sqrt(d) scaling (T5 folds it into the initialization); query, key and value as
+    one fused projection (see `Model.sanitize`)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.head_dim = args.num_heads, args.d_kv
+        inner = args.num_heads * args.d_kv
+        self.qkv = fastmath.Linear(args.d_model, 3 * inner, bias=False)
+        self.o = fastmath.Linear(inner, args.d_model, bias=False)
+
+    def __call__(self, x: mx.array, scores_bias: mx.array) -> mx.array:
+        B, L, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, L, 3, self.n_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=scores_bias)
+        return self.o(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+class SelfAttentionLayer(nn.Module):
+    """T5LayerSelfAttention: RMS norm (T5LayerNorm: no mean, no bias), attention, residual."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.SelfAttention = Attention(args)
+        self.layer_norm = nn.RMSNorm(args.d_model, eps=args.layer_norm_epsilon)
+
+    def __call__(self, x: mx.array, scores_bias: mx.array) -> mx.array:
+        return x + self.SelfAttention(self.layer_norm(x), scores_bias)
+
+
+class DenseReluDense(nn.Module):
+    """T5DenseActDense, or with `is_gated_act` T5DenseGatedActDense: act(wi_0 x) * wi_1 x."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gated = args.is_gated_act
+        if self.gated:
+            self.wi_0 = fastmath.Linear(args.d_model, args.d_ff, bias=False)
+            self.wi_1 = fastmath.Linear(args.d_model, args.d_ff, bias=False)
+        else:
+            self.wi = fastmath.Linear(args.d_model, args.d_ff, bias=False)
+        self.wo = fastmath.Linear(args.d_ff, args.d_model, bias=False)
+        self.act = fastmath.activation(args.dense_act_fn)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.gated:
+            return self.wo(fastmath.linear_activation(self.wi_0, x, self.act) * self.wi_1(x))
+        return self.wo(fastmath.linear_activation(self.wi, x, self.act))
+
+
+class FeedForwardLayer(nn.Module):
+    """T5LayerFF: RMS norm, feed-forward block, residual."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.DenseReluDense = DenseReluDense(args)
+        self.layer_norm = nn.RMSNorm(args.d_model, eps=args.layer_norm_epsilon)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x + self.DenseReluDense(self.layer_norm(x))
+
+
+class Block(nn.Module):
+    """An encoder T5Block: self-attention, then feed-forward (a decoder's cross-attention has no place here)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.layer = [SelfAttentionLayer(args), FeedForwardLayer(args)]
+
+    def __call__(self, x: mx.array, scores_bias: mx.array) -> mx.array:
+        return self.layer[1](self.layer[0](x, scores_bias))
+
+
+class Encoder(nn.Module):
+    """T5Stack as an encoder; the relative position bias (block 0's in transformers) is held here, shared by all."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.block = [Block(args) for _ in range(args.num_layers)]
+        self.relative_attention_bias = nn.Embedding(args.relative_attention_num_buckets, args.num_heads)
+        self.final_layer_norm = nn.RMSNorm(args.d_model, eps=args.layer_norm_epsilon)
+
+    def __call__(self, x: mx.array, attention_mask: mx.array) -> mx.array:
+        buckets = relative_position_buckets(x.shape[1], self.args.relative_attention_num_buckets,
+                                            self.args.relative_attention_max_distance)
+        position_bias = self.relative_attention_bias(mx.array(buckets)).transpose(2, 0, 1)[None].astype(x.dtype)
+        keys = (attention_mask != 0)[:, None, None, :]
+        scores_bias = mx.where(keys, position_bias, mx.array(-math.inf, x.dtype))
+        for block in self.block:
+            x = block(x, scores_bias)
+        return self.final_layer_norm(x)
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.shared = nn.Embedding(args.vocab_size, args.d_model)  # not scaled by sqrt(d_model), as T5 runs it
+        self.encoder = Encoder(args)
+
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
+        """The last hidden state (B, L, d_model), after the final norm; `attention_mask` is (B, L), nonzero on real
+        tokens. T5 has no token types: `token_types` is accepted and ignored, as its tokenizer sends none."""
+        return self.encoder(self.shared(input_ids), attention_mask)
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """The encoder of a T5EncoderModel, T5Model or T5ForConditionalGeneration checkpoint: drop the decoder and
+        the LM head; the encoder's own embedding table where the checkpoint has one (transformers runs it when it
+        differs from `shared`); block 0's relative position bias to the encoder; q/k/v fused into one projection.
+        A checkpoint that embed wrote (already in these names) passes unchanged."""
+        out = {k: v for k, v in weights.items() if not k.startswith(("decoder.", "lm_head."))}
+        for key in [k for k in out if k.startswith("encoder.embed_tokens.")]:
+            out["shared." + key.removeprefix("encoder.embed_tokens.")] = out.pop(key)
+        bias = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        if bias in out:
+            out["encoder.relative_attention_bias.weight"] = out.pop(bias)
+        return fuse(out, self.args.num_layers, "encoder.block.{}.layer.0.SelfAttention.", {"qkv": ("q", "k", "v")})
