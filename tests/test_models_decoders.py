@@ -45,6 +45,7 @@ def torch_reference(hf_dir, ids: list[list[int]], pooling: str) -> np.ndarray:
         ("gemma2", "mean", True),
         ("gemma3_text", "last", True),
         ("qwen2", "mean", False),
+        ("glm4", "last", True),
         ("qwen3_moe", "last", True),
     ],
 )

@@ -98,6 +98,7 @@ TINY = {
     # mlx-lm's gemma2 has no sliding window (4096 in the real models): keep it past the test lengths.
     "gemma2": ("Gemma2Config", dict(_DECODER, sliding_window=128, query_pre_attn_scalar=16)),
     "qwen2": ("Qwen2Config", _DECODER),
+    "glm4": ("Glm4Config", dict(_DECODER, partial_rotary_factor=0.5, attention_bias=True)),
     "qwen3": ("Qwen3Config", dict(_DECODER, tie_word_embeddings=True)),
     "qwen3_moe": ("Qwen3MoeConfig", dict(_DECODER, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                          decoder_sparse_step=1)),

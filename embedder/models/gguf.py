@@ -16,8 +16,7 @@ from ..errors import ModelError
 
 # general.architecture -> transformers model_type (llama.cpp writes Mistral as llama).
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "phi3": "phi3",
-                 "bert": "bert"}
-ENCODERS = ("bert",)  # model_types whose GGUF tensors follow llama.cpp's BERT names (ENCODER_TENSOR_NAMES)
+                 "glm4": "glm4", "bert": "bert", "nomic-bert": "nomic_bert"}
 # Metadata key (after "<arch>.") -> config.json key.
 CONFIG_KEYS = {
     "embedding_length": "hidden_size",
@@ -54,23 +53,45 @@ TENSOR_NAMES = {
     "ffn_down_exps": "mlp.switch_mlp.down_proj",
 }
 GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-# The same for llama.cpp's BERT (convert_hf_to_gguf's BertModel): GGUF name -> transformers BertModel name.
-ENCODER_TENSOR_NAMES = {
-    "attn_q": "attention.self.query",
-    "attn_k": "attention.self.key",
-    "attn_v": "attention.self.value",
-    "attn_output": "attention.output.dense",
-    "attn_output_norm": "attention.output.LayerNorm",
-    "ffn_up": "intermediate.dense",
-    "ffn_down": "output.dense",
-    "layer_output_norm": "output.LayerNorm",
+# Where an architecture's transformers names differ (GLM4: fused gate/up, norms after attention and after the MLP).
+ARCHITECTURE_TENSOR_NAMES = {
+    "glm4": {**TENSOR_NAMES, "ffn_up": "mlp.gate_up_proj", "post_attention_norm": "post_self_attn_layernorm",
+             "post_ffw_norm": "post_mlp_layernorm"},
 }
-ENCODER_GLOBAL_NAMES = {
-    "token_embd": "embeddings.word_embeddings",
-    "token_types": "embeddings.token_type_embeddings",
-    "position_embd": "embeddings.position_embeddings",
-    "token_embd_norm": "embeddings.LayerNorm",
+# The same for llama.cpp's encoders (convert_hf_to_gguf's BertModel and NomicBertModel): model_type -> (the
+# transformers prefix of layer N, GGUF layer tensor -> transformers name, GGUF global tensor -> transformers name).
+ENCODER_NAMES = {
+    "bert": ("encoder.layer", {
+        "attn_q": "attention.self.query",
+        "attn_k": "attention.self.key",
+        "attn_v": "attention.self.value",
+        "attn_output": "attention.output.dense",
+        "attn_output_norm": "attention.output.LayerNorm",
+        "ffn_up": "intermediate.dense",
+        "ffn_down": "output.dense",
+        "layer_output_norm": "output.LayerNorm",
+    }, {
+        "token_embd": "embeddings.word_embeddings",
+        "token_types": "embeddings.token_type_embeddings",
+        "position_embd": "embeddings.position_embeddings",
+        "token_embd_norm": "embeddings.LayerNorm",
+    }),
+    # Nomic's published (remote-code) names, which `nomic_bert.Model` reads.
+    "nomic_bert": ("encoder.layers", {
+        "attn_qkv": "attn.Wqkv",
+        "attn_output": "attn.out_proj",
+        "attn_output_norm": "norm1",
+        "ffn_up": "mlp.fc11",
+        "ffn_gate": "mlp.fc12",
+        "ffn_down": "mlp.fc2",
+        "layer_output_norm": "norm2",
+    }, {
+        "token_embd": "embeddings.word_embeddings",
+        "token_types": "embeddings.token_type_embeddings",
+        "token_embd_norm": "emb_ln",
+    }),
 }
+ENCODERS = tuple(ENCODER_NAMES)
 # `<arch>.pooling_type` (llama.cpp's enum) -> sentence-transformers' pooling mode.
 POOLING_TYPES = {1: "mean", 2: "cls", 3: "lasttoken"}
 GROUP_SIZE = 32  # every GGUF block format MLX reads (Q4_0, Q4_1, Q8_0) quantizes 32 weights per block
@@ -125,13 +146,34 @@ def gguf_config(metadata: dict, weights: dict[str, mx.array]) -> dict:
             config[name] = _scalar(metadata[f"{arch}.{key}"])
     config["vocab_size"] = weights["token_embd.weight"].shape[0]
     if config["model_type"] in ENCODERS:
-        if "token_types.weight" in weights:
-            config["type_vocab_size"] = weights["token_types.weight"].shape[0]
+        config["type_vocab_size"] = weights["token_types.weight"].shape[0] if "token_types.weight" in weights else 0
+        if arch == "nomic-bert":  # the published config's names, which nomic_bert.ModelArgs reads
+            config = nomic_bert_config(config, metadata, weights)
         return config
     config["tie_word_embeddings"] = "output.weight" not in weights
     if arch == "phi3":  # fused gate_up: half of the up projection's rows
         config["intermediate_size"] = config.get("intermediate_size") or weights["blk.0.ffn_up.weight"].shape[0] // 2
+    if arch == "glm4":  # rotary on part of each head; q/k/v with biases
+        head_dim = config.setdefault("head_dim", config["hidden_size"] // config["num_attention_heads"])
+        config["partial_rotary_factor"] = _scalar(metadata.get("glm4.rope.dimension_count", head_dim)) / head_dim
+        config["attention_bias"] = "blk.0.attn_q.bias" in weights
     return config
+
+
+def nomic_bert_config(config: dict, metadata: dict, weights: dict[str, mx.array]) -> dict:
+    """NomicBERT's GPT-2 style names; biases where the file has them; SwiGLU, rotary on every head dimension."""
+    return {
+        "model_type": "nomic_bert", "vocab_size": config["vocab_size"], "type_vocab_size": config["type_vocab_size"],
+        "n_embd": config["hidden_size"], "n_head": config["num_attention_heads"],
+        "n_layer": config["num_hidden_layers"], "n_inner": config["intermediate_size"],
+        "n_positions": config.get("max_position_embeddings"),
+        "layer_norm_epsilon": config.get("layer_norm_eps", 1e-12),
+        "rotary_emb_base": _scalar(metadata.get("nomic-bert.rope.freq_base", 1000.0)),
+        "activation_function": "swiglu",
+        "qkv_proj_bias": "blk.0.attn_qkv.bias" in weights,
+        "mlp_fc1_bias": "blk.0.ffn_up.bias" in weights,
+        "mlp_fc2_bias": "blk.0.ffn_down.bias" in weights,
+    }
 
 
 def _unpermute(w: mx.array, n_heads: int) -> mx.array:
@@ -144,8 +186,8 @@ def _unpermute(w: mx.array, n_heads: int) -> mx.array:
 def hf_weights(weights: dict[str, mx.array], config: dict) -> dict[str, mx.array]:
     """GGUF tensor names to transformers ones; `.scales`/`.biases` follow their weight."""
     encoder = config["model_type"] in ENCODERS
-    layers, names, globals_ = (("encoder.layer", ENCODER_TENSOR_NAMES, ENCODER_GLOBAL_NAMES) if encoder
-                               else ("model.layers", TENSOR_NAMES, GLOBAL_NAMES))
+    layers, names, globals_ = ENCODER_NAMES[config["model_type"]] if encoder else (
+        "model.layers", ARCHITECTURE_TENSOR_NAMES.get(config["model_type"], TENSOR_NAMES), GLOBAL_NAMES)
     out = {}
     for key, value in weights.items():
         stem, part = key.rsplit(".", 1)
@@ -231,7 +273,7 @@ def wordpiece_tokenizer(metadata: dict):
     return tokenizer
 
 
-def save_pipeline(metadata: dict, config: dict, out: Path) -> None:
+def save_pipeline(metadata: dict, dim: int, out: Path) -> None:
     """An encoder's pooling (`<arch>.pooling_type`) and normalization as sentence-transformers files, so the normal
     load chain reads them; llama.cpp and Ollama L2-normalize the embeddings they return, and so does this."""
     arch = metadata["general.architecture"]
@@ -240,7 +282,7 @@ def save_pipeline(metadata: dict, config: dict, out: Path) -> None:
         raise ModelError(f"unsupported GGUF pooling type {metadata.get(f'{arch}.pooling_type')} (mean, cls, last)")
     (out / "1_Pooling").mkdir(exist_ok=True)
     (out / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": config["hidden_size"], "pooling_mode": pooling}))
+        {"word_embedding_dimension": dim, "pooling_mode": pooling}))
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
@@ -257,7 +299,7 @@ def gguf_to_checkpoint(src: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_tokenizer(src, out, metadata)
     if config["model_type"] in ENCODERS:
-        save_pipeline(metadata, config, out)
+        save_pipeline(metadata, weights["embeddings.word_embeddings.weight"].shape[-1], out)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return out
