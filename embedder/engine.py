@@ -19,6 +19,7 @@ from .batching import CPU_BATCH, GPU_BATCH  # noqa: E402
 from .errors import InputError, ModelError, NotReady  # noqa: E402
 from .forward import BatchForward  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
+from .images import ImageRow  # noqa: E402
 from .long_inputs import Windows, combine  # noqa: E402
 from .models.loading import LoadedModel, load_model  # noqa: E402
 from .options import EngineOptions  # noqa: E402
@@ -49,6 +50,14 @@ def ranked(scores: np.ndarray, top_n: int | None = None) -> list[tuple[int, floa
     None)."""
     order = np.argsort(-scores, kind="stable")[:top_n]
     return [(int(i), float(scores[i])) for i in order]
+
+
+def _read_image(path: str | os.PathLike) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from e
 
 
 @atexit.register
@@ -254,6 +263,40 @@ class EmbeddingEngine:
         skip = self.prompt_skip(prompt, prompt_name)
         return self.submit(ids, dimensions=dimensions, normalize=normalize, skip=skip).result()
 
+    def embed_images(self, images: Sequence[bytes | str | os.PathLike], *, dimensions: int | None = None,
+                     normalize: bool | None = None) -> np.ndarray:
+        """(len(images), dim) vectors of image files (paths) or their encoded bytes (PNG, JPEG...), in the space of
+        this model's text vectors; an image model (SigLIP) only."""
+        where = [str(i) if isinstance(i, (str, os.PathLike)) else f"image {n}" for n, i in enumerate(images)]
+        data = [_read_image(i) if isinstance(i, (str, os.PathLike)) else i for i in images]
+        return self.submit(self.image_rows(data, where), dimensions=dimensions, normalize=normalize).result()
+
+    def input_rows(self, inputs: Sequence[str | bytes], *, prompt: str | None = None, prompt_name: str | None = None,
+                   keep_last: int | None = None, where: Sequence[str] | None = None) -> list[list[int] | ImageRow]:
+        """Rows for `submit`, each in its input's place: texts tokenized (as `tokenize`), images (encoded bytes)
+        preprocessed (as `image_rows`); `where` names each input in errors."""
+        where = where or [f"input {k}" for k in range(len(inputs))]
+        texts = [k for k, item in enumerate(inputs) if isinstance(item, str)]
+        images = [k for k, item in enumerate(inputs) if not isinstance(item, str)]
+        rows: list = [None] * len(inputs)
+        if texts:
+            ids = self.tokenize([inputs[k] for k in texts], prompt=prompt, prompt_name=prompt_name, keep_last=keep_last)
+            for k, row in zip(texts, ids):
+                rows[k] = row
+        if images:
+            for k, row in zip(images, self.image_rows([inputs[k] for k in images], [where[k] for k in images])):
+                rows[k] = row
+        return rows
+
+    def image_rows(self, images: Sequence[bytes], where: Sequence[str]) -> list[ImageRow]:
+        """Encoded images decoded and preprocessed for `submit`, where they queue and batch beside token rows;
+        `where` names each in errors."""
+        model = self.model
+        if model.images is None:
+            raise InputError(f"{where[0]}: {model.model_id} embeds text only; images need an image model such as "
+                             "SigLIP", "input")
+        return [ImageRow(model.images.pixels(data, name), model.image_patches) for data, name in zip(images, where)]
+
     def embed_tokens(
         self, ids: Sequence[Sequence[int]], *, dimensions: int | None = None, normalize: bool | None = None
     ) -> np.ndarray:
@@ -262,14 +305,15 @@ class EmbeddingEngine:
 
     def submit(
         self,
-        ids: Sequence[Sequence[int]],
+        ids: Sequence[Sequence[int] | ImageRow],
         *,
         dimensions: int | None = None,
         normalize: bool | None = None,
         skip: int = 0,
         then: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> Future:
-        """Queue rows of token ids; the worker packs waiting jobs together. Cancel the future to drop them.
+        """Queue rows of token ids (or `image_rows`); the worker packs waiting jobs together. Cancel the future to drop
+        them.
         `then` maps the finished vectors to the future's result."""
         model = self.model
         if self.cross_encoder:
@@ -281,7 +325,7 @@ class EmbeddingEngine:
             future.set_result(np.zeros((0, dimensions or model.dim), np.float32))
             return future
         unit = self.normalizes if normalize is None else normalize
-        pieces = [self._windows.split(row) for row in rows] if self._windows else [[row] for row in rows]
+        pieces = [self._windows.split(row) if self._windows and not isinstance(row, ImageRow) else [row] for row in rows]
         windows = [w for piece in pieces for w in piece]
         skips = [skip if k == 0 else 0 for piece in pieces for k in range(len(piece))]  # a prompt leads window 1
 
@@ -344,12 +388,13 @@ class EmbeddingEngine:
 
         return self._scheduler.submit(pairs.ids, pairs.splits, scores), sum(map(len, pairs.ids))
 
-    def embedded_tokens(self, ids: Sequence[Sequence[int]]) -> list[int]:
-        """Tokens each row puts through the model: its length, or its windows' when long inputs are chunked."""
+    def embedded_tokens(self, ids: Sequence[Sequence[int] | ImageRow]) -> list[int]:
+        """Tokens each row puts through the model: its length, or its windows' when long inputs are chunked; an
+        image's patches."""
         self.load()  # the windows are known once the model is
         if self._windows is None:
             return [len(row) for row in ids]
-        return [sum(map(len, self._windows.split(row))) for row in ids]
+        return [len(row) if isinstance(row, ImageRow) else sum(map(len, self._windows.split(row))) for row in ids]
 
     def check_dimensions(self, dimensions: int | None) -> int | None:
         """The one check of `dimensions` (leading components kept, then re-normalized), wherever it comes from:
@@ -359,12 +404,14 @@ class EmbeddingEngine:
                              "dimensions")
         return dimensions
 
-    def _validate(self, ids: Sequence[Sequence[int]], dimensions: int | None) -> list[list[int]]:
+    def _validate(self, ids: Sequence[Sequence[int] | ImageRow], dimensions: int | None) -> list[list[int] | ImageRow]:
         model = self.model
         self.check_dimensions(dimensions)
-        rows = [list(r) for r in ids]
+        rows = [r if isinstance(r, ImageRow) else list(r) for r in ids]
         vocab = model.tokenizer.vocab_size
         for i, row in enumerate(rows):
+            if isinstance(row, ImageRow):
+                continue
             if not row:
                 raise InputError(f"input {i} has no tokens")
             if len(row) > model.max_length and self._windows is None:

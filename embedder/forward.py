@@ -8,6 +8,7 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import ModelError
+from .images import ImageRow
 from .models.loading import ACTIVATIONS, LoadedModel
 from .native.build import native_build_env
 from .pooling import pool
@@ -17,10 +18,24 @@ from .pooling import pool
 class BatchForward:
     model: LoadedModel
 
-    def launch(self, rows: list[list[int]], splits: list[int]) -> mx.array:
-        """One padded forward pass, evaluated asynchronously: pooled and projected vectors, `splits` leading tokens
-        of each row left out of pooling (never its last); for a cross-encoder, each pair's scores, its second text
-        (from its split on) of token type 1."""
+    def launch(self, rows: list, splits: list[int]) -> mx.array:
+        """One batch, evaluated asynchronously: token rows padded, run, pooled and projected, `splits` leading tokens
+        of each left out of pooling (never its last); for a cross-encoder, each pair's scores, its second text (from
+        its split on) of token type 1; `ImageRow`s through the vision tower. Rows keep their order."""
+        images = [k for k, row in enumerate(rows) if isinstance(row, ImageRow)]
+        if not images:
+            out = self._texts(rows, splits)
+        else:
+            texts = sorted(set(range(len(rows))) - set(images))
+            pixels = mx.array(np.stack([rows[k].pixels for k in images]))
+            parts = [self.model.module.embed_images(pixels).astype(mx.float32)]
+            if texts:
+                parts.append(self._texts([rows[k] for k in texts], [splits[k] for k in texts]))
+            out = mx.concatenate(parts)[mx.array(np.argsort(images + texts))]
+        mx.async_eval(out)
+        return out
+
+    def _texts(self, rows: list[list[int]], splits: list[int]) -> mx.array:
         model = self.model
         lengths = [len(r) for r in rows]
         ids = np.full((len(rows), max(lengths)), model.tokenizer.pad_token_id, np.int32)
@@ -33,15 +48,13 @@ class BatchForward:
         if (scores := model.spec.scores) is not None:
             token_types = (np.arange(ids.shape[1])[None, :] >= np.array(splits)[:, None]).astype(np.int32)
             logits = model.forward(mx.array(ids), mx.array(mask), mx.array(token_types))
-            out = ACTIVATIONS[scores.activation](logits.astype(mx.float32))
-        else:
-            pool_mask = mask.copy()
-            for k, split in enumerate(splits):
-                pool_mask[k, : min(split, lengths[k] - 1)] = 0
-            out = pool(model.forward(mx.array(ids), mx.array(mask)), mx.array(pool_mask), model.spec.pooling)
-            for layer in model.dense:
-                out = layer(out)
-        mx.async_eval(out)
+            return ACTIVATIONS[scores.activation](logits.astype(mx.float32))
+        pool_mask = mask.copy()
+        for k, split in enumerate(splits):
+            pool_mask[k, : min(split, lengths[k] - 1)] = 0
+        out = pool(model.forward(mx.array(ids), mx.array(mask)), mx.array(pool_mask), model.spec.pooling)
+        for layer in model.dense:
+            out = layer(out)
         return out
 
     def collect(self, launched: mx.array) -> np.ndarray:

@@ -243,23 +243,25 @@ def _produce(records: Iterator[Record], engine: EmbeddingEngine, options: EmbedO
         _put(windows, e, stop)
 
 
-def _tokenized(batch: list[Record], engine: EmbeddingEngine, options: EmbedOptions) -> tuple[_Window, list[list[int]]]:
-    """Apply the empty-text policy (an empty text has no embedding, so it is never sent), then tokenize."""
+def _tokenized(batch: list[Record], engine: EmbeddingEngine, options: EmbedOptions) -> tuple[_Window, list]:
+    """Apply the empty-text policy (an empty text has no embedding, so it is never sent), then tokenize texts and
+    preprocess images, each row in its record's place."""
     kept: list[Record] = []
     embedded: list[int] = []
     for record in batch:
-        if record.text.strip():
+        if record.image is not None or record.text.strip():
             embedded.append(len(kept))
             kept.append(record)
         elif options.on_empty == "error":
             raise InputError(f"{record.where}: empty text (pass --on-empty skip or --on-empty zero)")
         elif options.on_empty == "zero":
             kept.append(record)
-    texts = [kept[i].text for i in embedded]
-    ids = engine.tokenize(texts, prompt=options.prompt, prompt_name=options.prompt_name) if embedded else []
+    records = [kept[i] for i in embedded]
+    rows = engine.input_rows([r.text if r.image is None else r.image for r in records], prompt=options.prompt,
+                             prompt_name=options.prompt_name, where=[r.where for r in records])
     tokens = np.zeros(len(kept), np.int32)
-    tokens[embedded] = engine.embedded_tokens(ids)
-    return _Window(kept, embedded, tokens, batch[-1].index + 1, len(batch) - len(kept)), ids
+    tokens[embedded] = engine.embedded_tokens(rows)
+    return _Window(kept, embedded, tokens, batch[-1].index + 1, len(batch) - len(kept)), rows
 
 
 def _put(windows: queue.Queue, item: object, stop: threading.Event) -> bool:

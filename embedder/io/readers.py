@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, ContextManager
 
 from embedder.errors import InputError, lone_surrogate
+from embedder.images import is_image_path
 
 FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
 _EXTENSIONS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
@@ -27,12 +28,22 @@ RecordId = int | str
 
 @dataclass(frozen=True)
 class Record:
-    """One text to embed. `index` counts records across all inputs of a run; `where` locates it for errors."""
+    """One text (or image) to embed. `index` counts records across all inputs of a run; `where` locates it for
+    errors."""
 
     index: int
     id: RecordId
     text: str
     where: str = ""
+    image: bytes | None = None  # an image file's bytes (the record of an image model), with `text` empty
+
+    @classmethod
+    def read(cls, index: int, record_id: RecordId | None, content: str | bytes, where: str) -> Record:
+        """A record from what `read_source` yields: a text, or an image file's bytes; no id means the number."""
+        record_id = index if record_id is None else record_id
+        if isinstance(content, bytes):
+            return cls(index, record_id, "", where, content)
+        return cls(index, record_id, content, where)
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,7 @@ class Source:
     """One concrete thing to read: a file in some format, stdin, or a file that is a single text."""
 
     name: str
-    kind: str  # a FORMATS entry, or "file" for one text per file
+    kind: str  # a FORMATS entry, "file" for one text per file, or "image" for one image per file
 
 
 @dataclass
@@ -71,8 +82,8 @@ def read_inputs(inputs: Sequence[str], options: ReadOptions = ReadOptions(),
     """Records of every input in order, one continuous index; nothing is read before it is asked for."""
     index = 0
     for source in expand_sources(inputs or ["-"], options):
-        for record_id, text, where in read_source(source, options, meter=meter):
-            yield Record(index, index if record_id is None else record_id, text, where)
+        for record_id, content, where in read_source(source, options, meter=meter):
+            yield Record.read(index, record_id, content, where)
             index += 1
             if meter is not None:
                 meter.records = index
@@ -93,8 +104,8 @@ def ids_are_text(inputs: Sequence[str], options: ReadOptions = ReadOptions()) ->
 
     Record numbers and Parquet integer id columns are integers; paths and JSONL/CSV id fields may not be.
     """
-    if options.id_field is None:
-        return any(_is_tree(name) for name in inputs)
+    if options.id_field is None:  # whole files (a folder's, a glob's, an image) are named by their paths
+        return any(source.kind in ("file", "image") for source in expand_sources(inputs or ["-"], options))
     import pyarrow as pa
 
     for source in expand_sources(inputs or ["-"], options):
@@ -110,7 +121,7 @@ def count_hint(inputs: Sequence[str], options: ReadOptions = ReadOptions()) -> i
     """The number of records when known without reading the data (Parquet footers, file counts), else None."""
     total = 0
     for source in expand_sources(inputs or ["-"], options):
-        if source.kind == "file":
+        if source.kind in ("file", "image"):
             total += 1
         elif source.kind == "parquet":
             total += _open_parquet(source.name).metadata.num_rows
@@ -125,11 +136,6 @@ def check_inputs(inputs: Sequence[str], options: ReadOptions = ReadOptions()) ->
         pass
 
 
-def _is_tree(name: str) -> bool:
-    """A directory, or a pattern that is not itself a path: one text per matching file."""
-    return name != "-" and (os.path.isdir(name) or (not os.path.exists(name) and bool(_GLOB_CHARS & set(name))))
-
-
 def expand_sources(inputs: Iterable[str], options: ReadOptions) -> Iterator[Source]:
     """Inputs to sources: stdin, files by format, directories and globs to their files in sorted order."""
     for name in inputs:
@@ -138,18 +144,23 @@ def expand_sources(inputs: Iterable[str], options: ReadOptions) -> Iterator[Sour
                 raise InputError("<stdin>: Parquet cannot be read from stdin; pass the file's path")
             yield Source("-", options.input_format or "txt")
         elif os.path.isdir(name):
-            yield from (Source(path, "file") for path in _tree_files(name))
+            yield from (_whole_file(path) for path in _tree_files(name))
         elif os.path.exists(name):
-            yield Source(name, options.input_format or format_of(name))
+            yield Source(name, options.input_format or ("image" if is_image_path(name) else format_of(name)))
         elif _GLOB_CHARS & set(name):
             matches = sorted(glob.glob(name, recursive=True))
             if not matches:
                 raise InputError(f"{name}: no files match this pattern")
             for match in matches:
                 paths = _tree_files(match) if os.path.isdir(match) else [match]
-                yield from (Source(path, "file") for path in paths)
+                yield from (_whole_file(path) for path in paths)
         else:
             raise InputError(f"{name}: no such file or directory")
+
+
+def _whole_file(path: str) -> Source:
+    """A file of a folder or glob: one record, its text, or its image for an image model."""
+    return Source(path, "image" if is_image_path(path) else "file")
 
 
 def _tree_files(root: str) -> list[str]:
@@ -171,12 +182,15 @@ def format_of(path: str) -> str:
 
 
 def read_source(source: Source, options: ReadOptions, data: bytes | None = None,
-                meter: ReadMeter | None = None) -> Iterator[tuple[RecordId | None, str, str]]:
-    """(id or None for the record number, text, location) triples of one source.
+                meter: ReadMeter | None = None) -> Iterator[tuple[RecordId | None, str | bytes, str]]:
+    """(id or None for the record number, text or an image's bytes, location) triples of one source.
 
     `data` is the source's content when it was fetched elsewhere (Ray Data reads it from any filesystem): the
     records, and the errors naming them, are then the same as for a local file.
     """
+    if source.kind == "image":
+        yield source.name, _read_bytes(source.name) if data is None else data, source.name
+        return
     if source.kind == "file":
         yield source.name, _whole_text(_read_bytes(source.name) if data is None else data, source.name), source.name
         return

@@ -176,8 +176,8 @@ def embed_file(engine, file: InputFile, data: bytes, spec: OutputSpec, options: 
     """Parse, embed and write one file's part; (rows, tokens, records left out as empty)."""
     read_options = ReadOptions(options.text_field, options.id_field, options.input_format)
     first = file.first_index or 0
-    records = (Record(first + i, first + i if record_id is None else record_id, text, where)
-               for i, (record_id, text, where) in enumerate(read_source(file.source, read_options, data)))
+    records = (Record.read(first + i, record_id, content, where)
+               for i, (record_id, content, where) in enumerate(read_source(file.source, read_options, data)))
     totals = [0, 0, 0]
 
     def tables():

@@ -10,7 +10,6 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import InputError, InputTooLong, lone_surrogate
 from ..quantize import PRECISIONS
 
-
 EMBED_DTYPES = ("float32", "float16", "bfloat16")
 
 

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine import EmbeddingEngine, ranked
 from ..errors import AuthError, EmbedError, InputError, Overloaded
+from ..images import DATA_URI_PREFIX, decode_data_uri
 from ..quantize import CALIBRATED, quantize
 from .api import (
     Embedding,
@@ -183,12 +184,16 @@ def _characters(inputs: Inputs) -> int:
     return sum(map(len, inputs.texts)) if inputs.texts is not None else sum(map(len, inputs.token_ids))
 
 
-def _token_ids(engine: EmbeddingEngine, inputs: Inputs, body: EmbeddingRequest) -> list[list[int]]:
-    """Texts are tokenized (with special tokens and any prompt); token ids are checked against the vocabulary
-    and cut; `truncate_prompt_tokens` keeps the last N of either."""
+def _token_ids(engine: EmbeddingEngine, inputs: Inputs, body: EmbeddingRequest) -> list:
+    """Texts are tokenized (with special tokens and any prompt), and an image model's data-URI images decoded;
+    token ids are checked against the vocabulary and cut; `truncate_prompt_tokens` keeps the last N of texts or
+    ids."""
     keep_last = engine.max_length if body.truncate_prompt_tokens == -1 else body.truncate_prompt_tokens
     if inputs.texts is not None:
-        return engine.tokenize(inputs.texts, prompt=body.prompt, prompt_name=body.prompt_name, keep_last=keep_last)
+        images = engine.model.images is not None  # an image model takes images as data URIs among the texts
+        items = [decode_data_uri(t, f"input {i}") if images and t.startswith(DATA_URI_PREFIX) else t
+                 for i, t in enumerate(inputs.texts)]
+        return engine.input_rows(items, prompt=body.prompt, prompt_name=body.prompt_name, keep_last=keep_last)
     if keep_last is not None:
         engine.check_keep_last(keep_last)
         inputs = Inputs(token_ids=[ids[-keep_last:] for ids in inputs.token_ids])
