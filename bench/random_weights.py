@@ -1,6 +1,11 @@
 """A copy of a sentence-transformers model folder with random weights of the same shapes, for timing.
 
     python3 bench/random_weights.py SOURCE_DIR OUT_DIR [--no-weights]
+    python3 bench/random_weights.py SOURCE_DIR OUT_DIR --mpnet-base
+
+`--mpnet-base` writes all-mpnet-base-v2's shape instead (MPNet, 768 wide, 12 layers of 12 heads, mean pooling,
+normalized, 384 tokens), with SOURCE_DIR's tokenizer: its real weights are not on this machine, and speed depends
+on the shapes alone.
 
 Where the real weights cannot travel (the NVIDIA device machine takes 64 MiB a call, the CUDA wheel most of it),
 the tokenizer and config files go alone (`--no-weights` copies just those) and this script, run there, writes
@@ -32,12 +37,34 @@ def write_random_weights(out: Path, seed: int = 0) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
 
 
+def write_mpnet_base(source: Path, out: Path, seed: int = 0) -> None:
+    """all-mpnet-base-v2's architecture and sentence-transformers modules, random weights, `source`'s tokenizer."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import MPNetConfig, MPNetModel
+
+    torch.manual_seed(seed)
+    hf = out.with_name(out.name + "-hf")
+    MPNetModel(MPNetConfig(vocab_size=30527), add_pooling_layer=False).save_pretrained(str(hf))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, hf / name)
+    transformer = models.Transformer(str(hf), max_seq_length=384)
+    modules = [transformer, models.Pooling(768, pooling_mode="mean"), models.Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(out), safe_serialization=True)
+    shutil.rmtree(hf)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--no-weights", action="store_true", help="copy the small files only")
+    parser.add_argument("--mpnet-base", action="store_true", help="all-mpnet-base-v2's shape, SOURCE's tokenizer")
     args = parser.parse_args()
+    if args.mpnet_base:
+        write_mpnet_base(args.source, args.out)
+        return
     copy_without_weights(args.source, args.out)
     if not args.no_weights:
         write_random_weights(args.out)

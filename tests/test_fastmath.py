@@ -47,8 +47,10 @@ def test_gelu_extremes_are_finite_and_shape_kept(mode):
     np.testing.assert_array_equal(out[0, 3:], x[0, 3:])
 
 
-def _attention64(q, k, v, scale, keep):
+def _attention64(q, k, v, scale, keep, bias=None):
     s = (q.astype(np.float64) @ np.swapaxes(k, -1, -2)) * scale
+    if bias is not None:
+        s = s + bias
     s = np.where(keep, s, -np.inf)
     top = s.max(-1, keepdims=True)
     e = np.where(keep, np.exp(s - np.where(np.isfinite(top), top, 0)), 0.0)
@@ -61,11 +63,12 @@ def _qkv(rng, B, L, H, D, spread):
     return rng.standard_normal((B, L, 3, H, D)).astype(np.float32) * spread
 
 
-def _reference(qkv, scale, keep):
-    """float64 attention over (B, L, 3, H, D); padding queries zeros, as self_attention promises."""
+def _reference(qkv, scale, keep, bias=None):
+    """float64 attention over (B, L, 3, H, D), `bias` (H, L, L) added to the scaled scores; padding queries zeros,
+    as self_attention promises."""
     q, k, v = (np.swapaxes(qkv[:, :, i], 1, 2) for i in range(3))
     keep4 = keep[:, None, None, :]
-    out = _attention64(q, k, v, scale, keep4) * np.swapaxes(keep4, -1, -2)
+    out = _attention64(q, k, v, scale, keep4, bias) * np.swapaxes(keep4, -1, -2)
     B, H, L, D = out.shape
     return np.swapaxes(out, 1, 2).reshape(B, L, H * D)
 
@@ -88,6 +91,21 @@ def test_self_attention_matches_float64_and_padding_gets_zeros(mode, L, H, D):
     assert (out[2] == 0).all() and (out[1, L // 2:] == 0).all() and (out[3, ::3] == 0).all()
     unmasked = np.asarray(fastmath.self_attention(mx.array(qkv.reshape(4, L, -1)), H, scale, None))
     np.testing.assert_allclose(unmasked, _reference(qkv, scale, np.ones_like(keep)), rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("L, H, D", [(37, 3, 16), (70, 2, 64)])
+def test_self_attention_adds_a_position_bias(mode, L, H, D):
+    """MPNet's relative position bias: (H, L, L) added to the scaled scores, padding and holes in the mask too."""
+    rng = np.random.default_rng(L)
+    qkv = _qkv(rng, 3, L, H, D, 1.0)
+    bias = (rng.standard_normal((H, L, L)) * 3).astype(np.float32)
+    keep = np.ones((3, L), dtype=bool)
+    keep[1, L // 2:] = False
+    keep[2, ::4] = False
+    scale = 1 / math.sqrt(D)
+    out = np.asarray(fastmath.self_attention(mx.array(qkv.reshape(3, L, -1)), H, scale,
+                                             mx.array(keep)[:, None, None, :], mx.array(bias)))
+    np.testing.assert_allclose(out, _reference(qkv, scale, keep, bias), rtol=1e-5, atol=2e-5)
 
 
 def test_self_attention_with_scores_in_the_hundreds_is_exact(mode):

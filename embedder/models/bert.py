@@ -116,7 +116,7 @@ class Layer(nn.Module):
         self.output = DenseNorm(args.intermediate_size, args.hidden_size, args.layer_norm_eps)
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        """`mask` is whatever the attention takes: BERT's key mask, MPNet's scores bias."""
+        """`mask` is whatever the attention takes: BERT's key mask, MPNet's key mask and position bias."""
         h = self.attention(x, mask)
         return self.output(self.intermediate(h), h)
 

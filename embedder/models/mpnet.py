@@ -1,5 +1,6 @@
 """MPNet (sentence-transformers/all-mpnet-base-v2, multi-qa-mpnet-*): BERT-style post-LN layers, RoBERTa-style
-positions, and a relative position bias shared by every layer, added to the attention scores."""
+positions, and a relative position bias shared by every layer, added to the attention scores (in the native
+attention kernel on the CPU)."""
 
 import math
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ..native import fastmath
-from .base import BaseModelArgs
+from .base import BaseModelArgs, fuse
 from .bert import Layer
 
 # transformers computes the buckets with 32 whatever the config says (MPNetEncoder.compute_position_bias).
@@ -61,18 +62,19 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
+    """Query, key and value as one fused projection (see `sanitize`), then `o`."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads = args.num_attention_heads
         self.head_dim = args.hidden_size // args.num_attention_heads
-        self.q, self.k, self.v, self.o = (fastmath.Linear(args.hidden_size, args.hidden_size) for _ in range(4))
+        self.qkv = fastmath.Linear(args.hidden_size, 3 * args.hidden_size)
+        self.o = fastmath.Linear(args.hidden_size, args.hidden_size)
 
-    def __call__(self, x: mx.array, scores_bias: mx.array) -> mx.array:
-        """The heads' context (B, L, H * D), before `o`; `scores_bias` holds the position bias and the padding."""
-        B, L, _ = x.shape
-        q, k, v = (p(x).reshape(B, L, self.n_heads, self.head_dim).swapaxes(1, 2) for p in (self.q, self.k, self.v))
-        context = mx.fast.scaled_dot_product_attention(q, k, v, scale=1 / math.sqrt(self.head_dim), mask=scores_bias)
-        return context.swapaxes(1, 2).reshape(B, L, -1)
+    def __call__(self, x: mx.array, context: tuple[mx.array, mx.array]) -> mx.array:
+        """The heads' context (B, L, H * D), before `o`; `context` is the key mask and the position bias."""
+        mask, position_bias = context
+        return fastmath.self_attention(self.qkv(x), self.n_heads, 1 / math.sqrt(self.head_dim), mask, position_bias)
 
 
 class Attention(nn.Module):
@@ -81,8 +83,8 @@ class Attention(nn.Module):
         self.attn = SelfAttention(args)
         self.LayerNorm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
 
-    def __call__(self, x: mx.array, scores_bias: mx.array) -> mx.array:
-        return fastmath.linear_add_norm(self.attn.o, self.attn(x, scores_bias), x, self.LayerNorm)
+    def __call__(self, x: mx.array, context: tuple[mx.array, mx.array]) -> mx.array:
+        return fastmath.linear_add_norm(self.attn.o, self.attn(x, context), x, self.LayerNorm)
 
 
 class Encoder(nn.Module):
@@ -99,23 +101,22 @@ class Model(nn.Module):
         self.embeddings = Embeddings(args)
         self.encoder = Encoder(args)
 
-    def __call__(self, input_ids: mx.array, attention_mask: mx.array) -> mx.array:
-        """The last hidden state; `attention_mask` is (B, L), nonzero on real tokens."""
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
+        """The last hidden state; `attention_mask` is (B, L), nonzero on real tokens (MPNet has no token types)."""
         x = self.embeddings(input_ids)
         buckets = mx.array(relative_position_buckets(input_ids.shape[1]))
-        position_bias = self.encoder.relative_attention_bias(buckets).transpose(2, 0, 1)[None].astype(x.dtype)
-        keys = (attention_mask != 0)[:, None, None, :]
-        scores_bias = mx.where(keys, position_bias, mx.array(-math.inf, x.dtype))
+        position_bias = self.encoder.relative_attention_bias(buckets).transpose(2, 0, 1).astype(x.dtype)  # (H, L, L)
+        context = ((attention_mask != 0)[:, None, None, :], position_bias)
         for layer in self.encoder.layer:
-            x = layer(x, scores_bias)
+            x = layer(x, context)
         return x
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
-        """Drop heads and buffers, strip a task-model prefix."""
+        """Drop heads and buffers, strip a task-model prefix, fuse q/k/v into one projection."""
         out = {}
         for key, value in weights.items():
             key = key.removeprefix("mpnet.")
             if key.startswith(("pooler.", "lm_head.", "classifier.")) or key.endswith("position_ids"):
                 continue
             out[key] = value
-        return out
+        return fuse(out, self.args.num_hidden_layers, "encoder.layer.{}.attention.attn.", {"qkv": ("q", "k", "v")})

@@ -27,17 +27,20 @@ def gelu(x: mx.array) -> mx.array:
     return _gelu_formula(x)
 
 
-def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | None) -> mx.array:
+def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | None,
+                   bias: mx.array | None = None) -> mx.array:
     """Scaled dot-product self-attention from fused projections (B, L, 3 * H * D) to (B, L, H * D); `mask` is
-    boolean (B, 1, 1, L), True at real tokens. Masked keys get exactly zero weight, masked (padding) queries zeros.
+    boolean (B, 1, 1, L), True at real tokens; `bias` (H, L, L) is added to the scaled scores (a relative position
+    bias). Masked keys get exactly zero weight, masked (padding) queries zeros.
     """
     B, L, width = qkv.shape
     D = width // (3 * n_heads)
     if (_native(qkv) and D <= kernels.max_head_dim()
-            and (mask is None or (mask.shape == (B, 1, 1, L) and mask.dtype == mx.bool_))):
-        return kernels.self_attention(qkv, n_heads, scale, mask)
+            and (mask is None or (mask.shape == (B, 1, 1, L) and mask.dtype == mx.bool_))
+            and (bias is None or (bias.shape == (n_heads, L, L) and bias.dtype == mx.float32))):
+        return kernels.self_attention(qkv, n_heads, scale, mask, bias)
     q, k, v = (qkv.reshape(B, L, 3, n_heads, D)[:, :, i].swapaxes(1, 2) for i in range(3))
-    return attention(q, k, v, scale, mask).swapaxes(1, 2).reshape(B, L, n_heads * D)
+    return attention(q, k, v, scale, mask, bias).swapaxes(1, 2).reshape(B, L, n_heads * D)
 
 
 def linear_activation(dense: nn.Module, x: mx.array, act) -> mx.array:
@@ -56,11 +59,14 @@ def linear_add_norm(dense: nn.Module, x: mx.array, residual: mx.array, norm: nn.
     return norm(dense(x) + residual)
 
 
-def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:
-    """MLX's attention on (B, H, L, D) heads, with `self_attention`'s treatment of padding."""
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None,
+              bias: mx.array | None = None) -> mx.array:
+    """MLX's attention on (B, H, L, D) heads, with `self_attention`'s treatment of padding and bias."""
     if mask is None:
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=bias)
     keep = mask.astype(q.dtype).swapaxes(-1, -2)  # zero values: a query with no key to attend gets zeros
+    if bias is not None:
+        mask = mx.where(mask, bias.astype(q.dtype), mx.array(-math.inf, q.dtype))
     return mx.fast.scaled_dot_product_attention(q, k, v * keep, scale=scale, mask=mask) * keep
 
 

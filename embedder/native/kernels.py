@@ -32,7 +32,7 @@ def _kernels() -> SimpleNamespace | None:
     kernels = SimpleNamespace(attention=attention.embed_self_attention, bias_gelu=layer_ops.embed_bias_gelu,
                               add_layer_norm=layer_ops.embed_add_layer_norm,
                               max_head_dim=attention.embed_max_head_dim())
-    kernels.attention.argtypes = [_PTR] * 3 + [_INT] * 4 + [_FLOAT]
+    kernels.attention.argtypes = [_PTR] * 4 + [_INT] * 4 + [_FLOAT]
     kernels.bias_gelu.argtypes = [_PTR] * 2 + [_INT] * 2
     kernels.add_layer_norm.argtypes = [_PTR] * 5 + [_INT] * 2 + [_FLOAT]
     for kernel in (kernels.attention, kernels.bias_gelu, kernels.add_layer_norm):
@@ -49,17 +49,20 @@ def max_head_dim() -> int:
     return _kernels().max_head_dim
 
 
-def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | None) -> mx.array:
-    """`fastmath.self_attention` with a (B, 1, 1, L) boolean or no mask, for head sizes up to `max_head_dim()`."""
+def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | None,
+                   bias: mx.array | None = None) -> mx.array:
+    """`fastmath.self_attention` with a (B, 1, 1, L) boolean or no mask and an optional (H, L, L) scores bias, for
+    head sizes up to `max_head_dim()`."""
     B, L, width = qkv.shape
     if width % (3 * n_heads):
         raise ModelError(f"native attention: width {width} is not 3 x {n_heads} heads")
     head_dim = width // (3 * n_heads)
     data = _buffer(qkv, (B, L, width), mx.float32, "qkv")
     keep = None if mask is None else _buffer(mask.reshape(B, L), (B, L), mx.bool_, "mask")  # one byte a token
+    added = None if bias is None else _buffer(bias, (n_heads, L, L), mx.float32, "bias")
     out = np.empty((B, L, width // 3), np.float32)
-    _check(_kernels().attention(data.ctypes.data, _address(keep), out.ctypes.data, B, L, n_heads, head_dim, scale),
-           "attention")
+    _check(_kernels().attention(data.ctypes.data, _address(keep), _address(added), out.ctypes.data, B, L, n_heads,
+                                head_dim, scale), "attention")
     return mx.array(out)
 
 

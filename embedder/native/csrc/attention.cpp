@@ -3,8 +3,9 @@
 // another matmul: the scores make two round trips through memory. Here a block of 8 queries' scores stays in L1
 // (8 x L floats) between the three steps, and only real (unmasked) keys and queries are computed. q, k, v come
 // from the fused projection (B, L, 3, H, D) in one pass per sequence, and the output goes out in (B, L, H * D),
-// the layout the next matmul reads.
-// Built by embedder.cpu_compile with -march=native.
+// the layout the next matmul reads. An optional additive bias per head and (query, key) position, (H, L, L), joins
+// the scores after scaling: MPNet's and T5's relative position biases.
+// Built by embedder.native.build with -march=native.
 
 #include <algorithm>
 #include <cstdint>
@@ -85,9 +86,12 @@ constexpr int KB = 4;  // vectors of keys per block of packed keys
 // written in one pass each, row after row: per head, a row's few strided floats would miss the cache every time.
 struct Scratch {
   int n, npad, nq, D, dv;
+  const int* idx = nullptr;     // the sequence's real tokens' positions (n of them)
+  const float* bias = nullptr;  // (H, L, L) additive scores bias, or null
+  int L;
   std::vector<float> q, k, v, packed, s, o, out;
   Scratch(int L, int H, int D, int NV)
-      : npad((L + W - 1) / W * W), nq((L + QB - 1) / QB * QB), D(D), dv(NV * W), q((size_t)H * nq * D),
+      : npad((L + W - 1) / W * W), nq((L + QB - 1) / QB * QB), D(D), dv(NV * W), L(L), q((size_t)H * nq * D),
         k((size_t)H * npad * D), v((size_t)H * npad * NV * W), packed((size_t)D * npad), s(QB * npad),
         o(QB * NV * W), out((size_t)L * H * D) {}
   float* head_q(int h) { return q.data() + (size_t)h * nq * D; }
@@ -146,6 +150,12 @@ void head(Scratch& m, int H, int h) {
         case 3: scores_tile<3>(qr, D, k + j0 * D, sr + j0, npad); break;
       }
     }
+    if (m.bias)
+      for (int r = 0; r < QB && i0 + r < n; r++) {
+        const float* row = m.bias + ((size_t)h * m.L + m.idx[i0 + r]) * m.L;
+        float* sr = s + r * npad;
+        for (int j = 0; j < n; j++) sr[j] += row[m.idx[j]];
+      }
     float norm[QB];
     for (int r = 0; r < QB; r++) norm[r] = exp_row(s + r * npad, n);
     for (int r0 = 0; r0 < QB; r0 += R) values_tile<NV, R>(s + r0 * npad, npad, n, v, o + r0 * dv);
@@ -157,9 +167,11 @@ void head(Scratch& m, int H, int h) {
 }
 
 template <int NV>
-void attention(const float* qkv, const uint8_t* keep, float* out, int B, int L, int H, int D, float scale) {
+void attention(const float* qkv, const uint8_t* keep, const float* bias, float* out, int B, int L, int H, int D,
+               float scale) {
   Scratch scratch(L, H, D, NV);
   std::vector<int> idx(L);
+  scratch.idx = idx.data(), scratch.bias = bias;
   const size_t row = (size_t)H * D;
   for (int b = 0; b < B; b++) {
     float* seq_out = out + (size_t)b * L * row;
@@ -180,20 +192,21 @@ void attention(const float* qkv, const uint8_t* keep, float* out, int B, int L, 
 // The largest head size with a kernel here: 8 vectors (128 floats with AVX-512, 64 with AVX2).
 extern "C" int embed_max_head_dim() { return 8 * W; }
 
-// qkv: (B, L, 3, H, D) float32, C order; keep: (B, L) bytes, nonzero at real tokens, or null; out: (B, L, H, D).
+// qkv: (B, L, 3, H, D) float32, C order; keep: (B, L) bytes, nonzero at real tokens, or null; bias: (H, L, L)
+// float32 added to the scaled scores, or null; out: (B, L, H, D).
 // Returns a boundary::Status: NO_KERNEL for a head size over embed_max_head_dim().
-extern "C" int embed_self_attention(const float* qkv, const uint8_t* keep, float* out, int B, int L, int H, int D,
-                                    float scale) {
+extern "C" int embed_self_attention(const float* qkv, const uint8_t* keep, const float* bias, float* out, int B,
+                                    int L, int H, int D, float scale) {
   return boundary::guarded([&]() -> int {
     switch ((D + W - 1) / W) {
-      case 1: attention<1>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
-      case 2: attention<2>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
-      case 3: attention<3>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
-      case 4: attention<4>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
-      case 5: attention<5>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
-      case 6: attention<6>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
-      case 7: attention<7>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
-      case 8: attention<8>(qkv, keep, out, B, L, H, D, scale); return boundary::OK;
+      case 1: attention<1>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 2: attention<2>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 3: attention<3>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 4: attention<4>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 5: attention<5>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 6: attention<6>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 7: attention<7>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 8: attention<8>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
       default: return boundary::NO_KERNEL;
     }
   });
