@@ -61,16 +61,15 @@ class Attention(nn.Module):
 
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.n_heads, self.head_dim = args.num_heads, args.d_kv
+        self.n_heads = args.num_heads
         inner = args.num_heads * args.d_kv
         self.qkv = fastmath.Linear(args.d_model, 3 * inner, bias=False)
         self.o = fastmath.Linear(inner, args.d_model, bias=False)
 
-    def __call__(self, x: mx.array, scores_bias: mx.array) -> mx.array:
-        B, L, _ = x.shape
-        q, k, v = self.qkv(x).reshape(B, L, 3, self.n_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=scores_bias)
-        return self.o(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+    def __call__(self, x: mx.array, context: tuple[mx.array, mx.array]) -> mx.array:
+        """`context`: the (B, 1, 1, L) key mask and the (H, L, L) position bias, which the native CPU kernel adds."""
+        mask, position_bias = context
+        return self.o(fastmath.self_attention(self.qkv(x), self.n_heads, 1.0, mask, position_bias))
 
 
 class SelfAttentionLayer(nn.Module):
@@ -81,8 +80,8 @@ class SelfAttentionLayer(nn.Module):
         self.SelfAttention = Attention(args)
         self.layer_norm = nn.RMSNorm(args.d_model, eps=args.layer_norm_epsilon)
 
-    def __call__(self, x: mx.array, scores_bias: mx.array) -> mx.array:
-        return x + self.SelfAttention(self.layer_norm(x), scores_bias)
+    def __call__(self, x: mx.array, context: tuple[mx.array, mx.array]) -> mx.array:
+        return x + self.SelfAttention(self.layer_norm(x), context)
 
 
 class DenseReluDense(nn.Module):
@@ -124,8 +123,8 @@ class Block(nn.Module):
         super().__init__()
         self.layer = [SelfAttentionLayer(args), FeedForwardLayer(args)]
 
-    def __call__(self, x: mx.array, scores_bias: mx.array) -> mx.array:
-        return self.layer[1](self.layer[0](x, scores_bias))
+    def __call__(self, x: mx.array, context: tuple[mx.array, mx.array]) -> mx.array:
+        return self.layer[1](self.layer[0](x, context))
 
 
 class Encoder(nn.Module):
@@ -141,11 +140,10 @@ class Encoder(nn.Module):
     def __call__(self, x: mx.array, attention_mask: mx.array) -> mx.array:
         buckets = relative_position_buckets(x.shape[1], self.args.relative_attention_num_buckets,
                                             self.args.relative_attention_max_distance)
-        position_bias = self.relative_attention_bias(mx.array(buckets)).transpose(2, 0, 1)[None].astype(x.dtype)
-        keys = (attention_mask != 0)[:, None, None, :]
-        scores_bias = mx.where(keys, position_bias, mx.array(-math.inf, x.dtype))
+        position_bias = self.relative_attention_bias(mx.array(buckets)).transpose(2, 0, 1).astype(x.dtype)
+        context = ((attention_mask != 0)[:, None, None, :], position_bias)
         for block in self.block:
-            x = block(x, scores_bias)
+            x = block(x, context)
         return self.final_layer_norm(x)
 
 
