@@ -1,7 +1,14 @@
-"""Whole-process file-to-Parquet: `embed` against a sentence-transformers script, plus embed's peak RSS at 1x/10x rows.
+"""Whole-process file-to-Parquet: `embed` against its peers (sentence-transformers, ONNX Runtime, OpenVINO), plus
+embed's peak RSS at 1x/10x rows.
 
     .venv/bin/python bench/bench_cli.py [--corpus passages|sentences] [--rows N] [--runs N] [--repeat R] [--rss-rows N]
+                                        [--peers st,onnxruntime,openvino,openvino-f32]
     python3 bench/bench_cli.py --device cuda --model DIR --corpus-dir DIR ...   (on an NVIDIA machine)
+
+ONNX Runtime and OpenVINO run MODEL/onnx/model.onnx, exported once by `bench/export_onnx.py MODEL` (`pip install
+onnxruntime openvino`), with the same tokenizer.json, length-sorted batches of 32, mean pooling and normalization
+as the model's sentence-transformers files say (mean-pooled models only); `openvino` is its default precision on
+this CPU (printed), `openvino-f32` asks for f32.
 
 Same machine, same model (the packaged all-MiniLM-L6-v2 unless --model), same input file; a process is timed from
 start to exit, model load and Parquet writing included. With --runs N the two alternate N times and the ratio
@@ -49,6 +56,60 @@ pq.write_table(pa.table({"id": pa.array(range(len(texts)), pa.int64()),
                          "tokens": pa.array(tokens, pa.int32())}), sys.argv[2])
 """
 
+PEER_NAMES = {"st": "sentence-transformers", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO (its default)",
+              "openvino-f32": "OpenVINO f32"}
+
+# The same job on an ONNX export: ONNX Runtime or OpenVINO, as their users run such a model.
+ONNX_SCRIPT = """
+import json, sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+from pathlib import Path
+from tokenizers import Tokenizer
+source, out, model, backend, precision = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5]
+settings = model / "sentence_bert_config.json"
+max_length = json.loads(settings.read_text()).get("max_seq_length", 512) if settings.exists() else 512
+modules = json.loads((model / "modules.json").read_text())
+normalize = any(m["type"].endswith("Normalize") for m in modules)
+tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
+tokenizer.no_padding()
+tokenizer.enable_truncation(max_length)
+texts = Path(source).read_text(encoding="utf-8").splitlines()
+encoded = [e.ids for e in tokenizer.encode_batch(texts)]
+onnx = str(model / "onnx" / "model.onnx")
+if backend == "onnxruntime":
+    import onnxruntime
+    session = onnxruntime.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    run = lambda feed: session.run(None, feed)[0]
+else:
+    import openvino
+    config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+    compiled = openvino.Core().compile_model(onnx, "CPU", config)
+    print("OpenVINO inference precision:", compiled.get_property("INFERENCE_PRECISION_HINT"), file=sys.stderr)
+    names = [i.any_name for i in compiled.inputs]
+    run = lambda feed: compiled(feed)[0]
+order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+vectors = [None] * len(texts)
+for start in range(0, len(order), 32):
+    rows = order[start:start + 32]
+    length = max(len(encoded[i]) for i in rows)
+    ids = np.zeros((len(rows), length), np.int64)
+    mask = np.zeros((len(rows), length), np.int64)
+    for r, i in enumerate(rows):
+        ids[r, :len(encoded[i])] = encoded[i]
+        mask[r, :len(encoded[i])] = 1
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    hidden = np.asarray(run({n: feed[n] for n in names}), np.float32)
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    if normalize:
+        pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    for r, i in enumerate(rows):
+        vectors[i] = pooled[r]
+vectors = np.stack(vectors)
+pq.write_table(pa.table({"id": pa.array(range(len(texts)), pa.int64()),
+                         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+                         "tokens": pa.array([len(e) for e in encoded], pa.int32())}), out)
+"""
+
 
 def timed(command: list[str]) -> tuple[float, int]:
     """Wall seconds and peak RSS (MiB) of one child process, which must succeed."""
@@ -73,29 +134,36 @@ def embed_command(source: Path, out: Path, model: str, *options: str) -> list[st
     return [sys.executable, "-m", "cli", str(source), "-o", str(out), "-q", "--model", model, *options]
 
 
+def peer_command(peer: str, source: Path, out: Path, args: argparse.Namespace) -> list[str]:
+    if peer == "st":
+        return [sys.executable, "-c", ST_SCRIPT, str(source), str(out), args.model, args.device]
+    backend, _, precision = peer.partition("-")
+    return [sys.executable, "-c", ONNX_SCRIPT, str(source), str(out), args.model, backend, precision]
+
+
 def throughput(args: argparse.Namespace, folder: Path) -> None:
-    """embed vs sentence-transformers on one corpus: passages (RAG chunks, ~256 tokens) or sentences (short)."""
+    """embed vs each peer on one corpus, alternating: passages (RAG chunks, ~256 tokens) or sentences (short)."""
     corpus = args.corpus
     source = first_rows(args.corpus_dir / f"{corpus}.txt", args.rows, folder, args.repeat)
-    ours, theirs = folder / "embed.parquet", folder / "st.parquet"
-    pairs = []
+    ours = folder / "embed.parquet"
+    peers = args.peers.split(",")
+    runs = []  # per run: embed's seconds, then each peer's
     for _ in range(args.runs):
-        embed_s, _ = timed(embed_command(source, ours, args.model, "--overwrite"))
-        st_s, _ = timed([sys.executable, "-c", ST_SCRIPT, str(source), str(theirs), args.model, args.device])
-        pairs.append((embed_s, st_s))
-    a, b = pq.read_table(ours), pq.read_table(theirs)
+        runs.append([timed(embed_command(source, ours, args.model, "--overwrite"))[0]]
+                    + [timed(peer_command(peer, source, folder / f"{peer}.parquet", args))[0] for peer in peers])
+    a = pq.read_table(ours)
     tokens = sum(a["tokens"].to_pylist())
-    va, vb = (np.stack(t["embedding"].to_numpy(zero_copy_only=False)) for t in (a, b))
-    cosine = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
-    print(f"{corpus}: {a.num_rows} rows, {tokens:,} tokens (sentence-transformers counts "
-          f"{sum(b['tokens'].to_pylist()):,}); min cosine between the two outputs {cosine.min():.6f}")
-    for embed_s, st_s in pairs:
-        print(f"  embed {embed_s:6.1f} s {tokens / embed_s:7,.0f} tokens/s   sentence-transformers {st_s:6.1f} s "
-              f"{tokens / st_s:7,.0f} tokens/s   ratio {st_s / embed_s:.2f}x")
-    embed_s, st_s = (statistics.median(times) for times in zip(*pairs))
-    ratio = statistics.median(st / ours for ours, st in pairs)
-    print(f"  median of {len(pairs)}: embed {tokens / embed_s:,.0f} tokens/s, sentence-transformers "
-          f"{tokens / st_s:,.0f} tokens/s; ratio embed / sentence-transformers: {ratio:.2f}x")
+    print(f"{corpus}: {a.num_rows} rows, {tokens:,} tokens")
+    for k, peer in enumerate(peers, 1):
+        b = pq.read_table(folder / f"{peer}.parquet")
+        va, vb = (np.stack(t["embedding"].to_numpy(zero_copy_only=False)) for t in (a, b))
+        cosine = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
+        ratios = [run[k] / run[0] for run in runs]
+        print(f"  {PEER_NAMES.get(peer, peer)} ({sum(b['tokens'].to_pylist()):,} tokens; min cosine to embed "
+              f"{cosine.min():.6f}): " + ", ".join(f"{run[0]:.1f} s vs {run[k]:.1f} s" for run in runs))
+        print(f"    median of {len(runs)}: embed {tokens / statistics.median(r[0] for r in runs):,.0f} tokens/s, "
+              f"{PEER_NAMES.get(peer, peer)} {tokens / statistics.median(r[k] for r in runs):,.0f} tokens/s; "
+              f"ratio embed / it: {statistics.median(ratios):.2f}x (pairs {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 def memory(args: argparse.Namespace, folder: Path) -> None:
@@ -122,6 +190,7 @@ def main() -> None:
     parser.add_argument("--model", help="model folder for both systems (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="sentence-transformers' device")
     parser.add_argument("--corpus-dir", type=Path, default=CORPUS)
+    parser.add_argument("--peers", default="st", help="comma-separated: st, onnxruntime, openvino, openvino-f32")
     args = parser.parse_args()
     if args.model is None:
         if (packaged := packaged_default()) is None:

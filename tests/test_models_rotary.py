@@ -9,21 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference import cosine, require_oracle, st_reference
-from tiny_models import copy_tokenizer, save_sentence_transformer
+from test_models_encoders import TEXTS  # short next to long (past max_seq_length): every batch pads, some truncate
+from tiny_models import save_sentence_transformer, save_with_noisy_norms
 
 from embedder import EmbeddingEngine
 
-# Very short next to long texts (one past max_seq_length), so every batch pads and some are truncated.
-TEXTS = [
-    "a",
-    "The quick brown fox jumps over the lazy dog.",
-    "中文句子，还有一些日本語のテキスト。",
-    "Emoji 🎉 and accents: café, naïve, e\u0301",
-    "ok",
-    "def f(x):\n    return x ** 2  # code",
-    "long " * 200,
-    "A middling sentence about the weather, which was mild and grey all week long.",
-]
 # Weights drawn wide, so attention is far from uniform and a wrong rotation cannot hide.
 SMALL = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
              initializer_range=0.3)
@@ -40,14 +30,7 @@ def tiny_port(kind: str, tokenizer_src: Path, work: Path, **overrides):
     config_class, model_class = {"nomic_bert": ("NomicBertConfig", "NomicBertModel"),
                                  "gte": ("GteConfig", "GteModel")}[kind]
     model = getattr(transformers, model_class)(getattr(transformers, config_class)(**{**SMALL, **overrides})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    out = work / f"hf-{kind}"
-    model.save_pretrained(str(out), safe_serialization=True)
-    copy_tokenizer(tokenizer_src, out)
-    return out, model
+    return save_with_noisy_norms(model, work / f"hf-{kind}", tokenizer_src), model
 
 
 def port_layer(key: str) -> tuple[int, str] | None:

@@ -8,24 +8,14 @@ import random
 import numpy as np
 import pytest
 from reference import cosine, require_oracle, st_reference
+from test_models_encoders import TEXTS as ENCODER_TEXTS
 from tiny_models import save_sentence_transformer
 
 from embedder import EmbeddingEngine
 
 MAX_SEQ_LENGTH = 48
 # Short next to long (past MAX_SEQ_LENGTH, and past the position buckets' exact range), CJK, emoji.
-TEXTS = [
-    "a",
-    "The quick brown fox jumps over the lazy dog.",
-    "中文句子，还有一些日本語のテキスト。",
-    "Emoji 🎉 and accents: café, naïve, e\u0301",
-    "ok",
-    "def f(x):\n    return x ** 2  # code",
-    "long " * 200,
-    "A middling sentence about the weather, which was mild and grey all week long.",
-    "kasu mibo tezela " * 12,
-    "🎉" * 5,
-]
+TEXTS = [*ENCODER_TEXTS, "kasu mibo tezela " * 12, "🎉" * 5]
 CONFIG = dict(d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2, relative_attention_num_buckets=32,
               relative_attention_max_distance=128, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 

@@ -120,11 +120,18 @@ def tiny_transformer(kind: str, tokenizer_src: Path, work: Path, *, causal_lm: b
     config = getattr(transformers, class_name)(**{k: v for k, v in overrides.items() if v is not None})
     auto = transformers.AutoModelForCausalLM if causal_lm else transformers.AutoModel
     model = auto.from_config(config).eval()
+    return save_with_noisy_norms(model, work / f"hf-{kind}{'-lm' if causal_lm else ''}", tokenizer_src)
+
+
+def save_with_noisy_norms(model, out: Path, tokenizer_src: Path) -> Path:
+    """Noise on every 1-D weight (norms and biases), so a wrong norm formula cannot hide; saved as transformers
+    saves it, with the tokenizer of `tokenizer_src`."""
+    import torch
+
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.1)
-    out = work / f"hf-{kind}{'-lm' if causal_lm else ''}"
     model.save_pretrained(str(out), safe_serialization=True)
     copy_tokenizer(tokenizer_src, out)
     return out
