@@ -108,8 +108,8 @@ def test_after_stop_new_work_is_refused_and_nothing_waits_forever():
 
 
 def test_a_cancelled_job_is_dropped_before_it_runs():
-    """With the one lane held, one batch queued and the planner holding a third, a fourth job still waits in the
-    queue: cancelling it drops it, and the others run."""
+    """With the one lane held, the planner holds the next job until a lane is free, and a third job waits in the
+    queue meanwhile: cancelling it drops it, and the others run."""
     entered, gate = threading.Event(), threading.Event()
 
     class Gated(SumRunner):
@@ -121,16 +121,37 @@ def test_a_cancelled_job_is_dropped_before_it_runs():
     scheduler = started(Gated(), lanes=1)
     held = scheduler.submit([[1]], [0], lambda out: out)
     assert entered.wait(60)
-    queued = scheduler.submit([[2]], [0], lambda out: out)
-    _wait_for(lambda: scheduler._batches.full())
-    planned = scheduler.submit([[3]], [0], lambda out: out)
-    _wait_for(lambda: scheduler.stats()["queue_depth"] == 0)  # the planner took it and waits for the lanes
-    waiting = scheduler.submit([[4]], [0], lambda out: out)
+    planned = scheduler.submit([[2]], [0], lambda out: out)
+    _wait_for(lambda: scheduler.stats()["queue_depth"] == 0)  # the planner took it and waits for a free lane
+    waiting = scheduler.submit([[3]], [0], lambda out: out)
     assert waiting.cancel()
     gate.set()
-    for future, row in ((held, [1]), (queued, [2]), (planned, [3])):
+    for future, row in ((held, [1]), (planned, [2])):
         np.testing.assert_array_equal(future.result(timeout=60), want([row]))
     assert waiting.cancelled()
+    scheduler.stop()
+
+
+def test_jobs_that_arrive_while_the_lanes_are_busy_share_a_batch():
+    """Small concurrent requests pack together: while the one lane runs a batch, the jobs that come in meanwhile
+    wait for it and then go out as one batch, not one batch each."""
+    entered, gate = threading.Event(), threading.Event()
+
+    class Gated(SumRunner):
+        def launch(self, rows, splits):
+            entered.set()
+            gate.wait(60)
+            return super().launch(rows, splits)
+
+    scheduler = started(Gated(), lanes=1)
+    first = scheduler.submit([[1]], [0], lambda out: out)
+    assert entered.wait(60)
+    later = [scheduler.submit([[2, i]], [0], lambda out: out) for i in range(SHAPE.rows)]
+    _wait_for(lambda: scheduler.stats()["queue_depth"] == 0)
+    gate.set()
+    for i, future in enumerate([first, *later]):
+        np.testing.assert_array_equal(future.result(timeout=60), want([[1]] if i == 0 else [[2, i - 1]]))
+    assert scheduler.stats()["batches"] == 2  # the first job's, then the later ones' together
     scheduler.stop()
 
 
