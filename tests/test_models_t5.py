@@ -78,7 +78,7 @@ def test_relative_position_buckets_match_transformers():
     import torch
     from transformers.models.t5.modeling_t5 import T5Attention
 
-    from embedder.models.t5 import relative_position_buckets
+    from embedder.models.attention import relative_position_buckets
 
     for buckets, distance in ((32, 128), (32, 64), (64, 256), (16, 32)):
         length = 2 * distance + 40

@@ -1,6 +1,10 @@
-"""Attention helpers shared by our own encoders: boolean masks from padding, windows and causality; RoPE."""
+"""Attention helpers shared by our own encoders: boolean masks from padding, windows and causality; RoPE; relative
+position buckets."""
+
+import math
 
 import mlx.core as mx
+import numpy as np
 
 
 def allowed_keys(
@@ -35,3 +39,18 @@ def rope_scale(rope_parameters: dict | None, rope_scaling: dict | None, layer_ty
     if params.get("rope_type", params.get("type", "default")) == "linear":
         return 1.0 / float(params["factor"])
     return 1.0
+
+
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:
+    """(length, length) bucket of each (query, key) offset, bidirectional, as T5 and MPNet bucket them: half the
+    buckets for keys after the query; in each half, exact offsets up to a quarter of the buckets, then logarithmic
+    bins up to `max_distance`. In float32 as PyTorch computes it, so that bins meet where transformers' do."""
+    positions = np.arange(length)
+    offset = positions[None, :] - positions[:, None]  # key - query
+    half = num_buckets // 2
+    exact = half // 2
+    distance = np.abs(offset)
+    far = np.maximum(distance, exact).astype(np.float32)  # no log(0); nearer offsets take the exact buckets
+    scaled = (np.log(far / np.float32(exact)) / np.float32(math.log(max_distance / exact)) * np.float32(half - exact))
+    large = np.minimum(exact + scaled.astype(np.int64), half - 1)
+    return (offset > 0) * half + np.where(distance < exact, distance, large)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
 from ..native import fastmath
+from .attention import relative_position_buckets
 from .base import BaseModelArgs, fuse
 from .bert import Layer
 
@@ -30,21 +30,6 @@ class ModelArgs(BaseModelArgs):
     hidden_act: str = "gelu"
     pad_token_id: int = 1
     relative_attention_num_buckets: int = 32
-
-
-def relative_position_buckets(length: int) -> np.ndarray:
-    """(length, length) bucket of each (query, key) offset, in float32 as PyTorch computes it."""
-    positions = np.arange(length)
-    n = -(positions[None, :] - positions[:, None])
-    half = BUCKETS // 2
-    buckets = (n < 0).astype(np.int64) * half
-    n = np.abs(n)
-    exact = half // 2
-    with np.errstate(divide="ignore"):
-        scaled = (np.log(n.astype(np.float32) / np.float32(exact)) / np.float32(math.log(MAX_DISTANCE / exact))
-                  * np.float32(half - exact))
-    large = np.minimum(exact + scaled.astype(np.int64, copy=False), half - 1)
-    return buckets + np.where(n < exact, n, large)
 
 
 class Embeddings(nn.Module):
@@ -104,7 +89,7 @@ class Model(nn.Module):
     def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
         """The last hidden state; `attention_mask` is (B, L), nonzero on real tokens (MPNet has no token types)."""
         x = self.embeddings(input_ids)
-        buckets = mx.array(relative_position_buckets(input_ids.shape[1]))
+        buckets = mx.array(relative_position_buckets(input_ids.shape[1], BUCKETS, MAX_DISTANCE))
         position_bias = self.encoder.relative_attention_bias(buckets).transpose(2, 0, 1).astype(x.dtype)  # (H, L, L)
         context = ((attention_mask != 0)[:, None, None, :], position_bias)
         for layer in self.encoder.layer:

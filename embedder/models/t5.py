@@ -1,14 +1,13 @@
 """The T5 encoder (sentence-t5, gtr-t5; mT5): pre-norm layers with RMS norms and no biases, no absolute positions
 but a bucketed relative position bias that block 0 learns and every layer adds, unscaled attention scores."""
 
-import math
 from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
 from ..native import fastmath
+from .attention import relative_position_buckets
 from .base import BaseModelArgs, fuse
 
 
@@ -38,21 +37,6 @@ class ModelArgs(BaseModelArgs):
         if self.dense_act_fn is None:
             # transformers' "gated-gelu" is the tanh approximation
             self.dense_act_fn = "gelu_new" if self.feed_forward_proj == "gated-gelu" else parts[-1]
-
-
-def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:
-    """(length, length) bucket of each (query, key) offset, bidirectional: half the buckets for keys after the query;
-    in each half, exact offsets up to a quarter of the buckets, then logarithmic bins up to `max_distance`. In float32
-    as PyTorch computes it, so that bins meet where transformers' do."""
-    positions = np.arange(length)
-    offset = positions[None, :] - positions[:, None]  # key - query
-    half = num_buckets // 2
-    exact = half // 2
-    distance = np.abs(offset)
-    far = np.maximum(distance, exact).astype(np.float32)  # no log(0); nearer offsets take the exact buckets
-    scaled = (np.log(far / np.float32(exact)) / np.float32(math.log(max_distance / exact)) * np.float32(half - exact))
-    large = np.minimum(exact + scaled.astype(np.int64), half - 1)
-    return (offset > 0) * half + np.where(distance < exact, distance, large)
 
 
 class Attention(nn.Module):
