@@ -107,9 +107,8 @@ def test_after_stop_new_work_is_refused_and_nothing_waits_forever():
         scheduler.submit([[1]], [0], lambda out: out)
 
 
-def test_a_cancelled_job_is_dropped_before_it_runs():
-    """With the one lane held, the planner holds the next job until a lane is free, and a third job waits in the
-    queue meanwhile: cancelling it drops it, and the others run."""
+def gated_scheduler() -> tuple[Scheduler, threading.Event, threading.Event]:
+    """One lane whose every launch waits for `gate` after setting `entered`: a batch held as long as a test needs."""
     entered, gate = threading.Event(), threading.Event()
 
     class Gated(SumRunner):
@@ -118,7 +117,13 @@ def test_a_cancelled_job_is_dropped_before_it_runs():
             gate.wait(60)
             return super().launch(rows, splits)
 
-    scheduler = started(Gated(), lanes=1)
+    return started(Gated(), lanes=1), entered, gate
+
+
+def test_a_cancelled_job_is_dropped_before_it_runs():
+    """With the one lane held, the planner holds the next job until a lane is free, and a third job waits in the
+    queue meanwhile: cancelling it drops it, and the others run."""
+    scheduler, entered, gate = gated_scheduler()
     held = scheduler.submit([[1]], [0], lambda out: out)
     assert entered.wait(60)
     planned = scheduler.submit([[2]], [0], lambda out: out)
@@ -135,15 +140,7 @@ def test_a_cancelled_job_is_dropped_before_it_runs():
 def test_jobs_that_arrive_while_the_lanes_are_busy_share_a_batch():
     """Small concurrent requests pack together: while the one lane runs a batch, the jobs that come in meanwhile
     wait for it and then go out as one batch, not one batch each."""
-    entered, gate = threading.Event(), threading.Event()
-
-    class Gated(SumRunner):
-        def launch(self, rows, splits):
-            entered.set()
-            gate.wait(60)
-            return super().launch(rows, splits)
-
-    scheduler = started(Gated(), lanes=1)
+    scheduler, entered, gate = gated_scheduler()
     first = scheduler.submit([[1]], [0], lambda out: out)
     assert entered.wait(60)
     later = [scheduler.submit([[2, i]], [0], lambda out: out) for i in range(SHAPE.rows)]
