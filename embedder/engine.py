@@ -20,6 +20,7 @@ from .errors import InputError, ModelError, NotReady  # noqa: E402
 from .forward import BatchForward  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
 from .images import ImageRow  # noqa: E402
+from .io.readers import read_bytes  # noqa: E402
 from .long_inputs import Windows, combine  # noqa: E402
 from .models.loading import LoadedModel, load_model  # noqa: E402
 from .options import EngineOptions  # noqa: E402
@@ -52,12 +53,11 @@ def ranked(scores: np.ndarray, top_n: int | None = None) -> list[tuple[int, floa
     return [(int(i), float(scores[i])) for i in order]
 
 
-def _read_image(path: str | os.PathLike) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from e
+def _resolved(value: np.ndarray) -> Future:
+    """A future that is already done: nothing to queue."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 @atexit.register
@@ -268,7 +268,7 @@ class EmbeddingEngine:
         """(len(images), dim) vectors of image files (paths) or their encoded bytes (PNG, JPEG...), in the space of
         this model's text vectors; an image model (SigLIP) only."""
         where = [str(i) if isinstance(i, (str, os.PathLike)) else f"image {n}" for n, i in enumerate(images)]
-        data = [_read_image(i) if isinstance(i, (str, os.PathLike)) else i for i in images]
+        data = [read_bytes(i) if isinstance(i, (str, os.PathLike)) else i for i in images]
         return self.submit(self.image_rows(data, where), dimensions=dimensions, normalize=normalize).result()
 
     def input_rows(self, inputs: Sequence[str | bytes], *, prompt: str | None = None, prompt_name: str | None = None,
@@ -321,11 +321,10 @@ class EmbeddingEngine:
                              "with rerank, and embeds nothing", "model")
         rows = self._validate(ids, dimensions)
         if not rows:
-            future: Future = Future()
-            future.set_result(np.zeros((0, dimensions or model.dim), np.float32))
-            return future
+            return _resolved(np.zeros((0, dimensions or model.dim), np.float32))
         unit = self.normalizes if normalize is None else normalize
-        pieces = [self._windows.split(row) if self._windows and not isinstance(row, ImageRow) else [row] for row in rows]
+        pieces = [self._windows.split(row) if self._windows and not isinstance(row, ImageRow) else [row]
+                  for row in rows]
         windows = [w for piece in pieces for w in piece]
         skips = [skip if k == 0 else 0 for piece in pieces for k in range(len(piece))]  # a prompt leads window 1
 
@@ -366,9 +365,7 @@ class EmbeddingEngine:
         if len(firsts) != len(seconds):
             raise InputError(f"{len(firsts)} first texts for {len(seconds)} second texts; pair them one to one")
         if not firsts:
-            future: Future = Future()
-            future.set_result(np.zeros(0, np.float32))
-            return future, 0
+            return _resolved(np.zeros(0, np.float32)), 0
         model = self.model
         if not self.cross_encoder:
             texts = list(dict.fromkeys([*firsts, *seconds]))

@@ -189,10 +189,10 @@ def read_source(source: Source, options: ReadOptions, data: bytes | None = None,
     records, and the errors naming them, are then the same as for a local file.
     """
     if source.kind == "image":
-        yield source.name, _read_bytes(source.name) if data is None else data, source.name
+        yield source.name, read_bytes(source.name) if data is None else data, source.name
         return
     if source.kind == "file":
-        yield source.name, _whole_text(_read_bytes(source.name) if data is None else data, source.name), source.name
+        yield source.name, _whole_text(read_bytes(source.name) if data is None else data, source.name), source.name
         return
     if source.kind == "parquet":
         yield from _read_parquet(source.name, options, data)
@@ -217,7 +217,8 @@ def _open_binary(name: str) -> ContextManager[BinaryIO]:
         raise InputError(f"{name}: cannot read ({e.strerror})") from e
 
 
-def _read_bytes(path: str) -> bytes:
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """A file's bytes; a failure names the file."""
     try:
         return Path(path).read_bytes()
     except OSError as e:

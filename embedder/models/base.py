@@ -1,5 +1,5 @@
-"""What every architecture module shares: config parsing that ignores keys it does not declare, and the fusing of
-separate checkpoint projections into one."""
+"""What every architecture module shares: config parsing that ignores keys it does not declare, checkpoint keys
+renamed onto the module's, and the fusing of separate checkpoint projections into one."""
 
 import inspect
 from dataclasses import dataclass
@@ -13,6 +13,25 @@ class BaseModelArgs:
     def from_dict(cls, params: dict):
         fields = inspect.signature(cls).parameters
         return cls(**{k: v for k, v in params.items() if k in fields})
+
+
+def checkpoint_keys(weights: dict[str, mx.array], *, prefixes: dict[str, str], drop: tuple[str, ...] = (),
+                    drop_suffixes: tuple[str, ...] = (), renames: tuple[tuple[str, str], ...] = ()
+                    ) -> dict[str, mx.array]:
+    """A checkpoint's keys as the module names them: each of `prefixes` replaced, in order, where a key starts with
+    it (a task model's `bert.` stripped, a port's `layers.` moved under `encoder.`); keys starting with `drop` (task
+    heads) or ending with `drop_suffixes` (buffers) left out; then every (old, new) of `renames` replaced."""
+    out = {}
+    for key, value in weights.items():
+        for old, new in prefixes.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        if key.startswith(drop) or key.endswith(drop_suffixes):
+            continue
+        for old, new in renames:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
 
 
 def fuse(weights: dict[str, mx.array], n_layers: int, layer: str, groups: dict[str, tuple[str, ...]]

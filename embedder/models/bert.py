@@ -7,7 +7,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..native import fastmath
-from .base import BaseModelArgs, fuse
+from .base import BaseModelArgs, checkpoint_keys, fuse
 
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "xlm_roberta", "camembert")
 
@@ -146,14 +146,8 @@ class Model(nn.Module):
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop heads and buffers, strip a task-model prefix, fuse q/k/v into one projection."""
-        out = {}
-        for key, value in weights.items():
-            for prefix in ("bert.", "roberta.", "xlm_roberta.", "model."):
-                if key.startswith(prefix):
-                    key = key[len(prefix):]
-            if key.startswith(self.heads) or key.endswith("position_ids"):
-                continue
-            out[key] = value
+        out = checkpoint_keys(weights, prefixes=dict.fromkeys(("bert.", "roberta.", "xlm_roberta.", "model."), ""),
+                              drop=self.heads, drop_suffixes=("position_ids",))
         return fuse(out, self.args.num_hidden_layers, "encoder.layer.{}.attention.self.",
                     {"qkv": ("query", "key", "value")})
 

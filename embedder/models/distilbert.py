@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from . import bert
-from .base import BaseModelArgs
+from .base import BaseModelArgs, checkpoint_keys
 
 # transformers' DistilBertModel names -> BertModel's, applied in order to each key.
 _RENAMES = (
@@ -50,13 +50,6 @@ class Model(bert.Model):
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """BERT's names; a zero token-type row (DistilBERT has none), then BERT's own clean-up and q/k/v fusion."""
-        renamed = {}
-        for key, value in weights.items():
-            key = key.removeprefix("distilbert.")
-            if key.startswith(_HEADS):
-                continue
-            for old, new in _RENAMES:
-                key = key.replace(old, new)
-            renamed[key] = value
+        renamed = checkpoint_keys(weights, prefixes={"distilbert.": ""}, drop=_HEADS, renames=_RENAMES)
         renamed["embeddings.token_type_embeddings.weight"] = mx.zeros((1, self.args.hidden_size))
         return super().sanitize(renamed)

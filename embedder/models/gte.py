@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..native import fastmath
-from .base import BaseModelArgs, fuse
+from .base import BaseModelArgs, checkpoint_keys, fuse
 from .nomic_bert import GatedMLP, rotary_self_attention
 
 
@@ -167,17 +167,8 @@ class Model(nn.Module):
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop heads and buffers, strip a task-model prefix, take either naming, and fuse separate q/k/v
         (`pack_qkv` false, or the port's) into `qkv_proj` and the port's up/gate into `up_gate_proj`."""
-        out = {}
-        for key, value in weights.items():
-            for prefix in ("new.", "gte.", "model."):
-                key = key.removeprefix(prefix)
-            if key.startswith(self.heads) or key.endswith(self.buffers):
-                continue
-            if key.startswith("layers."):
-                key = "encoder.layer." + key.removeprefix("layers.")
-            for old, new in self.renames:
-                key = key.replace(old, new)
-            out[key] = value
+        out = checkpoint_keys(weights, prefixes={"new.": "", "gte.": "", "model.": "", "layers.": "encoder.layer."},
+                              drop=self.heads, drop_suffixes=self.buffers, renames=self.renames)
         return fuse(out, self.args.num_hidden_layers, "encoder.layer.{}.", {
             "attention.qkv_proj": ("attention.q_proj", "attention.k_proj", "attention.v_proj"),
             "mlp.up_gate_proj": ("mlp.up_proj", "mlp.gate_proj"),

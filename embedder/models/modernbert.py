@@ -9,7 +9,7 @@ from ..errors import ModelError
 from ..native import fastmath
 from ..pooling import pool
 from .attention import allowed_keys, rope_theta
-from .base import BaseModelArgs
+from .base import BaseModelArgs, checkpoint_keys
 
 
 @dataclass
@@ -129,13 +129,7 @@ class Model(nn.Module):
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Keep the encoder of a MaskedLM or task checkpoint: strip `model.`, drop heads."""
-        out = {}
-        for key, value in weights.items():
-            key = key.removeprefix("model.")
-            if key.startswith(self.heads):
-                continue
-            out[key] = value
-        return out
+        return checkpoint_keys(weights, prefixes={"model.": ""}, drop=self.heads)
 
 
 class Head(nn.Module):

@@ -10,7 +10,7 @@ import mlx.nn as nn
 
 from ..native import fastmath
 from .attention import relative_position_buckets
-from .base import BaseModelArgs, fuse
+from .base import BaseModelArgs, checkpoint_keys, fuse
 from .bert import Layer
 
 # transformers computes the buckets with 32 whatever the config says (MPNetEncoder.compute_position_bias).
@@ -98,10 +98,6 @@ class Model(nn.Module):
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop heads and buffers, strip a task-model prefix, fuse q/k/v into one projection."""
-        out = {}
-        for key, value in weights.items():
-            key = key.removeprefix("mpnet.")
-            if key.startswith(("pooler.", "lm_head.", "classifier.")) or key.endswith("position_ids"):
-                continue
-            out[key] = value
+        out = checkpoint_keys(weights, prefixes={"mpnet.": ""}, drop=("pooler.", "lm_head.", "classifier."),
+                              drop_suffixes=("position_ids",))
         return fuse(out, self.args.num_hidden_layers, "encoder.layer.{}.attention.attn.", {"qkv": ("q", "k", "v")})

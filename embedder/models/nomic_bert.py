@@ -14,7 +14,7 @@ import mlx.nn as nn
 
 from ..errors import ModelError
 from ..native import fastmath
-from .base import BaseModelArgs, fuse
+from .base import BaseModelArgs, checkpoint_keys, fuse
 
 # transformers' NomicBertConfig name -> the published config's name.
 _PORT_KEYS = {"hidden_size": "n_embd", "num_attention_heads": "n_head", "num_hidden_layers": "n_layer",
@@ -203,17 +203,9 @@ class Model(nn.Module):
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop heads and buffers, strip a task-model prefix, take either naming, and fuse q/k/v into `Wqkv` and
         value/gate (fc11/up_proj, fc12/gate_proj) into `up_gate_proj`."""
-        out = {}
-        for key, value in weights.items():
-            for prefix in ("bert.", "nomic_bert.", "model."):
-                key = key.removeprefix(prefix)
-            if key.startswith(self.heads) or key.endswith(self.buffers):
-                continue
-            if key.startswith("layers."):
-                key = "encoder." + key
-            for old, new in self.renames:
-                key = key.replace(old, new)
-            out[key] = value
+        prefixes = {"bert.": "", "nomic_bert.": "", "model.": "", "layers.": "encoder.layers."}
+        out = checkpoint_keys(weights, prefixes=prefixes, drop=self.heads, drop_suffixes=self.buffers,
+                              renames=self.renames)
         return fuse(out, self.args.n_layer, "encoder.layers.{}.", {
             "attn.Wqkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
             "mlp.up_gate_proj": ("mlp.up_proj", "mlp.gate_proj"),

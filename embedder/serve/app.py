@@ -109,8 +109,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             raise InputError(f"embed_dtype {body.embed_dtype} is for float vectors; precision {body.precision} "
                              "already sets the values' type", "embed_dtype")
         with admission.admit(len(inputs)):
-            # A thread hop costs more than a loaded engine's lookup or a short text's tokens: only long work hops.
-            engine = served.engine if served.engine.loaded else await run_in_threadpool(registry.loaded_engine, served)
+            engine = await _engine(registry, served)
             dimensions = engine.check_dimensions(body.dimensions)
             if _characters(inputs) <= INLINE_TOKENIZE_CHARS:
                 token_ids = _token_ids(engine, inputs, body)
@@ -136,7 +135,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         served = registry.resolve(body.model)
         documents = parse_rerank(body, options.max_inputs)
         with admission.admit(len(documents)):
-            engine = served.engine if served.engine.loaded else await run_in_threadpool(registry.loaded_engine, served)
+            engine = await _engine(registry, served)
             engine.check_rankable()
             future, tokens = await run_in_threadpool(engine.submit_scores, [body.query] * len(documents), documents)
             scores = await _result(future, request)
@@ -173,6 +172,12 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
 
 async def _handle(request: Request, exc: Exception) -> Response:
     return error_response(exc)
+
+
+async def _engine(registry: ModelRegistry, served: ServedModel) -> EmbeddingEngine:
+    """The served model's engine, loaded. A thread hop costs more than a loaded engine's lookup or a short text's
+    tokens: only loading hops."""
+    return served.engine if served.engine.loaded else await run_in_threadpool(registry.loaded_engine, served)
 
 
 def _client_name(served: ServedModel, asked: str | None) -> str:
