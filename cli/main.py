@@ -13,6 +13,7 @@ from cli._options import (
     BatchTokensOpt,
     ChunkOverlapOpt,
     DimensionsOpt,
+    DtypeOpt,
     InputFormat,
     LanesOpt,
     LongInputOpt,
@@ -73,8 +74,9 @@ def embed(
     prompt_name: PromptNameOpt = None,
     pooling: PoolingOpt = None,
     include_text: Annotated[bool, typer.Option("--include-text", help="Write the input text beside its vector.")] = False,
-    dtype: Annotated[OutputDtype, typer.Option(
-        "--precision", "--dtype", help="Written vectors: floats, int8/uint8 buckets (needs --calibration) or packed "
+    dtype: DtypeOpt = None,
+    precision: Annotated[OutputDtype, typer.Option(
+        "--precision", help="Written vectors: floats, int8/uint8 buckets (needs --calibration) or packed "
         "sign bits (binary/ubinary), as sentence-transformers' quantize_embeddings.")] = OutputDtype.float32,
     calibration: Annotated[str | None, typer.Option(
         help="int8/uint8: float vectors to take each dimension's range from (a Parquet file with an embedding "
@@ -129,7 +131,8 @@ def embed(
         prompt_name=prompt_name,
         pooling=pooling,
         include_text=include_text,
-        dtype=dtype.value,
+        dtype=dtype.value if dtype else None,
+        precision=precision.value,
         calibration=calibration,
         long_input=long_input.value if long_input else "truncate",
         chunk_overlap=chunk_overlap,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli._errors import reported_errors
-from cli._options import BatchTokensOpt, InputFormat, LanesOpt, LongInputOpt, MaxLengthOpt, ModelOpt, QuietOpt
+from cli._options import BatchTokensOpt, DtypeOpt, InputFormat, LanesOpt, LongInputOpt, MaxLengthOpt, ModelOpt, QuietOpt
 
 
 def rerank(
@@ -30,6 +30,7 @@ def rerank(
     max_length: MaxLengthOpt = None,
     batch_tokens: BatchTokensOpt = None,
     lanes: LanesOpt = None,
+    dtype: DtypeOpt = None,
     long_input: LongInputOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
     quiet: QuietOpt = False,
@@ -55,6 +56,7 @@ def rerank(
         check_ranking(options)
         engine = EmbeddingEngine(options=EngineOptions(
             model=model or DEFAULT_MODEL, max_length=max_length, batch_tokens=batch_tokens, lanes=lanes,
+            dtype=dtype.value if dtype else None,
             long_input=long_input.value if long_input else None))
         summary = rank_file(engine, options)
     if not quiet:

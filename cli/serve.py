@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from cli._errors import reported_errors
-from cli._options import BatchTokensOpt, ChunkOverlapOpt, LanesOpt, LongInputOpt
+from cli._options import BatchTokensOpt, ChunkOverlapOpt, DtypeOpt, LanesOpt, LongInputOpt
 
 
 def serve(
@@ -40,6 +40,7 @@ def serve(
     chunk_overlap: ChunkOverlapOpt = 0,
     batch_tokens: BatchTokensOpt = None,
     lanes: LanesOpt = None,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Serve embeddings at http://HOST:PORT/v1/embeddings, as OpenAI's API does.
 
@@ -60,6 +61,7 @@ def serve(
         registry = build_registry(
             models or [], embedding_model=embedding_model, served_model_names=served_model_name or (), preload=preload,
             options=EngineOptions(truncate=not no_truncate, batch_tokens=batch_tokens, lanes=lanes,
+                                  dtype=dtype.value if dtype else None,
                                   long_input=long_input.value if long_input else None, chunk_overlap=chunk_overlap),
         )
         uvicorn.run(create_app(registry, options), host=host, port=port, log_level="info")

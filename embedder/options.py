@@ -9,7 +9,7 @@ from .errors import InputError
 from .hub import DEFAULT_MODEL
 from .long_inputs import LONG_INPUT_MODES
 
-MODEL_DTYPES = ("float32", "float16", "bfloat16")
+MODEL_DTYPES = ("float32", "float16", "bfloat16", "int8")  # int8: CPU matmuls in int8
 
 
 @dataclass(frozen=True)

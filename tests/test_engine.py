@@ -135,7 +135,7 @@ def test_lanes_share_jobs_and_agree(minilm_path, golden):
 
 @pytest.mark.parametrize("settings, param", [
     ({"lanes": 0}, "lanes"), ({"batch_tokens": -1}, "batch_tokens"), ({"max_length": 1.5}, "max_length"),
-    ({"max_batch_rows": True}, "max_batch_rows"), ({"dtype": "int8"}, "dtype"), ({"model": ""}, "model"),
+    ({"max_batch_rows": True}, "max_batch_rows"), ({"dtype": "int4"}, "dtype"), ({"model": ""}, "model"),
 ])
 def test_engine_options_are_checked_once_where_they_are_made(minilm_path, settings, param):
     """EngineOptions refuses bad settings at construction, for every front alike: the engine, the batch job."""

@@ -146,7 +146,7 @@ def test_compact_vectors_equal_sentence_transformers_quantization(tmp_path, engi
     floats = np.stack(pq.read_table(floats_path)["embedding"].to_numpy(zero_copy_only=False))
     calibration = str(floats_path) if precision in ("int8", "uint8") else None
     out = tmp_path / f"{precision}.parquet"
-    run(EmbedOptions(inputs=(str(source),), output=str(out), dtype=precision, calibration=calibration),
+    run(EmbedOptions(inputs=(str(source),), output=str(out), precision=precision, calibration=calibration),
         engine=engine)
     table = pq.read_table(out)
     got = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
@@ -169,5 +169,5 @@ def test_compact_vectors_equal_sentence_transformers_quantization(tmp_path, engi
 
 def test_int8_without_calibration_is_refused_before_any_work(tmp_path):
     with pytest.raises(InputError, match="needs --calibration"):
-        run(EmbedOptions(inputs=(str(FIXTURES / "nasty.txt"),), output=str(tmp_path / "o.parquet"), dtype="int8"))
+        run(EmbedOptions(inputs=(str(FIXTURES / "nasty.txt"),), output=str(tmp_path / "o.parquet"), precision="int8"))
     assert not list(tmp_path.iterdir())

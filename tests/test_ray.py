@@ -82,7 +82,7 @@ def test_multi_file_parquet_with_an_id_column(local_ray, engine, minilm_path, tm
         pq.write_table(pa.table({"doc": [f"d{i}" for i in rows], "body": [texts[i] for i in rows]}), path,
                        row_group_size=40)
         inputs.append(path)
-    options = dict(text_field="body", id_field="doc", dimensions=128, dtype="float16")
+    options = dict(text_field="body", id_field="doc", dimensions=128, precision="float16")
     want = single_machine(engine, tmp_path, inputs, **options)
     got = on_ray(minilm_path, tmp_path, inputs, **options)
     assert_same_rows(got, want)

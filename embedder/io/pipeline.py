@@ -56,7 +56,8 @@ class EmbedOptions:
     prompt_name: str | None = None  # from the model's config_sentence_transformers.json
     pooling: str | None = None  # None: the model's own pooling
     include_text: bool = False
-    dtype: str = "float32"  # of the written vectors: a `quantize.PRECISIONS` entry
+    dtype: str | None = None  # the model's compute dtype (`options.MODEL_DTYPES`)
+    precision: str = "float32"  # of the written vectors: a `quantize.PRECISIONS` entry
     calibration: str | None = None  # int8/uint8: float vectors (Parquet `embedding` column or .npy) for the ranges
     long_input: str = "truncate"  # over the model's maximum: "truncate", "error" or "chunk" (windows, averaged)
     chunk_overlap: int = 0
@@ -69,7 +70,7 @@ class EmbedOptions:
     def engine_options(self) -> EngineOptions:
         """The engine settings this job gives (validated there); the rest stay the engine's defaults."""
         return EngineOptions(model=self.model or DEFAULT_MODEL, max_length=self.max_length,
-                             batch_tokens=self.batch_tokens, pooling=self.pooling, lanes=self.lanes,
+                             batch_tokens=self.batch_tokens, dtype=self.dtype, pooling=self.pooling, lanes=self.lanes,
                              long_input=self.long_input, chunk_overlap=self.chunk_overlap)
 
 
@@ -157,9 +158,9 @@ def check_options(options: EmbedOptions) -> None:
     """Option errors that need neither model nor input, reported before either is touched."""
     if options.on_empty not in EMPTY_POLICIES:
         raise InputError(f"--on-empty must be one of {', '.join(EMPTY_POLICIES)}, got {options.on_empty!r}")
-    check_precision(options.dtype, "dtype")
-    if (options.dtype in CALIBRATED) != (options.calibration is not None):
-        raise InputError(f"--precision {options.dtype} {'needs' if options.calibration is None else 'takes no'} "
+    check_precision(options.precision)
+    if (options.precision in CALIBRATED) != (options.calibration is not None):
+        raise InputError(f"--precision {options.precision} {'needs' if options.calibration is None else 'takes no'} "
                          "--calibration (float vectors, e.g. an earlier embed output, to compute the int8/uint8 "
                          "ranges from)", "calibration")
     if options.chunk_rows < 1:
@@ -315,7 +316,7 @@ def output_spec(engine: EmbeddingEngine, options: EmbedOptions, path: str | None
         ranges = quantization_ranges(load_calibration(options.calibration)[:, :dim])
     return OutputSpec(path=path, dim=dim, include_text=options.include_text, text_ids=text_ids,
                       metadata=file_metadata(engine, options, ranges), settings=settings or {},
-                      precision=options.dtype, ranges=ranges)
+                      precision=options.precision, ranges=ranges)
 
 
 def file_metadata(engine: EmbeddingEngine, options: EmbedOptions,
@@ -326,7 +327,7 @@ def file_metadata(engine: EmbeddingEngine, options: EmbedOptions,
         "dimensions": options.dimensions or engine.dim,
         "normalize": engine.normalizes and options.normalize,
         "prompt": engine.resolve_prompt(options.prompt, options.prompt_name),
-        "embedding_dtype": options.dtype,
+        "embedding_dtype": options.precision,
         "quantization_ranges": None if ranges is None else ranges.tolist(),
         "text_field": options.text_field,
         "id_field": options.id_field,

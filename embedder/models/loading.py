@@ -39,6 +39,7 @@ ARCHITECTURES = {
     **{t: _CAUSAL_LM for t in ("llama", "mistral", "phi3", "gemma", "gemma2", "qwen2", "qwen3", "qwen3_moe", "glm4")},
 }
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+INT8 = "int8"  # float32 weights and activations, the encoder's matmuls in int8 (CPU; models/quantized.py)
 # Activations that overflow float16 (Gemma's embedding scale and residual stream, T5's feed-forward, which
 # transformers keeps in float32): bfloat16 on GPU instead.
 BFLOAT16_ONLY = ("gemma", "gemma2", "gemma3_text", "t5", "mt5")  # T5's feed-forward outputs overflow float16 too
@@ -252,13 +253,18 @@ def load_model(options: EngineOptions) -> LoadedModel:
     if pooling is not None and spec.scores is None:
         spec = dataclasses.replace(spec, pooling=pooling_override(pooling))
     dtype = options.dtype or default_dtype(config)
-    if dtype not in DTYPES:
-        raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    module = build_model(config, path, DTYPES[dtype], spec.scores.labels if spec.scores else None)
-    if config.get("quantization") and mx.default_device() == mx.cpu:
-        from .quantized import use_blas_for_quantized
+    weights_dtype = "float32" if dtype == INT8 else dtype  # int8: float32 weights, quantized below
+    if weights_dtype not in DTYPES:
+        raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join((*DTYPES, INT8))}")
+    if dtype == INT8 and config.get("quantization"):
+        raise ModelError("dtype int8 quantizes a float checkpoint; this one is already quantized")
+    module = build_model(config, path, DTYPES[weights_dtype], spec.scores.labels if spec.scores else None)
+    if (config.get("quantization") or dtype == INT8) and mx.default_device() == mx.cpu:
+        from .quantized import use_blas_for_quantized, use_int8_matmuls
 
-        use_blas_for_quantized(module)
+        use_int8_matmuls(module, config["model_type"]) if dtype == INT8 else use_blas_for_quantized(module)
+    elif dtype == INT8:
+        raise ModelError("dtype int8 runs on the CPU only; on a GPU use float16 or bfloat16")
 
     limit = position_limit(config)
     # One input must always fit one batch (as TEI checks at start), so the token budget caps the default.

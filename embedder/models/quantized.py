@@ -1,8 +1,12 @@
-"""Quantized layers on the CPU: dequantize, then one BLAS matmul."""
+"""Quantized layers on the CPU: MLX-quantized checkpoints dequantize, then one BLAS matmul; `dtype="int8"` runs a
+float32 model's encoder projections as int8 matmuls."""
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
+
+from ..errors import ModelError
+from ..native import fastmath, kernels
 
 
 class DequantizingLinear(nn.Module):
@@ -24,6 +28,23 @@ def use_blas_for_quantized(model: nn.Module) -> None:
     """Swap every QuantizedLinear for its dequantizing runner; call after the weights are loaded."""
     leaves = tree_map(
         lambda m: DequantizingLinear(m) if isinstance(m, nn.QuantizedLinear) else m,
+        model.leaf_modules(),
+        is_leaf=nn.Module.is_module,
+    )
+    model.update_modules(leaves)
+
+
+def use_int8_matmuls(model: nn.Module, architecture: str) -> None:
+    """Swap the encoder layers' float32 projections (`fastmath.Linear`) for int8 ones; heads, poolers and
+    classifiers stay float32. Refuses where it cannot run, rather than run float32 under an int8 label."""
+    if not kernels.int8_available():
+        raise ModelError("dtype int8 needs a Linux CPU with AVX512-VNNI and g++ (the native kernels); "
+                         "use float32 here")
+    linears = [m for _, m in model.named_modules() if type(m) is fastmath.Linear]
+    if not linears:
+        raise ModelError(f"dtype int8 is not available for {architecture!r} models; use float32")
+    leaves = tree_map(
+        lambda m: fastmath.Int8Linear.from_linear(m) if type(m) is fastmath.Linear else m,
         model.leaf_modules(),
         is_leaf=nn.Module.is_module,
     )

@@ -46,7 +46,7 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | N
 def linear_activation(dense: nn.Module, x: mx.array, act) -> mx.array:
     """act(dense(x)); the erf GELU after a float32 `Linear` as one native pass over the matmul's output."""
     if act is gelu and _native_linear(dense, x):
-        return kernels.linear_gelu(x, dense["weight"], dense.get("bias"))
+        return kernels.linear_gelu(x, _weight(dense), dense.get("bias"))
     return act(dense(x))
 
 
@@ -54,7 +54,7 @@ def linear_add_norm(dense: nn.Module, x: mx.array, residual: mx.array, norm: nn.
     """norm(dense(x) + residual); after a float32 `Linear`, with a LayerNorm, one native pass over the matmul's
     output (MLX's CPU LayerNorm alone is a scalar loop: ~1 ms for 1,024 x 384)."""
     if isinstance(norm, nn.LayerNorm) and _native_linear(dense, x):
-        return kernels.linear_add_layer_norm(x, dense["weight"], dense.get("bias"), residual, norm.get("weight"),
+        return kernels.linear_add_layer_norm(x, _weight(dense), dense.get("bias"), residual, norm.get("weight"),
                                             norm.get("bias"), norm.eps)
     return norm(dense(x) + residual)
 
@@ -84,7 +84,13 @@ def _native(x: mx.array) -> bool:
 
 
 def _native_linear(dense: nn.Module, x: mx.array) -> bool:
+    if isinstance(dense, Int8Linear):
+        return _native(x)
     return isinstance(dense, Linear) and dense["weight"].dtype == mx.float32 and _native(x)
+
+
+def _weight(dense: nn.Module) -> mx.array | kernels.Int8Weight:
+    return dense.int8 if isinstance(dense, Int8Linear) else dense["weight"]
 
 
 def _gelu_formula(x: mx.array) -> mx.array:
@@ -102,6 +108,26 @@ class Linear(nn.Linear):
         if "bias" in self and _fast_path(x):
             return x @ self["weight"].T + self["bias"]
         return super().__call__(x)
+
+
+class Int8Linear(nn.Module):
+    """A float32 `Linear` whose matmul runs in int8 on the CPU (`kernels.int8_matmul`: weights per output channel,
+    activations per row); float32 in and out, so everything around it is unchanged. Made from a loaded `Linear` by
+    `from_linear`; the packed weight is not a parameter (nothing saves or loads it)."""
+
+    def __init__(self, int8: kernels.Int8Weight, bias: mx.array | None):
+        super().__init__()
+        self.int8 = int8
+        if bias is not None:
+            self.bias = bias
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        return cls(kernels.pack_int8(linear["weight"]), linear.get("bias"))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = mx.array(kernels.int8_matmul(x, self.int8))
+        return y + self["bias"] if "bias" in self else y
 
 
 def activation(name: str):

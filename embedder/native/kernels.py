@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import mlx.core as mx
@@ -21,7 +22,8 @@ from ..errors import ModelError
 from .build import native_library
 
 _PTR, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-_STATUS = {1: "has no kernel for this head size", 2: "ran out of memory", 3: "failed"}  # kernels/boundary.h
+_STATUS = {1: "has no kernel for this head size", 2: "ran out of memory", 3: "failed",  # csrc/boundary.h
+           4: "met a NaN or infinite value"}
 
 
 @functools.cache
@@ -40,8 +42,63 @@ def _kernels() -> SimpleNamespace | None:
     return kernels
 
 
+@functools.cache
+def _int8_kernels() -> ctypes.CDLL | None:
+    library = native_library("int8_matmul")
+    if library is None or not library.embed_int8_supported():
+        return None
+    library.embed_int8_packed_bytes.argtypes = [_INT, _INT]
+    library.embed_int8_packed_bytes.restype = ctypes.c_long
+    library.embed_int8_pack.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _PTR]
+    library.embed_int8_matmul.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _PTR, _INT, _PTR]
+    for kernel in (library.embed_int8_pack, library.embed_int8_matmul):
+        kernel.restype = _INT
+    return library
+
+
 def available() -> bool:
     return _kernels() is not None
+
+
+def int8_available() -> bool:
+    """Whether the int8 matmul runs here: the kernels built, for a CPU with AVX512-VNNI."""
+    return available() and _int8_kernels() is not None
+
+
+@dataclass(frozen=True)
+class Int8Weight:
+    """A Linear's (out, in) weight as int8, symmetric per output channel, packed for `int8_matmul`."""
+
+    packed: np.ndarray  # int8, 64 output channels by the whole depth, four inputs a lane
+    scales: np.ndarray  # float32, one per output channel (padded to a multiple of 64)
+    sums: np.ndarray  # int32, each channel's int8 values summed, to take the activations' zero point out
+    shape: tuple[int, int]
+
+
+def pack_int8(weight: mx.array) -> Int8Weight:
+    """`weight` (out, in), float32, quantized and packed once, at load."""
+    n, k = weight.shape
+    data = _buffer(weight, (n, k), mx.float32, "weight")
+    channels = -(-n // 64) * 64
+    packed = Int8Weight(np.empty(_int8_kernels().embed_int8_packed_bytes(n, k), np.int8),
+                        np.empty(channels, np.float32), np.empty(channels, np.int32), (n, k))
+    _check(_int8_kernels().embed_int8_pack(data.ctypes.data, n, k, packed.packed.ctypes.data,
+                                            packed.scales.ctypes.data, packed.sums.ctypes.data), "int8 pack")
+    return packed
+
+
+def int8_matmul(x: mx.array, weight: Int8Weight) -> np.ndarray:
+    """x @ weight.T with int8 multiplies (x quantized per row, asymmetric), as a new float32 buffer."""
+    n, k = weight.shape
+    if x.dtype != mx.float32 or x.shape[-1] != k:
+        raise ModelError(f"int8 matmul: x is {_described(x.dtype, x.shape)}, the weight takes {k} float32 inputs")
+    data = _buffer(x, tuple(x.shape), mx.float32, "x")
+    rows = data.size // k
+    out = np.empty((*x.shape[:-1], n), np.float32)
+    _check(_int8_kernels().embed_int8_matmul(data.ctypes.data, rows, k, weight.packed.ctypes.data,
+                                              weight.scales.ctypes.data, weight.sums.ctypes.data, n,
+                                              out.ctypes.data), "int8 matmul")
+    return out
 
 
 def max_head_dim() -> int:
@@ -66,16 +123,16 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | N
     return mx.array(out)
 
 
-def linear_gelu(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
+def linear_gelu(x: mx.array, weight: mx.array | Int8Weight, bias: mx.array | None) -> mx.array:
     """gelu(x @ weight.T + bias), the erf GELU, written over the matmul output made here."""
     y, data = _matmul(x, weight)
     dim = data.shape[-1]
     _check(_kernels().bias_gelu(data.ctypes.data, _address(_vector(bias, dim, "bias")), data.size // dim, dim),
            "bias_gelu")
-    return y
+    return y if y is not None else mx.array(data)
 
 
-def linear_add_layer_norm(x: mx.array, weight: mx.array, bias: mx.array | None, residual: mx.array,
+def linear_add_layer_norm(x: mx.array, weight: mx.array | Int8Weight, bias: mx.array | None, residual: mx.array,
                           norm_weight: mx.array | None, norm_bias: mx.array | None, eps: float) -> mx.array:
     """layer_norm(x @ weight.T + bias + residual) * norm_weight + norm_bias, written over the matmul output made
     here."""
@@ -86,11 +143,14 @@ def linear_add_layer_norm(x: mx.array, weight: mx.array, bias: mx.array | None, 
                                      _address(_vector(norm_weight, dim, "norm weight")),
                                      _address(_vector(norm_bias, dim, "norm bias")), data.size // dim, dim, eps),
            "add_layer_norm")
-    return y
+    return y if y is not None else mx.array(data)
 
 
-def _matmul(x: mx.array, weight: mx.array) -> tuple[mx.array, np.ndarray]:
-    """x @ weight.T, evaluated, and a writable view of its memory: a new array no one else holds."""
+def _matmul(x: mx.array, weight: mx.array | Int8Weight) -> tuple[mx.array | None, np.ndarray]:
+    """x @ weight.T, evaluated, and a writable view of its memory: a new array no one else holds. An int8 weight's
+    product is a NumPy buffer alone (None for the array: MLX copies it in once the kernels are done)."""
+    if isinstance(weight, Int8Weight):
+        return None, int8_matmul(x, weight)
     if x.dtype != mx.float32 or weight.dtype != mx.float32 or weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
         raise ModelError(f"native kernels: x {_described(x.dtype, x.shape)} and weight "
                          f"{_described(weight.dtype, weight.shape)} are not float32 operands of one matmul")

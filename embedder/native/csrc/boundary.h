@@ -6,7 +6,7 @@
 
 namespace boundary {
 
-enum Status : int { OK = 0, NO_KERNEL = 1, OUT_OF_MEMORY = 2, FAILED = 3 };
+enum Status : int { OK = 0, NO_KERNEL = 1, OUT_OF_MEMORY = 2, FAILED = 3, NOT_FINITE = 4 };
 
 template <class F>
 int guarded(F&& body) noexcept {
