@@ -2,13 +2,14 @@
 embed's peak RSS at 1x/10x rows.
 
     .venv/bin/python bench/bench_cli.py [--corpus passages|sentences] [--rows N] [--runs N] [--repeat R] [--rss-rows N]
-                                        [--peers st,onnxruntime,openvino,openvino-f32]
+                                        [--peers st,onnxruntime,onnxruntime-int8,openvino,openvino-f32] [--dtype D]
     python3 bench/bench_cli.py --device cuda --model DIR --corpus-dir DIR ...   (on an NVIDIA machine)
 
 ONNX Runtime and OpenVINO run MODEL/onnx/model.onnx, exported once by `bench/export_onnx.py MODEL` (`pip install
 onnxruntime openvino`), with the same tokenizer.json, length-sorted batches of 32, mean pooling and normalization
 as the model's sentence-transformers files say (mean-pooled models only); `openvino` is its default precision on
-this CPU (printed), `openvino-f32` asks for f32.
+this CPU (printed), `openvino-f32` asks for f32; `onnxruntime-int8` runs the export's dynamic int8 twin
+(`model_qint8_avx512_vnni.onnx`). `--dtype` is embed's (`--dtype int8` against the peers' precisions).
 
 Same machine, same model (the packaged all-MiniLM-L6-v2 unless --model), same input file; a process is timed from
 start to exit, model load and Parquet writing included. With --runs N the two alternate N times and the ratio
@@ -57,7 +58,7 @@ pq.write_table(pa.table({"id": pa.array(range(len(texts)), pa.int64()),
 """
 
 PEER_NAMES = {"st": "sentence-transformers", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO (its default)",
-              "openvino-f32": "OpenVINO f32"}
+              "openvino-f32": "OpenVINO f32", "onnxruntime-int8": "ONNX Runtime int8"}
 
 # The same job on an ONNX export: ONNX Runtime or OpenVINO, as their users run such a model.
 ONNX_SCRIPT = """
@@ -74,7 +75,7 @@ tokenizer.no_padding()
 tokenizer.enable_truncation(max_length)
 texts = Path(source).read_text(encoding="utf-8").splitlines()
 encoded = [e.ids for e in tokenizer.encode_batch(texts)]
-onnx = str(model / "onnx" / "model.onnx")
+onnx = str(model / "onnx" / ("model_qint8_avx512_vnni.onnx" if precision == "int8" else "model.onnx"))
 if backend == "onnxruntime":
     import onnxruntime
     session = onnxruntime.InferenceSession(onnx, providers=["CPUExecutionProvider"])
@@ -147,13 +148,14 @@ def throughput(args: argparse.Namespace, folder: Path) -> None:
     source = first_rows(args.corpus_dir / f"{corpus}.txt", args.rows, folder, args.repeat)
     ours = folder / "embed.parquet"
     peers = args.peers.split(",")
+    dtype = ("--dtype", args.dtype) if args.dtype else ()
     runs = []  # per run: embed's seconds, then each peer's
     for _ in range(args.runs):
-        runs.append([timed(embed_command(source, ours, args.model, "--overwrite"))[0]]
+        runs.append([timed(embed_command(source, ours, args.model, "--overwrite", *dtype))[0]]
                     + [timed(peer_command(peer, source, folder / f"{peer}.parquet", args))[0] for peer in peers])
     a = pq.read_table(ours)
     tokens = sum(a["tokens"].to_pylist())
-    print(f"{corpus}: {a.num_rows} rows, {tokens:,} tokens")
+    print(f"{corpus}: {a.num_rows} rows, {tokens:,} tokens; embed --dtype {args.dtype or 'default'}")
     for k, peer in enumerate(peers, 1):
         b = pq.read_table(folder / f"{peer}.parquet")
         va, vb = (np.stack(t["embedding"].to_numpy(zero_copy_only=False)) for t in (a, b))
@@ -190,7 +192,9 @@ def main() -> None:
     parser.add_argument("--model", help="model folder for both systems (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="sentence-transformers' device")
     parser.add_argument("--corpus-dir", type=Path, default=CORPUS)
-    parser.add_argument("--peers", default="st", help="comma-separated: st, onnxruntime, openvino, openvino-f32")
+    parser.add_argument("--peers", default="st",
+                        help="comma-separated: st, onnxruntime, onnxruntime-int8, openvino, openvino-f32")
+    parser.add_argument("--dtype", help="embed's --dtype (float32, int8...) [default: embed's]")
     args = parser.parse_args()
     if args.model is None:
         if (packaged := packaged_default()) is None:

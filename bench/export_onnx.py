@@ -2,6 +2,10 @@
 
     python bench/export_onnx.py MODEL_DIR [OUT]      (OUT defaults to MODEL_DIR/onnx/model.onnx)
 
+It also writes OUT's int8 twin beside it (`model_qint8_avx512_vnni.onnx`), as sentence-transformers'
+`export_dynamic_quantized_onnx_model(model, "avx512_vnni", ...)` makes it: ONNX Runtime's dynamic quantization,
+int8 weights per output channel, activations quantized per tensor at run time (the `onnxruntime-int8` peer).
+
 What optimum's exporter writes for the peers (`SentenceTransformer(backend="onnx")` loads the same file): inputs
 input_ids, attention_mask (and token_type_ids where the model takes them), output last_hidden_state, batch and
 sequence axes dynamic, float32. torch and transformers (the `oracle` extra) are needed here only.
@@ -40,12 +44,22 @@ def export(model_dir: Path, out: Path) -> Path:
     return out
 
 
+def export_int8(onnx: Path) -> Path:
+    """ONNX Runtime's dynamic int8 twin of `onnx`, with optimum's avx512_vnni settings (per channel, full range)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = onnx.with_name(f"{onnx.stem}_qint8_avx512_vnni.onnx")
+    quantize_dynamic(str(onnx), str(out), per_channel=True, reduce_range=False, weight_type=QuantType.QInt8)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("out", type=Path, nargs="?")
     args = parser.parse_args()
-    print(export(args.model_dir, args.out or args.model_dir / "onnx" / "model.onnx"))
+    onnx = export(args.model_dir, args.out or args.model_dir / "onnx" / "model.onnx")
+    print(onnx, export_int8(onnx), sep="\n")
 
 
 if __name__ == "__main__":
