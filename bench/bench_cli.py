@@ -2,14 +2,15 @@
 embed's peak RSS at 1x/10x rows.
 
     .venv/bin/python bench/bench_cli.py [--corpus passages|sentences] [--rows N] [--runs N] [--repeat R] [--rss-rows N]
-                                        [--peers st,onnxruntime,onnxruntime-int8,openvino,openvino-f32] [--dtype D]
+                                        [--peers st,onnxruntime,onnxruntime-int8,openvino,openvino-f32] [--dtypes D,...]
     python3 bench/bench_cli.py --device cuda --model DIR --corpus-dir DIR ...   (on an NVIDIA machine)
 
 ONNX Runtime and OpenVINO run MODEL/onnx/model.onnx, exported once by `bench/export_onnx.py MODEL` (`pip install
 onnxruntime openvino`), with the same tokenizer.json, length-sorted batches of 32, mean pooling and normalization
 as the model's sentence-transformers files say (mean-pooled models only); `openvino` is its default precision on
 this CPU (printed), `openvino-f32` asks for f32; `onnxruntime-int8` runs the export's dynamic int8 twin
-(`model_qint8_avx512_vnni.onnx`). `--dtype` is embed's (`--dtype int8` against the peers' precisions).
+(`model_qint8_avx512_vnni.onnx`). `--dtypes float32,int8` times embed once per dtype in each run, each against
+every peer.
 
 Same machine, same model (the packaged all-MiniLM-L6-v2 unless --model), same input file; a process is timed from
 start to exit, model load and Parquet writing included. With --runs N the two alternate N times and the ratio
@@ -146,26 +147,27 @@ def throughput(args: argparse.Namespace, folder: Path) -> None:
     """embed vs each peer on one corpus, alternating: passages (RAG chunks, ~256 tokens) or sentences (short)."""
     corpus = args.corpus
     source = first_rows(args.corpus_dir / f"{corpus}.txt", args.rows, folder, args.repeat)
-    ours = folder / "embed.parquet"
+    dtypes = args.dtypes.split(",") if args.dtypes else [None]
     peers = args.peers.split(",")
-    dtype = ("--dtype", args.dtype) if args.dtype else ()
-    runs = []  # per run: embed's seconds, then each peer's
+    runs = []  # per run: embed's seconds for each dtype, then each peer's
     for _ in range(args.runs):
-        runs.append([timed(embed_command(source, ours, args.model, "--overwrite", *dtype))[0]]
+        runs.append([timed(embed_command(source, folder / f"embed-{dtype}.parquet", args.model, "--overwrite",
+                                         *(("--dtype", dtype) if dtype else ())))[0] for dtype in dtypes]
                     + [timed(peer_command(peer, source, folder / f"{peer}.parquet", args))[0] for peer in peers])
-    a = pq.read_table(ours)
-    tokens = sum(a["tokens"].to_pylist())
-    print(f"{corpus}: {a.num_rows} rows, {tokens:,} tokens; embed --dtype {args.dtype or 'default'}")
-    for k, peer in enumerate(peers, 1):
-        b = pq.read_table(folder / f"{peer}.parquet")
-        va, vb = (np.stack(t["embedding"].to_numpy(zero_copy_only=False)) for t in (a, b))
-        cosine = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
-        ratios = [run[k] / run[0] for run in runs]
-        print(f"  {PEER_NAMES.get(peer, peer)} ({sum(b['tokens'].to_pylist()):,} tokens; min cosine to embed "
-              f"{cosine.min():.6f}): " + ", ".join(f"{run[0]:.1f} s vs {run[k]:.1f} s" for run in runs))
-        print(f"    median of {len(runs)}: embed {tokens / statistics.median(r[0] for r in runs):,.0f} tokens/s, "
-              f"{PEER_NAMES.get(peer, peer)} {tokens / statistics.median(r[k] for r in runs):,.0f} tokens/s; "
-              f"ratio embed / it: {statistics.median(ratios):.2f}x (pairs {min(ratios):.2f}-{max(ratios):.2f})")
+    for d, dtype in enumerate(dtypes):
+        a = pq.read_table(folder / f"embed-{dtype}.parquet")
+        tokens = sum(a["tokens"].to_pylist())
+        print(f"{corpus}: {a.num_rows} rows, {tokens:,} tokens; embed --dtype {dtype or 'default'}")
+        for k, peer in enumerate(peers, len(dtypes)):
+            b = pq.read_table(folder / f"{peer}.parquet")
+            va, vb = (np.stack(t["embedding"].to_numpy(zero_copy_only=False)) for t in (a, b))
+            cosine = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
+            ratios = [run[k] / run[d] for run in runs]
+            print(f"  {PEER_NAMES.get(peer, peer)} ({sum(b['tokens'].to_pylist()):,} tokens; min cosine to embed "
+                  f"{cosine.min():.6f}): " + ", ".join(f"{run[d]:.1f} s vs {run[k]:.1f} s" for run in runs))
+            print(f"    median of {len(runs)}: embed {tokens / statistics.median(r[d] for r in runs):,.0f} tokens/s, "
+                  f"{PEER_NAMES.get(peer, peer)} {tokens / statistics.median(r[k] for r in runs):,.0f} tokens/s; "
+                  f"ratio embed / it: {statistics.median(ratios):.2f}x (pairs {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 def memory(args: argparse.Namespace, folder: Path) -> None:
@@ -194,7 +196,7 @@ def main() -> None:
     parser.add_argument("--corpus-dir", type=Path, default=CORPUS)
     parser.add_argument("--peers", default="st",
                         help="comma-separated: st, onnxruntime, onnxruntime-int8, openvino, openvino-f32")
-    parser.add_argument("--dtype", help="embed's --dtype (float32, int8...) [default: embed's]")
+    parser.add_argument("--dtypes", help="embed's --dtype, comma-separated (float32,int8) [default: embed's]")
     args = parser.parse_args()
     if args.model is None:
         if (packaged := packaged_default()) is None:

@@ -74,6 +74,8 @@ def test_embeddinggemma(tmp_path, minilm_path):
 def test_embeddinggemma_bfloat16_stays_finite(tmp_path, minilm_path, dtype):
     hf = tiny_transformer("embeddinggemma", minilm_path, tmp_path)
     full, half = EmbeddingEngine(str(hf)), EmbeddingEngine(str(hf), dtype=dtype)
-    assert cosine(half.embed(TEXTS[:4]), full.embed(TEXTS[:4])).min() >= 0.99
+    with pytest.warns(RuntimeWarning, match="on the CPU runs MLX's generic kernels"):  # ~30x float32's time there
+        got = half.embed(TEXTS[:4])
+    assert cosine(got, full.embed(TEXTS[:4])).min() >= 0.99
     full.unload()
     half.unload()

@@ -3,6 +3,7 @@
 import dataclasses
 import importlib
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,6 +257,9 @@ def load_model(options: EngineOptions) -> LoadedModel:
     weights_dtype = "float32" if dtype == INT8 else dtype  # int8: float32 weights, quantized below
     if weights_dtype not in DTYPES:
         raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join((*DTYPES, INT8))}")
+    if weights_dtype in ("float16", "bfloat16") and mx.default_device() == mx.cpu:
+        warnings.warn(f"dtype {dtype} on the CPU runs MLX's generic kernels, ~30x slower than float32 (which is "
+                      "exact); for speed on the CPU use int8", RuntimeWarning, stacklevel=2)
     if dtype == INT8 and config.get("quantization"):
         raise ModelError("dtype int8 quantizes a float checkpoint; this one is already quantized")
     module = build_model(config, path, DTYPES[weights_dtype], spec.scores.labels if spec.scores else None)
