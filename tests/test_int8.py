@@ -11,13 +11,13 @@ import mlx.core as mx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from reference import cosine
-from test_server import running_server
-from tiny_models import save_sentence_transformer, tiny_cross_encoder, tiny_encoder, tiny_transformer
 
 from embedder import EmbeddingEngine
 from embedder.errors import ModelError
 from embedder.native import kernels
+from reference import cosine
+from test_server import running_server
+from tiny_models import save_sentence_transformer, tiny_cross_encoder, tiny_encoder, tiny_transformer
 
 pytestmark = pytest.mark.skipif(not kernels.int8_available(), reason="no AVX512-VNNI int8 kernel on this CPU")
 

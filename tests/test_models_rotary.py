@@ -13,6 +13,7 @@ from test_models_encoders import TEXTS  # short next to long (past max_seq_lengt
 from tiny_models import save_sentence_transformer, save_with_noisy_norms
 
 from embedder import EmbeddingEngine
+from embedder.native import kernels
 
 # Weights drawn wide, so attention is far from uniform and a wrong rotation cannot hide.
 SMALL = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
@@ -152,6 +153,18 @@ def test_port_matches_pytorch(tmp_path, minilm_path, kind, pooling, normalize, o
     assert (info["architecture"], info["pooling"], info["normalize"], info["dim"]) == (kind, pooling, normalize, 64)
     assert engine.max_length == 64
     engine.unload()
+
+
+@pytest.mark.skipif(not kernels.int8_available(), reason="no AVX512-VNNI int8 kernel on this CPU")
+@pytest.mark.parametrize("kind", ["nomic_bert", "gte"])
+def test_port_in_int8_stays_near_float32(tmp_path, minilm_path, kind):
+    hf, _ = tiny_port(kind, minilm_path, tmp_path)
+    path = save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64)
+    full, int8 = (EmbeddingEngine(str(path), dtype=d, batch_tokens=128) for d in ("float32", "int8"))
+    got = int8.embed(TEXTS)
+    assert np.isfinite(got).all() and cosine(got, full.embed(TEXTS)).min() >= 0.99
+    for engine in (full, int8):
+        engine.unload()
 
 
 @pytest.mark.parametrize("layout", ["published", "port-names"])

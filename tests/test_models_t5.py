@@ -12,6 +12,7 @@ from test_models_encoders import TEXTS as ENCODER_TEXTS
 from tiny_models import save_sentence_transformer
 
 from embedder import EmbeddingEngine
+from embedder.native import kernels
 
 MAX_SEQ_LENGTH = 48
 # Short next to long (past MAX_SEQ_LENGTH, and past the position buckets' exact range), CJK, emoji.
@@ -148,3 +149,14 @@ def test_embed_models_describes_t5(tmp_path, t5_tokenizer):
     assert (info["architecture"], info["dim"], info["pooling"], info["normalize"]) == ("t5", 48, "mean", True)
     listing = CliRunner().invoke(app, ["--json"])
     assert {"t5", "mt5"} <= set(json.loads(listing.stdout)["own_encoders"])
+
+
+@pytest.mark.skipif(not kernels.int8_available(), reason="no AVX512-VNNI int8 kernel on this CPU")
+@pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu"])
+def test_sentence_t5_in_int8_stays_near_float32(tmp_path, t5_tokenizer, feed_forward_proj):
+    path = sentence_t5(t5_tokenizer, tmp_path, feed_forward_proj)
+    full, int8 = (EmbeddingEngine(str(path), dtype=d, batch_tokens=128) for d in ("float32", "int8"))
+    got = int8.embed(TEXTS)
+    assert np.isfinite(got).all() and cosine(got, full.embed(TEXTS)).min() >= 0.99
+    for engine in (full, int8):
+        engine.unload()
