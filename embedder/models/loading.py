@@ -266,7 +266,10 @@ def load_model(options: EngineOptions) -> LoadedModel:
     if (config.get("quantization") or dtype == INT8) and mx.default_device() == mx.cpu:
         from .quantized import use_blas_for_quantized, use_int8_matmuls
 
-        use_int8_matmuls(module, config["model_type"]) if dtype == INT8 else use_blas_for_quantized(module)
+        if dtype == INT8:
+            use_int8_matmuls(module, config["model_type"])
+        else:
+            use_blas_for_quantized(module)
     elif dtype == INT8:
         raise ModelError("dtype int8 runs on the CPU only; on a GPU use float16 or bfloat16")
 

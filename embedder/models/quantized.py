@@ -40,8 +40,7 @@ def use_int8_matmuls(model: nn.Module, architecture: str) -> None:
     if not kernels.int8_available():
         raise ModelError("dtype int8 needs a Linux CPU with AVX512-VNNI and g++ (the native kernels); "
                          "use float32 here")
-    linears = [m for _, m in model.named_modules() if type(m) is fastmath.Linear]
-    if not linears:
+    if not any(type(m) is fastmath.Linear for _, m in model.named_modules()):
         raise ModelError(f"dtype int8 is not available for {architecture!r} models; use float32")
     leaves = tree_map(
         lambda m: fastmath.Int8Linear.from_linear(m) if type(m) is fastmath.Linear else m,

@@ -1,11 +1,12 @@
 """Our C++ CPU kernels (`embedder/native/csrc`), run on MLX arrays' memory: MLX has no CPU custom-kernel API.
 
 Each call checks every buffer it passes (dtype, shape, C order), runs a kernel on them through ctypes (which lets
-other threads run meanwhile) and returns an MLX array. The layer kernels write in place over a matmul output
-that the call itself makes and that nothing else holds (NumPy views of an evaluated MLX array share its memory,
-as MLX documents), so no other array can see the write. A kernel reports failure (an exception inside it, no
-kernel for a head size) as a status, raised here as ModelError. float32 on the CPU only; `available()` says
-whether the kernels built here.
+other threads run meanwhile) and returns an MLX array. Kernels write in place into an MLX array that the call
+itself makes and that nothing else holds (a matmul's output, or a new zeroed array), through a NumPy view of its
+memory (NumPy views of an evaluated MLX array share it, as MLX documents), so no other array can see the write
+and nothing is copied back. A kernel reports failure (an exception inside it, no kernel for a head size, a NaN
+where int8 must round) as a status, raised here as ModelError. float32 on the CPU only; `available()` and
+`int8_available()` say whether the kernels built here.
 """
 
 from __future__ import annotations
