@@ -42,16 +42,18 @@ def _quantized_reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("m, k, n", [(1, 4, 1), (7, 5, 3), (6, 384, 64), (13, 384, 1152), (200, 1536, 384),
                                      (5, 70, 130), (193, 33, 65)])
 def test_kernel_equals_the_same_quantization_in_numpy(m, k, n):
-    """Every tail: rows past a 6-row tile and a 192-row block, depth not a multiple of 4, outputs not of 64."""
+    """Every tail: rows past a 6-row tile and a 192-row block, depth not a multiple of 4, outputs not of 64; the
+    bias added in the same pass."""
     rng = np.random.default_rng(m * 1000 + k + n)
     x = rng.standard_normal((m, k)).astype(np.float32) * rng.uniform(0.1, 10, (m, 1)).astype(np.float32)
     x[0] = np.abs(x[0])  # a row with no negative value: its zero point is 0
     w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
     w[0] = 0  # an all-zero channel
-    got = np.asarray(kernels.int8_matmul(mx.array(x), kernels.pack_int8(mx.array(w)))[0])
-    want = _quantized_reference(x, w)
+    bias = rng.standard_normal(n).astype(np.float32)
+    got = np.asarray(kernels.int8_matmul(mx.array(x), kernels.pack_int8(mx.array(w)), mx.array(bias))[0])
+    want = _quantized_reference(x, w) + bias
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    exact = x.astype(np.float64) @ w.T.astype(np.float64)
+    exact = x.astype(np.float64) @ w.T.astype(np.float64) + bias
     assert np.abs(got - exact).max() <= 0.03 * np.abs(exact).max()  # int8's own error, not the kernel's
 
 

@@ -126,8 +126,7 @@ class Int8Linear(nn.Module):
         return cls(kernels.pack_int8(linear["weight"]), linear.get("bias"))
 
     def __call__(self, x: mx.array) -> mx.array:
-        y, _ = kernels.int8_matmul(x, self.int8)
-        return y + self["bias"] if "bias" in self else y
+        return kernels.int8_matmul(x, self.int8, self.get("bias"))[0]
 
 
 def activation(name: str):

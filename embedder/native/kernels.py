@@ -51,7 +51,7 @@ def _int8_kernels() -> ctypes.CDLL | None:
     library.embed_int8_packed_bytes.argtypes = [_INT, _INT]
     library.embed_int8_packed_bytes.restype = ctypes.c_long
     library.embed_int8_pack.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _PTR]
-    library.embed_int8_matmul.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _PTR, _INT, _PTR]
+    library.embed_int8_matmul.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _PTR, _PTR, _INT, _PTR]
     for kernel in (library.embed_int8_pack, library.embed_int8_matmul):
         kernel.restype = _INT
     return library
@@ -88,10 +88,10 @@ def pack_int8(weight: mx.array) -> Int8Weight:
     return packed
 
 
-def int8_matmul(x: mx.array, weight: Int8Weight) -> tuple[mx.array, np.ndarray]:
-    """x @ weight.T with int8 multiplies (x quantized per row, asymmetric): a new float32 array, and a writable view
-    of its memory. The kernel writes into memory MLX allocated (from its buffer cache): a NumPy buffer handed to
-    MLX afterwards would be copied, and that copy took ~17% of a sentence batch's time."""
+def int8_matmul(x: mx.array, weight: Int8Weight, bias: mx.array | None = None) -> tuple[mx.array, np.ndarray]:
+    """x @ weight.T (+ bias) with int8 multiplies (x quantized per row, asymmetric): a new float32 array, and a
+    writable view of its memory. The kernel writes into memory MLX allocated (from its buffer cache): a NumPy
+    buffer handed to MLX afterwards would be copied, and that copy took ~17% of a sentence batch's time."""
     n, k = weight.shape
     if x.dtype != mx.float32 or x.shape[-1] != k:
         raise ModelError(f"int8 matmul: x is {_described(x.dtype, x.shape)}, the weight takes {k} float32 inputs")
@@ -99,8 +99,8 @@ def int8_matmul(x: mx.array, weight: Int8Weight) -> tuple[mx.array, np.ndarray]:
     y = mx.zeros((*x.shape[:-1], n), mx.float32)
     out = _writable(y)
     _check(_int8_kernels().embed_int8_matmul(data.ctypes.data, data.size // k, k, weight.packed.ctypes.data,
-                                              weight.scales.ctypes.data, weight.sums.ctypes.data, n,
-                                              out.ctypes.data), "int8 matmul")
+                                              weight.scales.ctypes.data, weight.sums.ctypes.data,
+                                              _address(_vector(bias, n, "bias")), n, out.ctypes.data), "int8 matmul")
     return y, out
 
 

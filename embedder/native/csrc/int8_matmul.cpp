@@ -107,7 +107,7 @@ bool quantize_row(const float* x, int k, long depth, uint8_t* q, float* scale, i
 // y[r][c] for r < R rows from `a` and the 64 columns of one panel starting at `column`.
 template <int R>
 void tile(const uint8_t* a, long depth, const int8_t* panel, const float* xs, const int32_t* xz, const float* ws,
-          const int32_t* sums, int column, int n, float* y) {
+          const int32_t* sums, const float* bias, int column, int n, float* y) {
   __m512i acc[R][4];
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++)
@@ -136,22 +136,23 @@ void tile(const uint8_t* a, long depth, const int8_t* panel, const float* xs, co
       if (c >= n) break;
       const __mmask16 m = n - c >= 16 ? 0xffff : (1u << (n - c)) - 1;
       const __m512i exact = _mm512_sub_epi32(acc[r][v], _mm512_mullo_epi32(zero, _mm512_loadu_si512(sums + c)));
-      const __m512 out = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(scale, _mm512_loadu_ps(ws + c)));
+      const __m512 add = bias ? _mm512_maskz_loadu_ps(m, bias + c) : _mm512_setzero_ps();
+      const __m512 out = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(scale, _mm512_loadu_ps(ws + c)), add);
       _mm512_mask_storeu_ps(y + static_cast<long>(r) * n + c, m, out);
     }
   }
 }
 
 using Tile = void (*)(const uint8_t*, long, const int8_t*, const float*, const int32_t*, const float*,
-                      const int32_t*, int, int, float*);
+                      const int32_t*, const float*, int, int, float*);
 constexpr Tile TILES[ROWS + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
 
 }  // namespace
 #endif
 
-// y (m, n) = x (m, k) @ w.T for a weight packed by embed_int8_pack.
+// y (m, n) = x (m, k) @ w.T + bias for a weight packed by embed_int8_pack; bias (n) may be null.
 extern "C" int embed_int8_matmul(const float* x, int m, int k, const int8_t* packed, const float* scales,
-                                 const int32_t* sums, int n, float* y) {
+                                 const int32_t* sums, const float* bias, int n, float* y) {
 #ifdef EMBED_INT8
   return boundary::guarded([&] {
     const long depth = round_up(k, 4);
@@ -166,7 +167,7 @@ extern "C" int embed_int8_matmul(const float* x, int m, int k, const int8_t* pac
         const int8_t* panel = packed + static_cast<long>(column) * depth;
         for (int r = 0; r < rows; r += ROWS) {
           const int count = std::min(ROWS, rows - r);
-          TILES[count](&a[r * depth], depth, panel, xs + r, xz + r, scales, sums, column, n,
+          TILES[count](&a[r * depth], depth, panel, xs + r, xz + r, scales, sums, bias, column, n,
                        y + (start + r) * static_cast<long>(n));
         }
       }
