@@ -93,6 +93,30 @@ def test_self_attention_matches_float64_and_padding_gets_zeros(mode, L, H, D):
     np.testing.assert_allclose(unmasked, _reference(qkv, scale, np.ones_like(keep)), rtol=1e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("L, H, D", [(7, 2, 4), (37, 3, 16), (70, 2, 64), (9, 2, 128)])
+def test_packed_tokens_attend_as_the_padded_batch_does(L, H, D):
+    """The native path's packing: real tokens row after row, sequences cut by `starts`; the same attention as the
+    padded batch, and pack/unpack a round trip with zeros at padding. An empty sequence and a full one included."""
+    if not fastmath.fast_cpu_kernels(mx.float32) or not kernels.available():
+        pytest.skip("our C++ kernels do not build here")
+    rng = np.random.default_rng(L)
+    lengths = np.array([L, L // 2, 0, 1, max(1, L - 3)])
+    keep = np.arange(L) < lengths[:, None]
+    qkv = mx.array(_qkv(rng, len(lengths), L, H, D, 2.0).reshape(len(lengths), L, -1))
+    packed = fastmath.PackedTokens.of(mx.array(keep.astype(np.int32)), qkv, D)
+    assert packed is not None and packed.starts.tolist() == [0, *np.cumsum(lengths)]
+    scale = 1 / math.sqrt(D)
+    flat = fastmath.self_attention(packed.pack(qkv), H, scale, packed)
+    assert flat.shape == (lengths.sum(), H * D)
+    want = np.asarray(fastmath.self_attention(qkv, H, scale, mx.array(keep)[:, None, None, :]))
+    np.testing.assert_allclose(np.asarray(packed.unpack(flat)), want, rtol=1e-6, atol=1e-6)
+    assert (np.asarray(packed.unpack(packed.pack(qkv))) == np.asarray(qkv) * keep[..., None]).all()
+    assert fastmath.PackedTokens.of(mx.array(np.ones((2, L), np.int32)), qkv, D) is None  # nothing to save
+    holes = keep.copy()
+    holes[0, 0] = False
+    assert fastmath.PackedTokens.of(mx.array(holes.astype(np.int32)), qkv, D) is None  # not right-padded
+
+
 @pytest.mark.parametrize("L, H, D", [(37, 3, 16), (70, 2, 64)])
 def test_self_attention_adds_a_position_bias(mode, L, H, D):
     """MPNet's relative position bias: (H, L, L) added to the scaled scores, padding and holes in the mask too."""

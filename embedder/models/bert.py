@@ -135,12 +135,16 @@ class Model(nn.Module):
         self.encoder = Encoder(args)
 
     def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
-        """The last hidden state; `attention_mask` is (B, L), nonzero on real tokens."""
+        """The last hidden state; `attention_mask` is (B, L), nonzero on real tokens. On the native CPU path the
+        layers run on the real tokens alone (`fastmath.PackedTokens`)."""
         mask = (attention_mask != 0)[:, None, None, :]
         x = self.embeddings(input_ids, token_types)
+        packed = fastmath.PackedTokens.of(attention_mask, x, self.args.hidden_size // self.args.num_attention_heads)
+        if packed is not None:
+            x, mask = packed.pack(x), packed
         for layer in self.encoder.layer:
             x = layer(x, mask)
-        return x
+        return x if packed is None else packed.unpack(x)
 
     heads = ("pooler.", "cls.", "lm_head.", "classifier.")  # what `sanitize` drops: task heads this model lacks
 

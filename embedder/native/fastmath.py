@@ -11,9 +11,11 @@ kernels run unchanged; on a GPU, GELU is fused by `mx.compile` too, and attentio
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from ..errors import ModelError
 from . import kernels
@@ -27,12 +29,48 @@ def gelu(x: mx.array) -> mx.array:
     return _gelu_formula(x)
 
 
-def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | None,
+@dataclass(frozen=True)
+class PackedTokens:
+    """A batch's real tokens row after row, without padding, on the native CPU path: the matmuls and element-wise
+    kernels then never compute padding (17% of the tokens when 64 one-text requests share batches), and attention
+    finds each sequence's rows by `starts`. Made by `of` for right-padded batches, as the tokenizer pads them."""
+
+    rows: mx.array  # int32 (T,): each real token's place in the flattened (B * L) batch
+    starts: np.ndarray  # int32 (B + 1,): the row each sequence starts at, then T
+    shape: tuple[int, int]  # (B, L)
+
+    @classmethod
+    def of(cls, attention_mask: mx.array, x: mx.array, head_dim: int) -> PackedTokens | None:
+        """None where packing cannot run or would not pay: off the native path, no padding, not right-padded."""
+        if not (_native(x) and head_dim <= kernels.max_head_dim()):
+            return None
+        mask = np.asarray(attention_mask) != 0
+        lengths = mask.sum(1)
+        if lengths.sum() == mask.size or not (mask == (np.arange(mask.shape[1]) < lengths[:, None])).all():
+            return None
+        starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        return cls(mx.array(np.flatnonzero(mask).astype(np.int32)), starts, mask.shape)
+
+    def pack(self, x: mx.array) -> mx.array:
+        """(B, L, D) -> (T, D)."""
+        return mx.take(x.reshape(-1, x.shape[-1]), self.rows, axis=0)
+
+    def unpack(self, x: mx.array) -> mx.array:
+        """(T, D) -> (B, L, D), zeros at padding."""
+        full = mx.zeros((self.shape[0] * self.shape[1], x.shape[-1]), x.dtype)
+        full[self.rows] = x
+        return full.reshape(*self.shape, x.shape[-1])
+
+
+def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | PackedTokens | None,
                    bias: mx.array | None = None) -> mx.array:
     """Scaled dot-product self-attention from fused projections (B, L, 3 * H * D) to (B, L, H * D); `mask` is
     boolean (B, 1, 1, L), True at real tokens; `bias` (H, L, L) is added to the scaled scores (a relative position
-    bias). Masked keys get exactly zero weight, masked (padding) queries zeros.
+    bias). Masked keys get exactly zero weight, masked (padding) queries zeros. With `PackedTokens` for the mask,
+    (T, 3 * H * D) to (T, H * D), packed alike.
     """
+    if isinstance(mask, PackedTokens):
+        return kernels.self_attention(qkv, n_heads, scale, None, bias, starts=mask.starts)
     B, L, width = qkv.shape
     D = width // (3 * n_heads)
     if (_native(qkv) and D <= kernels.max_head_dim()

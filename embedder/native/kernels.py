@@ -35,7 +35,7 @@ def _kernels() -> SimpleNamespace | None:
     kernels = SimpleNamespace(attention=attention.embed_self_attention, bias_gelu=layer_ops.embed_bias_gelu,
                               add_layer_norm=layer_ops.embed_add_layer_norm,
                               max_head_dim=attention.embed_max_head_dim())
-    kernels.attention.argtypes = [_PTR] * 4 + [_INT] * 4 + [_FLOAT]
+    kernels.attention.argtypes = [_PTR] * 5 + [_INT] * 4 + [_FLOAT]
     kernels.bias_gelu.argtypes = [_PTR] * 2 + [_INT] * 2
     kernels.add_layer_norm.argtypes = [_PTR] * 5 + [_INT] * 2 + [_FLOAT]
     for kernel in (kernels.attention, kernels.bias_gelu, kernels.add_layer_norm):
@@ -110,19 +110,27 @@ def max_head_dim() -> int:
 
 
 def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | None,
-                   bias: mx.array | None = None) -> mx.array:
+                   bias: mx.array | None = None, starts: np.ndarray | None = None) -> mx.array:
     """`fastmath.self_attention` with a (B, 1, 1, L) boolean or no mask and an optional (H, L, L) scores bias, for
-    head sizes up to `max_head_dim()`."""
-    B, L, width = qkv.shape
+    head sizes up to `max_head_dim()`. With `starts` (B + 1 row numbers), `qkv` is packed instead: (T, 3 * H * D),
+    sequence b in rows starts[b] to starts[b + 1], no padding and no mask; the output is packed the same way."""
+    if starts is None:
+        B, L, width = qkv.shape
+    else:
+        (_, width), B = qkv.shape, len(starts) - 1
+        L = int(np.diff(starts).max(initial=0))
     if width % (3 * n_heads):
         raise ModelError(f"native attention: width {width} is not 3 x {n_heads} heads")
     head_dim = width // (3 * n_heads)
-    data = _buffer(qkv, (B, L, width), mx.float32, "qkv")
+    data = _buffer(qkv, tuple(qkv.shape), mx.float32, "qkv")
     keep = None if mask is None else _buffer(mask.reshape(B, L), (B, L), mx.bool_, "mask")  # one byte a token
     added = None if bias is None else _buffer(bias, (n_heads, L, L), mx.float32, "bias")
-    y = mx.zeros((B, L, width // 3), mx.float32)  # written below, in MLX's memory: no copy into MLX after
-    _check(_kernels().attention(data.ctypes.data, _address(keep), _address(added), _writable(y).ctypes.data, B, L,
-                                n_heads, head_dim, scale), "attention")
+    if starts is not None and (starts.dtype != np.int32 or starts[0] != 0 or starts[-1] != len(data)
+                               or (np.diff(starts) < 0).any()):
+        raise ModelError(f"native attention: starts do not cut {len(data)} packed rows into sequences")
+    y = mx.zeros((*qkv.shape[:-1], width // 3), mx.float32)  # written below, in MLX's memory: no copy after
+    _check(_kernels().attention(data.ctypes.data, _address(keep), _address(starts), _address(added),
+                                _writable(y).ctypes.data, B, L, n_heads, head_dim, scale), "attention")
     return y
 
 

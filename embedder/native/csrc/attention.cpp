@@ -167,21 +167,26 @@ void head(Scratch& m, int H, int h) {
 }
 
 template <int NV>
-void attention(const float* qkv, const uint8_t* keep, const float* bias, float* out, int B, int L, int H, int D,
-               float scale) {
+void attention(const float* qkv, const uint8_t* keep, const int* starts, const float* bias, float* out, int B, int L,
+               int H, int D, float scale) {
   Scratch scratch(L, H, D, NV);
   std::vector<int> idx(L);
   scratch.idx = idx.data(), scratch.bias = bias;
   const size_t row = (size_t)H * D;
   for (int b = 0; b < B; b++) {
-    float* seq_out = out + (size_t)b * L * row;
+    const size_t first = starts ? starts[b] : (size_t)b * L;  // the sequence's first row in qkv and out
+    float* seq_out = out + first * row;
     int n = 0;
-    for (int j = 0; j < L; j++) {
-      if (!keep || keep[(size_t)b * L + j]) idx[n++] = j;
-      else std::memset(seq_out + j * row, 0, row * sizeof(float));  // padding queries: zeros
+    if (starts) {
+      for (n = 0; n < starts[b + 1] - starts[b]; n++) idx[n] = n;
+    } else {
+      for (int j = 0; j < L; j++) {
+        if (!keep || keep[(size_t)b * L + j]) idx[n++] = j;
+        else std::memset(seq_out + j * row, 0, row * sizeof(float));  // padding queries: zeros
+      }
     }
     if (n == 0) continue;
-    gather(qkv + (size_t)b * L * 3 * row, idx.data(), n, H, D, scale, scratch);
+    gather(qkv + first * 3 * row, idx.data(), n, H, D, scale, scratch);
     for (int h = 0; h < H; h++) head<NV>(scratch, H, h);
     for (int j = 0; j < n; j++) std::memcpy(seq_out + idx[j] * row, scratch.out.data() + j * row, row * sizeof(float));
   }
@@ -193,20 +198,22 @@ void attention(const float* qkv, const uint8_t* keep, const float* bias, float* 
 extern "C" int embed_max_head_dim() { return 8 * W; }
 
 // qkv: (B, L, 3, H, D) float32, C order; keep: (B, L) bytes, nonzero at real tokens, or null; bias: (H, L, L)
-// float32 added to the scaled scores, or null; out: (B, L, H, D).
+// float32 added to the scaled scores, or null; out: (B, L, H, D). Or packed, with `starts` (B + 1 row numbers, the
+// last the total T): sequence b is rows starts[b] to starts[b + 1] of qkv (T, 3, H, D) and out (T, H, D), no
+// padding anywhere; keep is then null, and L the longest sequence.
 // Returns a boundary::Status: NO_KERNEL for a head size over embed_max_head_dim().
-extern "C" int embed_self_attention(const float* qkv, const uint8_t* keep, const float* bias, float* out, int B,
-                                    int L, int H, int D, float scale) {
+extern "C" int embed_self_attention(const float* qkv, const uint8_t* keep, const int* starts, const float* bias,
+                                    float* out, int B, int L, int H, int D, float scale) {
   return boundary::guarded([&]() -> int {
     switch ((D + W - 1) / W) {
-      case 1: attention<1>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 2: attention<2>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 3: attention<3>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 4: attention<4>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 5: attention<5>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 6: attention<6>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 7: attention<7>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 8: attention<8>(qkv, keep, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 1: attention<1>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 2: attention<2>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 3: attention<3>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 4: attention<4>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 5: attention<5>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 6: attention<6>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 7: attention<7>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 8: attention<8>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
       default: return boundary::NO_KERNEL;
     }
   });
