@@ -1,6 +1,7 @@
 """Server batching: N single-text requests at C-way concurrency against one N-text request, on the same server.
 
     python bench/bench_server.py [--corpus ../shared/bench/sentences.txt] [-n 1000] [-c 64] [--repeats 3] [--url URL]
+                                 [--client httpx|openai] [--dtype int8]
 
 Without --url it starts `embed serve` (the default model) on a free loopback port, at a lower priority (nice 10)
 than this client. The ratio is the throughput of
@@ -26,7 +27,7 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "sen
 
 
 @contextlib.contextmanager
-def server(url: str | None) -> Iterator[tuple[str, int | None]]:
+def server(url: str | None, *options: str) -> Iterator[tuple[str, int | None]]:
     """(URL, process id): the given server (pid unknown), or a fresh `embed serve` that is stopped afterwards."""
     if url:
         yield url, None
@@ -34,7 +35,7 @@ def server(url: str | None) -> Iterator[tuple[str, int | None]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-c", "from cli.serve import app; app()", "--port", str(port), "--preload"]
+    command = [sys.executable, "-c", "from cli.serve import app; app()", "--port", str(port), "--preload", *options]
     # The server runs at a lower priority: on a small machine the load generator shares its cores, and a starved
     # client shows its own lag as latency (p99 ~3 s on 2 cores) and can lose keep-alive races (httpx.ReadError).
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -58,27 +59,45 @@ def _ready(url: str) -> bool:
         return False
 
 
-async def one_request(url: str, texts: list[str]) -> tuple[float, int]:
-    """Seconds and tokens for all texts in one request."""
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        start = time.perf_counter()
+def client_for(url: str, kind: str, concurrency: int):
+    """An httpx client, or the openai SDK's (which asks for base64, as here): how a user's code calls the server."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    http = httpx.AsyncClient(base_url=url, timeout=600, limits=limits)
+    if kind == "httpx":
+        return http
+    import openai
+
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", http_client=http)  # the SDK's own retries
+
+
+async def embed(client, texts: str | list[str]) -> int:
+    """One request; its token count."""
+    if isinstance(client, httpx.AsyncClient):
         reply = await client.post("/v1/embeddings", json={"input": texts, "encoding_format": "base64"})
         reply.raise_for_status()
-        return time.perf_counter() - start, reply.json()["usage"]["total_tokens"]
+        return reply.json()["usage"]["total_tokens"]
+    return (await client.embeddings.create(input=texts, model="default")).usage.total_tokens
 
 
-async def many_requests(url: str, texts: list[str], concurrency: int) -> tuple[float, int, list[float]]:
+async def one_request(url: str, texts: list[str], kind: str = "httpx") -> tuple[float, int]:
+    """Seconds and tokens for all texts in one request."""
+    async with client_for(url, kind, 1) as client:
+        start = time.perf_counter()
+        tokens = await embed(client, texts)
+        return time.perf_counter() - start, tokens
+
+
+async def many_requests(url: str, texts: list[str], concurrency: int,
+                        kind: str = "httpx") -> tuple[float, int, list[float]]:
     """Seconds and tokens for one request per text, `concurrency` in flight; plus each request's latency."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+    async with client_for(url, kind, concurrency) as client:
 
         async def ask(text: str) -> tuple[float, int]:
             async with gate:
                 start = time.perf_counter()
-                reply = await client.post("/v1/embeddings", json={"input": text, "encoding_format": "base64"})
-                reply.raise_for_status()
-                return time.perf_counter() - start, reply.json()["usage"]["total_tokens"]
+                tokens = await embed(client, text)
+                return time.perf_counter() - start, tokens
 
         start = time.perf_counter()
         results = await asyncio.gather(*(ask(t) for t in texts))
@@ -92,22 +111,26 @@ def main() -> None:
     parser.add_argument("-c", "--concurrency", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--url", help="an already running server; default: start one")
+    parser.add_argument("--client", choices=["httpx", "openai"], default="httpx",
+                        help="plain httpx, or the openai SDK's AsyncOpenAI on the same connection pool")
+    parser.add_argument("--dtype", help="the started server's --dtype")
     args = parser.parse_args()
     texts = [line for line in args.corpus.read_text(encoding="utf-8").splitlines() if line.strip()][: args.n]
 
-    with server(args.url) as (url, _):
+    with server(args.url, *(("--dtype", args.dtype) if args.dtype else ())) as (url, _):
         asyncio.run(one_request(url, texts[:64]))  # warm-up: first batches compile kernels
         batch, single, best_latencies = float("inf"), float("inf"), []
         for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both alike
-            seconds, tokens = asyncio.run(one_request(url, texts))
+            seconds, tokens = asyncio.run(one_request(url, texts, args.client))
             batch = min(batch, seconds)
-            seconds, many_tokens, latencies = asyncio.run(many_requests(url, texts, args.concurrency))
+            seconds, many_tokens, latencies = asyncio.run(many_requests(url, texts, args.concurrency, args.client))
             if seconds < single:
                 single, best_latencies = seconds, latencies
         assert tokens == many_tokens, (tokens, many_tokens)
 
     p50, p99 = np.percentile(best_latencies, [50, 99]) * 1000
-    print(f"corpus {args.corpus.name}: {len(texts)} texts, {tokens} tokens; best of {args.repeats}")
+    print(f"corpus {args.corpus.name}: {len(texts)} texts, {tokens} tokens; best of {args.repeats}; "
+          f"client {args.client}")
     print(f"one {len(texts)}-text request:        {batch:7.2f} s  {tokens / batch:8.0f} tok/s")
     print(f"{len(texts)} single-text requests, c={args.concurrency}: {single:7.2f} s  {tokens / single:8.0f} tok/s"
           f"  latency p50 {p50:.0f} ms  p99 {p99:.0f} ms")
