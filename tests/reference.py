@@ -26,3 +26,17 @@ def st_reference(path, texts: list[str], prompt_name: str | None = None) -> tupl
     prompt = st.prompts.get(prompt_name, "") if prompt_name else ""
     tokens = st.preprocess([prompt + t for t in texts])["attention_mask"].sum(1).tolist()
     return st.encode(texts, batch_size=4, prompt_name=prompt_name, convert_to_numpy=True), tokens
+
+
+def assert_int8_near_float32(path, texts: list[str]) -> None:
+    """`dtype="int8"` against the same model in float32: finite, cosine >= 0.99 (its stated fidelity on tiny
+    random models), the same token counts."""
+    from embedder import EmbeddingEngine
+
+    full, int8 = (EmbeddingEngine(str(path), dtype=d, batch_tokens=128) for d in ("float32", "int8"))
+    got = int8.embed(texts)
+    assert np.isfinite(got).all()
+    assert cosine(got, full.embed(texts)).min() >= 0.99
+    assert int8.tokens_per_text(texts) == full.tokens_per_text(texts)
+    for engine in (full, int8):
+        engine.unload()

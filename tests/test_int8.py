@@ -15,7 +15,7 @@ import pytest
 from embedder import EmbeddingEngine
 from embedder.errors import ModelError
 from embedder.native import kernels
-from reference import cosine
+from reference import assert_int8_near_float32, cosine
 from test_server import running_server
 from tiny_models import save_sentence_transformer, tiny_cross_encoder, tiny_encoder, tiny_transformer
 
@@ -103,14 +103,7 @@ def test_minilm_int8_fidelity_on_the_golden_texts(minilm_path):
 def test_tiny_encoders_in_int8_stay_near_float32(tmp_path, minilm_path, kind):
     hf = (tiny_transformer(kind, minilm_path, tmp_path) if kind == "modernbert"
           else tiny_encoder(kind, minilm_path, tmp_path))
-    path = save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64)
-    full, int8 = (EmbeddingEngine(str(path), dtype=d, batch_tokens=128) for d in ("float32", "int8"))
-    want, got = full.embed(TEXTS), int8.embed(TEXTS)
-    assert np.isfinite(got).all()
-    assert cosine(got, want).min() >= 0.99
-    assert int8.tokens_per_text(TEXTS) == full.tokens_per_text(TEXTS)
-    for engine in (full, int8):
-        engine.unload()
+    assert_int8_near_float32(save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64), TEXTS)
 
 
 def test_cross_encoder_scores_in_int8(tmp_path, minilm_path):

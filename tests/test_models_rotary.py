@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reference import cosine, require_oracle, st_reference
+from reference import assert_int8_near_float32, cosine, require_oracle, st_reference
 from test_models_encoders import TEXTS  # short next to long (past max_seq_length): every batch pads, some truncate
 from tiny_models import save_sentence_transformer, save_with_noisy_norms
 
@@ -159,12 +159,7 @@ def test_port_matches_pytorch(tmp_path, minilm_path, kind, pooling, normalize, o
 @pytest.mark.parametrize("kind", ["nomic_bert", "gte"])
 def test_port_in_int8_stays_near_float32(tmp_path, minilm_path, kind):
     hf, _ = tiny_port(kind, minilm_path, tmp_path)
-    path = save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64)
-    full, int8 = (EmbeddingEngine(str(path), dtype=d, batch_tokens=128) for d in ("float32", "int8"))
-    got = int8.embed(TEXTS)
-    assert np.isfinite(got).all() and cosine(got, full.embed(TEXTS)).min() >= 0.99
-    for engine in (full, int8):
-        engine.unload()
+    assert_int8_near_float32(save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64), TEXTS)
 
 
 @pytest.mark.parametrize("layout", ["published", "port-names"])

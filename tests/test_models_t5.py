@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 import pytest
-from reference import cosine, require_oracle, st_reference
+from reference import assert_int8_near_float32, cosine, require_oracle, st_reference
 from test_models_encoders import TEXTS as ENCODER_TEXTS
 from tiny_models import save_sentence_transformer
 
@@ -154,9 +154,4 @@ def test_embed_models_describes_t5(tmp_path, t5_tokenizer):
 @pytest.mark.skipif(not kernels.int8_available(), reason="no AVX512-VNNI int8 kernel on this CPU")
 @pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu"])
 def test_sentence_t5_in_int8_stays_near_float32(tmp_path, t5_tokenizer, feed_forward_proj):
-    path = sentence_t5(t5_tokenizer, tmp_path, feed_forward_proj)
-    full, int8 = (EmbeddingEngine(str(path), dtype=d, batch_tokens=128) for d in ("float32", "int8"))
-    got = int8.embed(TEXTS)
-    assert np.isfinite(got).all() and cosine(got, full.embed(TEXTS)).min() >= 0.99
-    for engine in (full, int8):
-        engine.unload()
+    assert_int8_near_float32(sentence_t5(t5_tokenizer, tmp_path, feed_forward_proj), TEXTS)

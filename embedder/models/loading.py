@@ -260,18 +260,19 @@ def load_model(options: EngineOptions) -> LoadedModel:
     if weights_dtype in ("float16", "bfloat16") and mx.default_device() == mx.cpu:
         warnings.warn(f"dtype {dtype} on the CPU runs MLX's generic kernels, ~30x slower than float32 (which is "
                       "exact); for speed on the CPU use int8", RuntimeWarning, stacklevel=2)
+    if dtype == INT8 and mx.default_device() != mx.cpu:
+        raise ModelError("dtype int8 runs on the CPU only; on a GPU use float16 or bfloat16")
     if dtype == INT8 and config.get("quantization"):
         raise ModelError("dtype int8 quantizes a float checkpoint; this one is already quantized")
     module = build_model(config, path, DTYPES[weights_dtype], spec.scores.labels if spec.scores else None)
-    if (config.get("quantization") or dtype == INT8) and mx.default_device() == mx.cpu:
-        from .quantized import use_blas_for_quantized, use_int8_matmuls
+    if dtype == INT8:
+        from .quantized import use_int8_matmuls
 
-        if dtype == INT8:
-            use_int8_matmuls(module, config["model_type"])
-        else:
-            use_blas_for_quantized(module)
-    elif dtype == INT8:
-        raise ModelError("dtype int8 runs on the CPU only; on a GPU use float16 or bfloat16")
+        use_int8_matmuls(module, config["model_type"])
+    elif config.get("quantization") and mx.default_device() == mx.cpu:
+        from .quantized import use_blas_for_quantized
+
+        use_blas_for_quantized(module)
 
     limit = position_limit(config)
     # One input must always fit one batch (as TEI checks at start), so the token budget caps the default.

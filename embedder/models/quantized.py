@@ -1,6 +1,8 @@
 """Quantized layers on the CPU: MLX-quantized checkpoints dequantize, then one BLAS matmul; `dtype="int8"` runs a
 float32 model's encoder projections as int8 matmuls."""
 
+from collections.abc import Callable
+
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
@@ -24,14 +26,15 @@ class DequantizingLinear(nn.Module):
         return y + q["bias"] if "bias" in q else y
 
 
+def _swap_layers(model: nn.Module, swapped: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]):
+    """Each leaf module that is `swapped` replaced by `make(module)`, after the weights are loaded."""
+    leaves = tree_map(lambda m: make(m) if swapped(m) else m, model.leaf_modules(), is_leaf=nn.Module.is_module)
+    model.update_modules(leaves)
+
+
 def use_blas_for_quantized(model: nn.Module) -> None:
     """Swap every QuantizedLinear for its dequantizing runner; call after the weights are loaded."""
-    leaves = tree_map(
-        lambda m: DequantizingLinear(m) if isinstance(m, nn.QuantizedLinear) else m,
-        model.leaf_modules(),
-        is_leaf=nn.Module.is_module,
-    )
-    model.update_modules(leaves)
+    _swap_layers(model, lambda m: isinstance(m, nn.QuantizedLinear), DequantizingLinear)
 
 
 def use_int8_matmuls(model: nn.Module, architecture: str) -> None:
@@ -40,11 +43,11 @@ def use_int8_matmuls(model: nn.Module, architecture: str) -> None:
     if not kernels.int8_available():
         raise ModelError("dtype int8 needs a Linux CPU with AVX512-VNNI and g++ (the native kernels); "
                          "use float32 here")
-    if not any(type(m) is fastmath.Linear for _, m in model.named_modules()):
+    if not any(_encoder_projection(m) for _, m in model.named_modules()):
         raise ModelError(f"dtype int8 is not available for {architecture!r} models; use float32")
-    leaves = tree_map(
-        lambda m: fastmath.Int8Linear.from_linear(m) if type(m) is fastmath.Linear else m,
-        model.leaf_modules(),
-        is_leaf=nn.Module.is_module,
-    )
-    model.update_modules(leaves)
+    _swap_layers(model, _encoder_projection, fastmath.Int8Linear.from_linear)
+
+
+def _encoder_projection(module: nn.Module) -> bool:
+    """An encoder layer's projection (`fastmath.Linear`), not a head's plain `nn.Linear`."""
+    return type(module) is fastmath.Linear
