@@ -6,6 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx.utils import tree_map
 
 from embedder.native import fastmath
 from embedder.native import kernels
@@ -111,7 +112,9 @@ def test_packed_tokens_attend_as_the_padded_batch_does(L, H, D):
     want = np.asarray(fastmath.self_attention(qkv, H, scale, mx.array(keep)[:, None, None, :]))
     np.testing.assert_allclose(np.asarray(packed.unpack(flat)), want, rtol=1e-6, atol=1e-6)
     assert (np.asarray(packed.unpack(packed.pack(qkv))) == np.asarray(qkv) * keep[..., None]).all()
-    assert fastmath.PackedTokens.of(mx.array(np.ones((2, L), np.int32)), qkv, D) is None  # nothing to save
+    full = fastmath.PackedTokens.of(mx.array(np.ones((2, L), np.int32)), qkv[:2], D)  # no padding: a reshape
+    assert full.rows is None and full.starts.tolist() == [0, L, 2 * L]
+    assert (np.asarray(full.unpack(full.pack(qkv[:2]))) == np.asarray(qkv[:2])).all()
     holes = keep.copy()
     holes[0, 0] = False
     assert fastmath.PackedTokens.of(mx.array(holes.astype(np.int32)), qkv, D) is None  # not right-padded
@@ -188,6 +191,59 @@ def test_linear_add_layer_norm_matches_float64_and_leaves_its_inputs(mode, dims)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(x_mx), x)
     np.testing.assert_array_equal(np.asarray(residual_mx), residual)
+
+
+def _bert_layer(rng, hidden: int, heads: int, act: str = "gelu"):
+    from embedder.models import bert
+
+    args = bert.ModelArgs(model_type="bert", hidden_size=hidden, num_hidden_layers=1, num_attention_heads=heads,
+                          intermediate_size=4 * hidden, max_position_embeddings=64, vocab_size=10, hidden_act=act)
+    layer = bert.Layer(args)
+    layer.update(tree_map(lambda p: mx.array(rng.standard_normal(p.shape).astype(np.float32) / 4), layer.parameters()))
+    return layer
+
+
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("act", ["gelu", "relu"])
+def test_a_layer_on_packed_rows_equals_the_padded_layer(int8, act):
+    """BERT's layer on packed NumPy rows (one native call with GELU; kernel by kernel, MLX's activation, with
+    another) gives what the padded MLX batch gives, at its real tokens; int8 projections too."""
+    _native_or_skip()
+    if int8 and not kernels.int8_available():
+        pytest.skip("no int8 kernel on this CPU")
+    rng = np.random.default_rng(7)
+    layer = _bert_layer(rng, 64, 4, act)
+    if int8:
+        from embedder.models.quantized import use_int8_matmuls
+
+        use_int8_matmuls(layer, "bert")
+    lengths = np.array([9, 3, 1, 9, 6])
+    keep = np.arange(9) < lengths[:, None]
+    x = mx.array(rng.standard_normal((5, 9, 64)).astype(np.float32))
+    packed = fastmath.PackedTokens.of(mx.array(keep.astype(np.int32)), x, 16)
+    got = layer(packed.pack(x), packed)
+    assert isinstance(got, np.ndarray) == (act == "gelu")  # one native call, or kernel by kernel in MLX
+    got = np.asarray(got)
+    assert got.shape == (lengths.sum(), 64)
+    want = np.asarray(layer(x, mx.array(keep)[:, None, None, :]))[keep]
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_the_one_call_layer_reports_a_kernel_failure():
+    """A NaN reaching an int8 projection inside the one-call layer comes back as the kernel's error."""
+    from embedder.errors import ModelError
+    from embedder.models.quantized import use_int8_matmuls
+
+    _native_or_skip()
+    if not kernels.int8_available():
+        pytest.skip("no int8 kernel on this CPU")
+    layer = _bert_layer(np.random.default_rng(1), 32, 2)
+    use_int8_matmuls(layer, "bert")
+    x = np.ones((4, 32), np.float32)
+    x[2, 5] = np.nan
+    packed = fastmath.PackedTokens.of(mx.array(np.ones((1, 4), np.int32)), mx.array(x[None]), 16)
+    with pytest.raises(ModelError, match="encoder layer kernel met a NaN"):
+        layer(x, packed)
 
 
 def test_other_dtypes_and_devices_use_the_builtin_kernels():

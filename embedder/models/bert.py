@@ -117,6 +117,14 @@ class Layer(nn.Module):
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
         """`mask` is whatever the attention takes: BERT's key mask, MPNet's key mask and position bias."""
+        if isinstance(mask, fastmath.PackedTokens) and type(self.attention) is Attention:
+            attention, output = self.attention.self, self.attention.output
+            y = fastmath.encoder_layer(x, mask, attention.n_heads, attention.qkv, output.dense, output.LayerNorm,
+                                       self.intermediate.dense, self.intermediate.act, self.output.dense,
+                                       self.output.LayerNorm)
+            if y is not None:
+                return y
+        x = fastmath.as_mlx(x)
         h = self.attention(x, mask)
         return self.output(self.intermediate(h), h)
 

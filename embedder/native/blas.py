@@ -30,6 +30,7 @@ FIX_HINT = (
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 _SET_THREADS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads", "MKL_Set_Num_Threads")
 _loaded: list[ctypes.CDLL] = []  # the BLAS preload_blas loaded, if any
+_sgemms: list = []  # its cblas_sgemm, typed, for matmuls the native kernels run on their caller's thread
 
 
 @functools.cache
@@ -81,6 +82,9 @@ def _load(path: str, prefix: str = "") -> str | None:
         return None
     ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)  # same handle, promoted to the global scope
     _loaded.append(lib)
+    sgemm.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                           ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
+    _sgemms.append(sgemm)
     set_threads(len(os.sched_getaffinity(0)))
     return path
 
@@ -152,6 +156,12 @@ def _sgemm_is_correct(sgemm) -> bool:
     sgemm(101, 111, 111, m, n, k, ctypes.c_float(1.0), a.ctypes.data_as(ptr), k,  # row-major, no T
                     b.ctypes.data_as(ptr), n, ctypes.c_float(0.0), c.ctypes.data_as(ptr), n)
     return bool(np.allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5))
+
+
+def sgemm():
+    """The loaded BLAS's `cblas_sgemm` (row-major C = alpha A B + beta C, ctypes-typed; the call releases the GIL),
+    or None where MLX runs its own."""
+    return _sgemms[0] if _sgemms else None
 
 
 def set_threads(n: int) -> bool:

@@ -35,31 +35,59 @@ class PackedTokens:
     kernels then never compute padding (17% of the tokens when 64 one-text requests share batches), and attention
     finds each sequence's rows by `starts`. Made by `of` for right-padded batches, as the tokenizer pads them."""
 
-    rows: mx.array  # int32 (T,): each real token's place in the flattened (B * L) batch
+    rows: mx.array | None  # int32 (T,): each real token's place in the flattened (B * L) batch; None: no padding
     starts: np.ndarray  # int32 (B + 1,): the row each sequence starts at, then T
     shape: tuple[int, int]  # (B, L)
 
     @classmethod
     def of(cls, attention_mask: mx.array, x: mx.array, head_dim: int) -> PackedTokens | None:
-        """None where packing cannot run or would not pay: off the native path, no padding, not right-padded."""
+        """None off the native path or for a batch that is not right-padded. A batch without padding packs too
+        (a reshape), for `encoder_layer`."""
         if not (_native(x) and head_dim <= kernels.max_head_dim()):
             return None
         mask = np.asarray(attention_mask) != 0
         lengths = mask.sum(1)
-        if lengths.sum() == mask.size or not (mask == (np.arange(mask.shape[1]) < lengths[:, None])).all():
+        if not (mask == (np.arange(mask.shape[1]) < lengths[:, None])).all():
             return None
         starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        return cls(mx.array(np.flatnonzero(mask).astype(np.int32)), starts, mask.shape)
+        rows = None if starts[-1] == mask.size else mx.array(np.flatnonzero(mask).astype(np.int32))
+        return cls(rows, starts, mask.shape)
 
     def pack(self, x: mx.array) -> mx.array:
         """(B, L, D) -> (T, D)."""
-        return mx.take(x.reshape(-1, x.shape[-1]), self.rows, axis=0)
+        flat = x.reshape(-1, x.shape[-1])
+        return flat if self.rows is None else mx.take(flat, self.rows, axis=0)
 
-    def unpack(self, x: mx.array) -> mx.array:
+    def unpack(self, x: kernels.Hidden) -> mx.array:
         """(T, D) -> (B, L, D), zeros at padding."""
+        x = as_mlx(x)
+        if self.rows is None:
+            return x.reshape(*self.shape, x.shape[-1])
         full = mx.zeros((self.shape[0] * self.shape[1], x.shape[-1]), x.dtype)
         full[self.rows] = x
         return full.reshape(*self.shape, x.shape[-1])
+
+
+def as_mlx(x: kernels.Hidden) -> mx.array:
+    """Hidden states as MLX: `encoder_layer`'s NumPy output is copied in."""
+    return mx.array(x) if isinstance(x, np.ndarray) else x
+
+
+def encoder_layer(x: kernels.Hidden, packed: PackedTokens, heads: int, qkv: nn.Module, attention_out: nn.Module,
+                  norm1: nn.Module, up: nn.Module, act, down: nn.Module, norm2: nn.Module) -> np.ndarray | None:
+    """A post-LN encoder layer (BERT's) on packed hidden states in one native call (`kernels.encoder_layer`): a
+    lane then gives up the GIL once a layer, not once a kernel (under 64-way server load lanes waited ~25% of
+    their time to take it back). None where a part is not native (another activation or norm, a dequantizing
+    layer): the layer then runs kernel by kernel."""
+    denses = (qkv, attention_out, up, down)
+    if not (act is gelu and all(_native_linear(d, x) for d in denses) and kernels.layer_available()
+            and all(type(n) is nn.LayerNorm for n in (norm1, norm2))):
+        return None
+    qkv, attention_out, up, down = (kernels.Projection(_weight(d), d.get("bias")) for d in denses)
+    norm1, norm2 = (kernels.Norm(n.get("weight"), n.get("bias"), n.eps) for n in (norm1, norm2))
+    head_dim = qkv.weight.shape[0] // (3 * heads)
+    return kernels.encoder_layer(x, packed.starts, heads, 1 / math.sqrt(head_dim), qkv, attention_out, norm1, up,
+                                 down, norm2)
 
 
 def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | PackedTokens | None,
@@ -121,10 +149,11 @@ def _native(x: mx.array) -> bool:
     return _fast_path(x) and kernels.available()
 
 
-def _native_linear(dense: nn.Module, x: mx.array) -> bool:
+def _native_linear(dense: nn.Module, x: kernels.Hidden) -> bool:
+    native = isinstance(x, np.ndarray) or _native(x)  # NumPy: an `encoder_layer`'s output, float32 on the CPU
     if isinstance(dense, Int8Linear):
-        return _native(x)
-    return isinstance(dense, Linear) and dense["weight"].dtype == mx.float32 and _native(x)
+        return native
+    return isinstance(dense, Linear) and dense["weight"].dtype == mx.float32 and native
 
 
 def _weight(dense: nn.Module) -> mx.array | kernels.Int8Weight:

@@ -7,6 +7,9 @@ memory (NumPy views of an evaluated MLX array share it, as MLX documents), so no
 and nothing is copied back. A kernel reports failure (an exception inside it, no kernel for a head size, a NaN
 where int8 must round) as a status, raised here as ModelError. float32 on the CPU only; `available()` and
 `int8_available()` say whether the kernels built here.
+
+`encoder_layer` runs a whole BERT layer in one call (csrc/encoder_layer.cpp: the kernels above and the loaded
+BLAS's sgemm, by function pointer) and returns NumPy, which the next layer takes as it is.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import ModelError
+from .blas import sgemm
 from .build import native_library
 
 _PTR, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+Hidden = mx.array | np.ndarray  # hidden states: NumPy between the one-call encoder layers, MLX elsewhere
 _STATUS = {1: "has no kernel for this head size", 2: "ran out of memory", 3: "failed",  # csrc/boundary.h
            4: "met a NaN or infinite value"}
 
@@ -55,6 +60,33 @@ def _int8_kernels() -> ctypes.CDLL | None:
     for kernel in (library.embed_int8_pack, library.embed_int8_matmul):
         kernel.restype = _INT
     return library
+
+
+class _LayerKernels(ctypes.Structure):  # csrc/encoder_layer.cpp's EmbedKernels
+    _fields_ = [(name, _PTR) for name in ("sgemm", "int8_matmul", "attention", "bias_gelu", "add_layer_norm")]
+
+
+class _Projection(ctypes.Structure):  # EmbedProjection
+    _fields_ = [*((name, _PTR) for name in ("weight", "packed", "scales", "sums", "bias")), ("n", _INT), ("k", _INT)]
+
+
+class _Norm(ctypes.Structure):  # EmbedNorm
+    _fields_ = [("weight", _PTR), ("bias", _PTR), ("eps", _FLOAT)]
+
+
+@functools.cache
+def _layer_kernel() -> tuple[ctypes._CFuncPtr, _LayerKernels] | None:
+    """The one-call encoder layer and the table of the kernels it calls; None where one of them is missing."""
+    library, kernels, blas_sgemm = native_library("encoder_layer"), _kernels(), sgemm()
+    if library is None or kernels is None or blas_sgemm is None:
+        return None
+    int8 = _int8_kernels()
+    table = _LayerKernels(*(None if f is None else ctypes.cast(f, _PTR).value for f in (
+        blas_sgemm, int8 and int8.embed_int8_matmul, kernels.attention, kernels.bias_gelu, kernels.add_layer_norm)))
+    layer = library.embed_encoder_layer
+    layer.argtypes = [_PTR] * 9 + [_INT] * 3 + [_FLOAT, _PTR]
+    layer.restype = _INT
+    return layer, table
 
 
 def available() -> bool:
@@ -104,6 +136,62 @@ def int8_matmul(x: mx.array, weight: Int8Weight, bias: mx.array | None = None) -
     return y, out
 
 
+def layer_available() -> bool:
+    """Whether `encoder_layer` runs here: our kernels built and the loaded BLAS's sgemm is at hand."""
+    return available() and _layer_kernel() is not None
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One of a layer's x @ weight.T + bias, float32 or int8, for `encoder_layer`."""
+
+    weight: mx.array | Int8Weight
+    bias: mx.array | None
+
+
+@dataclass(frozen=True)
+class Norm:
+    weight: mx.array | None
+    bias: mx.array | None
+    eps: float
+
+
+def encoder_layer(x: Hidden, starts: np.ndarray, heads: int, scale: float, qkv: Projection, attention_out: Projection,
+                  norm1: Norm, up: Projection, down: Projection, norm2: Norm) -> np.ndarray:
+    """A post-LN encoder layer (attention, then a GELU feed-forward) on packed rows (sequence b in rows starts[b]
+    to starts[b + 1]) in one native call, into a new NumPy array: the GIL is given up and taken back once a
+    layer, not once a kernel, and no step waits for MLX's stream thread."""
+    layer, table = _layer_kernel()
+    held: list[np.ndarray] = []  # what the structures point into, alive until the call returns
+
+    def address(a: np.ndarray | None) -> int | None:
+        if a is not None:
+            held.append(a)
+        return _address(a)
+
+    def projection(p: Projection) -> _Projection:
+        if isinstance(p.weight, Int8Weight):
+            (n, k), w = p.weight.shape, p.weight
+            return _Projection(None, address(w.packed), address(w.scales), address(w.sums),
+                               address(_vector(p.bias, n, "bias")), n, k)
+        n, k = p.weight.shape
+        return _Projection(address(_buffer(p.weight, (n, k), mx.float32, "weight")), None, None, None,
+                           address(_vector(p.bias, n, "bias")), n, k)
+
+    def norm(p: Norm, dim: int) -> _Norm:
+        return _Norm(address(_vector(p.weight, dim, "norm weight")), address(_vector(p.bias, dim, "norm bias")), p.eps)
+
+    data = _buffer(x, tuple(x.shape), mx.float32, "x")
+    rows, dim = data.shape
+    _check_starts(starts, rows, "encoder layer")
+    parts = [projection(qkv), projection(attention_out), norm(norm1, dim), projection(up), projection(down),
+             norm(norm2, dim)]
+    y = np.empty_like(data)
+    _check(layer(ctypes.byref(table), *(ctypes.byref(p) for p in parts), data.ctypes.data, starts.ctypes.data,
+                 len(starts) - 1, int(np.diff(starts).max(initial=0)), heads, scale, y.ctypes.data), "encoder layer")
+    return y
+
+
 def max_head_dim() -> int:
     """The largest attention head size the kernel handles on this CPU (128 with AVX-512, 64 with AVX2)."""
     return _kernels().max_head_dim
@@ -125,9 +213,8 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | N
     data = _buffer(qkv, tuple(qkv.shape), mx.float32, "qkv")
     keep = None if mask is None else _buffer(mask.reshape(B, L), (B, L), mx.bool_, "mask")  # one byte a token
     added = None if bias is None else _buffer(bias, (n_heads, L, L), mx.float32, "bias")
-    if starts is not None and (starts.dtype != np.int32 or starts[0] != 0 or starts[-1] != len(data)
-                               or (np.diff(starts) < 0).any()):
-        raise ModelError(f"native attention: starts do not cut {len(data)} packed rows into sequences")
+    if starts is not None:
+        _check_starts(starts, len(data), "attention")
     y = mx.zeros((*qkv.shape[:-1], width // 3), mx.float32)  # written below, in MLX's memory: no copy after
     _check(_kernels().attention(data.ctypes.data, _address(keep), _address(starts), _address(added),
                                 _writable(y).ctypes.data, B, L, n_heads, head_dim, scale), "attention")
@@ -177,12 +264,21 @@ def _writable(y: mx.array) -> np.ndarray:
     return data
 
 
-def _buffer(a: mx.array, shape: tuple[int, ...], dtype: mx.Dtype, name: str) -> np.ndarray:
-    """`a`'s memory in C order (a copy only if MLX holds it strided), once its dtype and shape are the kernel's."""
+def _buffer(a: Hidden, shape: tuple[int, ...], dtype: mx.Dtype, name: str) -> np.ndarray:
+    """`a`'s memory in C order (a copy only if held strided), once its dtype and shape are the kernel's."""
+    if isinstance(a, np.ndarray):  # hidden states an `encoder_layer` returned
+        if a.dtype != np.float32 or dtype != mx.float32 or a.shape != tuple(shape):
+            raise ModelError(f"native kernels: {name} is {a.dtype}{a.shape}, not {_described(dtype, shape)}")
+        return np.ascontiguousarray(a)
     if a.dtype != dtype or tuple(a.shape) != tuple(shape):
         raise ModelError(f"native kernels: {name} is {_described(a.dtype, a.shape)}, not {_described(dtype, shape)}")
     mx.eval(a)
     return np.ascontiguousarray(a)
+
+
+def _check_starts(starts: np.ndarray, rows: int, kernel: str) -> None:
+    if starts.dtype != np.int32 or starts[0] != 0 or starts[-1] != rows or (np.diff(starts) < 0).any():
+        raise ModelError(f"native {kernel}: starts do not cut {rows} packed rows into sequences")
 
 
 def _vector(a: mx.array | None, dim: int, name: str) -> np.ndarray | None:
