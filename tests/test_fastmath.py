@@ -193,40 +193,47 @@ def test_linear_add_layer_norm_matches_float64_and_leaves_its_inputs(mode, dims)
     np.testing.assert_array_equal(np.asarray(residual_mx), residual)
 
 
-def _bert_layer(rng, hidden: int, heads: int, act: str = "gelu"):
-    from embedder.models import bert
+def _bert_layer(rng, hidden: int, heads: int, act: str = "gelu", family: str = "bert"):
+    """One random-weight layer: BERT's, or MPNet's (BERT's layer around MPNet's attention)."""
+    from embedder.models import bert, mpnet
 
-    args = bert.ModelArgs(model_type="bert", hidden_size=hidden, num_hidden_layers=1, num_attention_heads=heads,
-                          intermediate_size=4 * hidden, max_position_embeddings=64, vocab_size=10, hidden_act=act)
-    layer = bert.Layer(args)
+    module = mpnet if family == "mpnet" else bert
+    args = module.ModelArgs(model_type=family, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=heads,
+                            intermediate_size=4 * hidden, max_position_embeddings=64, vocab_size=10, hidden_act=act)
+    layer = bert.Layer(args, mpnet.Attention) if family == "mpnet" else bert.Layer(args)
     layer.update(tree_map(lambda p: mx.array(rng.standard_normal(p.shape).astype(np.float32) / 4), layer.parameters()))
     return layer
 
 
 @pytest.mark.parametrize("int8", [False, True])
-@pytest.mark.parametrize("act", ["gelu", "relu"])
-def test_a_layer_on_packed_rows_equals_the_padded_layer(int8, act):
-    """BERT's layer on packed NumPy rows (one native call with GELU; kernel by kernel, MLX's activation, with
-    another) gives what the padded MLX batch gives, at its real tokens; int8 projections too."""
+@pytest.mark.parametrize("act, family", [("gelu", "bert"), ("relu", "bert"), ("gelu", "mpnet")])
+def test_a_layer_on_packed_rows_equals_the_padded_layer(int8, act, family):
+    """BERT's and MPNet's layer on packed rows (one native call with GELU, MPNet's position bias included; kernel
+    by kernel in MLX with another activation) gives what the padded MLX batch gives, at its real tokens; int8
+    projections too."""
     _native_or_skip()
     if int8 and not kernels.int8_available():
         pytest.skip("no int8 kernel on this CPU")
     rng = np.random.default_rng(7)
-    layer = _bert_layer(rng, 64, 4, act)
+    layer = _bert_layer(rng, 64, 4, act, family)
     if int8:
         from embedder.models.quantized import use_int8_matmuls
 
-        use_int8_matmuls(layer, "bert")
+        use_int8_matmuls(layer, family)
     lengths = np.array([9, 3, 1, 9, 6])
     keep = np.arange(9) < lengths[:, None]
     x = mx.array(rng.standard_normal((5, 9, 64)).astype(np.float32))
+    bias = mx.array(rng.standard_normal((4, 9, 9)).astype(np.float32)) if family == "mpnet" else None
     packed = fastmath.PackedTokens.of(mx.array(keep.astype(np.int32)), x, 16)
-    got = layer(packed.pack(x), packed)
+    mask = mx.array(keep)[:, None, None, :]
+    if bias is None:
+        got, want = layer(packed.pack(x), packed), layer(x, mask)
+    else:
+        got, want = layer(packed.pack(x), (packed, bias)), layer(x, (mask, bias))
     assert isinstance(got, np.ndarray) == (act == "gelu")  # one native call, or kernel by kernel in MLX
     got = np.asarray(got)
     assert got.shape == (lengths.sum(), 64)
-    want = np.asarray(layer(x, mx.array(keep)[:, None, None, :]))[keep]
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(got, np.asarray(want)[keep], rtol=2e-5, atol=2e-5)
 
 
 def test_the_one_call_layer_reports_a_kernel_failure():

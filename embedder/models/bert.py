@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..native import fastmath
+from ..native import fastmath, kernels
 from .base import BaseModelArgs, checkpoint_keys, fuse
 
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "xlm_roberta", "camembert")
@@ -70,7 +70,7 @@ class SelfAttention(nn.Module):
         self.head_dim = args.hidden_size // args.num_attention_heads
         self.qkv = fastmath.Linear(args.hidden_size, 3 * args.hidden_size)
 
-    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | fastmath.PackedTokens) -> mx.array:
         return fastmath.self_attention(self.qkv(x), self.n_heads, 1 / math.sqrt(self.head_dim), mask)
 
 
@@ -92,8 +92,13 @@ class Attention(nn.Module):
         self.self = SelfAttention(args)
         self.output = DenseNorm(args.hidden_size, args.hidden_size, args.layer_norm_eps)
 
-    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | fastmath.PackedTokens) -> mx.array:
         return self.output(self.self(x, mask), x)
+
+    def parts(self) -> tuple[nn.Module, nn.Module, nn.Module, int]:
+        """The fused q/k/v projection, the output projection, the LayerNorm and the head count, for
+        `fastmath.encoder_layer`."""
+        return self.self.qkv, self.output.dense, self.output.LayerNorm, self.self.n_heads
 
 
 class Intermediate(nn.Module):
@@ -115,13 +120,14 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(args)
         self.output = DenseNorm(args.intermediate_size, args.hidden_size, args.layer_norm_eps)
 
-    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        """`mask` is whatever the attention takes: BERT's key mask, MPNet's key mask and position bias."""
-        if isinstance(mask, fastmath.PackedTokens) and type(self.attention) is Attention:
-            attention, output = self.attention.self, self.attention.output
-            y = fastmath.encoder_layer(x, mask, attention.n_heads, attention.qkv, output.dense, output.LayerNorm,
-                                       self.intermediate.dense, self.intermediate.act, self.output.dense,
-                                       self.output.LayerNorm)
+    def __call__(self, x: kernels.Hidden, mask) -> kernels.Hidden:
+        """`mask` is whatever the attention takes: BERT's key mask, MPNet's key mask and position bias; on the
+        native path `PackedTokens` stands for the key mask, and the layer runs as one native call."""
+        keys, position_bias = mask if isinstance(mask, tuple) else (mask, None)
+        if isinstance(keys, fastmath.PackedTokens):
+            qkv, attention_out, norm, heads = self.attention.parts()
+            y = fastmath.encoder_layer(x, keys, heads, qkv, attention_out, norm, self.intermediate.dense,
+                                       self.intermediate.act, self.output.dense, self.output.LayerNorm, position_bias)
             if y is not None:
                 return y
         x = fastmath.as_mlx(x)

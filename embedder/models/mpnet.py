@@ -71,6 +71,10 @@ class Attention(nn.Module):
     def __call__(self, x: mx.array, context: tuple[mx.array, mx.array]) -> mx.array:
         return fastmath.linear_add_norm(self.attn.o, self.attn(x, context), x, self.LayerNorm)
 
+    def parts(self) -> tuple[nn.Module, nn.Module, nn.Module, int]:
+        """As `bert.Attention.parts`."""
+        return self.attn.qkv, self.attn.o, self.LayerNorm, self.attn.n_heads
+
 
 class Encoder(nn.Module):
     def __init__(self, args: ModelArgs):
@@ -87,14 +91,20 @@ class Model(nn.Module):
         self.encoder = Encoder(args)
 
     def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
-        """The last hidden state; `attention_mask` is (B, L), nonzero on real tokens (MPNet has no token types)."""
+        """The last hidden state; `attention_mask` is (B, L), nonzero on real tokens (MPNet has no token types).
+        On the native CPU path the layers run on the real tokens alone, as BERT's do (`fastmath.PackedTokens`);
+        the bias depends on relative positions only, so its top-left block serves every packed sequence."""
         x = self.embeddings(input_ids)
-        buckets = mx.array(relative_position_buckets(input_ids.shape[1], BUCKETS, MAX_DISTANCE))
+        packed = fastmath.PackedTokens.of(attention_mask, x, self.args.hidden_size // self.args.num_attention_heads)
+        L = input_ids.shape[1] if packed is None else packed.longest
+        buckets = mx.array(relative_position_buckets(L, BUCKETS, MAX_DISTANCE))
         position_bias = self.encoder.relative_attention_bias(buckets).transpose(2, 0, 1).astype(x.dtype)  # (H, L, L)
-        context = ((attention_mask != 0)[:, None, None, :], position_bias)
+        keys = (attention_mask != 0)[:, None, None, :] if packed is None else packed
+        if packed is not None:
+            x = packed.pack(x)
         for layer in self.encoder.layer:
-            x = layer(x, context)
-        return x
+            x = layer(x, (keys, position_bias))
+        return x if packed is None else packed.unpack(x)
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop heads and buffers, strip a task-model prefix, fuse q/k/v into one projection."""

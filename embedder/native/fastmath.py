@@ -39,6 +39,10 @@ class PackedTokens:
     starts: np.ndarray  # int32 (B + 1,): the row each sequence starts at, then T
     shape: tuple[int, int]  # (B, L)
 
+    @property
+    def longest(self) -> int:
+        return int(np.diff(self.starts).max(initial=0))
+
     @classmethod
     def of(cls, attention_mask: mx.array, x: mx.array, head_dim: int) -> PackedTokens | None:
         """None off the native path or for a batch that is not right-padded. A batch without padding packs too
@@ -74,11 +78,12 @@ def as_mlx(x: kernels.Hidden) -> mx.array:
 
 
 def encoder_layer(x: kernels.Hidden, packed: PackedTokens, heads: int, qkv: nn.Module, attention_out: nn.Module,
-                  norm1: nn.Module, up: nn.Module, act, down: nn.Module, norm2: nn.Module) -> np.ndarray | None:
-    """A post-LN encoder layer (BERT's) on packed hidden states in one native call (`kernels.encoder_layer`): a
-    lane then gives up the GIL once a layer, not once a kernel (under 64-way server load lanes waited ~25% of
-    their time to take it back). None where a part is not native (another activation or norm, a dequantizing
-    layer): the layer then runs kernel by kernel."""
+                  norm1: nn.Module, up: nn.Module, act, down: nn.Module, norm2: nn.Module,
+                  position_bias: mx.array | None = None) -> np.ndarray | None:
+    """A post-LN encoder layer (BERT's, MPNet's with its `position_bias`) on packed hidden states in one native
+    call (`kernels.encoder_layer`): a lane then gives up the GIL once a layer, not once a kernel (under 64-way
+    server load lanes waited ~25% of their time to take it back). None where a part is not native (another
+    activation or norm, a dequantizing layer): the layer then runs kernel by kernel."""
     denses = (qkv, attention_out, up, down)
     if not (act is gelu and all(_native_linear(d, x) for d in denses) and kernels.layer_available()
             and all(type(n) is nn.LayerNorm for n in (norm1, norm2))):
@@ -87,7 +92,7 @@ def encoder_layer(x: kernels.Hidden, packed: PackedTokens, heads: int, qkv: nn.M
     norm1, norm2 = (kernels.Norm(n.get("weight"), n.get("bias"), n.eps) for n in (norm1, norm2))
     head_dim = qkv.weight.shape[0] // (3 * heads)
     return kernels.encoder_layer(x, packed.starts, heads, 1 / math.sqrt(head_dim), qkv, attention_out, norm1, up,
-                                 down, norm2)
+                                 down, norm2, position_bias)
 
 
 def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | PackedTokens | None,

@@ -84,7 +84,7 @@ def _layer_kernel() -> tuple[ctypes._CFuncPtr, _LayerKernels] | None:
     table = _LayerKernels(*(None if f is None else ctypes.cast(f, _PTR).value for f in (
         blas_sgemm, int8 and int8.embed_int8_matmul, kernels.attention, kernels.bias_gelu, kernels.add_layer_norm)))
     layer = library.embed_encoder_layer
-    layer.argtypes = [_PTR] * 9 + [_INT] * 3 + [_FLOAT, _PTR]
+    layer.argtypes = [_PTR] * 10 + [_INT] * 3 + [_FLOAT, _PTR]
     layer.restype = _INT
     return layer, table
 
@@ -157,10 +157,12 @@ class Norm:
 
 
 def encoder_layer(x: Hidden, starts: np.ndarray, heads: int, scale: float, qkv: Projection, attention_out: Projection,
-                  norm1: Norm, up: Projection, down: Projection, norm2: Norm) -> np.ndarray:
+                  norm1: Norm, up: Projection, down: Projection, norm2: Norm,
+                  position_bias: mx.array | None = None) -> np.ndarray:
     """A post-LN encoder layer (attention, then a GELU feed-forward) on packed rows (sequence b in rows starts[b]
     to starts[b + 1]) in one native call, into a new NumPy array: the GIL is given up and taken back once a
-    layer, not once a kernel, and no step waits for MLX's stream thread."""
+    layer, not once a kernel, and no step waits for MLX's stream thread. `position_bias` (heads, L, L), by
+    position in the sequence, is added to the scaled scores (MPNet)."""
     layer, table = _layer_kernel()
     held: list[np.ndarray] = []  # what the structures point into, alive until the call returns
 
@@ -184,11 +186,13 @@ def encoder_layer(x: Hidden, starts: np.ndarray, heads: int, scale: float, qkv: 
     data = _buffer(x, tuple(x.shape), mx.float32, "x")
     rows, dim = data.shape
     _check_starts(starts, rows, "encoder layer")
+    longest = int(np.diff(starts).max(initial=0))
+    bias = None if position_bias is None else _buffer(position_bias, (heads, longest, longest), mx.float32, "bias")
     parts = [projection(qkv), projection(attention_out), norm(norm1, dim), projection(up), projection(down),
              norm(norm2, dim)]
     y = np.empty_like(data)
     _check(layer(ctypes.byref(table), *(ctypes.byref(p) for p in parts), data.ctypes.data, starts.ctypes.data,
-                 len(starts) - 1, int(np.diff(starts).max(initial=0)), heads, scale, y.ctypes.data), "encoder layer")
+                 _address(bias), len(starts) - 1, longest, heads, scale, y.ctypes.data), "encoder layer")
     return y
 
 
