@@ -15,12 +15,18 @@ namespace {
 
 constexpr long STEPS = 50'000'000;  // x 16 instructions
 
-template <class Body>
-double per_second(Body body) {
+// Instructions a second: `step` applied to 16 accumulators STEPS times, best of 3 runs.
+template <class Acc, class Step, class Reduce>
+double per_second(Acc zero, Step step, Reduce reduce, float& sink) {
   double best = 0;
   for (int run = 0; run < 3; run++) {
     const auto start = std::chrono::steady_clock::now();
-    body();
+    Acc acc[16];
+    for (auto& a : acc) a = zero;
+    for (long i = 0; i < STEPS; i++)
+#pragma GCC unroll 16
+      for (auto& a : acc) a = step(a);
+    for (auto& a : acc) sink += reduce(a);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     best = best > STEPS * 16 / s ? best : STEPS * 16 / s;
   }
@@ -31,39 +37,24 @@ double per_second(Body body) {
 
 int main() {
   float sink = 0;
-  const double fma = per_second([&] {
-    __m512 acc[16];
-    for (auto& a : acc) a = _mm512_setzero_ps();
-    const __m512 x = _mm512_set1_ps(0.5f), y = _mm512_set1_ps(0.25f);
-    for (long i = 0; i < STEPS; i++)
-#pragma GCC unroll 16
-      for (auto& a : acc) a = _mm512_fmadd_ps(x, y, a);
-    for (auto& a : acc) sink += _mm512_reduce_add_ps(a);
-  });
+  const __m512 half = _mm512_set1_ps(0.5f), quarter = _mm512_set1_ps(0.25f);
+  const double fma = per_second(
+      _mm512_setzero_ps(), [&](__m512 a) { return _mm512_fmadd_ps(half, quarter, a); },
+      [](__m512 a) { return _mm512_reduce_add_ps(a); }, sink);
   std::printf("vfmadd231ps (16 float32 MACs): %.2f G/s = %.0f GMAC/s\n", fma / 1e9, fma * 16 / 1e9);
 #ifdef __AVX512BF16__
-  const double bf16 = per_second([&] {
-    __m512 acc[16];
-    for (auto& a : acc) a = _mm512_setzero_ps();
-    const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f003f00), y = (__m512bh)_mm512_set1_epi32(0x3e803e80);
-    for (long i = 0; i < STEPS; i++)
-#pragma GCC unroll 16
-      for (auto& a : acc) a = _mm512_dpbf16_ps(a, x, y);
-    for (auto& a : acc) sink += _mm512_reduce_add_ps(a);
-  });
+  const __m512bh halves = (__m512bh)_mm512_set1_epi32(0x3f003f00), quarters = (__m512bh)_mm512_set1_epi32(0x3e803e80);
+  const double bf16 = per_second(
+      _mm512_setzero_ps(), [&](__m512 a) { return _mm512_dpbf16_ps(a, halves, quarters); },
+      [](__m512 a) { return _mm512_reduce_add_ps(a); }, sink);
   std::printf("vdpbf16ps   (32 bf16 MACs):    %.2f G/s = %.0f GMAC/s (%.2fx float32)\n", bf16 / 1e9, bf16 * 32 / 1e9,
               bf16 * 32 / (fma * 16));
 #endif
 #ifdef __AVX512VNNI__
-  const double int8 = per_second([&] {
-    __m512i acc[16];
-    for (auto& a : acc) a = _mm512_setzero_si512();
-    const __m512i x = _mm512_set1_epi32(0x01010101), y = _mm512_set1_epi32(0x01010101);
-    for (long i = 0; i < STEPS; i++)
-#pragma GCC unroll 16
-      for (auto& a : acc) a = _mm512_dpbusd_epi32(a, x, y);
-    for (auto& a : acc) sink += _mm512_reduce_add_epi32(a);
-  });
+  const __m512i ones = _mm512_set1_epi32(0x01010101);
+  const double int8 = per_second(
+      _mm512_setzero_si512(), [&](__m512i a) { return _mm512_dpbusd_epi32(a, ones, ones); },
+      [](__m512i a) { return static_cast<float>(_mm512_reduce_add_epi32(a)); }, sink);
   std::printf("vpdpbusd    (64 int8 MACs):    %.2f G/s = %.0f GMAC/s (%.2fx float32)\n", int8 / 1e9, int8 * 64 / 1e9,
               int8 * 64 / (fma * 16));
 #endif
