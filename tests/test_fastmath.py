@@ -206,38 +206,41 @@ def _bert_layer(rng, hidden: int, heads: int, act: str = "gelu", family: str = "
 
 
 @pytest.mark.parametrize("int8", [False, True])
-@pytest.mark.parametrize("act, family", [("gelu", "bert"), ("relu", "bert"), ("gelu", "mpnet")])
-def test_a_layer_on_packed_rows_equals_the_padded_layer(int8, act, family):
-    """BERT's and MPNet's layer on packed rows (one native call with GELU, MPNet's position bias included; kernel
-    by kernel in MLX with another activation) gives what the padded MLX batch gives, at its real tokens; int8
-    projections too."""
+@pytest.mark.parametrize("act, family, count", [("gelu", "bert", 1), ("gelu", "bert", 3), ("relu", "bert", 2),
+                                                ("gelu", "mpnet", 2)])
+def test_layers_on_packed_rows_equal_the_padded_layers(int8, act, family, count):
+    """BERT's and MPNet's layers over packed rows (all in one native call with GELU, MPNet's position bias
+    included; kernel by kernel with another activation) give what the padded MLX batch gives at its real tokens,
+    for one layer and stacks of them; int8 projections too."""
+    from embedder.models.bert import run_layers
+
     _native_or_skip()
     if int8 and not kernels.int8_available():
         pytest.skip("no int8 kernel on this CPU")
     rng = np.random.default_rng(7)
-    layer = _bert_layer(rng, 64, 4, act, family)
+    layers = [_bert_layer(rng, 64, 4, act, family) for _ in range(count)]
     if int8:
         from embedder.models.quantized import use_int8_matmuls
 
-        use_int8_matmuls(layer, family)
+        for layer in layers:
+            use_int8_matmuls(layer, family)
     lengths = np.array([9, 3, 1, 9, 6])
     keep = np.arange(9) < lengths[:, None]
     x = mx.array(rng.standard_normal((5, 9, 64)).astype(np.float32))
     bias = mx.array(rng.standard_normal((4, 9, 9)).astype(np.float32)) if family == "mpnet" else None
     packed = fastmath.PackedTokens.of(mx.array(keep.astype(np.int32)), x, 16)
-    mask = mx.array(keep)[:, None, None, :]
-    if bias is None:
-        got, want = layer(packed.pack(x), packed), layer(x, mask)
-    else:
-        got, want = layer(packed.pack(x), (packed, bias)), layer(x, (mask, bias))
-    assert isinstance(got, np.ndarray) == (act == "gelu")  # one native call, or kernel by kernel in MLX
-    got = np.asarray(got)
-    assert got.shape == (lengths.sum(), 64)
-    np.testing.assert_allclose(got, np.asarray(want)[keep], rtol=2e-5, atol=2e-5)
+    one_call = fastmath.encoder_layers(packed.pack(x), packed, [layer.parts() for layer in layers], bias)
+    assert (one_call is not None) == (act == "gelu")
+    got = np.asarray(run_layers(layers, x, packed, bias))
+    want = np.asarray(run_layers(layers, x, mx.array(keep)[:, None, None, :], bias))
+    np.testing.assert_allclose(got[keep], want[keep], rtol=3e-5, atol=3e-5)
+    assert not got[~keep].any()  # padding comes back as zeros
+    if one_call is not None:
+        np.testing.assert_array_equal(one_call, got[keep])
 
 
-def test_the_one_call_layer_reports_a_kernel_failure():
-    """A NaN reaching an int8 projection inside the one-call layer comes back as the kernel's error."""
+def test_the_one_call_layers_report_a_kernel_failure():
+    """A NaN reaching an int8 projection inside the one-call layers comes back as the kernel's error."""
     from embedder.errors import ModelError
     from embedder.models.quantized import use_int8_matmuls
 
@@ -246,11 +249,11 @@ def test_the_one_call_layer_reports_a_kernel_failure():
         pytest.skip("no int8 kernel on this CPU")
     layer = _bert_layer(np.random.default_rng(1), 32, 2)
     use_int8_matmuls(layer, "bert")
-    x = np.ones((4, 32), np.float32)
-    x[2, 5] = np.nan
-    packed = fastmath.PackedTokens.of(mx.array(np.ones((1, 4), np.int32)), mx.array(x[None]), 16)
-    with pytest.raises(ModelError, match="encoder layer kernel met a NaN"):
-        layer(x, packed)
+    x = np.ones((1, 4, 32), np.float32)
+    x[0, 2, 5] = np.nan
+    packed = fastmath.PackedTokens.of(mx.array(np.ones((1, 4), np.int32)), mx.array(x), 16)
+    with pytest.raises(ModelError, match="encoder layers kernel met a NaN"):
+        fastmath.encoder_layers(packed.pack(mx.array(x)), packed, [layer.parts()])
 
 
 def test_other_dtypes_and_devices_use_the_builtin_kernels():

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..native import fastmath, kernels
+from ..native import fastmath
 from .base import BaseModelArgs, checkpoint_keys, fuse
 
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "xlm_roberta", "camembert")
@@ -96,8 +96,7 @@ class Attention(nn.Module):
         return self.output(self.self(x, mask), x)
 
     def parts(self) -> tuple[nn.Module, nn.Module, nn.Module, int]:
-        """The fused q/k/v projection, the output projection, the LayerNorm and the head count, for
-        `fastmath.encoder_layer`."""
+        """The fused q/k/v projection, the output projection, the LayerNorm and the head count."""
         return self.self.qkv, self.output.dense, self.output.LayerNorm, self.self.n_heads
 
 
@@ -120,19 +119,33 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(args)
         self.output = DenseNorm(args.intermediate_size, args.hidden_size, args.layer_norm_eps)
 
-    def __call__(self, x: kernels.Hidden, mask) -> kernels.Hidden:
-        """`mask` is whatever the attention takes: BERT's key mask, MPNet's key mask and position bias; on the
-        native path `PackedTokens` stands for the key mask, and the layer runs as one native call."""
-        keys, position_bias = mask if isinstance(mask, tuple) else (mask, None)
-        if isinstance(keys, fastmath.PackedTokens):
-            qkv, attention_out, norm, heads = self.attention.parts()
-            y = fastmath.encoder_layer(x, keys, heads, qkv, attention_out, norm, self.intermediate.dense,
-                                       self.intermediate.act, self.output.dense, self.output.LayerNorm, position_bias)
-            if y is not None:
-                return y
-        x = fastmath.as_mlx(x)
+    def __call__(self, x: mx.array, mask) -> mx.array:
+        """`mask` is whatever the attention takes: BERT's key mask, MPNet's key mask and position bias (the key
+        mask may be `PackedTokens`)."""
         h = self.attention(x, mask)
         return self.output(self.intermediate(h), h)
+
+    def parts(self) -> fastmath.PostLNLayer:
+        qkv, attention_out, norm, heads = self.attention.parts()
+        return fastmath.PostLNLayer(qkv, attention_out, norm, self.intermediate.dense, self.intermediate.act,
+                                    self.output.dense, self.output.LayerNorm, heads)
+
+
+def run_layers(layers: list[Layer], x: mx.array, keys: mx.array | fastmath.PackedTokens,
+               position_bias: mx.array | None = None) -> mx.array:
+    """The layers over embeddings x (B, L, D), each taking the key mask (and the position bias, if any). With
+    `PackedTokens` for the keys, over the batch's real tokens alone: all layers in one native call where every
+    part is native, else layer by layer."""
+    packed = keys if isinstance(keys, fastmath.PackedTokens) else None
+    if packed is not None:
+        x = packed.pack(x)
+        stacked = fastmath.encoder_layers(x, packed, [layer.parts() for layer in layers], position_bias)
+        if stacked is not None:
+            return packed.unpack(stacked)
+    context = keys if position_bias is None else (keys, position_bias)
+    for layer in layers:
+        x = layer(x, context)
+    return x if packed is None else packed.unpack(x)
 
 
 class Encoder(nn.Module):
@@ -151,14 +164,9 @@ class Model(nn.Module):
     def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
         """The last hidden state; `attention_mask` is (B, L), nonzero on real tokens. On the native CPU path the
         layers run on the real tokens alone (`fastmath.PackedTokens`)."""
-        mask = (attention_mask != 0)[:, None, None, :]
         x = self.embeddings(input_ids, token_types)
         packed = fastmath.PackedTokens.of(attention_mask, x, self.args.hidden_size // self.args.num_attention_heads)
-        if packed is not None:
-            x, mask = packed.pack(x), packed
-        for layer in self.encoder.layer:
-            x = layer(x, mask)
-        return x if packed is None else packed.unpack(x)
+        return run_layers(self.encoder.layer, x, (attention_mask != 0)[:, None, None, :] if packed is None else packed)
 
     heads = ("pooler.", "cls.", "lm_head.", "classifier.")  # what `sanitize` drops: task heads this model lacks
 

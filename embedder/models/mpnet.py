@@ -11,7 +11,7 @@ import mlx.nn as nn
 from ..native import fastmath
 from .attention import relative_position_buckets
 from .base import BaseModelArgs, checkpoint_keys, fuse
-from .bert import Layer
+from .bert import Layer, run_layers
 
 # transformers computes the buckets with 32 whatever the config says (MPNetEncoder.compute_position_bias).
 BUCKETS, MAX_DISTANCE = 32, 128
@@ -100,11 +100,7 @@ class Model(nn.Module):
         buckets = mx.array(relative_position_buckets(L, BUCKETS, MAX_DISTANCE))
         position_bias = self.encoder.relative_attention_bias(buckets).transpose(2, 0, 1).astype(x.dtype)  # (H, L, L)
         keys = (attention_mask != 0)[:, None, None, :] if packed is None else packed
-        if packed is not None:
-            x = packed.pack(x)
-        for layer in self.encoder.layer:
-            x = layer(x, (keys, position_bias))
-        return x if packed is None else packed.unpack(x)
+        return run_layers(self.encoder.layer, x, keys, position_bias)
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop heads and buffers, strip a task-model prefix, fuse q/k/v into one projection."""

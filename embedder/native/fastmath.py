@@ -46,7 +46,7 @@ class PackedTokens:
     @classmethod
     def of(cls, attention_mask: mx.array, x: mx.array, head_dim: int) -> PackedTokens | None:
         """None off the native path or for a batch that is not right-padded. A batch without padding packs too
-        (a reshape), for `encoder_layer`."""
+        (a reshape), for `encoder_layers`."""
         if not (_native(x) and head_dim <= kernels.max_head_dim()):
             return None
         mask = np.asarray(attention_mask) != 0
@@ -62,9 +62,9 @@ class PackedTokens:
         flat = x.reshape(-1, x.shape[-1])
         return flat if self.rows is None else mx.take(flat, self.rows, axis=0)
 
-    def unpack(self, x: kernels.Hidden) -> mx.array:
-        """(T, D) -> (B, L, D), zeros at padding."""
-        x = as_mlx(x)
+    def unpack(self, x: mx.array | np.ndarray) -> mx.array:
+        """(T, D) -> (B, L, D) in MLX, zeros at padding; NumPy (`encoder_layers`' output) is copied in."""
+        x = mx.array(x) if isinstance(x, np.ndarray) else x
         if self.rows is None:
             return x.reshape(*self.shape, x.shape[-1])
         full = mx.zeros((self.shape[0] * self.shape[1], x.shape[-1]), x.dtype)
@@ -72,27 +72,47 @@ class PackedTokens:
         return full.reshape(*self.shape, x.shape[-1])
 
 
-def as_mlx(x: kernels.Hidden) -> mx.array:
-    """Hidden states as MLX: `encoder_layer`'s NumPy output is copied in."""
-    return mx.array(x) if isinstance(x, np.ndarray) else x
+@dataclass(frozen=True)
+class PostLNLayer:
+    """A post-LN encoder layer's parts as its model holds them (BERT's, MPNet's), for `encoder_layers`."""
+
+    qkv: nn.Module  # the fused q/k/v projection
+    attention_out: nn.Module
+    norm1: nn.Module
+    up: nn.Module
+    act: object  # the feed-forward's activation
+    down: nn.Module
+    norm2: nn.Module
+    heads: int
 
 
-def encoder_layer(x: kernels.Hidden, packed: PackedTokens, heads: int, qkv: nn.Module, attention_out: nn.Module,
-                  norm1: nn.Module, up: nn.Module, act, down: nn.Module, norm2: nn.Module,
-                  position_bias: mx.array | None = None) -> np.ndarray | None:
-    """A post-LN encoder layer (BERT's, MPNet's with its `position_bias`) on packed hidden states in one native
-    call (`kernels.encoder_layer`): a lane then gives up the GIL once a layer, not once a kernel (under 64-way
-    server load lanes waited ~25% of their time to take it back). None where a part is not native (another
-    activation or norm, a dequantizing layer): the layer then runs kernel by kernel."""
-    denses = (qkv, attention_out, up, down)
-    if not (act is gelu and all(_native_linear(d, x) for d in denses) and kernels.layer_available()
-            and all(type(n) is nn.LayerNorm for n in (norm1, norm2))):
+def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[PostLNLayer],
+                   position_bias: mx.array | None = None) -> np.ndarray | None:
+    """Post-LN encoder layers on packed hidden states, all in one native call (`kernels.encoder_layers`): a lane
+    then gives up the GIL once a batch, not once a kernel (under 64-way server load lanes waited ~25% of their
+    time to take it back after kernel calls). `position_bias` (heads, L, L) joins every layer's scores (MPNet).
+    None where a part is not native (another activation or norm, a dequantizing layer): the caller then runs
+    the layers kernel by kernel."""
+    def native(layer: PostLNLayer) -> bool:
+        return (layer.act is gelu and all(_native_linear(d, x) for d in (layer.qkv, layer.attention_out, layer.up,
+                                                                           layer.down))
+                and type(layer.norm1) is nn.LayerNorm and type(layer.norm2) is nn.LayerNorm)
+
+    if not (layers and kernels.layers_available() and all(native(layer) for layer in layers)):
         return None
-    qkv, attention_out, up, down = (kernels.Projection(_weight(d), d.get("bias")) for d in denses)
-    norm1, norm2 = (kernels.Norm(n.get("weight"), n.get("bias"), n.eps) for n in (norm1, norm2))
-    head_dim = qkv.weight.shape[0] // (3 * heads)
-    return kernels.encoder_layer(x, packed.starts, heads, 1 / math.sqrt(head_dim), qkv, attention_out, norm1, up,
-                                 down, norm2, position_bias)
+
+    def projection(dense: nn.Module) -> kernels.Projection:
+        return kernels.Projection(_weight(dense), dense.get("bias"))
+
+    def norm(n: nn.LayerNorm) -> kernels.Norm:
+        return kernels.Norm(n.get("weight"), n.get("bias"), n.eps)
+
+    weights = [kernels.EncoderLayer(projection(layer.qkv), projection(layer.attention_out), norm(layer.norm1),
+                                    projection(layer.up), projection(layer.down), norm(layer.norm2))
+               for layer in layers]
+    heads = layers[0].heads
+    head_dim = weights[0].qkv.weight.shape[0] // (3 * heads)
+    return kernels.encoder_layers(x, packed.starts, heads, 1 / math.sqrt(head_dim), weights, position_bias)
 
 
 def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | PackedTokens | None,
@@ -154,11 +174,10 @@ def _native(x: mx.array) -> bool:
     return _fast_path(x) and kernels.available()
 
 
-def _native_linear(dense: nn.Module, x: kernels.Hidden) -> bool:
-    native = isinstance(x, np.ndarray) or _native(x)  # NumPy: an `encoder_layer`'s output, float32 on the CPU
+def _native_linear(dense: nn.Module, x: mx.array) -> bool:
     if isinstance(dense, Int8Linear):
-        return native
-    return isinstance(dense, Linear) and dense["weight"].dtype == mx.float32 and native
+        return _native(x)
+    return isinstance(dense, Linear) and dense["weight"].dtype == mx.float32 and _native(x)
 
 
 def _weight(dense: nn.Module) -> mx.array | kernels.Int8Weight:

@@ -8,8 +8,8 @@ and nothing is copied back. A kernel reports failure (an exception inside it, no
 where int8 must round) as a status, raised here as ModelError. float32 on the CPU only; `available()` and
 `int8_available()` say whether the kernels built here.
 
-`encoder_layer` runs a whole BERT layer in one call (csrc/encoder_layer.cpp: the kernels above and the loaded
-BLAS's sgemm, by function pointer) and returns NumPy, which the next layer takes as it is.
+`encoder_layers` runs a stack of BERT layers in one call (csrc/encoder_layer.cpp: the kernels above and the loaded
+BLAS's sgemm, by function pointer) and returns NumPy.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from .blas import sgemm
 from .build import native_library
 
 _PTR, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-Hidden = mx.array | np.ndarray  # hidden states: NumPy between the one-call encoder layers, MLX elsewhere
 _STATUS = {1: "has no kernel for this head size", 2: "ran out of memory", 3: "failed",  # csrc/boundary.h
            4: "met a NaN or infinite value"}
 
@@ -74,19 +73,24 @@ class _Norm(ctypes.Structure):  # EmbedNorm
     _fields_ = [("weight", _PTR), ("bias", _PTR), ("eps", _FLOAT)]
 
 
+class _Layer(ctypes.Structure):  # EmbedLayer
+    _fields_ = [("qkv", _Projection), ("attention_out", _Projection), ("norm1", _Norm), ("up", _Projection),
+                ("down", _Projection), ("norm2", _Norm)]
+
+
 @functools.cache
 def _layer_kernel() -> tuple[ctypes._CFuncPtr, _LayerKernels] | None:
-    """The one-call encoder layer and the table of the kernels it calls; None where one of them is missing."""
+    """The one-call encoder layers and the table of the kernels they call; None where one of them is missing."""
     library, kernels, blas_sgemm = native_library("encoder_layer"), _kernels(), sgemm()
     if library is None or kernels is None or blas_sgemm is None:
         return None
     int8 = _int8_kernels()
     table = _LayerKernels(*(None if f is None else ctypes.cast(f, _PTR).value for f in (
         blas_sgemm, int8 and int8.embed_int8_matmul, kernels.attention, kernels.bias_gelu, kernels.add_layer_norm)))
-    layer = library.embed_encoder_layer
-    layer.argtypes = [_PTR] * 10 + [_INT] * 3 + [_FLOAT, _PTR]
-    layer.restype = _INT
-    return layer, table
+    layers = library.embed_encoder_layers
+    layers.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _PTR, _INT, _INT, _INT, _FLOAT, _PTR]
+    layers.restype = _INT
+    return layers, table
 
 
 def available() -> bool:
@@ -136,14 +140,14 @@ def int8_matmul(x: mx.array, weight: Int8Weight, bias: mx.array | None = None) -
     return y, out
 
 
-def layer_available() -> bool:
-    """Whether `encoder_layer` runs here: our kernels built and the loaded BLAS's sgemm is at hand."""
+def layers_available() -> bool:
+    """Whether `encoder_layers` runs here: our kernels built and the loaded BLAS's sgemm is at hand."""
     return available() and _layer_kernel() is not None
 
 
 @dataclass(frozen=True)
 class Projection:
-    """One of a layer's x @ weight.T + bias, float32 or int8, for `encoder_layer`."""
+    """One of a layer's x @ weight.T + bias, float32 or int8."""
 
     weight: mx.array | Int8Weight
     bias: mx.array | None
@@ -156,14 +160,25 @@ class Norm:
     eps: float
 
 
-def encoder_layer(x: Hidden, starts: np.ndarray, heads: int, scale: float, qkv: Projection, attention_out: Projection,
-                  norm1: Norm, up: Projection, down: Projection, norm2: Norm,
-                  position_bias: mx.array | None = None) -> np.ndarray:
-    """A post-LN encoder layer (attention, then a GELU feed-forward) on packed rows (sequence b in rows starts[b]
-    to starts[b + 1]) in one native call, into a new NumPy array: the GIL is given up and taken back once a
-    layer, not once a kernel, and no step waits for MLX's stream thread. `position_bias` (heads, L, L), by
-    position in the sequence, is added to the scaled scores (MPNet)."""
-    layer, table = _layer_kernel()
+@dataclass(frozen=True)
+class EncoderLayer:
+    """A post-LN encoder layer's weights: attention (fused q/k/v, output), then the GELU feed-forward."""
+
+    qkv: Projection
+    attention_out: Projection
+    norm1: Norm
+    up: Projection
+    down: Projection
+    norm2: Norm
+
+
+def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, layers: list[EncoderLayer],
+                   position_bias: mx.array | None = None) -> np.ndarray:
+    """Post-LN encoder layers applied in turn to packed rows (sequence b in rows starts[b] to starts[b + 1]), in
+    one native call, into a new NumPy array: the GIL is given up and taken back once a batch, not once a kernel,
+    and no step waits for MLX's stream thread. `position_bias` (heads, L, L), by position in the sequence, is
+    added to every layer's scaled scores (MPNet)."""
+    run, table = _layer_kernel()
     held: list[np.ndarray] = []  # what the structures point into, alive until the call returns
 
     def address(a: np.ndarray | None) -> int | None:
@@ -185,14 +200,15 @@ def encoder_layer(x: Hidden, starts: np.ndarray, heads: int, scale: float, qkv: 
 
     data = _buffer(x, tuple(x.shape), mx.float32, "x")
     rows, dim = data.shape
-    _check_starts(starts, rows, "encoder layer")
+    _check_starts(starts, rows, "encoder layers")
     longest = int(np.diff(starts).max(initial=0))
     bias = None if position_bias is None else _buffer(position_bias, (heads, longest, longest), mx.float32, "bias")
-    parts = [projection(qkv), projection(attention_out), norm(norm1, dim), projection(up), projection(down),
-             norm(norm2, dim)]
+    stack = (_Layer * len(layers))(*(
+        _Layer(projection(l.qkv), projection(l.attention_out), norm(l.norm1, dim), projection(l.up),
+               projection(l.down), norm(l.norm2, dim)) for l in layers))
     y = np.empty_like(data)
-    _check(layer(ctypes.byref(table), *(ctypes.byref(p) for p in parts), data.ctypes.data, starts.ctypes.data,
-                 _address(bias), len(starts) - 1, longest, heads, scale, y.ctypes.data), "encoder layer")
+    _check(run(ctypes.byref(table), stack, len(layers), data.ctypes.data, starts.ctypes.data, _address(bias),
+               len(starts) - 1, longest, heads, scale, y.ctypes.data), "encoder layers")
     return y
 
 
@@ -268,12 +284,8 @@ def _writable(y: mx.array) -> np.ndarray:
     return data
 
 
-def _buffer(a: Hidden, shape: tuple[int, ...], dtype: mx.Dtype, name: str) -> np.ndarray:
-    """`a`'s memory in C order (a copy only if held strided), once its dtype and shape are the kernel's."""
-    if isinstance(a, np.ndarray):  # hidden states an `encoder_layer` returned
-        if a.dtype != np.float32 or dtype != mx.float32 or a.shape != tuple(shape):
-            raise ModelError(f"native kernels: {name} is {a.dtype}{a.shape}, not {_described(dtype, shape)}")
-        return np.ascontiguousarray(a)
+def _buffer(a: mx.array, shape: tuple[int, ...], dtype: mx.Dtype, name: str) -> np.ndarray:
+    """`a`'s memory in C order (a copy only if MLX holds it strided), once its dtype and shape are the kernel's."""
     if a.dtype != dtype or tuple(a.shape) != tuple(shape):
         raise ModelError(f"native kernels: {name} is {_described(a.dtype, a.shape)}, not {_described(dtype, shape)}")
     mx.eval(a)

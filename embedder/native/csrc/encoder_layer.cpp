@@ -1,4 +1,4 @@
-// One post-LN encoder layer (BERT's: attention, then GELU feed-forward, each added to its input and
+// A stack of post-LN encoder layers (BERT's: attention, then GELU feed-forward, each added to its input and
 // LayerNorm-ed) on packed rows, in one call. The steps are the other kernels and the BLAS's sgemm, reached
 // through function pointers the caller passes: called one by one from Python, each gave up the GIL and had to
 // take it back, and under a server's load a lane waited ~25% of its time for it.
@@ -46,6 +46,13 @@ struct EmbedNorm {
   float eps;
 };
 
+struct EmbedLayer {
+  EmbedProjection qkv, attention_out;
+  EmbedNorm norm1;
+  EmbedProjection up, down;
+  EmbedNorm norm2;
+};
+
 }  // extern "C"
 
 namespace {
@@ -64,40 +71,53 @@ int project(const EmbedKernels& f, const EmbedProjection& p, const float* x, int
   return boundary::OK;
 }
 
+// out (T, D) = one layer applied to x (T, D); the arguments as embed_encoder_layers'.
+int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int* starts, const float* bias, int B,
+          int L, int heads, float scale, float* out) {
+  const long T = starts[B];
+  const int D = l.qkv.k, width = l.qkv.n / 3;
+  if (l.qkv.n % (3 * heads) || l.attention_out.k != width || l.attention_out.n != D || l.up.k != D ||
+      l.down.k != l.up.n || l.down.n != D)
+    return boundary::FAILED;
+  // Scratch kept by each thread (an engine's lanes live as long as it does): fresh allocations of these sizes
+  // come from the OS, and faulting their pages in cost ~8% of a passage batch's time.
+  static thread_local std::vector<float> scratch;
+  const size_t need = T * (l.qkv.n + width + D + l.up.n);
+  if (scratch.size() < need) scratch.resize(need);
+  float* const fused = scratch.data();
+  float* const context = fused + T * l.qkv.n;
+  float* const hidden = context + T * width;
+  float* const inner = hidden + T * D;
+  int status = project(f, l.qkv, x, T, true, fused);
+  if (!status) status = f.attention(fused, nullptr, starts, bias, context, B, L, heads, width / heads, scale);
+  if (!status) status = project(f, l.attention_out, context, T, false, hidden);
+  if (!status)
+    status = f.add_layer_norm(hidden, l.attention_out.bias, x, l.norm1.weight, l.norm1.bias, T, D, l.norm1.eps);
+  if (!status) status = project(f, l.up, hidden, T, false, inner);
+  if (!status) status = f.bias_gelu(inner, l.up.bias, T, l.up.n);
+  if (!status) status = project(f, l.down, inner, T, false, out);
+  if (!status) status = f.add_layer_norm(out, l.down.bias, hidden, l.norm2.weight, l.norm2.bias, T, D, l.norm2.eps);
+  return status;
+}
+
 }  // namespace
 
-// out (T, D) = the layer applied to x (T, D): sequence b in rows starts[b] to starts[b + 1], T = starts[B], none
-// longer than L; `bias` (heads, L, L) is added to the scaled scores by position in the sequence (MPNet's relative
-// position bias), or null. `out` must not overlap x.
-extern "C" int embed_encoder_layer(const EmbedKernels* f, const EmbedProjection* qkv,
-                                   const EmbedProjection* attention_out, const EmbedNorm* norm1,
-                                   const EmbedProjection* up, const EmbedProjection* down, const EmbedNorm* norm2,
-                                   const float* x, const int* starts, const float* bias, int B, int L, int heads,
-                                   float scale, float* out) {
+// out (T, D) = `count` layers applied in turn to x (T, D): sequence b in rows starts[b] to starts[b + 1],
+// T = starts[B], none longer than L; `bias` (heads, L, L), the same for every layer, is added to the scaled scores
+// by position in the sequence (MPNet's relative position bias), or null. `out` must not overlap x.
+extern "C" int embed_encoder_layers(const EmbedKernels* f, const EmbedLayer* layers, int count, const float* x,
+                                    const int* starts, const float* bias, int B, int L, int heads, float scale,
+                                    float* out) {
   return boundary::guarded([&] {
-    const long T = starts[B];
-    const int D = qkv->k, width = qkv->n / 3;
-    if (qkv->n % (3 * heads) || attention_out->k != width || attention_out->n != D || up->k != D ||
-        down->k != up->n || down->n != D)
-      return static_cast<int>(boundary::FAILED);
-    // Scratch kept by each thread (an engine's lanes live as long as it does): fresh allocations of these sizes
-    // come from the OS, and faulting their pages in cost ~8% of a passage batch's time.
-    static thread_local std::vector<float> scratch;
-    const size_t need = T * (qkv->n + width + D + up->n);
-    if (scratch.size() < need) scratch.resize(need);
-    float* const fused = scratch.data();
-    float* const context = fused + T * qkv->n;
-    float* const hidden = context + T * width;
-    float* const inner = hidden + T * D;
-    int status = project(*f, *qkv, x, T, true, fused);
-    if (!status) status = f->attention(fused, nullptr, starts, bias, context, B, L, heads, width / heads, scale);
-    if (!status) status = project(*f, *attention_out, context, T, false, hidden);
-    if (!status)
-      status = f->add_layer_norm(hidden, attention_out->bias, x, norm1->weight, norm1->bias, T, D, norm1->eps);
-    if (!status) status = project(*f, *up, hidden, T, false, inner);
-    if (!status) status = f->bias_gelu(inner, up->bias, T, up->n);
-    if (!status) status = project(*f, *down, inner, T, false, out);
-    if (!status) status = f->add_layer_norm(out, down->bias, hidden, norm2->weight, norm2->bias, T, D, norm2->eps);
+    static thread_local std::vector<float> between;  // the other of the two buffers the layers alternate between
+    const size_t size = static_cast<size_t>(starts[B]) * (count ? layers[0].qkv.k : 0);
+    if (count > 1 && between.size() < size) between.resize(size);
+    int status = boundary::OK;
+    for (int i = 0; i < count && !status; i++) {
+      float* const target = (count - 1 - i) % 2 == 0 ? out : between.data();  // the last layer writes `out`
+      status = layer(*f, layers[i], x, starts, bias, B, L, heads, scale, target);
+      x = target;
+    }
     return status;
   });
 }
