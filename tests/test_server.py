@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -38,11 +39,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(*args: str, timeout: float = 90.0) -> Iterator[str]:
-    """Start `embed serve ARGS` on a free loopback port; yield its base URL once /health says ready."""
+def running_server(*args: str, timeout: float = 90.0, log_path: Path | None = None) -> Iterator[str]:
+    """Start `embed serve ARGS` on a free loopback port; yield its base URL once /health says ready. Its output
+    goes to `log_path` if given."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    with tempfile.TemporaryFile() as log:
+    with (open(log_path, "w+b") if log_path else tempfile.TemporaryFile()) as log:
         proc = subprocess.Popen([*SERVE, *args, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -183,6 +185,14 @@ def test_curl(server: str, engine: EmbeddingEngine) -> None:
     reply = json.loads(out)
     assert reply["object"] == "list" and [d["object"] for d in reply["data"]] == ["embedding", "embedding"]
     assert_close([d["embedding"] for d in reply["data"]], engine.embed(TEXTS[:2]))
+
+
+@pytest.mark.parametrize("logged", [True, False])
+def test_access_log_line_per_request_unless_turned_off(tmp_path: Path, logged: bool) -> None:
+    log = tmp_path / "server.log"
+    with running_server(*([] if logged else ["--no-access-log"]), log_path=log) as url:
+        assert httpx.post(f"{url}/v1/embeddings", json={"input": "hello"}, timeout=60).status_code == 200
+    assert ('"POST /v1/embeddings HTTP/1.1" 200' in log.read_text(errors="replace")) == logged
 
 
 def test_api_key_is_required(server: str) -> None:
