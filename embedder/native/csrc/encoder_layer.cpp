@@ -3,6 +3,7 @@
 // through function pointers the caller passes: called one by one from Python, each gave up the GIL and had to
 // take it back, and under a server's load a lane waited ~25% of its time for it.
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -80,14 +81,16 @@ int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int*
       l.down.k != l.up.n || l.down.n != D)
     return boundary::FAILED;
   // Scratch kept by each thread (an engine's lanes live as long as it does): fresh allocations of these sizes
-  // come from the OS, and faulting their pages in cost ~8% of a passage batch's time.
+  // come from the OS, and faulting their pages in cost ~8% of a passage batch's time. The feed-forward's inner
+  // activations reuse the fused q/k/v's space, dead after attention.
   static thread_local std::vector<float> scratch;
-  const size_t need = T * (l.qkv.n + width + D + l.up.n);
+  const long wide = std::max(l.qkv.n, l.up.n);
+  const size_t need = T * (wide + width + D);
   if (scratch.size() < need) scratch.resize(need);
   float* const fused = scratch.data();
-  float* const context = fused + T * l.qkv.n;
+  float* const inner = fused;
+  float* const context = fused + T * wide;
   float* const hidden = context + T * width;
-  float* const inner = hidden + T * D;
   int status = project(f, l.qkv, x, T, true, fused);
   if (!status) status = f.attention(fused, nullptr, starts, bias, context, B, L, heads, width / heads, scale);
   if (!status) status = project(f, l.attention_out, context, T, false, hidden);
