@@ -275,6 +275,10 @@ def _native_or_skip():
     (lambda x, w, b: kernels.linear_add_layer_norm(x, w, b, mx.zeros((2, 6)), None, None, 1e-5), "residual is"),
     (lambda x, w, b: kernels.self_attention(mx.zeros((2, 4, 24)), 2, 1.0, mx.zeros((2, 1, 1, 4))), "mask is float32"),
     (lambda x, w, b: kernels.self_attention(mx.zeros((2, 4, 25)), 2, 1.0, None), "not 3 x 2 heads"),
+    (lambda x, w, b: kernels.self_attention(mx.zeros((5, 24)), 2, 1.0, None, starts=np.array([0, 3, 4], np.int32)),
+     "starts do not cut 5 packed rows"),
+    (lambda x, w, b: kernels.self_attention(mx.zeros((5, 24)), 2, 1.0, None, starts=np.array([0, 6, 5], np.int32)),
+     "starts do not cut 5 packed rows"),
 ])
 def test_native_kernels_refuse_buffers_that_are_not_theirs(call, message):
     """Every buffer handed to C is checked first: a wrong dtype or length is an error, never a wild read."""

@@ -142,7 +142,7 @@ def int8_matmul(x: mx.array, weight: Int8Weight, bias: mx.array | None = None) -
 
 def layers_available() -> bool:
     """Whether `encoder_layers` runs here: our kernels built and the loaded BLAS's sgemm is at hand."""
-    return available() and _layer_kernel() is not None
+    return _layer_kernel() is not None
 
 
 @dataclass(frozen=True)
@@ -200,8 +200,7 @@ def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, la
 
     data = _buffer(x, tuple(x.shape), mx.float32, "x")
     rows, dim = data.shape
-    _check_starts(starts, rows, "encoder layers")
-    longest = int(np.diff(starts).max(initial=0))
+    longest = _longest(starts, rows, "encoder layers")
     bias = None if position_bias is None else _buffer(position_bias, (heads, longest, longest), mx.float32, "bias")
     stack = (_Layer * len(layers))(*(
         _Layer(projection(l.qkv), projection(l.attention_out), norm(l.norm1, dim), projection(l.up),
@@ -225,16 +224,14 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | N
     if starts is None:
         B, L, width = qkv.shape
     else:
-        (_, width), B = qkv.shape, len(starts) - 1
-        L = int(np.diff(starts).max(initial=0))
+        (rows, width), B = qkv.shape, len(starts) - 1
+        L = _longest(starts, rows, "attention")
     if width % (3 * n_heads):
         raise ModelError(f"native attention: width {width} is not 3 x {n_heads} heads")
     head_dim = width // (3 * n_heads)
     data = _buffer(qkv, tuple(qkv.shape), mx.float32, "qkv")
     keep = None if mask is None else _buffer(mask.reshape(B, L), (B, L), mx.bool_, "mask")  # one byte a token
     added = None if bias is None else _buffer(bias, (n_heads, L, L), mx.float32, "bias")
-    if starts is not None:
-        _check_starts(starts, len(data), "attention")
     y = mx.zeros((*qkv.shape[:-1], width // 3), mx.float32)  # written below, in MLX's memory: no copy after
     _check(_kernels().attention(data.ctypes.data, _address(keep), _address(starts), _address(added),
                                 _writable(y).ctypes.data, B, L, n_heads, head_dim, scale), "attention")
@@ -292,9 +289,12 @@ def _buffer(a: mx.array, shape: tuple[int, ...], dtype: mx.Dtype, name: str) -> 
     return np.ascontiguousarray(a)
 
 
-def _check_starts(starts: np.ndarray, rows: int, kernel: str) -> None:
-    if starts.dtype != np.int32 or starts[0] != 0 or starts[-1] != rows or (np.diff(starts) < 0).any():
+def _longest(starts: np.ndarray, rows: int, kernel: str) -> int:
+    """The longest sequence `starts` cuts `rows` packed rows into, once it is checked to cut them."""
+    lengths = np.diff(starts)
+    if starts.dtype != np.int32 or starts[0] != 0 or starts[-1] != rows or (lengths < 0).any():
         raise ModelError(f"native {kernel}: starts do not cut {rows} packed rows into sequences")
+    return int(lengths.max(initial=0))
 
 
 def _vector(a: mx.array | None, dim: int, name: str) -> np.ndarray | None:
