@@ -129,6 +129,23 @@ def test_base64_is_little_endian_float32(http: httpx.Client, engine: EmbeddingEn
     assert_close(got, engine.embed(TEXTS[:2]))
 
 
+def test_both_ways_in_answer_alike(http: httpx.Client, engine: EmbeddingEngine) -> None:
+    """A JSON body that validates is answered before FastAPI (`Front`); one with another content type, or that
+    pydantic's JSON parser refuses (an escaped lone surrogate, JSON's NaN), goes through FastAPI. Both answer alike."""
+    body = json.dumps({"input": TEXTS[:2], "encoding_format": "float"}).encode()
+    replies = [http.post("/v1/embeddings", content=body, headers={"Content-Type": kind})
+               for kind in ("application/json", "Application/JSON; charset=utf-8", "application/vnd.api+json")]
+    for reply in replies:
+        assert reply.status_code == 200, reply.text
+        assert_close([d["embedding"] for d in reply.json()["data"]], engine.embed(TEXTS[:2]))
+        assert reply.json()["usage"] == replies[0].json()["usage"]
+    for raw, kind, param in ((b'{"input": ["a\\ud800"]}', "application/json", "input"),
+                             (b'{"input": [NaN]}', "application/json", "input"),
+                             (body, "text/plain", None), (body, None, None)):
+        reply = http.post("/v1/embeddings", content=raw, headers={"Content-Type": kind} if kind else {})
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text
+
+
 @pytest.mark.parametrize("embed_dtype,endianness", [("float16", "big"), ("bfloat16", "little"), ("float32", "big")])
 def test_vllm_embed_dtype_and_endianness(http: httpx.Client, engine: EmbeddingEngine, embed_dtype: str,
                                          endianness: str) -> None:

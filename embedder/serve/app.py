@@ -3,9 +3,10 @@ engines."""
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,6 +44,8 @@ from .api import (
 from .errors import BodyTooLarge, error_response
 from .metrics import Metrics
 from .registry import DEFAULT_NAME, ModelRegistry, ServedModel
+
+log = logging.getLogger("embed.server")
 
 CLIENT_CLOSED = 499  # nginx's status for "the client hung up first": seen only in /metrics
 
@@ -80,8 +84,9 @@ class Admission:
             self.in_flight -= inputs
 
 
-def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()) -> FastAPI:
-    """The app for uvicorn; its lifespan preloads in the background, so /health says 503 until ready."""
+def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()) -> ASGIApp:
+    """The app for uvicorn: FastAPI behind `Front`. Its lifespan preloads in the background, so /health says 503
+    until ready."""
     metrics, admission = Metrics(), Admission(options.max_queue)
 
     @contextlib.asynccontextmanager
@@ -95,11 +100,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     app = FastAPI(title="embed", lifespan=lifespan, responses=errors)
     for exc_type in (EmbedError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(exc_type, _handle)
-    app.add_middleware(Gate, api_key=options.api_key, max_body_bytes=options.max_body_bytes)
-    app.add_middleware(Recorder, metrics=metrics)
 
-    @app.post("/v1/embeddings", response_model=EmbeddingResponse)
-    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    async def answer_embeddings(body: EmbeddingRequest, receive: Receive) -> Response:
         served = registry.resolve(body.model)
         inputs = parse_input(body.input, options.max_inputs)
         if body.precision in CALIBRATED and len(inputs) < 2:
@@ -117,17 +119,24 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
                 token_ids = await run_in_threadpool(_token_ids, engine, inputs, body)
             skip = engine.prompt_skip(body.prompt, body.prompt_name) if inputs.texts else 0
             future = engine.submit(token_ids, dimensions=dimensions, skip=skip)
-            vectors = await _result(future, request)
+            vectors = await _result(future, receive)
         if vectors is None:
             return Response(status_code=CLIENT_CLOSED)
         tokens = sum(engine.embedded_tokens(token_ids))
         metrics.observe_embedding(len(token_ids), tokens)
         vectors = quantize(vectors, body.precision or "float32")
         encoded = encode_vectors(vectors, body.encoding_format, body.embed_dtype, body.endianness)
-        data = [Embedding(index=i, embedding=e) for i, e in enumerate(encoded)]
-        reply = EmbeddingResponse(data=data, model=_client_name(served, body.model),
-                                  usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+        # Built without validation: the values are the engine's own, and validating each float against the
+        # union of value types was half the cost of a one-text reply (81 -> 38 us for 384 floats).
+        data = [Embedding.model_construct(index=i, embedding=e) for i, e in enumerate(encoded)]
+        reply = EmbeddingResponse.model_construct(data=data, model=_client_name(served, body.model),
+                                                  usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
         return Response(reply.model_dump_json(), media_type="application/json")
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse)
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        """The requests `Front` passes on to FastAPI's own JSON parsing and validation (most get a 400 there)."""
+        return await answer_embeddings(body, request.receive)
 
     async def rerank(body: RerankRequest, request: Request) -> Response:
         """The documents ranked against the query, best first: a cross-encoder's scores, or an embedding model's
@@ -138,7 +147,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             engine = await _engine(registry, served)
             engine.check_rankable()
             future, tokens = await run_in_threadpool(engine.submit_scores, [body.query] * len(documents), documents)
-            scores = await _result(future, request)
+            scores = await _result(future, request.receive)
         if scores is None:
             return Response(status_code=CLIENT_CLOSED)
         results = [RerankResult(index=i, relevance_score=score,
@@ -167,7 +176,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         engines = {m.public_name: m.engine.stats() for m in registry.loaded()}
         return metrics.render(admission.in_flight, engines)
 
-    return app
+    return Front(app, answer_embeddings, metrics, options.api_key, options.max_body_bytes)
 
 
 async def _handle(request: Request, exc: Exception) -> Response:
@@ -206,20 +215,25 @@ def _token_ids(engine: EmbeddingEngine, inputs: Inputs, body: EmbeddingRequest) 
                            engine.options.long_input_mode)
 
 
-async def _result(future: Future, request: Request) -> np.ndarray | None:
-    """The engine's vectors, or None if the client hung up first; then its queued rows are dropped."""
-    waiter = asyncio.wrap_future(future)
-    hangup = asyncio.ensure_future(_disconnect(request))
+async def _result(future: Future, receive: Receive) -> np.ndarray | None:
+    """The engine's vectors, or None if the client hung up first; then its queued rows are dropped. A hang-up
+    cancels the wait by callback (`asyncio.wait` costs a one-text request ~5% of its event-loop time)."""
+    waiter = asyncio.wrap_future(future)  # cancelling it cancels the engine's future too, unless it already runs
+    hangup = asyncio.ensure_future(_disconnect(receive))
+    hangup.add_done_callback(lambda _: waiter.cancel())
     try:
-        done, _ = await asyncio.wait({waiter, hangup}, return_when=asyncio.FIRST_COMPLETED)
-        return waiter.result() if waiter in done else None
+        return await waiter
+    except asyncio.CancelledError:
+        if hangup.done() and not hangup.cancelled():
+            return None
+        raise
     finally:
         hangup.cancel()
-        waiter.cancel()  # cancels the engine's future too, unless it already runs
+        waiter.cancel()
 
 
-async def _disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
@@ -227,57 +241,18 @@ KEYED_PATHS = ("/v1/", "/v2/", "/rerank")  # what --api-key guards; /health and 
 
 
 @dataclass
-class Gate:
-    """What a request must pass before its body is parsed: the API key on the API's paths, and the body size
-    limit."""
+class Front:
+    """What every request passes before FastAPI: the API key on the API's paths and the body size limit, and
+    every response counted by path and status (embeddings requests timed) for /metrics. A JSON POST
+    /v1/embeddings whose body validates is answered here, past FastAPI's routing, dependency and middleware
+    layers: they were half the event loop's time on a one-text request (0.45-0.50 ms against 0.22-0.25 ms, in
+    process). Any other body goes on to FastAPI, whose validation errors are the API's."""
 
     app: ASGIApp
+    embeddings: Callable[[EmbeddingRequest, Receive], Awaitable[Response]]
+    metrics: Metrics
     api_key: str | None
     max_body_bytes: int
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        try:
-            if self.api_key is not None and scope["path"].startswith(KEYED_PATHS):
-                self._check_key(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"))
-            if scope["method"] in ("POST", "PUT", "PATCH"):
-                receive = await self._buffer(receive)
-        except EmbedError as exc:
-            return await error_response(exc)(scope, receive, send)
-        await self.app(scope, receive, send)
-
-    def _check_key(self, header: str) -> None:
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), self.api_key.encode()):
-            raise AuthError("missing or wrong API key; send the header 'Authorization: Bearer KEY'")
-
-    async def _buffer(self, receive: Receive) -> Receive:
-        """Read the whole body (chunked ones too), keeping at most the limit; then replay it to the app."""
-        chunks, size, message = [], 0, {"more_body": True}
-        while message.get("more_body"):
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if size <= self.max_body_bytes:
-                chunks.append(message.get("body", b""))
-        if size > self.max_body_bytes:
-            raise BodyTooLarge(f"the request body is {size} bytes; this server accepts at most {self.max_body_bytes}")
-        pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
-
-        async def replay() -> Message:
-            return pending.pop() if pending else await receive()
-
-        return replay
-
-
-@dataclass
-class Recorder:
-    """Counts every response by path and status, and times embeddings requests, for /metrics."""
-
-    app: ASGIApp
-    metrics: Metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -290,6 +265,67 @@ class Recorder:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note)
+            await self._route(scope, receive, send_and_note)
         finally:
             self.metrics.observe_request(scope["path"], status[0], time.perf_counter() - start)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            if self.api_key is not None and scope["path"].startswith(KEYED_PATHS):
+                self._check_key(_header(scope, b"authorization"))
+            body = None
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                body, receive = await self._buffer(receive)
+        except EmbedError as exc:
+            return await error_response(exc)(scope, receive, send)
+        request = self._embeddings_request(scope, body)
+        if request is None:
+            return await self.app(scope, receive, send)
+        try:
+            response = await self.embeddings(request, receive)
+        except Exception as exc:  # answered as FastAPI's handlers answer; an unknown one logged with its traceback
+            if not isinstance(exc, EmbedError):
+                log.exception("request failed")
+            response = error_response(exc)
+        await response(scope, receive, send)
+
+    @staticmethod
+    def _embeddings_request(scope: Scope, body: bytes | None) -> EmbeddingRequest | None:
+        """The request, where this is a POST /v1/embeddings with a JSON body that validates; else None."""
+        if scope["method"] != "POST" or scope["path"] != "/v1/embeddings" or body is None:
+            return None
+        if _header(scope, b"content-type").partition(";")[0].strip().lower() != "application/json":
+            return None
+        try:
+            return EmbeddingRequest.model_validate_json(body)
+        except ValidationError:
+            return None
+
+    def _check_key(self, header: str) -> None:
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), self.api_key.encode()):
+            raise AuthError("missing or wrong API key; send the header 'Authorization: Bearer KEY'")
+
+    async def _buffer(self, receive: Receive) -> tuple[bytes, Receive]:
+        """The whole body (chunked ones too), refused past the limit, and a `receive` that replays it to the app."""
+        chunks, size, message = [], 0, {"more_body": True}
+        while message.get("more_body"):
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size <= self.max_body_bytes:
+                chunks.append(message.get("body", b""))
+        if size > self.max_body_bytes:
+            raise BodyTooLarge(f"the request body is {size} bytes; this server accepts at most {self.max_body_bytes}")
+        body = b"".join(chunks)
+        pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        return body, replay
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    return dict(scope["headers"]).get(name, b"").decode("latin-1")
