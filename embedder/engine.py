@@ -15,7 +15,7 @@ preload_blas()  # must run before mlx.core is first imported
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .batching import CPU_BATCH, GPU_BATCH  # noqa: E402
+from .batching import CPU_BATCH, GPU_BATCH, packed  # noqa: E402
 from .errors import InputError, ModelError, NotReady  # noqa: E402
 from .forward import BatchForward  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
@@ -136,6 +136,9 @@ class EmbeddingEngine:
         if mx.default_device() == mx.cpu:
             set_threads(max(1, _cores() // self.lanes))
             forward.build_kernels()
+        packs = getattr(model.module, "packs_tokens", None)
+        if packs is not None and packs():  # read by the planner, this thread, from now on
+            self.batch_shape = self._scheduler.batch_shape = packed(self.batch_shape)
         self._model = model
         return forward
 

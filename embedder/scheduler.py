@@ -129,18 +129,19 @@ class Scheduler:
         try:
             stopping = False
             while not stopping:
-                jobs = self._take(self._queue.get())
+                jobs, idle = self._take(self._queue.get()), self.lanes
                 if not any(j is _STOP for j in jobs):
                     # While every lane has work, more jobs arrive: they are taken too, so that concurrent small
                     # requests pack into batches of many rows instead of a batch each (each pays a pass's fixed cost).
                     with self._idle:
                         self._idle.wait_for(lambda: self._idle_lanes > 0)
+                        idle = self._idle_lanes
                     jobs += self._take()
                 stopping = any(j is _STOP for j in jobs)
                 jobs = [j for j in jobs if j is not _STOP]
                 running = [j for j in jobs if j.future.set_running_or_notify_cancel()]
                 try:
-                    self._dispatch(running)
+                    self._dispatch(running, idle)
                 except BaseException as e:  # fail exactly these jobs; the planner lives on
                     self._fail(running, e)
         finally:
@@ -162,10 +163,12 @@ class Scheduler:
             self._stats["queue_depth"] -= sum(len(j.ids) for j in jobs if j is not _STOP)
         return jobs
 
-    def _dispatch(self, jobs: list[Job]) -> None:
-        """Plan the jobs' rows into batches and queue them for the lanes (blocks while the lanes are busy)."""
+    def _dispatch(self, jobs: list[Job], idle: int) -> None:
+        """Plan the jobs' rows into batches, split over the `idle` lanes, and queue them (blocks while the lanes are
+        busy). Split over idle lanes only: half a batch queued for a busy lane would run later at half size, while
+        the jobs arriving meanwhile wait for the next plan."""
         rows = [(job, r) for job in jobs for r in range(len(job.ids))]
-        for batch in spread(plan_batches([len(job.ids[r]) for job, r in rows], self.batch_shape), self.lanes):
+        for batch in spread(plan_batches([len(job.ids[r]) for job, r in rows], self.batch_shape), idle):
             self._batches.put([rows[i] for i in batch])
 
     def _fail(self, jobs: list[Job], error: BaseException) -> None:

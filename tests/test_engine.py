@@ -221,9 +221,27 @@ def test_a_failure_while_planning_fails_only_the_jobs_it_touches(minilm_path, mo
     engine.load()
     ids = engine.tokenize(["planned", "and failed"])
     planner = engine._scheduler._dispatch
-    monkeypatch.setattr(engine._scheduler, "_dispatch", lambda jobs: (_ for _ in ()).throw(RuntimeError("planner bug")))
+    monkeypatch.setattr(engine._scheduler, "_dispatch", lambda *args: (_ for _ in ()).throw(RuntimeError("planner bug")))
     with pytest.raises(RuntimeError, match="planner bug"):
         engine.submit(ids).result(timeout=60)
     monkeypatch.setattr(engine._scheduler, "_dispatch", planner)
     assert engine.submit(ids).result(timeout=60).shape == (2, engine.dim)
     engine.unload()
+
+
+def test_models_whose_layers_skip_padding_plan_mixed_batches(minilm_path, tmp_path):
+    """On the native CPU path a BERT-family model runs its layers on real tokens alone, so its planner prices
+    padding low; a model that computes padding (a decoder here) keeps the padded cost model."""
+    from tiny_models import tiny_transformer
+
+    from embedder.batching import PACKED_PADDING_COST
+
+    bert = EmbeddingEngine(str(minilm_path), lanes=1)
+    bert.load()
+    want = PACKED_PADDING_COST if kernels.available() else 1.0
+    assert bert.batch_shape.padding_cost == bert._scheduler.batch_shape.padding_cost == want
+    bert.unload()
+    decoder = EmbeddingEngine(str(tiny_transformer("qwen3", minilm_path, tmp_path)), lanes=1)
+    decoder.load()
+    assert decoder.batch_shape.padding_cost == 1.0
+    decoder.unload()

@@ -5,7 +5,7 @@ import random
 import mlx.core as mx
 import numpy as np
 
-from embedder.batching import CPU_BATCH, GPU_BATCH, BatchShape, plan_batches, spread
+from embedder.batching import CPU_BATCH, GPU_BATCH, PACKED_REAL_TOKENS, BatchShape, packed, plan_batches, spread
 from embedder.pooling import normalize, pool, truncate_dims
 
 H = mx.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, -6.0], [-7.0, 8.0], [9.0, 10.0]]])
@@ -68,6 +68,19 @@ def test_planner_pads_less_than_a_greedy_fill():
     greedy_padded = len(lengths) * max(lengths)  # 64 rows x 250 fit the budget: one batch, all padded to 250
     assert padded < greedy_padded / 2
     assert sorted(i for b in batches for i in b) == list(range(64))
+
+
+def test_packed_layers_take_mixed_lengths_in_one_batch_within_their_real_tokens():
+    """Where the layers skip padding, a long row and many short ones share a batch that the padded cost model
+    would cut by length; the real tokens still bound a batch, and a cut still pays where padding is most."""
+    mixed = [60] + [20] * 30
+    assert len(plan_batches(mixed, CPU_BATCH)) > 1
+    assert plan_batches(mixed, packed(CPU_BATCH)) == [list(range(31))]
+    lengths = [100] * 50
+    batches = plan_batches(lengths, packed(CPU_BATCH))
+    assert sorted(i for b in batches for i in b) == list(range(50))
+    assert all(sum(lengths[i] for i in b) <= PACKED_REAL_TOKENS for b in batches) and len(batches) == 3
+    assert len(plan_batches([250] * 4 + [4] * 200, packed(CPU_BATCH))) == 2  # 1,000 wasted padded tokens a row
 
 
 def test_spread_gives_every_lane_a_batch_when_rows_allow():

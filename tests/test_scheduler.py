@@ -152,6 +152,34 @@ def test_jobs_that_arrive_while_the_lanes_are_busy_share_a_batch():
     scheduler.stop()
 
 
+def test_jobs_are_split_over_the_idle_lanes_only():
+    """With one of two lanes busy, a job's rows go out as one batch to the idle lane, not halved with one half
+    queued behind the busy lane; a lone job on idle lanes is still halved, so every lane works on it."""
+    entered, gate, sizes = threading.Event(), threading.Event(), []
+
+    class Gated(SumRunner):
+        def launch(self, rows, splits):
+            sizes.append(len(rows))
+            entered.set()
+            gate.wait(60)
+            return super().launch(rows, splits)
+
+    scheduler = started(Gated(), lanes=2)
+    held = scheduler.submit([[1]], [0], lambda out: out)
+    assert entered.wait(60)
+    rows = [[2, i] for i in range(SHAPE.rows)]
+    later = scheduler.submit(rows, [0] * len(rows), lambda out: out)
+    _wait_for(lambda: len(sizes) == 2)
+    gate.set()
+    np.testing.assert_array_equal(held.result(timeout=60), want([[1]]))
+    np.testing.assert_array_equal(later.result(timeout=60), want(rows))
+    assert sizes == [1, SHAPE.rows]
+    sizes.clear()
+    assert scheduler.submit(rows, [0] * len(rows), lambda out: out).result(timeout=60).shape == (SHAPE.rows, 3)
+    assert sizes == [SHAPE.rows // 2] * 2
+    scheduler.stop()
+
+
 def _wait_for(condition, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while not condition():

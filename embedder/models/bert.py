@@ -168,6 +168,11 @@ class Model(nn.Module):
         packed = fastmath.PackedTokens.of(attention_mask, x, self.args.hidden_size // self.args.num_attention_heads)
         return run_layers(self.encoder.layer, x, (attention_mask != 0)[:, None, None, :] if packed is None else packed)
 
+    def packs_tokens(self) -> bool:
+        """Whether batches run on their real tokens alone here: padding then costs the planner little."""
+        return fastmath.packs_tokens(self.embeddings.LayerNorm.weight.dtype,
+                                     self.args.hidden_size // self.args.num_attention_heads)
+
     heads = ("pooler.", "cls.", "lm_head.", "classifier.")  # what `sanitize` drops: task heads this model lacks
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:

@@ -102,6 +102,11 @@ class Model(nn.Module):
         keys = (attention_mask != 0)[:, None, None, :] if packed is None else packed
         return run_layers(self.encoder.layer, x, keys, position_bias)
 
+    def packs_tokens(self) -> bool:
+        """As BERT's: whether batches run on their real tokens alone here."""
+        return fastmath.packs_tokens(self.embeddings.LayerNorm.weight.dtype,
+                                     self.args.hidden_size // self.args.num_attention_heads)
+
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop heads and buffers, strip a task-model prefix, fuse q/k/v into one projection."""
         out = checkpoint_keys(weights, prefixes={"mpnet.": ""}, drop=("pooler.", "lm_head.", "classifier."),

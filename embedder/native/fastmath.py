@@ -29,6 +29,12 @@ def gelu(x: mx.array) -> mx.array:
     return _gelu_formula(x)
 
 
+def packs_tokens(dtype: mx.Dtype, head_dim: int) -> bool:
+    """Whether encoder layers of this dtype and head size run on a batch's real tokens alone here
+    (`PackedTokens`): the native CPU path."""
+    return _native_dtype(dtype) and head_dim <= kernels.max_head_dim()
+
+
 @dataclass(frozen=True)
 class PackedTokens:
     """A batch's real tokens row after row, without padding, on the native CPU path: the matmuls and element-wise
@@ -47,7 +53,7 @@ class PackedTokens:
     def of(cls, attention_mask: mx.array, x: mx.array, head_dim: int) -> PackedTokens | None:
         """None off the native path or for a batch that is not right-padded. A batch without padding packs too
         (a reshape), for `encoder_layers`."""
-        if not (_native(x) and head_dim <= kernels.max_head_dim()):
+        if not packs_tokens(x.dtype, head_dim):
             return None
         mask = np.asarray(attention_mask) != 0
         lengths = mask.sum(1)
@@ -171,7 +177,11 @@ def _fast_path(x: mx.array) -> bool:
 
 
 def _native(x: mx.array) -> bool:
-    return _fast_path(x) and kernels.available()
+    return _native_dtype(x.dtype)
+
+
+def _native_dtype(dtype: mx.Dtype) -> bool:
+    return fast_cpu_kernels(dtype) and kernels.available()
 
 
 def _native_linear(dense: nn.Module, x: mx.array) -> bool:
