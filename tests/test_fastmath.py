@@ -239,6 +239,38 @@ def test_layers_on_packed_rows_equal_the_padded_layers(int8, act, family, count)
         np.testing.assert_array_equal(one_call, got[keep])
 
 
+@pytest.mark.parametrize("sequences", [5, 120])
+def test_one_call_layers_on_both_sides_of_the_small_batch_bound(sequences):
+    """Under 512 packed rows (`kernels.SMALL_BATCH_ROWS`) the float32 projections run on weights packed once, from
+    there on in the BLAS: both give the padded MLX layers' values, here with widths that are not multiples of 64."""
+    from embedder.models.bert import run_layers
+
+    _native_or_skip()
+    rng = np.random.default_rng(sequences)
+    layers = [_bert_layer(rng, 40, 4) for _ in range(2)]
+    lengths = rng.integers(1, 10, sequences)
+    lengths[0] = 9
+    keep = np.arange(9) < lengths[:, None]
+    assert (keep.sum() < 512) == (sequences == 5)
+    x = mx.array(rng.standard_normal((sequences, 9, 40)).astype(np.float32))
+    packed = fastmath.PackedTokens.of(mx.array(keep.astype(np.int32)), x, 10)
+    one_call = fastmath.encoder_layers(packed.pack(x), packed, [layer.parts() for layer in layers])
+    want = np.asarray(run_layers(layers, x, mx.array(keep)[:, None, None, :]))
+    np.testing.assert_allclose(one_call, want[keep], rtol=3e-5, atol=3e-5)
+
+
+def test_the_small_batch_weight_follows_its_weight():
+    """Packed at first use, and packed again once the weight is replaced (loading other weights)."""
+    _native_or_skip()
+    dense = fastmath.Linear(24, 70)
+    first = dense.small_batch_weight()
+    if first is None:
+        pytest.skip("no packed float32 kernel on this CPU")
+    assert dense.small_batch_weight() is first and "_small_batches" not in dense.parameters()
+    dense.update({"weight": dense["weight"] * 2})
+    np.testing.assert_array_equal(dense.small_batch_weight(), first * 2)
+
+
 def test_the_one_call_layers_report_a_kernel_failure():
     """A NaN reaching an int8 projection inside the one-call layers comes back as the kernel's error."""
     from embedder.errors import ModelError

@@ -107,8 +107,11 @@ def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[PostLNLayer],
     if not (layers and kernels.layers_available() and all(native(layer) for layer in layers)):
         return None
 
+    small_batch = x.shape[0] < kernels.SMALL_BATCH_ROWS
+
     def projection(dense: nn.Module) -> kernels.Projection:
-        return kernels.Projection(_weight(dense), dense.get("bias"))
+        small = dense.small_batch_weight() if small_batch and isinstance(dense, Linear) else None
+        return kernels.Projection(_weight(dense), dense.get("bias"), small)
 
     def norm(n: nn.LayerNorm) -> kernels.Norm:
         return kernels.Norm(n.get("weight"), n.get("bias"), n.eps)
@@ -209,6 +212,15 @@ class Linear(nn.Linear):
         if "bias" in self and _fast_path(x):
             return x @ self["weight"].T + self["bias"]
         return super().__call__(x)
+
+    def small_batch_weight(self) -> np.ndarray | None:
+        """The weight packed once for `encoder_layers`' small batches (`kernels.pack_f32`), made at first use and
+        again if the weight is replaced; it is a copy, as large as the weight."""
+        weight, cached = self["weight"], self.__dict__.get("_small_batches")
+        if cached is None or cached[0] is not weight:
+            cached = (weight, kernels.pack_f32(weight))
+            object.__setattr__(self, "_small_batches", cached)  # not a parameter: nothing saves or loads it
+        return cached[1]
 
 
 class Int8Linear(nn.Module):

@@ -61,12 +61,28 @@ def _int8_kernels() -> ctypes.CDLL | None:
     return library
 
 
+@functools.cache
+def _f32_kernels() -> ctypes.CDLL | None:
+    library = native_library("f32_matmul")
+    if library is None or not library.embed_f32_supported():
+        return None
+    library.embed_f32_packed_floats.argtypes = [_INT, _INT]
+    library.embed_f32_packed_floats.restype = ctypes.c_long
+    library.embed_f32_pack.argtypes = [_PTR, _INT, _INT, _PTR]
+    library.embed_f32_pack.restype = _INT
+    library.embed_f32_matmul.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _INT, _PTR]
+    library.embed_f32_matmul.restype = _INT
+    return library
+
+
 class _LayerKernels(ctypes.Structure):  # csrc/encoder_layer.cpp's EmbedKernels
-    _fields_ = [(name, _PTR) for name in ("sgemm", "int8_matmul", "attention", "bias_gelu", "add_layer_norm")]
+    _fields_ = [(name, _PTR) for name in ("sgemm", "int8_matmul", "f32_matmul", "attention", "bias_gelu",
+                                          "add_layer_norm")]
 
 
 class _Projection(ctypes.Structure):  # EmbedProjection
-    _fields_ = [*((name, _PTR) for name in ("weight", "packed", "scales", "sums", "bias")), ("n", _INT), ("k", _INT)]
+    _fields_ = [*((name, _PTR) for name in ("weight", "f32_packed", "packed", "scales", "sums", "bias")),
+                ("n", _INT), ("k", _INT)]
 
 
 class _Norm(ctypes.Structure):  # EmbedNorm
@@ -84,9 +100,10 @@ def _layer_kernel() -> tuple[ctypes._CFuncPtr, _LayerKernels] | None:
     library, kernels, blas_sgemm = native_library("encoder_layer"), _kernels(), sgemm()
     if library is None or kernels is None or blas_sgemm is None:
         return None
-    int8 = _int8_kernels()
+    int8, f32 = _int8_kernels(), _f32_kernels()
     table = _LayerKernels(*(None if f is None else ctypes.cast(f, _PTR).value for f in (
-        blas_sgemm, int8 and int8.embed_int8_matmul, kernels.attention, kernels.bias_gelu, kernels.add_layer_norm)))
+        blas_sgemm, int8 and int8.embed_int8_matmul, f32 and f32.embed_f32_matmul, kernels.attention,
+        kernels.bias_gelu, kernels.add_layer_norm)))
     layers = library.embed_encoder_layers
     layers.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _PTR, _INT, _INT, _INT, _FLOAT, _PTR]
     layers.restype = _INT
@@ -140,6 +157,22 @@ def int8_matmul(x: mx.array, weight: Int8Weight, bias: mx.array | None = None) -
     return y, out
 
 
+SMALL_BATCH_ROWS = 512  # below it `pack_f32`'s kernel beats the BLAS (csrc/f32_matmul.cpp)
+
+
+def pack_f32(weight: mx.array) -> np.ndarray | None:
+    """`weight` (out, in), float32, packed for `encoder_layers`' small batches; None where that kernel does not run
+    here (no AVX-512)."""
+    library = _f32_kernels()
+    if library is None:
+        return None
+    n, k = weight.shape
+    data = _buffer(weight, (n, k), mx.float32, "weight")
+    packed = np.empty(library.embed_f32_packed_floats(n, k), np.float32)
+    _check(library.embed_f32_pack(data.ctypes.data, n, k, packed.ctypes.data), "f32 pack")
+    return packed
+
+
 def layers_available() -> bool:
     """Whether `encoder_layers` runs here: our kernels built and the loaded BLAS's sgemm is at hand."""
     return _layer_kernel() is not None
@@ -147,10 +180,12 @@ def layers_available() -> bool:
 
 @dataclass(frozen=True)
 class Projection:
-    """One of a layer's x @ weight.T + bias, float32 or int8."""
+    """One of a layer's x @ weight.T + bias, float32 or int8; for a batch under `SMALL_BATCH_ROWS` rows a float32
+    weight may come packed too (`pack_f32`), and runs so."""
 
     weight: mx.array | Int8Weight
     bias: mx.array | None
+    small_batches: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -189,11 +224,11 @@ def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, la
     def projection(p: Projection) -> _Projection:
         if isinstance(p.weight, Int8Weight):
             (n, k), w = p.weight.shape, p.weight
-            return _Projection(None, address(w.packed), address(w.scales), address(w.sums),
+            return _Projection(None, None, address(w.packed), address(w.scales), address(w.sums),
                                address(_vector(p.bias, n, "bias")), n, k)
         n, k = p.weight.shape
-        return _Projection(address(_buffer(p.weight, (n, k), mx.float32, "weight")), None, None, None,
-                           address(_vector(p.bias, n, "bias")), n, k)
+        return _Projection(address(_buffer(p.weight, (n, k), mx.float32, "weight")), address(p.small_batches),
+                           None, None, None, address(_vector(p.bias, n, "bias")), n, k)
 
     def norm(p: Norm, dim: int) -> _Norm:
         return _Norm(address(_vector(p.weight, dim, "norm weight")), address(_vector(p.bias, dim, "norm bias")), p.eps)

@@ -15,6 +15,7 @@ namespace {
 using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
 using Int8Matmul = int (*)(const float*, int, int, const int8_t*, const float*, const int32_t*, const float*, int,
                            float*);
+using F32Matmul = int (*)(const float*, int, int, const float*, const float*, int, float*);
 using Attention = int (*)(const float*, const uint8_t*, const int*, const float*, float*, int, int, int, int, float);
 using BiasGelu = int (*)(float*, const float*, int, int);
 using AddLayerNorm = int (*)(float*, const float*, const float*, const float*, const float*, int, int, float);
@@ -26,14 +27,17 @@ extern "C" {
 struct EmbedKernels {
   Sgemm sgemm;
   Int8Matmul int8_matmul;  // null where the int8 kernel did not build
+  F32Matmul f32_matmul;    // null where the packed float32 kernel did not build
   Attention attention;
   BiasGelu bias_gelu;
   AddLayerNorm add_layer_norm;
 };
 
-// y (m, n) = x (m, k) @ W.T + bias: `weight` float32 (n, k) row-major, or int8 `packed` with its scales and sums.
+// y (m, n) = x (m, k) @ W.T + bias: `weight` float32 (n, k) row-major, run in the BLAS, or `f32_packed` (a small
+// batch's, f32_matmul.cpp), or int8 `packed` with its scales and sums.
 struct EmbedProjection {
   const float* weight;
+  const float* f32_packed;  // may be null
   const int8_t* packed;
   const float* scales;
   const int32_t* sums;
@@ -65,6 +69,7 @@ int project(const EmbedKernels& f, const EmbedProjection& p, const float* x, int
     if (!f.int8_matmul) return boundary::NO_KERNEL;
     return f.int8_matmul(x, m, p.k, p.packed, p.scales, p.sums, bias, p.n, y);
   }
+  if (p.f32_packed && f.f32_matmul) return f.f32_matmul(x, m, p.k, p.f32_packed, bias, p.n, y);
   if (bias)
     for (long r = 0; r < m; r++)
       for (int j = 0; j < p.n; j++) y[r * p.n + j] = bias[j];
