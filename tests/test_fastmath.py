@@ -259,6 +259,24 @@ def test_one_call_layers_on_both_sides_of_the_small_batch_bound(sequences):
     np.testing.assert_allclose(one_call, want[keep], rtol=3e-5, atol=3e-5)
 
 
+def test_models_over_the_copy_bound_keep_small_batches_in_the_blas(monkeypatch):
+    """No packed copy is made where a model's float32 projections are over `SMALL_BATCH_COPY_BYTES`."""
+    _native_or_skip()
+    layers = [_bert_layer(np.random.default_rng(3), 32, 2)]
+    x = mx.array(np.random.default_rng(4).standard_normal((2, 5, 32)).astype(np.float32))
+    packed = fastmath.PackedTokens.of(mx.array(np.ones((2, 5), np.int32)), x, 16)
+    parts = [layer.parts() for layer in layers]
+    monkeypatch.setattr(fastmath, "SMALL_BATCH_COPY_BYTES", 4 * sum(p.size for p in (
+        parts[0].qkv["weight"], parts[0].attention_out["weight"], parts[0].up["weight"], parts[0].down["weight"])) - 1)
+    over = fastmath.encoder_layers(packed.pack(x), packed, parts)
+    assert not any("_small_batches" in d.__dict__ for d in (parts[0].qkv, parts[0].up))
+    monkeypatch.undo()
+    under = fastmath.encoder_layers(packed.pack(x), packed, parts)
+    np.testing.assert_allclose(over, under, rtol=3e-5, atol=3e-5)
+    if kernels.pack_f32(parts[0].qkv["weight"]) is not None:
+        assert "_small_batches" in parts[0].qkv.__dict__
+
+
 def test_the_small_batch_weight_follows_its_weight():
     """Packed at first use, and packed again once the weight is replaced (loading other weights)."""
     _native_or_skip()

@@ -107,7 +107,7 @@ def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[PostLNLayer],
     if not (layers and kernels.layers_available() and all(native(layer) for layer in layers)):
         return None
 
-    small_batch = x.shape[0] < kernels.SMALL_BATCH_ROWS
+    small_batch = x.shape[0] < kernels.SMALL_BATCH_ROWS and _float_weight_bytes(layers) <= SMALL_BATCH_COPY_BYTES
 
     def projection(dense: nn.Module) -> kernels.Projection:
         small = dense.small_batch_weight() if small_batch and isinstance(dense, Linear) else None
@@ -122,6 +122,17 @@ def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[PostLNLayer],
     heads = layers[0].heads
     head_dim = weights[0].qkv.weight.shape[0] // (3 * heads)
     return kernels.encoder_layers(x, packed.starts, heads, 1 / math.sqrt(head_dim), weights, position_bias)
+
+
+# The memory the packed copies of a model's float32 projections (`Linear.small_batch_weight`) may take: 42 MB for
+# all-MiniLM-L6-v2, 85 MB for a 12-layer 384-wide model; a 768-wide base model's 340 MB would be over, and its
+# small batches stay in the BLAS.
+SMALL_BATCH_COPY_BYTES = 256 * 2**20
+
+
+def _float_weight_bytes(layers: list[PostLNLayer]) -> int:
+    return sum(4 * d["weight"].size for layer in layers for d in (layer.qkv, layer.attention_out, layer.up, layer.down)
+               if isinstance(d, Linear))
 
 
 def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | PackedTokens | None,
