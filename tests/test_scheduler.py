@@ -175,6 +175,7 @@ def test_jobs_are_split_over_the_idle_lanes_only():
     np.testing.assert_array_equal(later.result(timeout=60), want(rows))
     assert sizes == [1, SHAPE.rows]
     sizes.clear()
+    _wait_for(lambda: scheduler._idle_lanes == 2)  # both lanes back waiting: a job's results come before that
     assert scheduler.submit(rows, [0] * len(rows), lambda out: out).result(timeout=60).shape == (SHAPE.rows, 3)
     assert sizes == [SHAPE.rows // 2] * 2
     scheduler.stop()

@@ -12,6 +12,7 @@ from ..native import fastmath
 from .attention import relative_position_buckets
 from .base import BaseModelArgs, checkpoint_keys, fuse
 from .bert import Layer, run_layers
+from .bert import Model as BertModel
 
 # transformers computes the buckets with 32 whatever the config says (MPNetEncoder.compute_position_bias).
 BUCKETS, MAX_DISTANCE = 32, 128
@@ -102,10 +103,7 @@ class Model(nn.Module):
         keys = (attention_mask != 0)[:, None, None, :] if packed is None else packed
         return run_layers(self.encoder.layer, x, keys, position_bias)
 
-    def packs_tokens(self) -> bool:
-        """As BERT's: whether batches run on their real tokens alone here."""
-        return fastmath.packs_tokens(self.embeddings.LayerNorm.weight.dtype,
-                                     self.args.hidden_size // self.args.num_attention_heads)
+    packs_tokens = BertModel.packs_tokens  # the same embeddings norm, sizes and packed layers
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop heads and buffers, strip a task-model prefix, fuse q/k/v into one projection."""
