@@ -1,7 +1,7 @@
 """Server batching: N single-text requests at C-way concurrency against one N-text request, on the same server.
 
     python bench/bench_server.py [--corpus ../shared/bench/sentences.txt] [-n 1000] [-c 64] [--repeats 3] [--url URL]
-                                 [--client httpx|openai] [--dtype int8]
+                                 [--client httpx|openai|openai-aiohttp] [--dtype int8]
 
 Without --url it starts `embed serve` (the default model) on a free loopback port, at a lower priority (nice 10)
 than this client. The ratio is the throughput of
@@ -60,14 +60,15 @@ def _ready(url: str) -> bool:
 
 
 def client_for(url: str, kind: str, concurrency: int):
-    """An httpx client, or the openai SDK's (which asks for base64, as here): how a user's code calls the server."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    http = httpx.AsyncClient(base_url=url, timeout=600, limits=limits)
+    """How a user's code calls the server: plain httpx, or the openai SDK (which asks for base64, as here) on its own
+    default transport (httpx2) or on the aiohttp one it offers for high concurrency (`DefaultAioHttpClient`)."""
     if kind == "httpx":
-        return http
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        return httpx.AsyncClient(base_url=url, timeout=600, limits=limits)
     import openai
 
-    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", http_client=http)  # the SDK's own retries
+    transport = openai.DefaultAioHttpClient() if kind == "openai-aiohttp" else None
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", timeout=600, http_client=transport)
 
 
 async def embed(client, texts: str | list[str]) -> int:
@@ -111,8 +112,8 @@ def main() -> None:
     parser.add_argument("-c", "--concurrency", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--url", help="an already running server; default: start one")
-    parser.add_argument("--client", choices=["httpx", "openai"], default="httpx",
-                        help="plain httpx, or the openai SDK's AsyncOpenAI on the same connection pool")
+    parser.add_argument("--client", choices=["httpx", "openai", "openai-aiohttp"], default="httpx",
+                        help="plain httpx, or the openai SDK's AsyncOpenAI on its default transport or on aiohttp")
     parser.add_argument("--dtype", help="the started server's --dtype")
     args = parser.parse_args()
     texts = [line for line in args.corpus.read_text(encoding="utf-8").splitlines() if line.strip()][: args.n]
