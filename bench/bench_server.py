@@ -4,9 +4,10 @@
                                  [--client httpx|openai|openai-aiohttp] [--dtype int8]
 
 Without --url it starts `embed serve` (the default model) on a free loopback port, at a lower priority (nice 10)
-than this client. The ratio is the throughput of
-the single-text requests over that of the one big request (goal >= 0.8): how well the engine packs concurrent
-requests together. Timings are the best of --repeats; latency percentiles come from that best concurrent run.
+than this client. The ratio is the throughput of the single-text requests over that of the one big request (goal
+>= 0.8): how well the engine packs concurrent requests together. On one machine the client's CPU comes out of the
+server's: it is printed too. Timings are the best of --repeats; latency percentiles come from that best
+concurrent run.
 """
 
 import argparse
@@ -124,9 +125,10 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both alike
             seconds, tokens = asyncio.run(one_request(url, texts, args.client))
             batch = min(batch, seconds)
+            cpu = time.process_time()
             seconds, many_tokens, latencies = asyncio.run(many_requests(url, texts, args.concurrency, args.client))
             if seconds < single:
-                single, best_latencies = seconds, latencies
+                single, best_latencies, client_cpu = seconds, latencies, (time.process_time() - cpu) / seconds
         assert tokens == many_tokens, (tokens, many_tokens)
 
     p50, p99 = np.percentile(best_latencies, [50, 99]) * 1000
@@ -135,6 +137,7 @@ def main() -> None:
     print(f"one {len(texts)}-text request:        {batch:7.2f} s  {tokens / batch:8.0f} tok/s")
     print(f"{len(texts)} single-text requests, c={args.concurrency}: {single:7.2f} s  {tokens / single:8.0f} tok/s"
           f"  latency p50 {p50:.0f} ms  p99 {p99:.0f} ms")
+    print(f"the client's own CPU meanwhile: {client_cpu:.0%} of a core (on one machine, taken from the server's)")
     print(f"ratio (singles / one request): {batch / single:.2f}  (goal >= 0.8)")
 
 
