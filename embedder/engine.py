@@ -22,7 +22,7 @@ from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
 from .images import ImageRow  # noqa: E402
 from .io.readers import read_bytes  # noqa: E402
 from .long_inputs import Windows, combine  # noqa: E402
-from .models.loading import LoadedModel, load_model  # noqa: E402
+from .models.loading import ACTIVATIONS, LoadedModel, load_model  # noqa: E402
 from .options import EngineOptions  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402
 from .pooling import truncate_dims  # noqa: E402
@@ -363,9 +363,10 @@ class EmbeddingEngine:
             raise InputError(f"{self.model_id} gives {self.dim} scores per pair (one per label); ranking needs a "
                              "model with one", "model")
 
-    def submit_scores(self, firsts: Sequence[str], seconds: Sequence[str]) -> tuple[Future, int]:
+    def submit_scores(self, firsts: Sequence[str], seconds: Sequence[str], raw: bool = False) -> tuple[Future, int]:
         """Queue text pairs for `score`; returns the future of their scores and the tokens they put through the
-        model. An embedding model embeds each distinct text once."""
+        model. `raw`: a cross-encoder's logits, before its activation (TEI's raw_scores). An embedding model embeds
+        each distinct text once; its scores are cosines either way."""
         if len(firsts) != len(seconds):
             raise InputError(f"{len(firsts)} first texts for {len(seconds)} second texts; pair them one to one")
         if not firsts:
@@ -382,9 +383,10 @@ class EmbeddingEngine:
 
             return self.submit(ids, normalize=True, then=cosines), sum(self.embedded_tokens(ids))
         pairs = model.tokenizer.encode_pairs(firsts, seconds)
-        labels = model.spec.scores.labels
+        labels, activation = model.spec.scores.labels, ACTIVATIONS[model.spec.scores.activation]
 
-        def scores(out: np.ndarray) -> np.ndarray:
+        def scores(logits: np.ndarray) -> np.ndarray:
+            out = logits if raw else np.array(activation(mx.array(logits)), np.float32)
             return out[:, 0].copy() if labels == 1 else out
 
         return self._scheduler.submit(pairs.ids, pairs.splits, scores), sum(map(len, pairs.ids))

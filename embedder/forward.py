@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import ModelError
 from .images import ImageRow
-from .models.loading import ACTIVATIONS, LoadedModel
+from .models.loading import LoadedModel
 from .native.build import native_build_env
 from .pooling import pool
 
@@ -20,7 +20,7 @@ class BatchForward:
 
     def launch(self, rows: list, splits: list[int]) -> mx.array:
         """One batch, evaluated asynchronously: token rows padded, run, pooled and projected, `splits` leading tokens
-        of each left out of pooling (never its last); for a cross-encoder, each pair's scores, its second text (from
+        of each left out of pooling (never its last); for a cross-encoder, each pair's logits, its second text (from
         its split on) of token type 1; `ImageRow`s through the vision tower. Rows keep their order."""
         images = [k for k, row in enumerate(rows) if isinstance(row, ImageRow)]
         if not images:
@@ -45,10 +45,9 @@ class BatchForward:
             mask[k, : lengths[k]] = 1
         # No lock: MLX keeps tracing state and the compile cache per thread, and async_eval itself may wait
         # (at most 10 tasks in flight), which would stall the other lanes if held under one.
-        if (scores := model.spec.scores) is not None:
+        if model.spec.scores is not None:
             token_types = (np.arange(ids.shape[1])[None, :] >= np.array(splits)[:, None]).astype(np.int32)
-            logits = model.forward(mx.array(ids), mx.array(mask), mx.array(token_types))
-            return ACTIVATIONS[scores.activation](logits.astype(mx.float32))
+            return model.forward(mx.array(ids), mx.array(mask), mx.array(token_types)).astype(mx.float32)
         pool_mask = mask.copy()
         for k, split in enumerate(splits):
             pool_mask[k, : min(split, lengths[k] - 1)] = 0

@@ -182,6 +182,29 @@ def test_server_refuses_to_embed_with_a_reranker(http):
     assert reply.status_code == 400 and "cross-encoder" in reply.json()["error"]["message"]
 
 
+def test_server_ranks_as_text_embeddings_inference(http, reranker):
+    """TEI's /rerank: `texts`, the default model, a bare list of ranks; `raw_scores` the logits before the
+    cross-encoder's activation (sigmoid here)."""
+    require_oracle()
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(reranker), device="cpu")
+    pairs = [(QUERY, d) for d in DOCUMENTS]
+    scores, logits = model.predict(pairs), model.predict(pairs, activation_fn=torch.nn.Identity())
+    assert not np.allclose(scores, logits, atol=1e-3)
+    ranks = http.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "return_text": True}).json()
+    order = np.argsort(-scores, kind="stable")
+    assert [r["index"] for r in ranks] == list(order)
+    np.testing.assert_allclose([r["score"] for r in ranks], scores[order], atol=1e-5)
+    assert [r["text"] for r in ranks] == [DOCUMENTS[i] for i in order]
+    raw = http.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "raw_scores": True}).json()
+    assert all(set(r) == {"index", "score"} for r in raw)
+    np.testing.assert_allclose([r["score"] for r in sorted(raw, key=lambda r: r["index"])], logits, atol=1e-5)
+    refused = http.post("/rerank", json={"query": QUERY, "texts": []})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "texts"
+
+
 def test_rerank_needs_the_api_key(server):
     import httpx
 

@@ -304,3 +304,55 @@ def test_truncate_prompt_tokens_keeps_the_last_tokens_as_vllm(http: httpx.Client
     for bad in (0, -2, engine.max_length + 1):
         reply = http.post("/v1/embeddings", json={"input": "hi", "truncate_prompt_tokens": bad})
         assert reply.status_code == 400 and reply.json()["error"]["param"] == "truncate_prompt_tokens"
+
+
+# ---- Text Embeddings Inference's API ------------------------------------------------------------------------
+
+def test_tei_embed_as_text_embeddings_inference(http: httpx.Client, engine: EmbeddingEngine) -> None:
+    for path in ("/embed", "/"):  # TEI serves its model's task on its root too
+        reply = http.post(path, json={"inputs": TEXTS})
+        assert reply.status_code == 200, reply.text
+        assert_close(reply.json(), engine.embed(TEXTS))
+    assert_close(http.post("/embed", json={"inputs": TEXTS[0]}).json(), engine.embed(TEXTS[:1]))
+    raw = np.array(http.post("/embed", json={"inputs": TEXTS[:2], "normalize": False}).json())
+    np.testing.assert_allclose(raw, engine.embed(TEXTS[:2], normalize=False), rtol=1e-4, atol=1e-5)
+    assert np.linalg.norm(raw, axis=1).min() > 1.5  # MiniLM's pooled vectors before its Normalize module
+    short = np.array(http.post("/embed", json={"inputs": TEXTS[:1], "dimensions": 64}).json())
+    assert short.shape == (1, 64)
+    long_text = " ".join(f"word{i}" for i in range(600))
+    left = http.post("/embed", json={"inputs": [long_text], "truncation_direction": "Left"}).json()
+    last = http.post("/v1/embeddings", json={"input": [long_text], "truncate_prompt_tokens": -1}).json()
+    assert_close(left, [last["data"][0]["embedding"]])
+
+
+def test_tei_clients_and_info(server: str, http: httpx.Client, engine: EmbeddingEngine,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+    from huggingface_hub import InferenceClient
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # a loopback server, not the Hub
+    client = InferenceClient(base_url=server, api_key=API_KEY)
+    assert_close(client.feature_extraction(TEXTS[:2]), engine.embed(TEXTS[:2]))
+    info = http.get("/info").json()
+    assert info["model_type"] == {"embedding": {"pooling": "mean"}}
+    assert info["max_input_length"] == engine.max_length and info["max_client_batch_size"] == 2048
+
+
+@pytest.mark.parametrize("request_body,param", [
+    ({"inputs": []}, "inputs"),
+    ({"inputs": 7}, "inputs"),
+    ({"inputs": ["a", ""]}, "inputs"),
+    ({"inputs": "a", "normalize": "yes"}, "normalize"),
+    ({"inputs": "a", "truncation_direction": "Up"}, "truncation_direction"),
+    ({"inputs": "a", "dimensions": 5000}, "dimensions"),
+])
+def test_tei_embed_refuses_bad_requests(http: httpx.Client, request_body: dict, param: str) -> None:
+    reply = http.post("/embed", json=request_body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param
+
+
+def test_tei_routes_need_the_api_key(server: str) -> None:
+    for method, path in (("POST", "/embed"), ("POST", "/"), ("GET", "/info")):
+        reply = httpx.request(method, f"{server}{path}", json={"inputs": "hi"})
+        assert reply.status_code == 401, (path, reply.text)

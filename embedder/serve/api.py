@@ -1,4 +1,5 @@
-"""The /v1/embeddings wire format: OpenAI's request and response shapes and the input kinds a request may carry."""
+"""The wire formats: OpenAI's embeddings, Cohere's and Jina's rerank, Text Embeddings Inference's /embed and
+/rerank, and the input kinds a request may carry."""
 
 import base64
 from dataclasses import dataclass
@@ -57,17 +58,31 @@ class RerankDocument(BaseModel):
     text: str
 
 
+TruncationDirection = Literal["Left", "Right", "left", "right"]
+
+
 class RerankRequest(BaseModel):
-    """Cohere's and Jina's rerank request, as vLLM, infinity and vllm-mlx accept it on /v1/rerank and /rerank.
+    """Cohere's and Jina's rerank request, as vLLM, infinity and vllm-mlx accept it on /v1/rerank and /rerank, or
+    Text Embeddings Inference's: `texts` where the others say `documents`, and a bare list of ranks in reply.
     `top_n` 0 or absent keeps every document; documents may be strings or {"text": ...} objects."""
 
     model_config = ConfigDict(strict=True)
 
     query: str
-    documents: list[str | RerankDocument]
+    documents: list[str | RerankDocument] | None = None
     model: str | None = None
     top_n: int | None = None
     return_documents: bool = True
+    # TEI's fields. `truncate` is accepted; long pairs follow the server's policy.
+    texts: list[str] | None = None
+    raw_scores: bool = False  # a cross-encoder's logits, before its activation
+    return_text: bool = False
+    truncate: bool | None = None
+    truncation_direction: TruncationDirection = "Right"
+
+    @property
+    def tei(self) -> bool:
+        return self.texts is not None and self.documents is None
 
 
 class RerankResult(BaseModel):
@@ -81,6 +96,26 @@ class RerankResponse(BaseModel):
     model: str
     usage: Usage
     results: list[RerankResult]
+
+
+class TEIEmbedRequest(BaseModel):
+    """Text Embeddings Inference's POST /embed, as its clients send it (huggingface_hub's InferenceClient,
+    LangChain's HuggingFaceEndpointEmbeddings). `truncate` is accepted; long inputs follow the server's policy."""
+
+    model_config = ConfigDict(strict=True)
+
+    inputs: str | list[Any]
+    normalize: bool = True
+    truncate: bool | None = None
+    truncation_direction: TruncationDirection = "Right"  # "Left" keeps each input's last tokens
+    prompt_name: str | None = None
+    dimensions: int | None = None
+
+
+class TEIRank(BaseModel):
+    index: int
+    text: str | None = None
+    score: float
 
 
 class ModelCard(BaseModel):
@@ -117,11 +152,11 @@ class Inputs:
         return len(self.texts if self.texts is not None else self.token_ids)
 
 
-def parse_input(value: str | list[Any], max_inputs: int) -> Inputs:
-    """Classify `input` as OpenAI does; refuse what would embed nothing or mixes kinds."""
+def parse_input(value: str | list[Any], max_inputs: int, field: str = "input") -> Inputs:
+    """Classify `input` (TEI: `inputs`) as OpenAI does; refuse what would embed nothing or mixes kinds."""
     items = [value] if isinstance(value, str) else value
     if not items:
-        raise InputError("'input' is an empty list; send at least one string or token list", "input")
+        raise InputError(f"'{field}' is an empty list; send at least one string or token list", field)
     if all(isinstance(item, str) for item in items):
         inputs = Inputs(texts=items)
     elif all(_is_token_id(item) for item in items):
@@ -130,40 +165,45 @@ def parse_input(value: str | list[Any], max_inputs: int) -> Inputs:
         inputs = Inputs(token_ids=items)
     else:
         raise InputError(
-            "'input' must be a string, a list of strings, a list of token ids or a list of token-id lists, "
+            f"'{field}' must be a string, a list of strings, a list of token ids or a list of token-id lists, "
             "not a mix of them",
-            "input",
+            field,
         )
     if len(inputs) > max_inputs:
-        raise InputError(f"'input' holds {len(inputs)} inputs; at most {max_inputs} are allowed per request", "input")
+        raise InputError(f"'{field}' holds {len(inputs)} inputs; at most {max_inputs} are allowed per request", field)
     for i, item in enumerate(inputs.texts or inputs.token_ids):
         if not item:
-            raise InputError(f"input {i} is empty; every input needs at least one character or token", "input")
+            raise InputError(f"input {i} is empty; every input needs at least one character or token", field)
         if inputs.texts is not None and (at := lone_surrogate(item)) is not None:
             raise InputError(f"input {i} holds a lone UTF-16 surrogate at character {at}, which is not text; "
-                             "send valid Unicode", "input")
+                             "send valid Unicode", field)
         if inputs.token_ids is not None and not all(_is_token_id(t) for t in item):
-            raise InputError(f"input {i} must hold only integer token ids", "input")
+            raise InputError(f"input {i} must hold only integer token ids", field)
     return inputs
 
 
 def parse_rerank(body: RerankRequest, max_inputs: int) -> list[str]:
-    """The documents' texts; a request that would rank nothing, or more than `max_inputs`, is refused."""
+    """The documents' texts (TEI's `texts`); a request that would rank nothing, or more than `max_inputs`, is
+    refused."""
+    field = "texts" if body.tei else "documents"
+    documents = body.texts if body.tei else body.documents
+    if documents is None:
+        raise InputError("'documents' is missing; send the texts to rank", "documents")
     if not body.query:
-        raise InputError("'query' is empty; send the text to rank the documents against", "query")
-    if not body.documents:
-        raise InputError("'documents' is an empty list; send at least one document", "documents")
-    if len(body.documents) > max_inputs:
-        raise InputError(f"'documents' holds {len(body.documents)} documents; at most {max_inputs} are allowed per "
-                         "request", "documents")
+        raise InputError(f"'query' is empty; send the text to rank the {field} against", "query")
+    if not documents:
+        raise InputError(f"'{field}' is an empty list; send at least one document", field)
+    if len(documents) > max_inputs:
+        raise InputError(f"'{field}' holds {len(documents)} documents; at most {max_inputs} are allowed per "
+                         "request", field)
     if body.top_n is not None and body.top_n < 0:
         raise InputError(f"'top_n' must be 0 (every document) or more, got {body.top_n}", "top_n")
-    texts = [d if isinstance(d, str) else d.text for d in body.documents]
+    texts = [d if isinstance(d, str) else d.text for d in documents]
     for i, text in enumerate([body.query, *texts]):
         if (at := lone_surrogate(text)) is not None:
             where = "'query'" if i == 0 else f"document {i - 1}"
             raise InputError(f"{where} holds a lone UTF-16 surrogate at character {at}, which is not text; send "
-                             "valid Unicode", "query" if i == 0 else "documents")
+                             "valid Unicode", "query" if i == 0 else field)
     return texts
 
 

@@ -1,8 +1,10 @@
 """The OpenAI-compatible HTTP front: /v1/embeddings, /v1/rerank, /v1/models, /health and /metrics over served
-engines."""
+engines, and Text Embeddings Inference's /embed, /rerank and /info."""
 
 import asyncio
 import contextlib
+import importlib.metadata
+import json
 import logging
 import secrets
 import time
@@ -14,7 +16,7 @@ import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,6 +38,8 @@ from .api import (
     RerankRequest,
     RerankResponse,
     RerankResult,
+    TEIEmbedRequest,
+    TEIRank,
     Usage,
     check_token_ids,
     encode_vectors,
@@ -103,9 +107,11 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     for exc_type in (EmbedError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(exc_type, _handle)
 
-    async def answer_embeddings(body: EmbeddingRequest, receive: Receive) -> Response:
+    async def embed(body: EmbeddingRequest, receive: Receive, normalize: bool | None = None,
+                    field: str = "input") -> tuple[ServedModel, np.ndarray, int] | None:
+        """The served model, the request's vectors and their tokens; None if the client hung up first."""
         served = registry.resolve(body.model)
-        inputs = parse_input(body.input, options.max_inputs)
+        inputs = parse_input(body.input, options.max_inputs, field)
         if body.precision in CALIBRATED and len(inputs) < 2:
             raise InputError(f"precision {body.precision} takes each dimension's range from the request's own "
                              "vectors, so it needs at least two inputs", "precision")
@@ -120,12 +126,19 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             else:
                 token_ids = await run_in_threadpool(_token_ids, engine, inputs, body)
             skip = engine.prompt_skip(body.prompt, body.prompt_name) if inputs.texts else 0
-            future = engine.submit(token_ids, dimensions=dimensions, skip=skip)
+            future = engine.submit(token_ids, dimensions=dimensions, normalize=normalize, skip=skip)
             vectors = await _result(future, receive)
         if vectors is None:
-            return Response(status_code=CLIENT_CLOSED)
+            return None
         tokens = sum(engine.embedded_tokens(token_ids))
         metrics.observe_embedding(len(token_ids), tokens)
+        return served, vectors, tokens
+
+    async def answer_embeddings(body: EmbeddingRequest, receive: Receive) -> Response:
+        answer = await embed(body, receive)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        served, vectors, tokens = answer
         vectors = quantize(vectors, body.precision or "float32")
         encoded = encode_vectors(vectors, body.encoding_format, body.embed_dtype, body.endianness)
         # Built without validation: the values are the engine's own, and validating each float against the
@@ -140,18 +153,52 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         """The requests `Front` passes on to FastAPI's own JSON parsing and validation (most get a 400 there)."""
         return await answer_embeddings(body, request.receive)
 
+    @app.post("/embed", response_model=list[list[float]])
+    async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
+        """Text Embeddings Inference's /embed: the vectors as a bare list of lists of floats."""
+        keep_last = -1 if body.truncation_direction.lower() == "left" else None
+        asked = EmbeddingRequest(input=body.inputs, dimensions=body.dimensions, prompt_name=body.prompt_name,
+                                 truncate_prompt_tokens=keep_last)
+        answer = await embed(asked, request.receive, normalize=body.normalize, field="inputs")
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        return Response(json.dumps(answer[1].tolist()), media_type="application/json")
+
+    app.post("/", response_model=list[list[float]], include_in_schema=False)(tei_embed)  # TEI's root route
+
+    @app.get("/info")
+    async def info() -> dict:
+        """Text Embeddings Inference's /info, for its clients and deployment checks: the default model."""
+        served = registry.resolve(None)
+        engine = await _engine(registry, served)
+        kind = ({"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}} if engine.cross_encoder
+                else {"embedding": {"pooling": "+".join(engine.model.spec.pooling)}})
+        return {"model_id": served.public_name, "model_sha": None, "model_dtype": engine.options.dtype or "float32",
+                "model_type": kind, "max_concurrent_requests": options.max_queue,
+                "max_input_length": engine.max_length, "max_batch_tokens": engine.batch_shape.tokens,
+                "max_batch_requests": None, "max_client_batch_size": options.max_inputs,
+                "auto_truncate": engine.options.truncate, "tokenization_workers": 1,
+                "version": importlib.metadata.version("embed"), "sha": None, "docker_label": None}
+
     async def rerank(body: RerankRequest, request: Request) -> Response:
         """The documents ranked against the query, best first: a cross-encoder's scores, or an embedding model's
-        cosine similarities."""
+        cosine similarities. A TEI request (`texts`) gets TEI's reply, a bare list of ranks."""
+        tei = body.tei
         served = registry.resolve(body.model)
         documents = parse_rerank(body, options.max_inputs)
         with admission.admit(len(documents)):
             engine = await _engine(registry, served)
             engine.check_rankable()
-            future, tokens = await run_in_threadpool(engine.submit_scores, [body.query] * len(documents), documents)
+            future, tokens = await run_in_threadpool(engine.submit_scores, [body.query] * len(documents), documents,
+                                                     tei and body.raw_scores)
             scores = await _result(future, request.receive)
         if scores is None:
             return Response(status_code=CLIENT_CLOSED)
+        if tei:
+            ranks = [TEIRank(index=i, score=score, text=documents[i] if body.return_text else None)
+                     for i, score in ranked(scores)]
+            return Response(TypeAdapter(list[TEIRank]).dump_json(ranks, exclude_none=True),
+                            media_type="application/json")
         results = [RerankResult(index=i, relevance_score=score,
                                 document=RerankDocument(text=documents[i]) if body.return_documents else None)
                    for i, score in ranked(scores, body.top_n or None)]
@@ -159,8 +206,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
                                usage=Usage(prompt_tokens=tokens, total_tokens=tokens), results=results)
         return Response(reply.model_dump_json(exclude_none=True), media_type="application/json")
 
-    for path in ("/v1/rerank", "/rerank", "/v2/rerank"):  # vLLM's three spellings; Jina's, Cohere's v1 and v2
-        app.post(path, response_model=RerankResponse)(rerank)
+    for path in ("/v1/rerank", "/rerank", "/v2/rerank"):  # vLLM's three spellings; Jina's, Cohere's v1 and v2; TEI's
+        app.post(path, response_model=RerankResponse | list[TEIRank])(rerank)
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
@@ -240,7 +287,8 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
-KEYED_PATHS = ("/v1/", "/v2/", "/rerank")  # what --api-key guards; /health and /metrics stay open to probes
+KEYED_PATHS = ("/v1/", "/v2/", "/rerank", "/embed", "/info")  # what --api-key guards, with TEI's root "/";
+# /health and /metrics stay open to probes
 
 
 @dataclass
@@ -277,7 +325,7 @@ class Front:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            if self.api_key is not None and scope["path"].startswith(KEYED_PATHS):
+            if self.api_key is not None and (scope["path"].startswith(KEYED_PATHS) or scope["path"] == "/"):
                 self._check_key(_header(scope, b"authorization"))
             body = None
             if scope["method"] in ("POST", "PUT", "PATCH"):
