@@ -38,10 +38,18 @@ class TextTokenizer:
     def encode(self, texts: Sequence[str], prompt: str | None = None, keep_last: int | None = None) -> list[list[int]]:
         """Token ids with special tokens, long ones as `long_input` says; `keep_last` keeps each text's last N
         tokens of its whole tokenization instead (vLLM's truncate_prompt_tokens)."""
-        texts = self._checked([(prompt or "") + t for t in texts])
+        texts = self._prompted(texts, prompt)
         if keep_last is not None:
             return [row[-keep_last:] for row in self.encode_whole(texts)]
         return self._fitted(self.encode_batch(texts))
+
+    def whole_lengths(self, texts: Sequence[str], prompt: str | None = None) -> list[int]:
+        """Each text's tokens before any cut, as `encode` counts them: what a request refusing long inputs checks
+        on a server that cuts them."""
+        return [len(row) for row in self.encode_whole(self._prompted(texts, prompt))]
+
+    def _prompted(self, texts: Sequence[str], prompt: str | None) -> list[str]:
+        return self._checked([(prompt or "") + t for t in texts])
 
     def encode_pairs(self, firsts: Sequence[str], seconds: Sequence[str]) -> "Pairs":
         """Each (first, second) pair as one input, as transformers tokenizes a pair for a cross-encoder: both texts

@@ -323,6 +323,13 @@ def test_tei_embed_as_text_embeddings_inference(http: httpx.Client, engine: Embe
     left = http.post("/embed", json={"inputs": [long_text], "truncation_direction": "Left"}).json()
     last = http.post("/v1/embeddings", json={"input": [long_text], "truncate_prompt_tokens": -1}).json()
     assert_close(left, [last["data"][0]["embedding"]])
+    for truncate in (None, True):  # absent or true: cut, as this server cuts
+        asked = {"inputs": [TEXTS[0], long_text]} | ({} if truncate is None else {"truncate": truncate})
+        assert_close(http.post("/embed", json=asked).json(), engine.embed([TEXTS[0], long_text]))
+    refused = http.post("/embed", json={"inputs": [TEXTS[0], long_text], "truncate": False})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "input_too_long"
+    assert refused.json()["error"]["message"].startswith("input 1 has ")
+    assert http.post("/embed", json={"inputs": TEXTS, "truncate": False}).status_code == 200
 
 
 def test_tei_clients_and_info(server: str, http: httpx.Client, engine: EmbeddingEngine,

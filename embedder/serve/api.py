@@ -100,7 +100,8 @@ class RerankResponse(BaseModel):
 
 class TEIEmbedRequest(BaseModel):
     """Text Embeddings Inference's POST /embed, as its clients send it (huggingface_hub's InferenceClient,
-    LangChain's HuggingFaceEndpointEmbeddings). `truncate` is accepted; long inputs follow the server's policy."""
+    LangChain's HuggingFaceEndpointEmbeddings). `truncate: false` refuses long inputs; absent or true, they
+    follow the server's policy (cut, unless it runs with --no-truncate)."""
 
     model_config = ConfigDict(strict=True)
 

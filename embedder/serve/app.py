@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine import EmbeddingEngine, ranked
-from ..errors import AuthError, EmbedError, InputError, Overloaded
+from ..errors import AuthError, EmbedError, InputError, InputTooLong, Overloaded
 from ..images import DATA_URI_PREFIX, decode_data_uri
 from ..quantize import CALIBRATED, quantize
 from .access_log import AccessLog
@@ -156,6 +156,11 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     @app.post("/embed", response_model=list[list[float]])
     async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
         """Text Embeddings Inference's /embed: the vectors as a bare list of lists of floats."""
+        if body.truncate is False:
+            texts = parse_input(body.inputs, options.max_inputs, "inputs").texts
+            if texts is not None:
+                engine = await _engine(registry, registry.resolve(None))
+                await run_in_threadpool(_refuse_long, engine, texts, body.prompt_name)
         keep_last = -1 if body.truncation_direction.lower() == "left" else None
         asked = EmbeddingRequest(input=body.inputs, dimensions=body.dimensions, prompt_name=body.prompt_name,
                                  truncate_prompt_tokens=keep_last)
@@ -263,6 +268,15 @@ def _token_ids(engine: EmbeddingEngine, inputs: Inputs, body: EmbeddingRequest) 
         inputs = Inputs(token_ids=[ids[-keep_last:] for ids in inputs.token_ids])
     return check_token_ids(inputs.token_ids, engine.vocab_size, engine.max_length,
                            engine.options.long_input_mode)
+
+
+def _refuse_long(engine: EmbeddingEngine, texts: list[str], prompt_name: str | None) -> None:
+    """TEI's `truncate: false`: an input over the model's length is refused, though this server would cut it."""
+    lengths = engine.model.tokenizer.whole_lengths(texts, engine.resolve_prompt(None, prompt_name))
+    for i, n in enumerate(lengths):
+        if n > engine.max_length:
+            raise InputTooLong(f"input {i} has {n} tokens, more than the model's maximum of {engine.max_length}; "
+                               "send 'truncate': true to cut it", "inputs")
 
 
 async def _result(future: Future, receive: Receive) -> np.ndarray | None:
