@@ -47,32 +47,34 @@ def _kernels() -> SimpleNamespace | None:
     return kernels
 
 
+def _typed_library(name: str, supported: str, signatures: dict[str, tuple[list, type]]) -> ctypes.CDLL | None:
+    """A kernel library built here whose `supported()` probe says this CPU runs it, each function typed as
+    `signatures` says (name -> argtypes, restype); None otherwise."""
+    library = native_library(name)
+    if library is None or not getattr(library, supported)():
+        return None
+    for function, (argtypes, restype) in signatures.items():
+        kernel = getattr(library, function)
+        kernel.argtypes, kernel.restype = argtypes, restype
+    return library
+
+
 @functools.cache
 def _int8_kernels() -> ctypes.CDLL | None:
-    library = native_library("int8_matmul")
-    if library is None or not library.embed_int8_supported():
-        return None
-    library.embed_int8_packed_bytes.argtypes = [_INT, _INT]
-    library.embed_int8_packed_bytes.restype = ctypes.c_long
-    library.embed_int8_pack.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _PTR]
-    library.embed_int8_matmul.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _PTR, _PTR, _INT, _PTR]
-    for kernel in (library.embed_int8_pack, library.embed_int8_matmul):
-        kernel.restype = _INT
-    return library
+    return _typed_library("int8_matmul", "embed_int8_supported", {
+        "embed_int8_packed_bytes": ([_INT, _INT], ctypes.c_long),
+        "embed_int8_pack": ([_PTR, _INT, _INT, _PTR, _PTR, _PTR], _INT),
+        "embed_int8_matmul": ([_PTR, _INT, _INT, _PTR, _PTR, _PTR, _PTR, _INT, _PTR], _INT),
+    })
 
 
 @functools.cache
 def _f32_kernels() -> ctypes.CDLL | None:
-    library = native_library("f32_matmul")
-    if library is None or not library.embed_f32_supported():
-        return None
-    library.embed_f32_packed_floats.argtypes = [_INT, _INT]
-    library.embed_f32_packed_floats.restype = ctypes.c_long
-    library.embed_f32_pack.argtypes = [_PTR, _INT, _INT, _PTR]
-    library.embed_f32_pack.restype = _INT
-    library.embed_f32_matmul.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _INT, _PTR]
-    library.embed_f32_matmul.restype = _INT
-    return library
+    return _typed_library("f32_matmul", "embed_f32_supported", {
+        "embed_f32_packed_floats": ([_INT, _INT], ctypes.c_long),
+        "embed_f32_pack": ([_PTR, _INT, _INT, _PTR], _INT),
+        "embed_f32_matmul": ([_PTR, _INT, _INT, _PTR, _PTR, _INT, _PTR], _INT),
+    })
 
 
 class _LayerKernels(ctypes.Structure):  # csrc/encoder_layer.cpp's EmbedKernels
