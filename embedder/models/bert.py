@@ -170,7 +170,7 @@ class Model(nn.Module):
 
     def packs_tokens(self) -> bool:
         """Whether batches run on their real tokens alone here: padding then costs the planner little."""
-        return fastmath.packs_tokens(self.embeddings.LayerNorm.weight.dtype,
+        return fastmath.native_heads(self.embeddings.LayerNorm.weight.dtype,
                                      self.args.hidden_size // self.args.num_attention_heads)
 
     heads = ("pooler.", "cls.", "lm_head.", "classifier.")  # what `sanitize` drops: task heads this model lacks

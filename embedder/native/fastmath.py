@@ -29,10 +29,10 @@ def gelu(x: mx.array) -> mx.array:
     return _gelu_formula(x)
 
 
-def packs_tokens(dtype: mx.Dtype, head_dim: int) -> bool:
-    """Whether encoder layers of this dtype and head size run on a batch's real tokens alone here
-    (`PackedTokens`): the native CPU path."""
-    return _native_dtype(dtype) and head_dim <= kernels.max_head_dim()
+def native_heads(dtype: mx.Dtype, head_dim: int) -> bool:
+    """Whether our attention kernel runs for this dtype and head size here, and so encoder layers run on a batch's
+    real tokens alone (`PackedTokens`): the native CPU path."""
+    return _native(dtype) and head_dim <= kernels.max_head_dim()
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class PackedTokens:
     def of(cls, attention_mask: mx.array, x: mx.array, head_dim: int) -> PackedTokens | None:
         """None off the native path or for a batch that is not right-padded. A batch without padding packs too
         (a reshape), for `encoder_layers`."""
-        if not packs_tokens(x.dtype, head_dim):
+        if not native_heads(x.dtype, head_dim):
             return None
         mask = np.asarray(attention_mask) != 0
         lengths = mask.sum(1)
@@ -146,7 +146,7 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | P
         return kernels.self_attention(qkv, n_heads, scale, None, bias, starts=mask.starts)
     B, L, width = qkv.shape
     D = width // (3 * n_heads)
-    if (_native(qkv) and D <= kernels.max_head_dim()
+    if (native_heads(qkv.dtype, D)
             and (mask is None or (mask.shape == (B, 1, 1, L) and mask.dtype == mx.bool_))
             and (bias is None or (bias.shape == (n_heads, L, L) and bias.dtype == mx.float32))):
         return kernels.self_attention(qkv, n_heads, scale, mask, bias)
@@ -190,18 +190,14 @@ def _fast_path(x: mx.array) -> bool:
     return fast_cpu_kernels(x.dtype)
 
 
-def _native(x: mx.array) -> bool:
-    return _native_dtype(x.dtype)
-
-
-def _native_dtype(dtype: mx.Dtype) -> bool:
+def _native(dtype: mx.Dtype) -> bool:
     return fast_cpu_kernels(dtype) and kernels.available()
 
 
 def _native_linear(dense: nn.Module, x: mx.array) -> bool:
     if isinstance(dense, Int8Linear):
-        return _native(x)
-    return isinstance(dense, Linear) and dense["weight"].dtype == mx.float32 and _native(x)
+        return _native(x.dtype)
+    return isinstance(dense, Linear) and dense["weight"].dtype == mx.float32 and _native(x.dtype)
 
 
 def _weight(dense: nn.Module) -> mx.array | kernels.Int8Weight:
