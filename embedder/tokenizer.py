@@ -68,12 +68,15 @@ class TextTokenizer:
 
     def _fitted(self, ids: list[list[int]]) -> list[list[int]]:
         if self.long_input == "error":
-            for i, row in enumerate(ids):
-                if len(row) > self.max_length:
-                    raise InputTooLong(
-                        f"input {i} has {len(row)} tokens, more than the model's maximum of {self.max_length}"
-                    )
+            self.refuse_long([len(row) for row in ids])
         return ids
+
+    def refuse_long(self, lengths: Sequence[int], advice: str = "", param: str = "input") -> None:
+        """Refuse the first input over max_length, naming it; `advice` ends the message."""
+        for i, n in enumerate(lengths):
+            if n > self.max_length:
+                raise InputTooLong(f"input {i} has {n} tokens, more than the model's maximum of {self.max_length}"
+                                   f"{advice}", param)
 
     def special_tokens(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The special tokens encode() puts before and after every text ([CLS] and [SEP], <s> and </s>...)."""

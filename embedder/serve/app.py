@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine import EmbeddingEngine, ranked
-from ..errors import AuthError, EmbedError, InputError, InputTooLong, Overloaded
+from ..errors import AuthError, EmbedError, InputError, Overloaded
 from ..images import DATA_URI_PREFIX, decode_data_uri
 from ..quantize import CALIBRATED, quantize
 from .access_log import AccessLog
@@ -272,11 +272,9 @@ def _token_ids(engine: EmbeddingEngine, inputs: Inputs, body: EmbeddingRequest) 
 
 def _refuse_long(engine: EmbeddingEngine, texts: list[str], prompt_name: str | None) -> None:
     """TEI's `truncate: false`: an input over the model's length is refused, though this server would cut it."""
-    lengths = engine.model.tokenizer.whole_lengths(texts, engine.resolve_prompt(None, prompt_name))
-    for i, n in enumerate(lengths):
-        if n > engine.max_length:
-            raise InputTooLong(f"input {i} has {n} tokens, more than the model's maximum of {engine.max_length}; "
-                               "send 'truncate': true to cut it", "inputs")
+    tokenizer = engine.model.tokenizer
+    tokenizer.refuse_long(tokenizer.whole_lengths(texts, engine.resolve_prompt(None, prompt_name)),
+                          "; send 'truncate': true to cut it", "inputs")
 
 
 async def _result(future: Future, receive: Receive) -> np.ndarray | None:
