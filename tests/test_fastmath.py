@@ -205,25 +205,24 @@ def _bert_layer(rng, hidden: int, heads: int, act: str = "gelu", family: str = "
     return layer
 
 
-@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "int8", "float16"])
 @pytest.mark.parametrize("act, family, count", [("gelu", "bert", 1), ("gelu", "bert", 3), ("relu", "bert", 2),
                                                 ("gelu", "mpnet", 2)])
-def test_layers_on_packed_rows_equal_the_padded_layers(int8, act, family, count):
+def test_layers_on_packed_rows_equal_the_padded_layers(dtype, act, family, count):
     """BERT's and MPNet's layers over packed rows (all in one native call with GELU, MPNet's position bias
     included; kernel by kernel with another activation) give what the padded MLX batch gives at its real tokens,
-    for one layer and stacks of them; int8 projections too."""
+    for one layer and stacks of them; int8 and float16 projections too."""
     from embedder.models.bert import run_layers
+    from embedder.models.quantized import PACKED_DTYPES, use_packed_matmuls
 
     _native_or_skip()
-    if int8 and not kernels.int8_available():
-        pytest.skip("no int8 kernel on this CPU")
+    if dtype != "float32" and not getattr(kernels, PACKED_DTYPES[dtype][0])():
+        pytest.skip(f"no {dtype} kernel on this CPU")
     rng = np.random.default_rng(7)
     layers = [_bert_layer(rng, 64, 4, act, family) for _ in range(count)]
-    if int8:
-        from embedder.models.quantized import use_int8_matmuls
-
+    if dtype != "float32":
         for layer in layers:
-            use_int8_matmuls(layer, family)
+            use_packed_matmuls(layer, family, dtype)
     lengths = np.array([9, 3, 1, 9, 6])
     keep = np.arange(9) < lengths[:, None]
     x = mx.array(rng.standard_normal((5, 9, 64)).astype(np.float32))
@@ -292,13 +291,13 @@ def test_the_small_batch_weight_follows_its_weight():
 def test_the_one_call_layers_report_a_kernel_failure():
     """A NaN reaching an int8 projection inside the one-call layers comes back as the kernel's error."""
     from embedder.errors import ModelError
-    from embedder.models.quantized import use_int8_matmuls
+    from embedder.models.quantized import use_packed_matmuls
 
     _native_or_skip()
     if not kernels.int8_available():
         pytest.skip("no int8 kernel on this CPU")
     layer = _bert_layer(np.random.default_rng(1), 32, 2)
-    use_int8_matmuls(layer, "bert")
+    use_packed_matmuls(layer, "bert", "int8")
     x = np.ones((1, 4, 32), np.float32)
     x[0, 2, 5] = np.nan
     packed = fastmath.PackedTokens.of(mx.array(np.ones((1, 4), np.int32)), mx.array(x), 16)

@@ -15,7 +15,7 @@ import pytest
 from embedder import EmbeddingEngine
 from embedder.errors import ModelError
 from embedder.native import kernels
-from reference import assert_int8_near_float32, cosine
+from reference import assert_packed_near_float32, cosine
 from test_server import running_server
 from tiny_models import save_sentence_transformer, tiny_cross_encoder, tiny_encoder, tiny_transformer
 
@@ -50,7 +50,7 @@ def test_kernel_equals_the_same_quantization_in_numpy(m, k, n):
     w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
     w[0] = 0  # an all-zero channel
     bias = rng.standard_normal(n).astype(np.float32)
-    got = np.asarray(kernels.int8_matmul(mx.array(x), kernels.pack_int8(mx.array(w)), mx.array(bias))[0])
+    got = np.asarray(kernels.packed_matmul(mx.array(x), kernels.pack_int8(mx.array(w)), mx.array(bias))[0])
     want = _quantized_reference(x, w) + bias
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     exact = x.astype(np.float64) @ w.T.astype(np.float64) + bias
@@ -61,7 +61,7 @@ def test_kernel_takes_zero_and_constant_rows_and_batched_shapes():
     x = np.zeros((2, 3, 40), np.float32)
     x[0, 1] = 2.5  # a constant row: one level, exact
     w = np.random.default_rng(0).standard_normal((24, 40)).astype(np.float32)
-    got = np.asarray(kernels.int8_matmul(mx.array(x), kernels.pack_int8(mx.array(w)))[0])
+    got = np.asarray(kernels.packed_matmul(mx.array(x), kernels.pack_int8(mx.array(w)))[0])
     assert got.shape == (2, 3, 24) and np.isfinite(got).all()
     assert not got[1].any() and not got[0, 0].any()
     np.testing.assert_allclose(got[0, 1], _quantized_reference(x[0, 1:2], w)[0], rtol=1e-5, atol=1e-5)
@@ -79,7 +79,7 @@ def test_non_finite_activations_are_an_error_not_a_level(bad):
     x = np.ones((3, 40), np.float32)
     x[1, 17] = bad
     with pytest.raises(ModelError, match="int8 matmul kernel met a NaN"):
-        kernels.int8_matmul(mx.array(x), kernels.pack_int8(mx.array(np.ones((8, 40), np.float32))))
+        kernels.packed_matmul(mx.array(x), kernels.pack_int8(mx.array(np.ones((8, 40), np.float32))))
 
 
 def test_minilm_int8_fidelity_on_the_golden_texts(minilm_path):
@@ -103,7 +103,7 @@ def test_minilm_int8_fidelity_on_the_golden_texts(minilm_path):
 def test_tiny_encoders_in_int8_stay_near_float32(tmp_path, minilm_path, kind):
     hf = (tiny_transformer(kind, minilm_path, tmp_path) if kind == "modernbert"
           else tiny_encoder(kind, minilm_path, tmp_path))
-    assert_int8_near_float32(save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64), TEXTS)
+    assert_packed_near_float32(save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64), TEXTS)
 
 
 def test_cross_encoder_scores_in_int8(tmp_path, minilm_path):

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reference import assert_int8_near_float32, cosine, require_oracle, st_reference
+from reference import assert_packed_near_float32, cosine, needs_f16, needs_int8, require_oracle, st_reference
 from test_models_encoders import TEXTS  # short next to long (past max_seq_length): every batch pads, some truncate
 from tiny_models import save_sentence_transformer, save_with_noisy_norms
 
 from embedder import EmbeddingEngine
-from embedder.native import kernels
 
 # Weights drawn wide, so attention is far from uniform and a wrong rotation cannot hide.
 SMALL = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
@@ -155,11 +154,12 @@ def test_port_matches_pytorch(tmp_path, minilm_path, kind, pooling, normalize, o
     engine.unload()
 
 
-@pytest.mark.skipif(not kernels.int8_available(), reason="no AVX512-VNNI int8 kernel on this CPU")
+@pytest.mark.parametrize("dtype", [pytest.param("int8", marks=needs_int8), pytest.param("float16", marks=needs_f16)])
 @pytest.mark.parametrize("kind", ["nomic_bert", "gte"])
-def test_port_in_int8_stays_near_float32(tmp_path, minilm_path, kind):
+def test_port_in_packed_dtypes_stays_near_float32(tmp_path, minilm_path, kind, dtype):
     hf, _ = tiny_port(kind, minilm_path, tmp_path)
-    assert_int8_near_float32(save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64), TEXTS)
+    assert_packed_near_float32(save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64),
+                               TEXTS, dtype)
 
 
 @pytest.mark.parametrize("layout", ["published", "port-names"])

@@ -7,12 +7,11 @@ import random
 
 import numpy as np
 import pytest
-from reference import assert_int8_near_float32, cosine, require_oracle, st_reference
+from reference import assert_packed_near_float32, cosine, needs_f16, needs_int8, require_oracle, st_reference
 from test_models_encoders import TEXTS as ENCODER_TEXTS
 from tiny_models import save_sentence_transformer
 
 from embedder import EmbeddingEngine
-from embedder.native import kernels
 
 MAX_SEQ_LENGTH = 48
 # Short next to long (past MAX_SEQ_LENGTH, and past the position buckets' exact range), CJK, emoji.
@@ -151,7 +150,7 @@ def test_embed_models_describes_t5(tmp_path, t5_tokenizer):
     assert {"t5", "mt5"} <= set(json.loads(listing.stdout)["own_encoders"])
 
 
-@pytest.mark.skipif(not kernels.int8_available(), reason="no AVX512-VNNI int8 kernel on this CPU")
+@pytest.mark.parametrize("dtype", [pytest.param("int8", marks=needs_int8), pytest.param("float16", marks=needs_f16)])
 @pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu"])
-def test_sentence_t5_in_int8_stays_near_float32(tmp_path, t5_tokenizer, feed_forward_proj):
-    assert_int8_near_float32(sentence_t5(t5_tokenizer, tmp_path, feed_forward_proj), TEXTS)
+def test_sentence_t5_in_packed_dtypes_stays_near_float32(tmp_path, t5_tokenizer, feed_forward_proj, dtype):
+    assert_packed_near_float32(sentence_t5(t5_tokenizer, tmp_path, feed_forward_proj), TEXTS, dtype)

@@ -15,8 +15,10 @@ from mlx.utils import tree_flatten
 from ..errors import ModelError
 from ..hub import canonical_id, resolve_model_path
 from ..images import ImageProcessor, read_image_processor
+from ..native import kernels
 from ..options import EngineOptions
 from ..tokenizer import TextTokenizer, load_tokenizer
+from .quantized import packs_projections, use_blas_for_quantized, use_packed_matmuls
 from .st_config import DenseSpec, PipelineSpec, pooling_modes, read_pipeline_spec
 
 # model_type -> (package, module). Encoders are ours: they own speed, padding and exactness. Decoders run
@@ -41,6 +43,7 @@ ARCHITECTURES = {
 }
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 INT8 = "int8"  # float32 weights and activations, the encoder's matmuls in int8 (CPU; models/quantized.py)
+# float16 on a CPU with AVX512-FP16 runs the same way, its matmuls in float16 (elsewhere, MLX's float16)
 # Activations that overflow float16 (Gemma's embedding scale and residual stream, T5's feed-forward, which
 # transformers keeps in float32): bfloat16 on GPU instead.
 BFLOAT16_ONLY = ("gemma", "gemma2", "gemma3_text", "t5", "mt5")  # T5's feed-forward outputs overflow float16 too
@@ -254,24 +257,28 @@ def load_model(options: EngineOptions) -> LoadedModel:
     if pooling is not None and spec.scores is None:
         spec = dataclasses.replace(spec, pooling=pooling_override(pooling))
     dtype = options.dtype or default_dtype(config)
-    weights_dtype = "float32" if dtype == INT8 else dtype  # int8: float32 weights, quantized below
+    on_cpu = mx.default_device() == mx.cpu
+    packed = on_cpu and (dtype == INT8 or (dtype == "float16" and not config.get("quantization")
+                                           and kernels.f16_available()))
+    weights_dtype = "float32" if packed else dtype  # packed: float32 weights, packed for our kernels below
     if weights_dtype not in DTYPES:
         raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join((*DTYPES, INT8))}")
-    if weights_dtype in ("float16", "bfloat16") and mx.default_device() == mx.cpu:
-        warnings.warn(f"dtype {dtype} on the CPU runs MLX's generic kernels, ~30x slower than float32 (which is "
-                      "exact); for speed on the CPU use int8", RuntimeWarning, stacklevel=2)
-    if dtype == INT8 and mx.default_device() != mx.cpu:
+    if dtype == INT8 and not on_cpu:
         raise ModelError("dtype int8 runs on the CPU only; on a GPU use float16 or bfloat16")
     if dtype == INT8 and config.get("quantization"):
         raise ModelError("dtype int8 quantizes a float checkpoint; this one is already quantized")
     module = build_model(config, path, DTYPES[weights_dtype], spec.scores.labels if spec.scores else None)
-    if dtype == INT8:
-        from .quantized import use_int8_matmuls
-
-        use_int8_matmuls(module, config["model_type"])
-    elif config.get("quantization") and mx.default_device() == mx.cpu:
-        from .quantized import use_blas_for_quantized
-
+    if packed and dtype != INT8 and not packs_projections(module):
+        module.set_dtype(mx.float16)  # no projections for our kernel (a decoder): MLX's own float16, as before
+        weights_dtype = dtype
+        mx.eval(held_arrays(module))
+    if weights_dtype in ("float16", "bfloat16") and on_cpu:
+        warnings.warn(f"dtype {dtype} on the CPU runs MLX's generic kernels here, ~30x slower than float32 (which "
+                      "is exact); for speed on the CPU use int8, or float16 on a CPU with AVX512-FP16",
+                      RuntimeWarning, stacklevel=2)
+    if weights_dtype != dtype:
+        use_packed_matmuls(module, config["model_type"], dtype)
+    elif config.get("quantization") and on_cpu:
         use_blas_for_quantized(module)
 
     limit = position_limit(config)

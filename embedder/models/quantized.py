@@ -1,5 +1,6 @@
-"""Quantized layers on the CPU: MLX-quantized checkpoints dequantize, then one BLAS matmul; `dtype="int8"` runs a
-float32 model's encoder projections as int8 matmuls."""
+"""Quantized layers on the CPU: MLX-quantized checkpoints dequantize, then one BLAS matmul; `dtype="int8"` and,
+on CPUs with float16 arithmetic, `dtype="float16"` run a float32 model's encoder projections in our int8 or
+float16 matmul kernels."""
 
 from collections.abc import Callable
 
@@ -37,15 +38,29 @@ def use_blas_for_quantized(model: nn.Module) -> None:
     _swap_layers(model, lambda m: isinstance(m, nn.QuantizedLinear), DequantizingLinear)
 
 
-def use_int8_matmuls(model: nn.Module, architecture: str) -> None:
-    """Swap the encoder layers' float32 projections (`fastmath.Linear`) for int8 ones; heads, poolers and
-    classifiers stay float32. Refuses where it cannot run, rather than run float32 under an int8 label."""
-    if not kernels.int8_available():
-        raise ModelError("dtype int8 needs a Linux CPU with AVX512-VNNI and g++ (the native kernels); "
+# dtype -> the `kernels` functions that say whether its kernel runs here and pack a weight for it, and the
+# instructions it needs
+PACKED_DTYPES = {"int8": ("int8_available", "pack_int8", "AVX512-VNNI"),
+                 "float16": ("f16_available", "pack_f16", "AVX512-FP16")}
+
+
+def packs_projections(model: nn.Module) -> bool:
+    """Whether the model has encoder projections that `use_packed_matmuls` can swap."""
+    return any(_encoder_projection(m) for _, m in model.named_modules())
+
+
+def use_packed_matmuls(model: nn.Module, architecture: str, dtype: str) -> None:
+    """Swap the encoder layers' float32 projections (`fastmath.Linear`) for ones that multiply in `dtype` (int8 or
+    float16) on weights packed once; heads, poolers and classifiers stay float32. Refuses where it cannot run,
+    rather than run float32 under another label."""
+    available, packer, instructions = PACKED_DTYPES[dtype]
+    pack = getattr(kernels, packer)
+    if not getattr(kernels, available)():
+        raise ModelError(f"dtype {dtype} needs a Linux CPU with {instructions} and g++ (the native kernels); "
                          "use float32 here")
-    if not any(_encoder_projection(m) for _, m in model.named_modules()):
-        raise ModelError(f"dtype int8 is not available for {architecture!r} models; use float32")
-    _swap_layers(model, _encoder_projection, fastmath.Int8Linear.from_linear)
+    if not packs_projections(model):
+        raise ModelError(f"dtype {dtype} is not available for {architecture!r} models; use float32")
+    _swap_layers(model, _encoder_projection, lambda linear: fastmath.PackedLinear.from_linear(linear, pack))
 
 
 def _encoder_projection(module: nn.Module) -> bool:

@@ -11,6 +11,7 @@ kernels run unchanged; on a GPU, GELU is fused by `mx.compile` too, and attentio
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -195,13 +196,13 @@ def _native(dtype: mx.Dtype) -> bool:
 
 
 def _native_linear(dense: nn.Module, x: mx.array) -> bool:
-    if isinstance(dense, Int8Linear):
+    if isinstance(dense, PackedLinear):
         return _native(x.dtype)
     return isinstance(dense, Linear) and dense["weight"].dtype == mx.float32 and _native(x.dtype)
 
 
-def _weight(dense: nn.Module) -> mx.array | kernels.Int8Weight:
-    return dense.int8 if isinstance(dense, Int8Linear) else dense["weight"]
+def _weight(dense: nn.Module) -> mx.array | kernels.PackedWeight:
+    return dense.packed if isinstance(dense, PackedLinear) else dense["weight"]
 
 
 def _gelu_formula(x: mx.array) -> mx.array:
@@ -230,23 +231,24 @@ class Linear(nn.Linear):
         return cached[1]
 
 
-class Int8Linear(nn.Module):
-    """A float32 `Linear` whose matmul runs in int8 on the CPU (`kernels.int8_matmul`: weights per output channel,
-    activations per row); float32 in and out, so everything around it is unchanged. Made from a loaded `Linear` by
-    `from_linear`; the packed weight is not a parameter (nothing saves or loads it)."""
+class PackedLinear(nn.Module):
+    """A float32 `Linear` whose matmul runs on a weight packed once for our int8 or float16 kernel
+    (`kernels.packed_matmul`: weights per output channel, activations per row); float32 in and out, so everything
+    around it is unchanged. Made from a loaded `Linear` by `from_linear`; the packed weight is not a parameter
+    (nothing saves or loads it)."""
 
-    def __init__(self, int8: kernels.Int8Weight, bias: mx.array | None):
+    def __init__(self, packed: kernels.PackedWeight, bias: mx.array | None):
         super().__init__()
-        self.int8 = int8
+        self.packed = packed
         if bias is not None:
             self.bias = bias
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        return cls(kernels.pack_int8(linear["weight"]), linear.get("bias"))
+    def from_linear(cls, linear: nn.Linear, pack: Callable[[mx.array], kernels.PackedWeight]) -> PackedLinear:
+        return cls(pack(linear["weight"]), linear.get("bias"))
 
     def __call__(self, x: mx.array) -> mx.array:
-        return kernels.int8_matmul(x, self.int8, self.get("bias"))[0]
+        return kernels.packed_matmul(x, self.packed, self.get("bias"))[0]
 
 
 def activation(name: str):

@@ -5,8 +5,8 @@ other threads run meanwhile) and returns an MLX array. Kernels write in place in
 itself makes and that nothing else holds (a matmul's output, or a new zeroed array), through a NumPy view of its
 memory (NumPy views of an evaluated MLX array share it, as MLX documents), so no other array can see the write
 and nothing is copied back. A kernel reports failure (an exception inside it, no kernel for a head size, a NaN
-where int8 must round) as a status, raised here as ModelError. float32 on the CPU only; `available()` and
-`int8_available()` say whether the kernels built here.
+where int8 or float16 must round) as a status, raised here as ModelError. float32 on the CPU only; `available()`,
+`int8_available()` and `f16_available()` say whether the kernels built here.
 
 `encoder_layers` runs a stack of BERT layers in one call (csrc/encoder_layer.cpp: the kernels above and the loaded
 BLAS's sgemm, by function pointer) and returns NumPy.
@@ -69,6 +69,15 @@ def _int8_kernels() -> ctypes.CDLL | None:
 
 
 @functools.cache
+def _f16_kernels() -> ctypes.CDLL | None:
+    return _typed_library("f16_matmul", "embed_f16_supported", {
+        "embed_f16_packed_halves": ([_INT, _INT], ctypes.c_long),
+        "embed_f16_pack": ([_PTR, _INT, _INT, _PTR, _PTR], _INT),
+        "embed_f16_matmul": ([_PTR, _INT, _INT, _PTR, _PTR, _PTR, _INT, _PTR], _INT),
+    })
+
+
+@functools.cache
 def _f32_kernels() -> ctypes.CDLL | None:
     return _typed_library("f32_matmul", "embed_f32_supported", {
         "embed_f32_packed_floats": ([_INT, _INT], ctypes.c_long),
@@ -78,12 +87,12 @@ def _f32_kernels() -> ctypes.CDLL | None:
 
 
 class _LayerKernels(ctypes.Structure):  # csrc/encoder_layer.cpp's EmbedKernels
-    _fields_ = [(name, _PTR) for name in ("sgemm", "int8_matmul", "f32_matmul", "attention", "bias_gelu",
-                                          "add_layer_norm")]
+    _fields_ = [(name, _PTR) for name in ("sgemm", "int8_matmul", "f16_matmul", "f32_matmul", "attention",
+                                          "bias_gelu", "add_layer_norm")]
 
 
 class _Projection(ctypes.Structure):  # EmbedProjection
-    _fields_ = [*((name, _PTR) for name in ("weight", "f32_packed", "packed", "scales", "sums", "bias")),
+    _fields_ = [*((name, _PTR) for name in ("weight", "f32_packed", "packed", "f16_packed", "scales", "sums", "bias")),
                 ("n", _INT), ("k", _INT)]
 
 
@@ -102,10 +111,10 @@ def _layer_kernel() -> tuple[ctypes._CFuncPtr, _LayerKernels] | None:
     library, kernels, blas_sgemm = native_library("encoder_layer"), _kernels(), sgemm()
     if library is None or kernels is None or blas_sgemm is None:
         return None
-    int8, f32 = _int8_kernels(), _f32_kernels()
+    int8, f16, f32 = _int8_kernels(), _f16_kernels(), _f32_kernels()
     table = _LayerKernels(*(None if f is None else ctypes.cast(f, _PTR).value for f in (
-        blas_sgemm, int8 and int8.embed_int8_matmul, f32 and f32.embed_f32_matmul, kernels.attention,
-        kernels.bias_gelu, kernels.add_layer_norm)))
+        blas_sgemm, int8 and int8.embed_int8_matmul, f16 and f16.embed_f16_matmul, f32 and f32.embed_f32_matmul,
+        kernels.attention, kernels.bias_gelu, kernels.add_layer_norm)))
     layers = library.embed_encoder_layers
     layers.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _PTR, _INT, _INT, _INT, _FLOAT, _PTR]
     layers.restype = _INT
@@ -121,9 +130,14 @@ def int8_available() -> bool:
     return available() and _int8_kernels() is not None
 
 
+def f16_available() -> bool:
+    """Whether the float16 matmul runs here: the kernels built, for a CPU with AVX512-FP16."""
+    return available() and _f16_kernels() is not None
+
+
 @dataclass(frozen=True)
 class Int8Weight:
-    """A Linear's (out, in) weight as int8, symmetric per output channel, packed for `int8_matmul`."""
+    """A Linear's (out, in) weight as int8, symmetric per output channel, packed for `packed_matmul`."""
 
     packed: np.ndarray  # int8, 64 output channels by the whole depth, four inputs a lane
     scales: np.ndarray  # float32, one per output channel (padded to a multiple of 64)
@@ -131,31 +145,62 @@ class Int8Weight:
     shape: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class F16Weight:
+    """A Linear's (out, in) weight as float16, scaled per output channel to a peak of 1, packed for
+    `packed_matmul`."""
+
+    packed: np.ndarray  # uint16 (float16 bits), 64 output channels by the whole depth, two inputs a lane
+    scales: np.ndarray  # float32, each output channel's peak |w| (padded to a multiple of 64)
+    shape: tuple[int, int]
+
+
+PackedWeight = Int8Weight | F16Weight
+
+
 def pack_int8(weight: mx.array) -> Int8Weight:
     """`weight` (out, in), float32, quantized and packed once, at load."""
     n, k = weight.shape
     data = _buffer(weight, (n, k), mx.float32, "weight")
-    channels = -(-n // 64) * 64
-    packed = Int8Weight(np.empty(_int8_kernels().embed_int8_packed_bytes(n, k), np.int8),
-                        np.empty(channels, np.float32), np.empty(channels, np.int32), (n, k))
+    size = _int8_kernels().embed_int8_packed_bytes(n, k)
+    channels = size // (-(-k // 4) * 4)
+    packed = Int8Weight(np.empty(size, np.int8), np.empty(channels, np.float32), np.empty(channels, np.int32), (n, k))
     _check(_int8_kernels().embed_int8_pack(data.ctypes.data, n, k, packed.packed.ctypes.data,
                                             packed.scales.ctypes.data, packed.sums.ctypes.data), "int8 pack")
     return packed
 
 
-def int8_matmul(x: mx.array, weight: Int8Weight, bias: mx.array | None = None) -> tuple[mx.array, np.ndarray]:
-    """x @ weight.T (+ bias) with int8 multiplies (x quantized per row, asymmetric): a new float32 array, and a
-    writable view of its memory. The kernel writes into memory MLX allocated (from its buffer cache): a NumPy
-    buffer handed to MLX afterwards would be copied, and that copy took ~17% of a sentence batch's time."""
+def pack_f16(weight: mx.array) -> F16Weight:
+    """`weight` (out, in), float32, rounded to float16 and packed once, at load."""
+    n, k = weight.shape
+    data = _buffer(weight, (n, k), mx.float32, "weight")
+    size = _f16_kernels().embed_f16_packed_halves(n, k)
+    packed = F16Weight(np.empty(size, np.uint16), np.empty(size // (-(-k // 2) * 2), np.float32), (n, k))
+    _check(_f16_kernels().embed_f16_pack(data.ctypes.data, n, k, packed.packed.ctypes.data,
+                                          packed.scales.ctypes.data), "float16 pack")
+    return packed
+
+
+def packed_matmul(x: mx.array, weight: PackedWeight, bias: mx.array | None = None) -> tuple[mx.array, np.ndarray]:
+    """x @ weight.T (+ bias) on a weight packed at load: int8 multiplies (x quantized per row, asymmetric) or
+    float16 ones (x scaled per row); a new float32 array, and a writable view of its memory. The kernel writes into
+    memory MLX allocated (from its buffer cache): a NumPy buffer handed to MLX afterwards would be copied, and that
+    copy took ~17% of a sentence batch's time."""
     n, k = weight.shape
     if x.dtype != mx.float32 or x.shape[-1] != k:
-        raise ModelError(f"int8 matmul: x is {_described(x.dtype, x.shape)}, the weight takes {k} float32 inputs")
+        raise ModelError(f"packed matmul: x is {_described(x.dtype, x.shape)}, the weight takes {k} float32 inputs")
     data = _buffer(x, tuple(x.shape), mx.float32, "x")
     y = mx.zeros((*x.shape[:-1], n), mx.float32)
     out = _writable(y)
-    _check(_int8_kernels().embed_int8_matmul(data.ctypes.data, data.size // k, k, weight.packed.ctypes.data,
-                                              weight.scales.ctypes.data, weight.sums.ctypes.data,
-                                              _address(_vector(bias, n, "bias")), n, out.ctypes.data), "int8 matmul")
+    rows, bias_address = data.size // k, _address(_vector(bias, n, "bias"))
+    if isinstance(weight, Int8Weight):
+        _check(_int8_kernels().embed_int8_matmul(data.ctypes.data, rows, k, weight.packed.ctypes.data,
+                                                  weight.scales.ctypes.data, weight.sums.ctypes.data, bias_address, n,
+                                                  out.ctypes.data), "int8 matmul")
+    else:
+        _check(_f16_kernels().embed_f16_matmul(data.ctypes.data, rows, k, weight.packed.ctypes.data,
+                                                weight.scales.ctypes.data, bias_address, n, out.ctypes.data),
+               "float16 matmul")
     return y, out
 
 
@@ -182,10 +227,10 @@ def layers_available() -> bool:
 
 @dataclass(frozen=True)
 class Projection:
-    """One of a layer's x @ weight.T + bias, float32 or int8; for a batch under `SMALL_BATCH_ROWS` rows a float32
-    weight may come packed too (`pack_f32`), and runs so."""
+    """One of a layer's x @ weight.T + bias, float32, int8 or float16; for a batch under `SMALL_BATCH_ROWS` rows a
+    float32 weight may come packed too (`pack_f32`), and runs so."""
 
-    weight: mx.array | Int8Weight
+    weight: mx.array | PackedWeight
     bias: mx.array | None
     small_batches: np.ndarray | None = None
 
@@ -224,13 +269,14 @@ def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, la
         return _address(a)
 
     def projection(p: Projection) -> _Projection:
-        if isinstance(p.weight, Int8Weight):
-            (n, k), w = p.weight.shape, p.weight
-            return _Projection(None, None, address(w.packed), address(w.scales), address(w.sums),
-                               address(_vector(p.bias, n, "bias")), n, k)
-        n, k = p.weight.shape
-        return _Projection(address(_buffer(p.weight, (n, k), mx.float32, "weight")), address(p.small_batches),
-                           None, None, None, address(_vector(p.bias, n, "bias")), n, k)
+        (n, k), w = p.weight.shape, p.weight
+        bias = address(_vector(p.bias, n, "bias"))
+        if isinstance(w, Int8Weight):
+            return _Projection(None, None, address(w.packed), None, address(w.scales), address(w.sums), bias, n, k)
+        if isinstance(w, F16Weight):
+            return _Projection(None, None, None, address(w.packed), address(w.scales), None, bias, n, k)
+        return _Projection(address(_buffer(w, (n, k), mx.float32, "weight")), address(p.small_batches),
+                           None, None, None, None, bias, n, k)
 
     def norm(p: Norm, dim: int) -> _Norm:
         return _Norm(address(_vector(p.weight, dim, "norm weight")), address(_vector(p.bias, dim, "norm bias")), p.eps)
@@ -275,7 +321,7 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | N
     return y
 
 
-def linear_gelu(x: mx.array, weight: mx.array | Int8Weight, bias: mx.array | None) -> mx.array:
+def linear_gelu(x: mx.array, weight: mx.array | PackedWeight, bias: mx.array | None) -> mx.array:
     """gelu(x @ weight.T + bias), the erf GELU, written over the matmul output made here."""
     y, data = _matmul(x, weight)
     dim = data.shape[-1]
@@ -284,7 +330,7 @@ def linear_gelu(x: mx.array, weight: mx.array | Int8Weight, bias: mx.array | Non
     return y
 
 
-def linear_add_layer_norm(x: mx.array, weight: mx.array | Int8Weight, bias: mx.array | None, residual: mx.array,
+def linear_add_layer_norm(x: mx.array, weight: mx.array | PackedWeight, bias: mx.array | None, residual: mx.array,
                           norm_weight: mx.array | None, norm_bias: mx.array | None, eps: float) -> mx.array:
     """layer_norm(x @ weight.T + bias + residual) * norm_weight + norm_bias, written over the matmul output made
     here."""
@@ -298,10 +344,10 @@ def linear_add_layer_norm(x: mx.array, weight: mx.array | Int8Weight, bias: mx.a
     return y
 
 
-def _matmul(x: mx.array, weight: mx.array | Int8Weight) -> tuple[mx.array, np.ndarray]:
+def _matmul(x: mx.array, weight: mx.array | PackedWeight) -> tuple[mx.array, np.ndarray]:
     """x @ weight.T, evaluated, and a writable view of its memory: a new array no one else holds."""
-    if isinstance(weight, Int8Weight):
-        return int8_matmul(x, weight)
+    if isinstance(weight, Int8Weight | F16Weight):
+        return packed_matmul(x, weight)
     if x.dtype != mx.float32 or weight.dtype != mx.float32 or weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
         raise ModelError(f"native kernels: x {_described(x.dtype, x.shape)} and weight "
                          f"{_described(weight.dtype, weight.shape)} are not float32 operands of one matmul")

@@ -15,6 +15,7 @@ namespace {
 using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
 using Int8Matmul = int (*)(const float*, int, int, const int8_t*, const float*, const int32_t*, const float*, int,
                            float*);
+using F16Matmul = int (*)(const float*, int, int, const uint16_t*, const float*, const float*, int, float*);
 using F32Matmul = int (*)(const float*, int, int, const float*, const float*, int, float*);
 using Attention = int (*)(const float*, const uint8_t*, const int*, const float*, float*, int, int, int, int, float);
 using BiasGelu = int (*)(float*, const float*, int, int);
@@ -27,6 +28,7 @@ extern "C" {
 struct EmbedKernels {
   Sgemm sgemm;
   Int8Matmul int8_matmul;  // null where the int8 kernel did not build
+  F16Matmul f16_matmul;    // null where the float16 kernel did not build
   F32Matmul f32_matmul;    // null where the packed float32 kernel did not build
   Attention attention;
   BiasGelu bias_gelu;
@@ -34,11 +36,12 @@ struct EmbedKernels {
 };
 
 // y (m, n) = x (m, k) @ W.T + bias: `weight` float32 (n, k) row-major, run in the BLAS, or `f32_packed` (a small
-// batch's, f32_matmul.cpp), or int8 `packed` with its scales and sums.
+// batch's, f32_matmul.cpp), or int8 `packed` with its scales and sums, or float16 `f16_packed` with its scales.
 struct EmbedProjection {
   const float* weight;
   const float* f32_packed;  // may be null
   const int8_t* packed;
+  const uint16_t* f16_packed;
   const float* scales;
   const int32_t* sums;
   const float* bias;  // may be null
@@ -68,6 +71,10 @@ int project(const EmbedKernels& f, const EmbedProjection& p, const float* x, int
   if (p.packed) {
     if (!f.int8_matmul) return boundary::NO_KERNEL;
     return f.int8_matmul(x, m, p.k, p.packed, p.scales, p.sums, bias, p.n, y);
+  }
+  if (p.f16_packed) {
+    if (!f.f16_matmul) return boundary::NO_KERNEL;
+    return f.f16_matmul(x, m, p.k, p.f16_packed, p.scales, bias, p.n, y);
   }
   if (p.f32_packed && f.f32_matmul) return f.f32_matmul(x, m, p.k, p.f32_packed, bias, p.n, y);
   if (bias)

@@ -1,0 +1,145 @@
+"""dtype float16 on a CPU with AVX512-FP16: the native float16 matmul against the same rounding done in NumPy, its
+stated fidelity to float32 on the real all-MiniLM-L6-v2 (golden texts), its inputs that float16 alone could not
+hold, and the fronts running it; where the kernel cannot run, MLX's own float16 as before. The kernel's tests are
+skipped on CPUs without AVX512-FP16 (AMD Zen 4 among them), where it is not built."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from reference import cosine, needs_f16
+from tiny_models import tiny_transformer
+
+from embedder import EmbeddingEngine
+from embedder.errors import ModelError
+from embedder.native import kernels
+
+GOLDEN = Path(__file__).parent / "golden"
+BLOCK = 32  # depth pairs a float16 sum takes in csrc/f16_matmul.cpp
+
+
+def _float16_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """What the kernel computes: w per output channel and x per row scaled to a peak of 1 and rounded to float16;
+    each output lane (even and odd depths apart) sums BLOCK products with one float16 rounding each (an FMA), then
+    adds that sum into float32; the two lanes added, the scales undone, the bias added."""
+    def scaled(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        peak = np.abs(a).max(1)
+        scale = np.where(peak > 0, peak, 1).astype(np.float32)
+        halves = (a * (np.float32(1) / scale)[:, None]).astype(np.float16)
+        return np.pad(halves, ((0, 0), (0, a.shape[1] % 2))).astype(np.float64), scale
+
+    (hx, xs), (hw, ws) = scaled(x), scaled(w)
+    pairs = hx.shape[1] // 2
+    sums = np.zeros((len(x), len(w), 2), np.float32)
+    for start in range(0, pairs, BLOCK):
+        lanes = np.zeros((len(x), len(w), 2), np.float16)
+        for p in range(start, min(pairs, start + BLOCK)):
+            for parity in (0, 1):
+                i = 2 * p + parity
+                lanes[..., parity] = (lanes[..., parity] + hx[:, i, None] * hw[None, :, i]).astype(np.float16)
+        sums += lanes.astype(np.float32)
+    return (sums[..., 0] + sums[..., 1]) * (xs[:, None] * ws[None, :]) + bias
+
+
+@needs_f16
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (7, 5, 3), (6, 64, 64), (13, 97, 130), (200, 70, 65)])
+def test_kernel_equals_the_same_rounding_in_numpy(m, k, n):
+    """Every tail: rows past a 6-row tile and a 192-row pass, an odd depth, a depth past one float16 block, outputs
+    not of 64; an all-zero row and channel; the bias added in the same pass."""
+    rng = np.random.default_rng(m * 1000 + k + n)
+    x = rng.standard_normal((m, k)).astype(np.float32) * rng.uniform(0.1, 10, (m, 1)).astype(np.float32)
+    w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
+    x[-1], w[0] = 0, 0
+    bias = rng.standard_normal(n).astype(np.float32)
+    got = np.asarray(kernels.packed_matmul(mx.array(x), kernels.pack_f16(mx.array(w)), mx.array(bias))[0])
+    want = _float16_reference(x, w, bias)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    exact = x.astype(np.float64) @ w.T.astype(np.float64)
+    assert np.linalg.norm(got - bias - exact) <= 2e-3 * np.linalg.norm(exact)  # float16's own error, no more
+
+
+@needs_f16
+@pytest.mark.parametrize("magnitude", [1e30, 1e-30])
+def test_rows_float16_cannot_hold_are_scaled_into_it(magnitude):
+    """Activations far past float16's range (65504) or below its smallest value still multiply to within float16's
+    precision: each row is scaled to a peak of 1 first, so no sum overflows or flushes to zero."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 300)).astype(np.float32) * np.float32(magnitude)
+    w = rng.standard_normal((40, 300)).astype(np.float32)
+    got = np.asarray(kernels.packed_matmul(mx.array(x), kernels.pack_f16(mx.array(w)))[0])
+    exact = x.astype(np.float64) @ w.T.astype(np.float64)
+    assert np.isfinite(got).all()
+    assert np.linalg.norm(got - exact) <= 2e-3 * np.linalg.norm(exact)
+
+
+@needs_f16
+def test_non_finite_weights_and_activations_are_errors():
+    w = np.ones((4, 8), np.float32)
+    w[2, 3] = np.inf
+    with pytest.raises(ModelError, match="float16 pack kernel met a NaN"):
+        kernels.pack_f16(mx.array(w))
+    x = np.ones((3, 8), np.float32)
+    x[1, 5] = np.nan
+    with pytest.raises(ModelError, match="float16 matmul kernel met a NaN"):
+        kernels.packed_matmul(mx.array(x), kernels.pack_f16(mx.array(np.ones((4, 8), np.float32))))
+
+
+@needs_f16
+def test_minilm_float16_fidelity_on_the_golden_texts(minilm_path):
+    """The figures bench/README.md states (measured 0.999994 min against sentence-transformers' float32); tokens
+    exact, and a text's vector does not depend on what it was batched with (x is scaled per row)."""
+    texts = json.loads((GOLDEN / "minilm_texts.json").read_text(encoding="utf-8"))
+    golden = np.load(GOLDEN / "minilm_golden.npz")
+    engine = EmbeddingEngine(str(minilm_path), dtype="float16")
+    got = engine.embed(texts)
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    similarity = cosine(got, golden["embeddings"])
+    assert similarity.min() >= 0.99999 and similarity.mean() >= 0.999995, (similarity.min(), similarity.mean())
+    assert engine.tokens_per_text(texts) == golden["tokens"].tolist()
+    alone = np.concatenate([engine.embed([t]) for t in texts[:8]])
+    assert cosine(alone, got[:8]).min() >= 0.999999
+    assert engine.info()["dtype"] == "float16"
+    engine.unload()
+
+
+@needs_f16
+def test_cli_dtype_float16_writes_its_dtype_and_near_exact_vectors(tmp_path, minilm_path):
+    source = tmp_path / "in.txt"
+    source.write_text("The quick brown fox.\nTout le monde.\n中文句子\n" + "long " * 300 + "\n", encoding="utf-8")
+    vectors = {}
+    for dtype in ("float32", "float16"):
+        out = tmp_path / f"{dtype}.parquet"
+        done = subprocess.run([sys.executable, "-m", "cli", str(source), "-o", str(out), "-m", str(minilm_path),
+                               "--dtype", dtype, "--quiet"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "RuntimeWarning" not in done.stderr  # the fast path: no slow-kernel warning
+        assert pq.read_metadata(out).metadata[b"dtype"] == dtype.encode()
+        vectors[dtype] = np.stack(pq.read_table(out)["embedding"].to_numpy(zero_copy_only=False))
+    assert cosine(vectors["float16"], vectors["float32"]).min() >= 0.99999
+
+
+def test_without_the_kernel_float16_runs_mlx_float16_and_says_it_is_slow(minilm_path, monkeypatch):
+    """A CPU without AVX512-FP16 (or the kernels off) keeps MLX's generic float16, with its warning."""
+    monkeypatch.setattr(kernels, "f16_available", lambda: False)
+    engine = EmbeddingEngine(str(minilm_path), dtype="float16")
+    with pytest.warns(RuntimeWarning, match="generic kernels"):
+        got = engine.embed(["A sentence to embed.", "Another one"])
+    want = EmbeddingEngine(str(minilm_path)).embed(["A sentence to embed.", "Another one"])
+    assert cosine(got, want).min() >= 0.999
+    engine.unload()
+
+
+@needs_f16
+def test_a_decoder_in_float16_keeps_mlx_float16(tmp_path, minilm_path):
+    """A model with no encoder projections for the kernel (an mlx-lm decoder) runs MLX's float16, as before."""
+    path = tiny_transformer("qwen3", minilm_path, tmp_path)
+    texts = ["a short text", "and a longer one, with more words in it"]
+    with pytest.warns(RuntimeWarning, match="generic kernels"):
+        got = EmbeddingEngine(str(path), dtype="float16").embed(texts)
+    want = EmbeddingEngine(str(path), dtype="float32").embed(texts)
+    assert np.isfinite(got).all() and cosine(got, want).min() >= 0.999
