@@ -1,6 +1,6 @@
 // Multiply-adds per second on one core, by instruction: float32 FMA (what OpenBLAS's sgemm runs), bf16 pairs
-// (AVX512-BF16 `vdpbf16ps`, what a bf16 matmul without AMX would run) and int8 quads (AVX512-VNNI `vpdpbusd`,
-// what `--dtype int8` runs). Each loop keeps 16 independent accumulators, enough to hide every latency, so the
+// (AVX512-BF16 `vdpbf16ps`, what a bf16 matmul without AMX would run), float16 FMA (AVX512-FP16 `vfmadd231ph`,
+// what `--dtype float16` runs) and int8 quads (AVX512-VNNI `vpdpbusd`, what `--dtype int8` runs). Each loop keeps 16 independent accumulators, enough to hide every latency, so the
 // figure is the instruction's throughput on this core. It says which reduced precision can pay before writing a
 // kernel for it (issue 16).
 //
@@ -49,6 +49,15 @@ int main() {
       [](__m512 a) { return _mm512_reduce_add_ps(a); }, sink);
   std::printf("vdpbf16ps   (32 bf16 MACs):    %.2f G/s = %.0f GMAC/s (%.2fx float32)\n", bf16 / 1e9, bf16 * 32 / 1e9,
               bf16 * 32 / (fma * 16));
+#endif
+#ifdef __AVX512FP16__
+  const __m512h halves16 = _mm512_set1_ph(static_cast<_Float16>(0.5f)),
+                quarters16 = _mm512_set1_ph(static_cast<_Float16>(0.25f));
+  const double f16 = per_second(
+      _mm512_setzero_ph(), [&](__m512h a) { return _mm512_fmadd_ph(halves16, quarters16, a); },
+      [](__m512h a) { return static_cast<float>(_mm512_reduce_add_ph(a)); }, sink);
+  std::printf("vfmadd231ph (32 float16 MACs): %.2f G/s = %.0f GMAC/s (%.2fx float32)\n", f16 / 1e9, f16 * 32 / 1e9,
+              f16 * 32 / (fma * 16));
 #endif
 #ifdef __AVX512VNNI__
   const __m512i ones = _mm512_set1_epi32(0x01010101);

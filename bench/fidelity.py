@@ -1,7 +1,7 @@
 """How far each compute dtype's vectors are from float32: the golden texts against sentence-transformers' own
 vectors (`tests/golden`), and passages and sentences against embed's float32, with retrieval agreement.
 
-    .venv/bin/python bench/fidelity.py [--dtypes float32,int8,bfloat16] [--rows 300] [--queries 50]
+    .venv/bin/python bench/fidelity.py [--dtypes float32,float16,int8,bfloat16] [--rows 300] [--queries 50]
 
 Retrieval: the first `--queries` texts of a corpus search all `--rows` of it by cosine; a query's top 10 agrees when
 it lists the same documents (`same set`) or the same documents in the same order (`same order`) as float32's;
@@ -33,7 +33,7 @@ def top10(vectors: np.ndarray, queries: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtypes", default="float32,int8,bfloat16")
+    parser.add_argument("--dtypes", default="float32,float16,int8,bfloat16")
     parser.add_argument("--rows", type=int, default=300)
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--corpus-dir", type=Path, default=CORPUS)
