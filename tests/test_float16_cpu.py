@@ -1,7 +1,7 @@
 """dtype float16 on a CPU with AVX512-FP16: the native float16 matmul against the same rounding done in NumPy, its
 stated fidelity to float32 on the real all-MiniLM-L6-v2 (golden texts), its inputs that float16 alone could not
-hold, and the fronts running it; where the kernel cannot run, MLX's own float16 as before. The kernel's tests are
-skipped on CPUs without AVX512-FP16 (AMD Zen 4 among them), where it is not built."""
+hold, and the fronts and model families running it; where the kernel cannot run, MLX's own float16. The kernel's
+tests are skipped on CPUs without AVX512-FP16 (AMD Zen 4 among them), where it is not built."""
 
 import json
 import subprocess
@@ -9,15 +9,16 @@ import sys
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from reference import cosine, needs_f16
+from reference import PACKED_DTYPE_FIDELITY, cosine, needs_f16
 from tiny_models import tiny_cross_encoder, tiny_transformer
 
 from embedder import EmbeddingEngine
 from embedder.errors import ModelError
-from embedder.native import kernels
+from embedder.native import fastmath, kernels
 
 GOLDEN = Path(__file__).parent / "golden"
 BLOCK = 32  # depth pairs a float16 sum takes in csrc/f16_matmul.cpp
@@ -147,11 +148,17 @@ def test_without_the_kernel_float16_runs_mlx_float16_and_says_it_is_slow(minilm_
 
 
 @needs_f16
-def test_a_decoder_in_float16_keeps_mlx_float16(tmp_path, minilm_path):
-    """A model with no encoder projections for the kernel (an mlx-lm decoder) runs MLX's float16, as before."""
-    path = tiny_transformer("qwen3", minilm_path, tmp_path)
-    texts = ["a short text", "and a longer one, with more words in it"]
-    with pytest.warns(RuntimeWarning, match="generic kernels"):
-        got = EmbeddingEngine(str(path), dtype="float16").embed(texts)
-    want = EmbeddingEngine(str(path), dtype="float32").embed(texts)
-    assert np.isfinite(got).all() and cosine(got, want).min() >= 0.999
+@pytest.mark.parametrize("kind", ["llama", "phi3", "gemma2", "gemma3_text", "embeddinggemma", "qwen2", "glm4", "qwen3",
+                                  "qwen3_moe"])
+def test_decoders_in_float16_run_every_linear_in_the_kernel(tmp_path, minilm_path, kind):
+    """An mlx-lm decoder (or our Gemma 3) in float16: each Linear, attention's, the MLP's and a mixture of experts'
+    router, multiplies in the kernel on float32 activations, near the same model in float32."""
+    path = tiny_transformer(kind, minilm_path, tmp_path)
+    texts = ["a short text", "and a longer one, with more words in it", "中文 and emoji 🎉"]
+    half = EmbeddingEngine(str(path), dtype="float16", max_length=64)
+    got = half.embed(texts)
+    linears = [m for _, m in half.model.module.named_modules() if isinstance(m, nn.Linear)]
+    assert not linears and any(isinstance(m, fastmath.PackedLinear) for _, m in half.model.module.named_modules())
+    want = EmbeddingEngine(str(path), dtype="float32", max_length=64).embed(texts)
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    assert cosine(got, want).min() >= PACKED_DTYPE_FIDELITY["float16"]

@@ -18,7 +18,7 @@ from ..images import ImageProcessor, read_image_processor
 from ..native import kernels
 from ..options import EngineOptions
 from ..tokenizer import TextTokenizer, load_tokenizer
-from .quantized import packs_projections, use_blas_for_quantized, use_packed_matmuls
+from .quantized import use_blas_for_quantized, use_packed_matmuls
 from .st_config import DenseSpec, PipelineSpec, pooling_modes, read_pipeline_spec
 
 # model_type -> (package, module). Encoders are ours: they own speed, padding and exactness. Decoders run
@@ -43,7 +43,7 @@ ARCHITECTURES = {
 }
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 INT8 = "int8"  # float32 weights and activations, the encoder's matmuls in int8 (CPU; models/quantized.py)
-# float16 on a CPU with AVX512-FP16 runs the same way, its matmuls in float16 (elsewhere, MLX's float16)
+# float16 on a CPU with AVX512-FP16 runs the same way, every Linear's matmul in float16 (elsewhere, MLX's float16)
 # Activations that overflow float16 (Gemma's embedding scale and residual stream, T5's feed-forward, which
 # transformers keeps in float32): bfloat16 on GPU instead.
 BFLOAT16_ONLY = ("gemma", "gemma2", "gemma3_text", "t5", "mt5")  # T5's feed-forward outputs overflow float16 too
@@ -267,15 +267,11 @@ def load_model(options: EngineOptions) -> LoadedModel:
         raise ModelError("dtype int8 runs on the CPU only; on a GPU use float16 or bfloat16")
     if dtype == INT8 and config.get("quantization"):
         raise ModelError("dtype int8 quantizes a float checkpoint; this one is already quantized")
-    module = build_model(config, path, DTYPES[weights_dtype], spec.scores.labels if spec.scores else None)
-    if packed and dtype != INT8 and not packs_projections(module):
-        module.set_dtype(mx.float16)  # no projections for our kernel (a decoder): MLX's own float16, as before
-        weights_dtype = dtype
-        mx.eval(held_arrays(module))
     if weights_dtype in ("float16", "bfloat16") and on_cpu:
         warnings.warn(f"dtype {dtype} on the CPU runs MLX's generic kernels here, ~30x slower than float32 (which "
                       "is exact); for speed on the CPU use int8, or float16 on a CPU with AVX512-FP16",
                       RuntimeWarning, stacklevel=2)
+    module = build_model(config, path, DTYPES[weights_dtype], spec.scores.labels if spec.scores else None)
     if weights_dtype != dtype:
         use_packed_matmuls(module, config["model_type"], dtype)
     elif config.get("quantization") and on_cpu:

@@ -44,25 +44,30 @@ PACKED_DTYPES = {"int8": ("int8_available", "pack_int8", "AVX512-VNNI"),
                  "float16": ("f16_available", "pack_f16", "AVX512-FP16")}
 
 
-def packs_projections(model: nn.Module) -> bool:
-    """Whether the model has encoder projections that `use_packed_matmuls` can swap."""
-    return any(_encoder_projection(m) for _, m in model.named_modules())
+def packs_projections(model: nn.Module, dtype: str) -> bool:
+    """Whether the model has layers that `use_packed_matmuls` can swap for `dtype`."""
+    return any(_packable(m, dtype) for _, m in model.named_modules())
 
 
 def use_packed_matmuls(model: nn.Module, architecture: str, dtype: str) -> None:
-    """Swap the encoder layers' float32 projections (`fastmath.Linear`) for ones that multiply in `dtype` (int8 or
-    float16) on weights packed once; heads, poolers and classifiers stay float32. Refuses where it cannot run,
-    rather than run float32 under another label."""
+    """Swap the model's float32 projections for ones that multiply in `dtype` (int8 or float16) on weights packed
+    once: int8 the encoder layers' only, float16 every Linear (`_packable`). Refuses where it cannot run, rather
+    than run float32 under another label."""
     available, packer, instructions = PACKED_DTYPES[dtype]
     pack = getattr(kernels, packer)
     if not getattr(kernels, available)():
         raise ModelError(f"dtype {dtype} needs a Linux CPU with {instructions} and g++ (the native kernels); "
                          "use float32 here")
-    if not packs_projections(model):
+    if not packs_projections(model, dtype):
         raise ModelError(f"dtype {dtype} is not available for {architecture!r} models; use float32")
-    _swap_layers(model, _encoder_projection, lambda linear: fastmath.PackedLinear.from_linear(linear, pack))
+    _swap_layers(model, lambda m: _packable(m, dtype), lambda linear: fastmath.PackedLinear.from_linear(linear, pack))
 
 
-def _encoder_projection(module: nn.Module) -> bool:
-    """An encoder layer's projection (`fastmath.Linear`), not a head's plain `nn.Linear`."""
-    return type(module) is fastmath.Linear
+def _packable(module: nn.Module, dtype: str) -> bool:
+    """int8: an encoder layer's projection (`fastmath.Linear`), not a head's plain `nn.Linear`, whose error would go
+    straight to the output; not a decoder's either, whose activations carry outlier channels hundreds of times their
+    neighbours, which one int8 scale per token cannot hold. float16, scaled per token too, keeps 11 significant bits
+    for every value at any such spread: every Linear, heads and decoders included."""
+    if dtype == "int8":
+        return type(module) is fastmath.Linear
+    return type(module) in (fastmath.Linear, nn.Linear)
