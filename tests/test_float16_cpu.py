@@ -65,6 +65,19 @@ def test_kernel_equals_the_same_rounding_in_numpy(m, k, n):
 
 
 @needs_f16
+def test_a_packed_layer_reads_back_its_weight_as_float16_rounded_it():
+    """For model code that reads a Linear's weight rather than calling it (mlx-embeddings' SigLIP)."""
+    w = np.random.default_rng(5).standard_normal((70, 33)).astype(np.float32)
+    w[3] = 0
+    layer = fastmath.PackedLinear.from_linear(nn.Linear(33, 70), kernels.pack_f16)
+    layer.packed = kernels.pack_f16(mx.array(w))
+    scale = np.where(np.abs(w).max(1) > 0, np.abs(w).max(1), 1)[:, None]
+    want = (w * (np.float32(1) / scale)).astype(np.float16).astype(np.float32) * scale
+    np.testing.assert_allclose(np.asarray(layer.weight), want, rtol=1e-6)
+    assert layer.weight.shape == (70, 33)
+
+
+@needs_f16
 @pytest.mark.parametrize("magnitude", [1e30, 1e-30])
 def test_rows_float16_cannot_hold_are_scaled_into_it(magnitude):
     """Activations far past float16's range (65504) or below its smallest value still multiply to within float16's

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from reference import cosine, require_oracle
+from reference import PACKED_DTYPE_FIDELITY, cosine, needs_f16, require_oracle
 from tiny_models import copy_tokenizer
 
 from embedder import EmbeddingEngine
@@ -141,3 +141,11 @@ def test_server_takes_images_as_data_uris_beside_texts(siglip, pictures):
                 b"not an image").decode()):
             answer = httpx.post(f"{url}/v1/embeddings", json={"model": "siglip", "input": [bad]}, timeout=60)
             assert answer.status_code == 400 and "input 0" in answer.json()["error"]["message"], answer.text
+
+
+@needs_f16
+def test_both_towers_in_float16_stay_near_float32(siglip, pictures):
+    """`dtype="float16"` on an AVX512-FP16 CPU runs both towers' Linear layers in the float16 kernel."""
+    full, half = (EmbeddingEngine(str(siglip), dtype=d) for d in ("float32", "float16"))
+    assert cosine(half.embed(TEXTS), full.embed(TEXTS)).min() >= PACKED_DTYPE_FIDELITY["float16"]
+    assert cosine(half.embed_images(pictures), full.embed_images(pictures)).min() >= PACKED_DTYPE_FIDELITY["float16"]

@@ -250,6 +250,15 @@ class PackedLinear(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         return kernels.packed_matmul(x, self.packed, self.get("bias"))[0]
 
+    @property
+    def weight(self) -> mx.array:
+        """A float16 weight as the kernel multiplies it, for model code that reads a Linear's weight instead of
+        calling it (mlx-embeddings' SigLIP pooling head splits its fused projection); int8 layers, only ever our
+        own encoders', keep none."""
+        if not isinstance(self.packed, kernels.F16Weight):
+            raise AttributeError("an int8 layer keeps no float weight")
+        return kernels.unpack_f16(self.packed)
+
 
 def activation(name: str):
     """A config's `hidden_act` as a function; the exact GELU goes through the fast kernel above."""

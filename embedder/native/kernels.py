@@ -181,6 +181,13 @@ def pack_f16(weight: mx.array) -> F16Weight:
     return packed
 
 
+def unpack_f16(weight: F16Weight) -> mx.array:
+    """The (out, in) float32 weight `pack_f16` packed, as its float16 rounding left it."""
+    (n, k), depth = weight.shape, -(-weight.shape[1] // 2) * 2
+    panels = weight.packed.reshape(-1, depth // 2, 4, 16, 2).transpose(0, 2, 3, 1, 4).reshape(-1, depth)
+    return mx.array(panels[:n, :k].view(np.float16).astype(np.float32) * weight.scales[:n, None])
+
+
 def packed_matmul(x: mx.array, weight: PackedWeight, bias: mx.array | None = None) -> tuple[mx.array, np.ndarray]:
     """x @ weight.T (+ bias) on a weight packed at load: int8 multiplies (x quantized per row, asymmetric) or
     float16 ones (x scaled per row); a new float32 array, and a writable view of its memory. The kernel writes into
