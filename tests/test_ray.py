@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 
 from embedder.errors import InputError  # noqa: E402
 from embedder.io.pipeline import EmbedOptions, run  # noqa: E402
-from embedder.native import kernels  # noqa: E402
 from embedder.ray import embed_dataset, run_job  # noqa: E402
+from reference import needs_f16, needs_int8  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,17 +90,17 @@ def test_multi_file_parquet_with_an_id_column(local_ray, engine, minilm_path, tm
     assert got.schema.field("embedding").type == pa.list_(pa.float16(), 128)
 
 
-@pytest.mark.skipif(not kernels.int8_available(), reason="no AVX512-VNNI int8 kernel on this CPU")
-def test_int8_job_equals_the_single_machine_int8(local_ray, minilm_path, tmp_path):
-    """dtype reaches every actor's engine; int8 quantizes per token, so Ray's batching changes no vector."""
+@pytest.mark.parametrize("dtype", [pytest.param("int8", marks=needs_int8), pytest.param("float16", marks=needs_f16)])
+def test_packed_dtype_job_equals_the_single_machine_one(local_ray, minilm_path, tmp_path, dtype):
+    """dtype reaches every actor's engine; int8 and float16 scale per token, so Ray's batching changes no vector."""
     from embedder import EmbeddingEngine
 
     inputs = [FIXTURES / "nasty.jsonl"]
-    engine = EmbeddingEngine(str(minilm_path), dtype="int8")
-    want = single_machine(engine, tmp_path, inputs, dtype="int8")
-    got = on_ray(minilm_path, tmp_path, inputs, dtype="int8")
+    engine = EmbeddingEngine(str(minilm_path), dtype=dtype)
+    want = single_machine(engine, tmp_path, inputs, dtype=dtype)
+    got = on_ray(minilm_path, tmp_path, inputs, dtype=dtype)
     assert_same_rows(got, want)
-    assert got.schema.metadata[b"dtype"] == b"int8"
+    assert got.schema.metadata[b"dtype"] == dtype.encode()
     engine.unload()
 
 
