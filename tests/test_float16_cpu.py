@@ -13,7 +13,7 @@ import mlx.nn as nn
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from reference import PACKED_DTYPE_FIDELITY, cosine, needs_f16
+from reference import PACKED_DTYPE_FIDELITY, cosine, needs_f16, needs_int8
 from tiny_models import tiny_cross_encoder, tiny_transformer
 
 from embedder import EmbeddingEngine
@@ -137,15 +137,16 @@ def test_cli_dtype_float16_writes_its_dtype_and_near_exact_vectors(tmp_path, min
     assert cosine(vectors["float16"], vectors["float32"]).min() >= 0.99999
 
 
-@needs_f16
-def test_cross_encoder_scores_in_float16(tmp_path, minilm_path):
+@pytest.mark.parametrize("dtype, atol", [pytest.param("int8", 0.02, marks=needs_int8),
+                                         pytest.param("float16", 0.01, marks=needs_f16)])
+def test_cross_encoder_scores_in_packed_dtypes(tmp_path, minilm_path, dtype, atol):
+    """Untrained weights carry the error further than a real model's: measured 0.006 in float16 here."""
     path = tiny_cross_encoder("bert", minilm_path, tmp_path, saved_by="st")
     docs = ["Paris is the capital of France.", "The mitochondria is the powerhouse of the cell.", "bonjour"]
     pairs = [("what is the capital of france", d) for d in docs]
-    full, half = (EmbeddingEngine(str(path), dtype=d) for d in ("float32", "float16"))
-    # Untrained weights carry float16's error further than a real model's (measured 0.006 here; int8 0.02).
-    np.testing.assert_allclose(half.score(pairs), full.score(pairs), atol=0.01)
-    for engine in (full, half):
+    full, packed = (EmbeddingEngine(str(path), dtype=d) for d in ("float32", dtype))
+    np.testing.assert_allclose(packed.score(pairs), full.score(pairs), atol=atol)
+    for engine in (full, packed):
         engine.unload()
 
 

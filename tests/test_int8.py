@@ -17,7 +17,7 @@ from embedder.errors import ModelError
 from embedder.native import kernels
 from reference import assert_packed_near_float32, cosine
 from test_server import running_server
-from tiny_models import save_sentence_transformer, tiny_cross_encoder, tiny_encoder, tiny_transformer
+from tiny_models import save_sentence_transformer, tiny_encoder, tiny_transformer
 
 pytestmark = pytest.mark.skipif(not kernels.int8_available(), reason="no AVX512-VNNI int8 kernel on this CPU")
 
@@ -104,16 +104,6 @@ def test_tiny_encoders_in_int8_stay_near_float32(tmp_path, minilm_path, kind):
     hf = (tiny_transformer(kind, minilm_path, tmp_path) if kind == "modernbert"
           else tiny_encoder(kind, minilm_path, tmp_path))
     assert_packed_near_float32(save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64), TEXTS)
-
-
-def test_cross_encoder_scores_in_int8(tmp_path, minilm_path):
-    path = tiny_cross_encoder("bert", minilm_path, tmp_path, saved_by="st")
-    docs = ["Paris is the capital of France.", "The mitochondria is the powerhouse of the cell.", "bonjour"]
-    pairs = [("what is the capital of france", d) for d in docs]
-    full, int8 = (EmbeddingEngine(str(path), dtype=d) for d in ("float32", "int8"))
-    np.testing.assert_allclose(int8.score(pairs), full.score(pairs), atol=0.02)
-    for engine in (full, int8):
-        engine.unload()
 
 
 def test_models_without_an_int8_path_are_refused_in_one_line(tmp_path, minilm_path):
