@@ -24,14 +24,20 @@ GOLDEN = Path(__file__).parent / "golden"
 BLOCK = 32  # depth pairs a float16 sum takes in csrc/f16_matmul.cpp
 
 
+def _unit(peak: np.ndarray) -> np.ndarray:
+    """The power of two each peak is divided by; 0 for a zero or subnormal peak (a row of zeros then)."""
+    normal = peak >= np.finfo(np.float32).tiny
+    return np.where(normal, np.exp2(np.floor(np.log2(np.where(normal, peak, 1)))), 0).astype(np.float32)
+
+
 def _float16_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """What the kernel computes: w per output channel and x per row scaled to a peak of 1 and rounded to float16;
+    """What the kernel computes: w per output channel and x per row scaled by a power of two to a peak in [1, 2) and
+    rounded to float16;
     each output lane (even and odd depths apart) sums BLOCK products with one float16 rounding each (an FMA), then
     adds that sum into float32; the two lanes added, the scales undone, the bias added."""
     def scaled(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        peak = np.abs(a).max(1)
-        scale = np.where(peak > 0, peak, 1).astype(np.float32)
-        halves = (a * (np.float32(1) / scale)[:, None]).astype(np.float16)
+        scale = _unit(np.abs(a).max(1))
+        halves = (a * np.divide(1, scale, out=np.zeros_like(scale), where=scale > 0)[:, None]).astype(np.float16)
         return np.pad(halves, ((0, 0), (0, a.shape[1] % 2))).astype(np.float64), scale
 
     (hx, xs), (hw, ws) = scaled(x), scaled(w)
@@ -71,17 +77,31 @@ def test_a_packed_layer_reads_back_its_weight_as_float16_rounded_it():
     w[3] = 0
     layer = fastmath.PackedLinear.from_linear(nn.Linear(33, 70), kernels.pack_f16)
     layer.packed = kernels.pack_f16(mx.array(w))
-    scale = np.where(np.abs(w).max(1) > 0, np.abs(w).max(1), 1)[:, None]
-    want = (w * (np.float32(1) / scale)).astype(np.float16).astype(np.float32) * scale
+    scale = _unit(np.abs(w).max(1))[:, None]
+    want = (w * np.divide(1, scale, out=np.zeros_like(scale), where=scale > 0)).astype(np.float16) * scale
     np.testing.assert_allclose(np.asarray(layer.weight), want, rtol=1e-6)
     assert layer.weight.shape == (70, 33)
+
+
+@needs_f16
+def test_rows_of_subnormals_multiply_as_zeros():
+    """A row whose largest value is subnormal (1e-45) has no float32 scale to bring it into float16: it multiplies
+    as zeros, where float32's products would be under 1e-37, never as the infinity 1 / 1e-45 would make."""
+    x = np.full((2, 9), 1e-45, np.float32)
+    x[1] = np.linspace(-1, 1, 9)
+    w = np.random.default_rng(2).standard_normal((5, 9)).astype(np.float32)
+    bias = np.arange(5, dtype=np.float32)
+    got = np.asarray(kernels.packed_matmul(mx.array(x), kernels.pack_f16(mx.array(w)), mx.array(bias))[0])
+    np.testing.assert_array_equal(got[0], bias)
+    np.testing.assert_allclose(got[1], x[1] @ w.T + bias, atol=3e-3)
 
 
 @needs_f16
 @pytest.mark.parametrize("magnitude", [1e30, 1e-30])
 def test_rows_float16_cannot_hold_are_scaled_into_it(magnitude):
     """Activations far past float16's range (65504) or below its smallest value still multiply to within float16's
-    precision: each row is scaled to a peak of 1 first, so no sum overflows or flushes to zero."""
+    precision: each row is scaled by a power of two to a peak in [1, 2) first, so no sum overflows or flushes to
+    zero."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 300)).astype(np.float32) * np.float32(magnitude)
     w = rng.standard_normal((40, 300)).astype(np.float32)

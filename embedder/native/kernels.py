@@ -147,11 +147,11 @@ class Int8Weight:
 
 @dataclass(frozen=True)
 class F16Weight:
-    """A Linear's (out, in) weight as float16, scaled per output channel to a peak of 1, packed for
-    `packed_matmul`."""
+    """A Linear's (out, in) weight as float16, scaled per output channel by a power of two to a peak in [1, 2),
+    packed for `packed_matmul`."""
 
     packed: np.ndarray  # uint16 (float16 bits), 64 output channels by the whole depth, two inputs a lane
-    scales: np.ndarray  # float32, each output channel's peak |w| (padded to a multiple of 64)
+    scales: np.ndarray  # float32, each output channel's power of two (padded to a multiple of 64)
     shape: tuple[int, int]
 
 

@@ -1,13 +1,14 @@
 // y = x @ w.T with float16 multiplies (AVX512-FP16 `vfmadd231ph`: 32 multiply-adds an instruction, twice the
-// float32 FMA rate on the Xeons that have it) and float32 sums. Weights are scaled per output channel to a peak of
-// 1 and rounded to float16 once; each call scales x per row the same way. A lane adds BLOCK products in float16,
-// then its sum is widened and added into float32, so rounding error grows with BLOCK, not with the depth; with
-// both operands at most 1 in size, a float16 sum of BLOCK products stays under BLOCK, far below float16's
-// 65504: no input overflows. Undone at the end:
+// float32 FMA rate on the Xeons that have it) and float32 sums. Weights are scaled per output channel by a power
+// of two (exact) to a peak in [1, 2) and rounded to float16 once; each call scales x per row the same way. A lane
+// adds BLOCK products in float16, then its sum is widened and added into float32, so rounding error grows with
+// BLOCK, not with the depth; with both operands under 2 in size, a float16 sum of BLOCK products stays under
+// 4 * BLOCK, far below float16's 65504: no input overflows. Undone at the end:
 //   y[m][n] = sx[m] * sw[n] * sum_k hx[m][k] * hw[n][k].
 // Built by embedder/native/build.py with -march=native; without AVX512-FP16 every entry returns NO_KERNEL.
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -47,6 +48,11 @@ extern "C" long embed_f16_packed_halves(int n, int k) { return round_up(n, PANEL
 
 #ifdef EMBED_F16
 namespace {
+
+// The power of two a row or channel whose largest |value| is `top` is divided by (a peak in [1, 2), exactly);
+// 0 where `top` is zero or subnormal, and the row then multiplies as zeros (where a float32 matmul's products
+// would be under 1e-37).
+float unit(float top) { return top >= FLT_MIN ? std::ldexp(1.0f, std::ilogb(top)) : 0.0f; }
 
 // `count` floats times `scale` as float16, round to nearest even.
 void to_half(const float* x, int count, float scale, uint16_t* out) {
@@ -137,7 +143,7 @@ constexpr Tile TILES[ROWS + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, t
 #endif
 
 // w (n, k) float32, row-major (a Linear's weight) -> packed[n / 64][k / 2][4][16][2] float16 and scales[n], each
-// channel's peak |w| (the halves hold w / scale); padding columns and depth are zeros, their scales 1. scales has
+// channel's `unit` (the halves hold w / scale); padding columns and depth are zeros, their scales 1. scales has
 // room for n rounded up to 64.
 extern "C" int embed_f16_pack(const float* w, int n, int k, uint16_t* packed, float* scales) {
 #ifdef EMBED_F16
@@ -150,8 +156,8 @@ extern "C" int embed_f16_pack(const float* w, int n, int k, uint16_t* packed, fl
       if (j >= n) continue;
       const float top = peak(w + j * k, k);
       if (top < 0.0f) return boundary::NOT_FINITE;
-      if (top > 0.0f) scales[j] = top;
-      to_half(w + j * k, k, 1.0f / scales[j], row.data());
+      scales[j] = unit(top);
+      to_half(w + j * k, k, scales[j] > 0.0f ? 1.0f / scales[j] : 0.0f, row.data());
       uint16_t* panel = packed + (j / PANEL) * PANEL * depth;
       const long lane = (j % PANEL) / 16 * 32 + (j % 16) * 2;  // within a depth pair's 64 halves
       for (int i = 0; i < k; i++) panel[(i / 2) * 2 * PANEL + lane + i % 2] = row[i];
@@ -178,8 +184,8 @@ extern "C" int embed_f16_matmul(const float* x, int m, int k, const uint16_t* pa
         const float* row = x + (start + r) * k;
         const float top = peak(row, k);
         if (top < 0.0f) return boundary::NOT_FINITE;
-        xs[r] = top > 0.0f ? top : 1.0f;
-        to_half(row, k, 1.0f / xs[r], &a[r * depth]);
+        xs[r] = unit(top);
+        to_half(row, k, xs[r] > 0.0f ? 1.0f / xs[r] : 0.0f, &a[r * depth]);
         if (depth > k) a[r * depth + k] = 0;
       }
       for (int column = 0; column < n; column += PANEL) {
