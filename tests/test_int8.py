@@ -33,7 +33,8 @@ def _quantized_reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     w_scale = np.where(w_scale > 0, w_scale, 1)
     qw = np.clip(np.rint(w / w_scale[:, None]), -127, 127)
     low, high = np.minimum(x.min(1), 0), np.maximum(x.max(1), 0)
-    x_scale = np.where(high > low, (high - low) / np.float32(255), 1).astype(np.float32)
+    span = (high / np.float32(255) - low / np.float32(255)).astype(np.float32)
+    x_scale = np.where(span >= np.finfo(np.float32).tiny, span, 1).astype(np.float32)
     zero = np.clip(np.rint(-low / x_scale), 0, 255)
     qx = np.clip(np.rint(x * (np.float32(1) / x_scale)[:, None]) + zero[:, None], 0, 255)
     return ((qx - zero[:, None]) @ qw.T) * x_scale[:, None].astype(np.float64) * w_scale[None]
@@ -65,6 +66,15 @@ def test_kernel_takes_zero_and_constant_rows_and_batched_shapes():
     assert got.shape == (2, 3, 24) and np.isfinite(got).all()
     assert not got[1].any() and not got[0, 0].any()
     np.testing.assert_allclose(got[0, 1], _quantized_reference(x[0, 1:2], w)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_rows_at_float32s_ends_stay_finite():
+    """A row spanning -3e38 to 3e38 (its range overflows float32) or only subnormals: finite, no NaN."""
+    x = np.array([[-3e38, 3e38, 1.0, 0.0], [1e-45, -1e-45, 0.0, 1e-45]], np.float32)
+    w = np.full((3, 4), 1e-3, np.float32)
+    got = np.asarray(kernels.packed_matmul(mx.array(x), kernels.pack_int8(mx.array(w)))[0])
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got[1], 0, atol=1e-30)
 
 
 def test_non_finite_weights_are_refused_at_pack():

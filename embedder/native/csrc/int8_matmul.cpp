@@ -6,6 +6,7 @@
 // Built by embedder/native/build.py with -march=native; without AVX512-VNNI every entry returns NO_KERNEL.
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -88,7 +89,10 @@ bool quantize_row(const float* x, int k, long depth, uint8_t* q, float* scale, i
   }
   if (bad) return false;
   const float low = _mm512_reduce_min_ps(lo), high = _mm512_reduce_max_ps(hi);
-  const float s = high > low ? (high - low) / 255.0f : 1.0f;
+  // Each end divided first: high - low itself overflows for a row spanning more than float32's largest value.
+  // A constant row, or one whose range is subnormal, takes one level (every value its zero point).
+  const float range = high / 255.0f - low / 255.0f;
+  const float s = range >= FLT_MIN ? range : 1.0f;
   const int32_t z = std::clamp(static_cast<int32_t>(std::nearbyint(-low / s)), 0, 255);
   const __m512 inv = _mm512_set1_ps(1.0f / s);
   const __m512i zv = _mm512_set1_epi32(z), top = _mm512_set1_epi32(255), none = _mm512_setzero_si512();
