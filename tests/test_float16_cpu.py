@@ -1,7 +1,8 @@
 """dtype float16 on a CPU with AVX512-FP16: the native float16 matmul against the same rounding done in NumPy, its
 stated fidelity to float32 on the real all-MiniLM-L6-v2 (golden texts), its inputs that float16 alone could not
-hold, and the fronts and model families running it; where the kernel cannot run, MLX's own float16. The kernel's
-tests are skipped on CPUs without AVX512-FP16 (AMD Zen 4 among them), where it is not built."""
+hold, and the fronts and model families running it (a cross-encoder and `embed serve` with int8 too); where the
+kernel cannot run, MLX's own float16. The kernel's tests are skipped on CPUs without AVX512-FP16 (AMD Zen 4 among
+them), where it is not built."""
 
 import json
 import subprocess
@@ -14,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from reference import PACKED_DTYPE_FIDELITY, cosine, needs_f16, needs_int8
+from test_server import running_server
 from tiny_models import tiny_cross_encoder, tiny_transformer
 
 from embedder import EmbeddingEngine
@@ -168,6 +170,20 @@ def test_cross_encoder_scores_in_packed_dtypes(tmp_path, minilm_path, dtype, ato
     np.testing.assert_allclose(packed.score(pairs), full.score(pairs), atol=atol)
     for engine in (full, packed):
         engine.unload()
+
+
+@pytest.mark.parametrize("dtype, least", [pytest.param("int8", 0.99, marks=needs_int8),
+                                          pytest.param("float16", 0.99999, marks=needs_f16)])
+def test_server_serves_packed_dtypes_to_the_openai_client(minilm_path, dtype, least):
+    import openai
+
+    texts = ["The quick brown fox.", "中文句子，还有一些日本語のテキスト。", "def f(x): return x", "long " * 300]
+    want = EmbeddingEngine(str(minilm_path)).embed(texts)
+    with running_server(str(minilm_path), "--dtype", dtype) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        reply = client.embeddings.create(model=str(minilm_path), input=texts)  # base64, the SDK's default
+    got = np.array([d.embedding for d in reply.data], np.float32)
+    assert cosine(got, want).min() >= least
 
 
 def test_without_the_kernel_float16_runs_mlx_float16_and_says_it_is_slow(minilm_path, monkeypatch):

@@ -1,6 +1,7 @@
 """dtype int8: the native int8 matmul against the same quantization done in NumPy, its stated fidelity to float32
-on the real all-MiniLM-L6-v2 (golden texts) and on tiny random models, and every front (engine, `embed`, `embed
-serve`, `embed rerank`) running it. Skipped where the CPU has no AVX512-VNNI (the kernel is not built there)."""
+on the real all-MiniLM-L6-v2 (golden texts) and on tiny random models, and the engine and `embed` running it (a
+cross-encoder and `embed serve`, for both packed dtypes, are in test_float16_cpu.py). Skipped where the CPU has no
+AVX512-VNNI (the kernel is not built there)."""
 
 import json
 import subprocess
@@ -11,13 +12,12 @@ import mlx.core as mx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from reference import assert_packed_near_float32, cosine
+from tiny_models import save_sentence_transformer, tiny_encoder, tiny_transformer
 
 from embedder import EmbeddingEngine
 from embedder.errors import ModelError
 from embedder.native import kernels
-from reference import assert_packed_near_float32, cosine
-from test_server import running_server
-from tiny_models import save_sentence_transformer, tiny_encoder, tiny_transformer
 
 pytestmark = pytest.mark.skipif(not kernels.int8_available(), reason="no AVX512-VNNI int8 kernel on this CPU")
 
@@ -147,14 +147,3 @@ def test_cli_dtype_int8_writes_its_dtype_and_close_vectors(tmp_path, minilm_path
     assert outputs["int8"]["tokens"].to_pylist() == outputs["float32"]["tokens"].to_pylist()
     bad = _embed_cli(str(source), "-m", str(minilm_path), "--dtype", "int4")
     assert bad.returncode == 2 and "int4" in bad.stderr and "Traceback" not in bad.stderr
-
-
-def test_server_dtype_int8(minilm_path):
-    import openai
-
-    want = EmbeddingEngine(str(minilm_path)).embed(TEXTS)
-    with running_server(str(minilm_path), "--dtype", "int8") as url:
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
-        reply = client.embeddings.create(model=str(minilm_path), input=TEXTS)
-    got = np.array([d.embedding for d in reply.data], np.float32)
-    assert cosine(got, want).min() >= 0.99
