@@ -52,7 +52,8 @@ def main() -> None:
     parser.add_argument("--max-batch-rows", type=int, help="engine row cap (default: the engine's)")
     parser.add_argument("--model", type=Path, help="model folder (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="sentence-transformers' device")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="engine dtype")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "int8"],
+                        help="engine dtype (on a CPU: float16 with AVX512-FP16, int8 with AVX512-VNNI run our kernels)")
     parser.add_argument("--corpus-dir", type=Path, default=CORPUS)
     args = parser.parse_args()
 
