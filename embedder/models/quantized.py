@@ -1,6 +1,6 @@
-"""Quantized layers on the CPU: MLX-quantized checkpoints dequantize, then one BLAS matmul; `dtype="int8"` and,
-on CPUs with float16 arithmetic, `dtype="float16"` run a float32 model's encoder projections in our int8 or
-float16 matmul kernels."""
+"""Quantized layers on the CPU: MLX-quantized checkpoints dequantize, then one BLAS matmul; `dtype="int8"` runs a
+float32 model's encoder projections in our int8 matmul kernel and, on CPUs with float16 arithmetic,
+`dtype="float16"` every Linear in our float16 one."""
 
 from collections.abc import Callable
 
@@ -44,11 +44,6 @@ PACKED_DTYPES = {"int8": ("int8_available", "pack_int8", "AVX512-VNNI"),
                  "float16": ("f16_available", "pack_f16", "AVX512-FP16")}
 
 
-def packs_projections(model: nn.Module, dtype: str) -> bool:
-    """Whether the model has layers that `use_packed_matmuls` can swap for `dtype`."""
-    return any(_packable(m, dtype) for _, m in model.named_modules())
-
-
 def use_packed_matmuls(model: nn.Module, architecture: str, dtype: str) -> None:
     """Swap the model's float32 projections for ones that multiply in `dtype` (int8 or float16) on weights packed
     once: int8 the encoder layers' only, float16 every Linear (`_packable`). Refuses where it cannot run, rather
@@ -58,7 +53,7 @@ def use_packed_matmuls(model: nn.Module, architecture: str, dtype: str) -> None:
     if not getattr(kernels, available)():
         raise ModelError(f"dtype {dtype} needs a Linux CPU with {instructions} and g++ (the native kernels); "
                          "use float32 here")
-    if not packs_projections(model, dtype):
+    if not any(_packable(m, dtype) for _, m in model.named_modules()):
         raise ModelError(f"dtype {dtype} is not available for {architecture!r} models; use float32")
     _swap_layers(model, lambda m: _packable(m, dtype), lambda linear: fastmath.PackedLinear.from_linear(linear, pack))
 
