@@ -268,7 +268,9 @@ def load_model(options: EngineOptions) -> LoadedModel:
     if dtype == INT8 and config.get("quantization"):
         raise ModelError("dtype int8 quantizes a float checkpoint; this one is already quantized")
     if weights_dtype in ("float16", "bfloat16") and on_cpu:
-        warnings.warn(f"dtype {dtype} on the CPU runs MLX's generic kernels here, ~30x slower than float32 (which "
+        why = ("" if dtype == "bfloat16" else " (a quantized checkpoint)" if config.get("quantization")
+               else " (no AVX512-FP16 float16 kernel here)")
+        warnings.warn(f"dtype {dtype} on the CPU runs MLX's generic kernels{why}, ~30x slower than float32 (which "
                       "is exact); for speed on the CPU use int8, or float16 on a CPU with AVX512-FP16",
                       RuntimeWarning, stacklevel=2)
     module = build_model(config, path, DTYPES[weights_dtype], spec.scores.labels if spec.scores else None)
