@@ -14,9 +14,10 @@ import mlx.nn as nn
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from mlx.utils import tree_flatten
 from reference import PACKED_DTYPE_FIDELITY, cosine, needs_f16, needs_int8
 from test_server import running_server
-from tiny_models import tiny_cross_encoder, tiny_transformer
+from tiny_models import tiny_cross_encoder, tiny_encoder, tiny_transformer
 
 from embedder import EmbeddingEngine
 from embedder.errors import ModelError
@@ -184,6 +185,24 @@ def test_server_serves_packed_dtypes_to_the_openai_client(minilm_path, dtype, le
         reply = client.embeddings.create(model=str(minilm_path), input=texts)  # base64, the SDK's default
     got = np.array([d.embedding for d in reply.data], np.float32)
     assert cosine(got, want).min() >= least
+
+
+@pytest.mark.parametrize("dtype, stored", [pytest.param("float16", "bfloat16", marks=needs_f16),
+                                           pytest.param("int8", "float16", marks=needs_int8)])
+def test_a_checkpoint_stored_in_16_bits_is_packed_as_stored(tmp_path, minilm_path, dtype, stored):
+    """Packed dtypes build the model in the checkpoint's own type (a bfloat16 decoder is half its float32 size),
+    pack each Linear in turn, then compute everything else in float32."""
+    path = (tiny_transformer("qwen3", minilm_path, tmp_path) if dtype == "float16"
+            else tiny_encoder("bert", minilm_path, tmp_path))
+    weights = mx.load(str(path / "model.safetensors"))
+    mx.save_safetensors(str(path / "model.safetensors"), {k: v.astype(getattr(mx, stored)) for k, v in weights.items()})
+    texts = ["a short text", "and a longer one, with more words in it"]
+    packed = EmbeddingEngine(str(path), dtype=dtype, max_length=64)
+    got = packed.embed(texts)
+    params = tree_flatten(packed.model.module.parameters())
+    assert params and all(v.dtype == mx.float32 for _, v in params)
+    want = EmbeddingEngine(str(path), dtype="float32", max_length=64).embed(texts)
+    assert cosine(got, want).min() >= PACKED_DTYPE_FIDELITY[dtype]
 
 
 def test_without_the_kernel_float16_runs_mlx_float16_and_says_it_is_slow(minilm_path, monkeypatch):

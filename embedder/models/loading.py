@@ -166,9 +166,10 @@ def load_weights(path: Path) -> dict[str, mx.array]:
     return weights
 
 
-def build_model(config: dict, path: Path, dtype: mx.Dtype, labels: int | None = None) -> nn.Module:
+def build_model(config: dict, path: Path, dtype: mx.Dtype | None, labels: int | None = None) -> nn.Module:
     """mlx-lm's chain: ModelArgs.from_dict -> Model -> sanitize -> quantize what is quantized -> strict load.
-    With `labels`, the architecture's `Classifier` (a cross-encoder) instead of its `Model`."""
+    Float weights are cast to `dtype`, or with None kept as stored. With `labels`, the architecture's `Classifier`
+    (a cross-encoder) instead of its `Model`."""
     arch = get_architecture(config)
     args = arch.ModelArgs.from_dict(config)
     if labels is None:
@@ -189,7 +190,8 @@ def build_model(config: dict, path: Path, dtype: mx.Dtype, labels: int | None = 
             mode=q.get("mode", "affine"),
             class_predicate=lambda p, m: quantized_layer(q, p, m, weights),
         )
-    weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+    if dtype is not None:
+        weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
@@ -260,22 +262,25 @@ def load_model(options: EngineOptions) -> LoadedModel:
     on_cpu = mx.default_device() == mx.cpu
     packed = on_cpu and (dtype == INT8 or (dtype == "float16" and not config.get("quantization")
                                            and kernels.f16_available()))
-    weights_dtype = "float32" if packed else dtype  # packed: float32 weights, packed for our kernels below
-    if weights_dtype not in DTYPES:
+    if dtype not in DTYPES and dtype != INT8:
         raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join((*DTYPES, INT8))}")
     if dtype == INT8 and not on_cpu:
         raise ModelError("dtype int8 runs on the CPU only; on a GPU use float16 or bfloat16")
     if dtype == INT8 and config.get("quantization"):
         raise ModelError("dtype int8 quantizes a float checkpoint; this one is already quantized")
-    if weights_dtype in ("float16", "bfloat16") and on_cpu:
+    if dtype in ("float16", "bfloat16") and on_cpu and not packed:
         why = ("" if dtype == "bfloat16" else " (a quantized checkpoint)" if config.get("quantization")
                else " (no AVX512-FP16 float16 kernel here)")
         warnings.warn(f"dtype {dtype} on the CPU runs MLX's generic kernels{why}, ~30x slower than float32 (which "
                       "is exact); for speed on the CPU use int8, or float16 on a CPU with AVX512-FP16",
                       RuntimeWarning, stacklevel=2)
-    module = build_model(config, path, DTYPES[weights_dtype], spec.scores.labels if spec.scores else None)
-    if weights_dtype != dtype:
+    # Packed: the weights as stored (a bfloat16 decoder's are half its float32 size), each Linear's packed for our
+    # kernel in turn, then the rest (embeddings, norms, biases) cast to float32, the activations' type.
+    module = build_model(config, path, None if packed else DTYPES[dtype], spec.scores.labels if spec.scores else None)
+    if packed:
         use_packed_matmuls(module, config["model_type"], dtype)
+        module.set_dtype(mx.float32)
+        mx.eval(held_arrays(module))
     elif config.get("quantization") and on_cpu:
         use_blas_for_quantized(module)
 

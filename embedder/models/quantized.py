@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_map
+from mlx.utils import tree_unflatten
 
 from ..errors import ModelError
 from ..native import fastmath, kernels
@@ -28,9 +28,14 @@ class DequantizingLinear(nn.Module):
 
 
 def _swap_layers(model: nn.Module, swapped: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]):
-    """Each leaf module that is `swapped` replaced by `make(module)`, after the weights are loaded."""
-    leaves = tree_map(lambda m: make(m) if swapped(m) else m, model.leaf_modules(), is_leaf=nn.Module.is_module)
-    model.update_modules(leaves)
+    """Each leaf module that is `swapped` replaced by `make(module)`, after the weights are loaded: one at a time,
+    so that a layer's old weights can go before the next layer's replacement is made (a large model's would
+    otherwise all be held twice)."""
+    for name in [name for name, module in model.named_modules() if swapped(module)]:
+        module = model
+        for part in name.split("."):
+            module = module[int(part)] if isinstance(module, list) else module[part]
+        model.update_modules(tree_unflatten([(name, make(module))]))
 
 
 def use_blas_for_quantized(model: nn.Module) -> None:

@@ -159,9 +159,9 @@ PackedWeight = Int8Weight | F16Weight
 
 
 def pack_int8(weight: mx.array) -> Int8Weight:
-    """`weight` (out, in), float32, quantized and packed once, at load."""
+    """`weight` (out, in), any float type, quantized and packed once, at load."""
     n, k = weight.shape
-    data = _buffer(weight, (n, k), mx.float32, "weight")
+    data = _buffer(_float32(weight), (n, k), mx.float32, "weight")
     size = _int8_kernels().embed_int8_packed_bytes(n, k)
     channels = size // (-(-k // 4) * 4)
     packed = Int8Weight(np.empty(size, np.int8), np.empty(channels, np.float32), np.empty(channels, np.int32), (n, k))
@@ -171,14 +171,21 @@ def pack_int8(weight: mx.array) -> Int8Weight:
 
 
 def pack_f16(weight: mx.array) -> F16Weight:
-    """`weight` (out, in), float32, rounded to float16 and packed once, at load."""
+    """`weight` (out, in), any float type, rounded to float16 and packed once, at load."""
     n, k = weight.shape
-    data = _buffer(weight, (n, k), mx.float32, "weight")
+    data = _buffer(_float32(weight), (n, k), mx.float32, "weight")
     size = _f16_kernels().embed_f16_packed_halves(n, k)
     packed = F16Weight(np.empty(size, np.uint16), np.empty(size // (-(-k // 2) * 2), np.float32), (n, k))
     _check(_f16_kernels().embed_f16_pack(data.ctypes.data, n, k, packed.packed.ctypes.data,
                                           packed.scales.ctypes.data), "float16 pack")
     return packed
+
+
+def _float32(weight: mx.array) -> mx.array:
+    """A weight as stored (a bfloat16 or float16 checkpoint's too) in float32, for packing: only one layer's is
+    ever made at a time."""
+    narrower = mx.issubdtype(weight.dtype, mx.floating) and weight.dtype != mx.float32
+    return weight.astype(mx.float32) if narrower else weight
 
 
 def unpack_f16(weight: F16Weight) -> mx.array:
