@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "boundary.h"
+#include "packing.h"
 
 #if defined(__AVX512FP16__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
 #include <immintrin.h>
@@ -23,6 +24,8 @@
 
 namespace {
 
+using packing::round_up;
+
 constexpr int VECTORS = 4;           // float16 vectors a depth pair of a panel takes: 16 columns x 2 depths each
 constexpr int PANEL = 16 * VECTORS;  // output columns a packed panel holds
 constexpr int ROWS = 6;              // rows of x one tile multiplies: 6 x 4 float16 sums, 4 weight vectors
@@ -30,8 +33,6 @@ constexpr int ROWS = 6;              // rows of x one tile multiplies: 6 x 4 flo
 // texts' min cosine to float32 0.999997, 0.999994 and 0.999991; sentences at 1.27x, 1.37x and 1.48x float32.
 constexpr int BLOCK = 32;
 constexpr int CHUNK = 192;           // rows of x converted per pass, their float16 copy small enough to stay in L2
-
-long round_up(long v, long to) { return (v + to - 1) / to * to; }
 
 }  // namespace
 

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "boundary.h"
+#include "packing.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -16,10 +17,10 @@
 
 namespace {
 
+using packing::round_up;
+
 constexpr int PANEL = 64;  // output columns a packed panel holds: four vectors of 16
 constexpr int ROWS = 6;    // rows of x one tile multiplies: 6 x 4 accumulators, 4 weight vectors, one broadcast
-
-long round_up(long v, long to) { return (v + to - 1) / to * to; }
 
 #ifdef EMBED_F32
 // y[r][column + c] for r < R rows of `a` and the 64 columns of one panel.

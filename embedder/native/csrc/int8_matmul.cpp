@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "boundary.h"
+#include "packing.h"
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
 #include <immintrin.h>
@@ -21,11 +22,11 @@
 
 namespace {
 
+using packing::round_up;
+
 constexpr int PANEL = 64;  // output columns a packed panel holds: four vectors of 16 int32 sums
 constexpr int ROWS = 6;    // rows of x one tile multiplies: 6 x 4 accumulators, 4 weight vectors, one broadcast
 constexpr int BLOCK = 192; // rows of x quantized per pass, their uint8 copy small enough to stay in L2
-
-long round_up(long v, long to) { return (v + to - 1) / to * to; }
 
 }  // namespace
 
