@@ -107,9 +107,11 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     for exc_type in (EmbedError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(exc_type, _handle)
 
-    async def embed(body: EmbeddingRequest, receive: Receive, normalize: bool | None = None,
-                    field: str = "input") -> tuple[ServedModel, np.ndarray, int] | None:
-        """The served model, the request's vectors and their tokens; None if the client hung up first."""
+    async def embed(body: EmbeddingRequest, receive: Receive, normalize: bool | None = None, field: str = "input",
+                    refuse_long: bool = False) -> tuple[ServedModel, np.ndarray, int] | None:
+        """The served model, the request's vectors and their tokens; None if the client hung up first.
+        `refuse_long`: a text over the model's length is refused, though the server would cut it (TEI's
+        `truncate: false`)."""
         served = registry.resolve(body.model)
         inputs = parse_input(body.input, options.max_inputs, field)
         if body.precision in CALIBRATED and len(inputs) < 2:
@@ -120,6 +122,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
                              "already sets the values' type", "embed_dtype")
         with admission.admit(len(inputs)):
             engine = await _engine(registry, served)
+            if refuse_long and inputs.texts is not None:
+                await run_in_threadpool(_refuse_long, engine, inputs.texts, body.prompt_name)
             dimensions = engine.check_dimensions(body.dimensions)
             if _characters(inputs) <= INLINE_TOKENIZE_CHARS:
                 token_ids = _token_ids(engine, inputs, body)
@@ -156,15 +160,11 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     @app.post("/embed", response_model=list[list[float]])
     async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
         """Text Embeddings Inference's /embed: the vectors as a bare list of lists of floats."""
-        if body.truncate is False:
-            texts = parse_input(body.inputs, options.max_inputs, "inputs").texts
-            if texts is not None:
-                engine = await _engine(registry, registry.resolve(None))
-                await run_in_threadpool(_refuse_long, engine, texts, body.prompt_name)
         keep_last = -1 if body.truncation_direction.lower() == "left" else None
         asked = EmbeddingRequest(input=body.inputs, dimensions=body.dimensions, prompt_name=body.prompt_name,
                                  truncate_prompt_tokens=keep_last)
-        answer = await embed(asked, request.receive, normalize=body.normalize, field="inputs")
+        answer = await embed(asked, request.receive, normalize=body.normalize, field="inputs",
+                             refuse_long=body.truncate is False)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         return Response(json.dumps(answer[1].tolist()), media_type="application/json")
