@@ -343,6 +343,7 @@ def test_tei_clients_and_info(server: str, http: httpx.Client, engine: Embedding
     info = http.get("/info").json()
     assert info["model_type"] == {"embedding": {"pooling": "mean"}}
     assert info["max_input_length"] == engine.max_length and info["max_client_batch_size"] == 2048
+    assert info["model_dtype"] == engine.info()["dtype"] == "float32"
 
 
 @pytest.mark.parametrize("request_body,param", [

@@ -178,7 +178,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         engine = await _engine(registry, served)
         kind = ({"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}} if engine.cross_encoder
                 else {"embedding": {"pooling": "+".join(engine.model.spec.pooling)}})
-        return {"model_id": served.public_name, "model_sha": None, "model_dtype": engine.options.dtype or "float32",
+        return {"model_id": served.public_name, "model_sha": None, "model_dtype": engine.model.dtype,
                 "model_type": kind, "max_concurrent_requests": options.max_queue,
                 "max_input_length": engine.max_length, "max_batch_tokens": engine.batch_shape.tokens,
                 "max_batch_requests": None, "max_client_batch_size": options.max_inputs,
