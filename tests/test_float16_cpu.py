@@ -83,7 +83,8 @@ def test_a_packed_layer_reads_back_its_weight_as_float16_rounded_it():
     scale = _unit(np.abs(w).max(1))[:, None]
     want = (w * np.divide(1, scale, out=np.zeros_like(scale), where=scale > 0)).astype(np.float16) * scale
     np.testing.assert_allclose(np.asarray(layer.weight), want, rtol=1e-6)
-    assert layer.weight.shape == (70, 33)
+    assert layer.weight.shape == (70, 33) and layer.weight is layer.weight  # unpacked once
+    assert "_unpacked" not in dict(layer.items())
 
 
 @needs_f16

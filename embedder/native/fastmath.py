@@ -253,11 +253,15 @@ class PackedLinear(nn.Module):
     @property
     def weight(self) -> mx.array:
         """A float16 weight as the kernel multiplies it, for model code that reads a Linear's weight instead of
-        calling it (mlx-embeddings' SigLIP pooling head splits its fused projection); int8 layers, only ever our
-        own encoders', keep none."""
+        calling it (mlx-embeddings' SigLIP pooling head splits its fused projection), unpacked at the first read;
+        int8 layers, only ever our own encoders', keep none."""
         if not isinstance(self.packed, kernels.F16Weight):
             raise AttributeError("an int8 layer keeps no float weight")
-        return kernels.unpack_f16(self.packed)
+        cached = self.__dict__.get("_unpacked")
+        if cached is None or cached[0] is not self.packed:  # unpacked once, not on every batch that reads it
+            cached = (self.packed, kernels.unpack_f16(self.packed))
+            object.__setattr__(self, "_unpacked", cached)  # not a parameter: nothing saves or loads it
+        return cached[1]
 
 
 def activation(name: str):
