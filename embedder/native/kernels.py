@@ -360,7 +360,7 @@ def linear_add_layer_norm(x: mx.array, weight: mx.array | PackedWeight, bias: mx
 
 def _matmul(x: mx.array, weight: mx.array | PackedWeight) -> tuple[mx.array, np.ndarray]:
     """x @ weight.T, evaluated, and a writable view of its memory: a new array no one else holds."""
-    if isinstance(weight, Int8Weight | F16Weight):
+    if isinstance(weight, PackedWeight):
         return packed_matmul(x, weight)
     if x.dtype != mx.float32 or weight.dtype != mx.float32 or weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
         raise ModelError(f"native kernels: x {_described(x.dtype, x.shape)} and weight "
