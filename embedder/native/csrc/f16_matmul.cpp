@@ -24,6 +24,7 @@
 
 namespace {
 
+using packing::lanes;
 using packing::round_up;
 
 constexpr int VECTORS = 4;           // float16 vectors a depth pair of a panel takes: 16 columns x 2 depths each
@@ -59,7 +60,7 @@ float unit(float top) { return top >= FLT_MIN ? std::ldexp(1.0f, std::ilogb(top)
 void to_half(const float* x, int count, float scale, uint16_t* out) {
   const __m512 s = _mm512_set1_ps(scale);
   for (int i = 0; i < count; i += 16) {
-    const __mmask16 m = count - i >= 16 ? 0xffff : (1u << (count - i)) - 1;
+    const __mmask16 m = lanes(count - i);
     const __m256i h = _mm512_cvtps_ph(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), s), _MM_FROUND_TO_NEAREST_INT);
     _mm256_mask_storeu_epi16(out + i, m, h);
   }
@@ -71,7 +72,7 @@ float peak(const float* x, int count) {
   __m512 top = _mm512_setzero_ps();
   __mmask16 bad = 0;
   for (int i = 0; i < count; i += 16) {
-    const __mmask16 m = count - i >= 16 ? 0xffff : (1u << (count - i)) - 1;
+    const __mmask16 m = lanes(count - i);
     const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
     bad |= _mm512_fpclass_ps_mask(v, 0x99);  // quiet NaN, +inf, -inf, signalling NaN
     top = _mm512_max_ps(top, _mm512_abs_ps(v));
@@ -128,7 +129,7 @@ void tile(const uint16_t* a, long pairs, const uint16_t* panel, const float* xs,
     for (int v = 0; v < VECTORS; v++) {
       const int c = column + v * 16;
       if (c >= n) break;
-      const __mmask16 m = n - c >= 16 ? 0xffff : (1u << (n - c)) - 1;
+      const __mmask16 m = lanes(n - c);
       const __m512 add = bias ? _mm512_maskz_loadu_ps(m, bias + c) : _mm512_setzero_ps();
       const __m512 total = pair_sums(_mm512_load_ps(sums[r][v]), _mm512_load_ps(sums[r][v] + 16));
       _mm512_mask_storeu_ps(y + static_cast<long>(r) * n + c, m,

@@ -17,6 +17,7 @@
 
 namespace {
 
+using packing::lanes;
 using packing::round_up;
 
 constexpr int PANEL = 64;  // output columns a packed panel holds: four vectors of 16
@@ -48,7 +49,7 @@ void tile(const float* a, int k, const float* panel, const float* bias, int colu
     for (int v = 0; v < 4; v++) {
       const int c = column + v * 16;
       if (c >= n) break;
-      const __mmask16 m = n - c >= 16 ? 0xffff : (1u << (n - c)) - 1;
+      const __mmask16 m = lanes(n - c);
       const __m512 add = bias ? _mm512_maskz_loadu_ps(m, bias + c) : _mm512_setzero_ps();
       _mm512_mask_storeu_ps(y + static_cast<long>(r) * n + c, m, _mm512_add_ps(acc[r][v], add));
     }

@@ -22,6 +22,7 @@
 
 namespace {
 
+using packing::lanes;
 using packing::round_up;
 
 constexpr int PANEL = 64;  // output columns a packed panel holds: four vectors of 16 int32 sums
@@ -82,7 +83,7 @@ bool quantize_row(const float* x, int k, long depth, uint8_t* q, float* scale, i
   __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
   __mmask16 bad = 0;
   for (int i = 0; i < k; i += 16) {
-    const __mmask16 m = k - i >= 16 ? 0xffff : (1u << (k - i)) - 1;
+    const __mmask16 m = lanes(k - i);
     const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
     bad |= _mm512_fpclass_ps_mask(v, 0x99);  // quiet NaN, +inf, -inf, signalling NaN
     lo = _mm512_min_ps(lo, v);
@@ -98,7 +99,7 @@ bool quantize_row(const float* x, int k, long depth, uint8_t* q, float* scale, i
   const __m512 inv = _mm512_set1_ps(1.0f / s);
   const __m512i zv = _mm512_set1_epi32(z), top = _mm512_set1_epi32(255), none = _mm512_setzero_si512();
   for (int i = 0; i < k; i += 16) {
-    const __mmask16 m = k - i >= 16 ? 0xffff : (1u << (k - i)) - 1;
+    const __mmask16 m = lanes(k - i);
     __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv)), zv);
     v = _mm512_min_epi32(_mm512_max_epi32(v, none), top);
     _mm512_mask_cvtepi32_storeu_epi8(q + i, m, v);
@@ -139,7 +140,7 @@ void tile(const uint8_t* a, long depth, const int8_t* panel, const float* xs, co
     for (int v = 0; v < 4; v++) {
       const int c = column + v * 16;
       if (c >= n) break;
-      const __mmask16 m = n - c >= 16 ? 0xffff : (1u << (n - c)) - 1;
+      const __mmask16 m = lanes(n - c);
       const __m512i exact = _mm512_sub_epi32(acc[r][v], _mm512_mullo_epi32(zero, _mm512_loadu_si512(sums + c)));
       const __m512 add = bias ? _mm512_maskz_loadu_ps(m, bias + c) : _mm512_setzero_ps();
       const __m512 out = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(scale, _mm512_loadu_ps(ws + c)), add);
