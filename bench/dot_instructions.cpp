@@ -1,8 +1,8 @@
 // Multiply-adds per second on one core, by instruction: float32 FMA (what OpenBLAS's sgemm runs), bf16 pairs
 // (AVX512-BF16 `vdpbf16ps`, what a bf16 matmul without AMX would run), float16 FMA (AVX512-FP16 `vfmadd231ph`,
-// what `--dtype float16` runs) and int8 quads (AVX512-VNNI `vpdpbusd`, what `--dtype int8` runs). Each loop keeps 16 independent accumulators, enough to hide every latency, so the
-// figure is the instruction's throughput on this core. It says which reduced precision can pay before writing a
-// kernel for it (issue 16).
+// what `--dtype float16` runs) and int8 quads (AVX512-VNNI `vpdpbusd`, what `--dtype int8` runs). Each loop keeps
+// 16 independent accumulators, enough to hide every latency, so the figure is the instruction's throughput on this
+// core. It says which reduced precision can pay before writing a kernel for it (issue 16).
 //
 //   g++ -O2 -march=native bench/dot_instructions.cpp -o /tmp/dot && /tmp/dot
 

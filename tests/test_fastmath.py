@@ -7,9 +7,9 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_map
+from reference import needs_f16, needs_int8
 
-from embedder.native import fastmath
-from embedder.native import kernels
+from embedder.native import fastmath, kernels
 
 
 @pytest.fixture(params=["native", "compiled", "builtin"])
@@ -205,7 +205,8 @@ def _bert_layer(rng, hidden: int, heads: int, act: str = "gelu", family: str = "
     return layer
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int8", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("int8", marks=needs_int8),
+                                   pytest.param("float16", marks=needs_f16)])
 @pytest.mark.parametrize("act, family, count", [("gelu", "bert", 1), ("gelu", "bert", 3), ("relu", "bert", 2),
                                                 ("gelu", "mpnet", 2)])
 def test_layers_on_packed_rows_equal_the_padded_layers(dtype, act, family, count):
@@ -213,11 +214,9 @@ def test_layers_on_packed_rows_equal_the_padded_layers(dtype, act, family, count
     included; kernel by kernel with another activation) give what the padded MLX batch gives at its real tokens,
     for one layer and stacks of them; int8 and float16 projections too."""
     from embedder.models.bert import run_layers
-    from embedder.models.quantized import PACKED_DTYPES, use_packed_matmuls
+    from embedder.models.quantized import use_packed_matmuls
 
     _native_or_skip()
-    if dtype != "float32" and not getattr(kernels, PACKED_DTYPES[dtype][0])():
-        pytest.skip(f"no {dtype} kernel on this CPU")
     rng = np.random.default_rng(7)
     layers = [_bert_layer(rng, 64, 4, act, family) for _ in range(count)]
     if dtype != "float32":
@@ -288,14 +287,13 @@ def test_the_small_batch_weight_follows_its_weight():
     np.testing.assert_array_equal(dense.small_batch_weight(), first * 2)
 
 
+@needs_int8
 def test_the_one_call_layers_report_a_kernel_failure():
     """A NaN reaching an int8 projection inside the one-call layers comes back as the kernel's error."""
     from embedder.errors import ModelError
     from embedder.models.quantized import use_packed_matmuls
 
     _native_or_skip()
-    if not kernels.int8_available():
-        pytest.skip("no int8 kernel on this CPU")
     layer = _bert_layer(np.random.default_rng(1), 32, 2)
     use_packed_matmuls(layer, "bert", "int8")
     x = np.ones((1, 4, 32), np.float32)
