@@ -135,6 +135,57 @@ def test_self_attention_adds_a_position_bias(mode, L, H, D):
     np.testing.assert_allclose(out, _reference(qkv, scale, keep, bias), rtol=1e-5, atol=2e-5)
 
 
+def _rotated64(x: np.ndarray, dims: int, periods: np.ndarray, interleaved: bool) -> np.ndarray:
+    """float64 RoPE over (B, L, H, D) heads: pair i at position p turned by p / periods[i] radians (the angle
+    rounded to float32 as transformers rounds it)."""
+    angles = np.arange(x.shape[1], dtype=np.float32)[:, None] * (np.float32(1) / periods)[None]
+    cos, sin = (f(angles.astype(np.float64))[None, :, None, :] for f in (np.cos, np.sin))
+    out = x.astype(np.float64).copy()
+    first, second = (slice(0, dims, 2), slice(1, dims, 2)) if interleaved else (slice(0, dims // 2),
+                                                                                 slice(dims // 2, dims))
+    a, b = out[..., first].copy(), out[..., second].copy()
+    out[..., first], out[..., second] = a * cos - b * sin, b * cos + a * sin
+    return out
+
+
+@pytest.mark.parametrize("L, H, D, dims, interleaved", [(37, 3, 16, 16, False), (19, 2, 32, 16, True),
+                                                        (70, 2, 64, 64, False), (9, 2, 128, 32, False)])
+def test_rotary_attention_matches_float64(mode, L, H, D, dims, interleaved):
+    """NomicBERT's and GTE's RoPE (rotate-half or interleaved pairs, all or part of a head) turned inside the native
+    kernel, or by MLX's RoPE elsewhere: the float64 rotation and attention, padded and packed."""
+    from embedder.models.attention import Rotation
+
+    rng = np.random.default_rng(L + dims)
+    rotation = Rotation.of_base(dims, 100.0, interleaved)
+    qkv = _qkv(rng, 3, L, H, D, 1.5)
+    keep = np.arange(L) < np.array([L, L // 2, 1])[:, None]
+    turned = qkv.astype(np.float64)
+    for i in range(2):
+        turned[:, :, i] = _rotated64(qkv[:, :, i], dims, rotation.periods, interleaved)
+    scale = 1 / math.sqrt(D)
+    want = _reference(turned, scale, keep)
+    fused = mx.array(qkv.reshape(3, L, -1))
+    out = np.asarray(rotation.self_attention(fused, H, mx.array(keep)[:, None, None, :]))
+    np.testing.assert_allclose(out, want, rtol=2e-5, atol=5e-5)
+    packed = fastmath.PackedTokens.of(mx.array(keep.astype(np.int32)), fused, D)
+    assert (packed is not None) == (mode != "compiled")  # MLX's attention never packs
+    if packed is not None:
+        flat = rotation.self_attention(packed.pack(fused), H, packed)
+        np.testing.assert_allclose(np.asarray(packed.unpack(flat)), want, rtol=2e-5, atol=5e-5)
+
+
+def test_rotary_tables_that_do_not_fit_are_refused():
+    from embedder.errors import ModelError
+    from embedder.models.attention import Rotation
+
+    _native_or_skip()
+    qkv = mx.zeros((1, 8, 3 * 2 * 16))
+    with pytest.raises(ModelError, match="do not cover 8 positions of 16-wide heads"):
+        kernels.self_attention(qkv, 2, 1.0, None, rotary=Rotation.of_base(16, 100.0).table(7))
+    with pytest.raises(ModelError, match="do not cover 8 positions of 16-wide heads"):
+        kernels.self_attention(qkv, 2, 1.0, None, rotary=Rotation.of_base(32, 100.0).table(8))
+
+
 def test_self_attention_with_scores_in_the_hundreds_is_exact(mode):
     """Scores far past exp's float32 range (~88): the softmax is shifted by each row's max, never overflows.
 
@@ -172,6 +223,28 @@ def test_linear_gelu_matches_float64_and_leaves_its_input(mode, dims_out):
     pre = x.astype(np.float64) @ np.asarray(dense.weight, np.float64).T + np.asarray(dense.bias)
     assert out.shape == (3, 5, dims_out)
     np.testing.assert_allclose(out, _gelu64(pre), rtol=2e-6, atol=2e-6)
+    np.testing.assert_array_equal(np.asarray(x_mx), x)
+
+
+@pytest.mark.parametrize("hidden", [384, 40, 7])
+@pytest.mark.parametrize("gate, act64", [
+    (nn.silu, lambda g: g / (1 + np.exp(-g))), (mx.sigmoid, lambda g: 1 / (1 + np.exp(-g))),
+    (None, _gelu64),  # fastmath.gelu, once the module's `gelu` is defined
+])
+def test_linear_gated_matches_float64_and_leaves_its_input(mode, hidden, gate, act64):
+    """A gated feed-forward's value * act(gate) over the halves of one projection: SwiGLU, GLU and GeGLU, gates far
+    into both tails included (exp must not overflow)."""
+    rng = np.random.default_rng(hidden)
+    dense = _linear(rng, 24, 2 * hidden)
+    x = rng.standard_normal((3, 5, 24)).astype(np.float32) * 3
+    x[0, 0] = 40  # gates in the hundreds, both signs
+    x_mx = mx.array(x)
+    out = np.asarray(fastmath.linear_gated(dense, x_mx, gate or fastmath.gelu))
+    pre = np.asarray(x_mx @ dense.weight.T + dense.bias, np.float64)  # the activation's error alone, not the matmul's
+    with np.errstate(over="ignore"):
+        want = pre[..., :hidden] * act64(pre[..., hidden:])
+    assert out.shape == (3, 5, hidden) and np.isfinite(out).all()
+    np.testing.assert_allclose(out, want, rtol=2e-6, atol=2e-5)
     np.testing.assert_array_equal(np.asarray(x_mx), x)
 
 
@@ -233,6 +306,57 @@ def test_layers_on_packed_rows_equal_the_padded_layers(dtype, act, family, count
     want = np.asarray(run_layers(layers, x, mx.array(keep)[:, None, None, :], bias))
     np.testing.assert_allclose(got[keep], want[keep], rtol=3e-5, atol=3e-5)
     assert not got[~keep].any()  # padding comes back as zeros
+    if one_call is not None:
+        np.testing.assert_array_equal(one_call, got[keep])
+
+
+def _gated_layer(rng, family: str, gate: str):
+    """One random-weight NomicBERT layer (gate: its `activation_function`) or GTE layer (gate: `hidden_act`)."""
+    from embedder.models import gte, nomic_bert
+
+    if family == "nomic_bert":
+        args = nomic_bert.ModelArgs(model_type=family, vocab_size=10, n_embd=64, n_head=4, n_layer=1, n_inner=96,
+                                    activation_function=gate, rotary_emb_base=100.0, rotary_emb_fraction=0.5)
+        layer = nomic_bert.Layer(args)
+    else:
+        args = gte.ModelArgs(model_type="new", vocab_size=10, hidden_size=64, num_hidden_layers=1,
+                             num_attention_heads=4, intermediate_size=96, hidden_act=gate, rope_theta=100.0)
+        layer = gte.Layer(args)
+    layer.update(tree_map(lambda p: mx.array(rng.standard_normal(p.shape).astype(np.float32) / 4), layer.parameters()))
+    return layer
+
+
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("int8", marks=needs_int8),
+                                   pytest.param("float16", marks=needs_f16)])
+@pytest.mark.parametrize("family, gate, native", [("nomic_bert", "swiglu", True), ("nomic_bert", "geglu", True),
+                                                  ("nomic_bert", "glu", True), ("gte", "gelu", True),
+                                                  ("gte", "gelu_new", False)])
+def test_gated_rotary_layers_on_packed_rows_equal_the_padded_layers(dtype, family, gate, native):
+    """NomicBERT's and GTE's layers (rotary attention, gated feed-forward, half-width rotation for NomicBERT) over
+    packed rows, two in one native call where the gate has a kernel, give what the padded batch gives at its real
+    tokens; a gate without one (tanh GELU) runs kernel by kernel on the packed rows."""
+    from embedder.models.bert import run_layers
+    from embedder.models.quantized import use_packed_matmuls
+
+    _native_or_skip()
+    rng = np.random.default_rng(11)
+    layers = [_gated_layer(rng, family, gate) for _ in range(2)]
+    if dtype != "float32":
+        for layer in layers:
+            use_packed_matmuls(layer, family, dtype)
+    lengths = np.array([9, 3, 1, 9, 6])
+    keep = np.arange(9) < lengths[:, None]
+    x = mx.array(rng.standard_normal((5, 9, 64)).astype(np.float32))
+    packed = fastmath.PackedTokens.of(mx.array(keep.astype(np.int32)), x, 16)
+    attention = layers[0].attn if family == "nomic_bert" else layers[0].attention
+    rotation = attention.rotation(9) if family == "nomic_bert" else attention.rotation
+    one_call = fastmath.encoder_layers(packed.pack(x), packed, [layer.parts() for layer in layers],
+                                       rotary=rotation.table(9))
+    assert (one_call is not None) == native
+    got = np.asarray(run_layers(layers, x, packed, rotary=rotation.table(9)))
+    want = np.asarray(run_layers(layers, x, mx.array(keep)[:, None, None, :]))
+    np.testing.assert_allclose(got[keep], want[keep], rtol=3e-5, atol=3e-5)
+    assert not got[~keep].any()
     if one_call is not None:
         np.testing.assert_array_equal(one_call, got[keep])
 

@@ -2,9 +2,12 @@
 position buckets."""
 
 import math
+from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
+
+from ..native import fastmath, kernels
 
 
 def allowed_keys(
@@ -54,3 +57,48 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
     scaled = (np.log(far / np.float32(exact)) / np.float32(math.log(max_distance / exact)) * np.float32(half - exact))
     large = np.minimum(exact + scaled.astype(np.int64), half - 1)
     return (offset > 0) * half + np.where(distance < exact, distance, large)
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """RoPE as NomicBERT and GTE apply it: the first `dims` floats of each query and key head turned in pairs, pair i
+    at position p by p / periods[i] radians; pairs (i, i + dims / 2), or (2i, 2i + 1) when `interleaved`."""
+
+    dims: int
+    periods: np.ndarray  # float32 (dims / 2,)
+    interleaved: bool = False
+
+    @classmethod
+    def of_base(cls, dims: int, base: float, interleaved: bool = False) -> "Rotation":
+        """periods base ** (2i / dims), in float32 as transformers computes them."""
+        exponents = np.arange(0, dims, 2).astype(np.float32) / np.float32(dims)
+        return cls(dims, np.float32(base) ** exponents, interleaved)
+
+    def table(self, length: int) -> kernels.Rotary:
+        """The native kernels' cosines and sines for positions 0 to length - 1; the angles rounded to float32 as
+        transformers rounds them (position times the inverse period), their cosines and sines then exact."""
+        angles = np.arange(length, dtype=np.float32)[:, None] * (np.float32(1) / self.periods)[None]
+        return kernels.Rotary(np.cos(angles, dtype=np.float64).astype(np.float32),
+                              np.sin(angles, dtype=np.float64).astype(np.float32), self.interleaved)
+
+    def self_attention(self, qkv: mx.array, n_heads: int, mask: mx.array | fastmath.PackedTokens,
+                       q_scale: mx.array | None = None) -> mx.array:
+        """`fastmath.self_attention` with queries and keys turned: from fused projections (B, L, 3 * H * D) to
+        (B, L, H * D), or packed ((T, 3 * H * D) with `PackedTokens`); `mask` (B, 1, 1, L) is True at real tokens,
+        `q_scale` (B, 1, 1, 1) multiplies the queries. The native kernel turns them as it reads them; elsewhere
+        MLX's RoPE turns query and key heads, which are fused again for `fastmath.self_attention`."""
+        if isinstance(mask, fastmath.PackedTokens):  # padded batches only scale queries (GTE's don't pack then)
+            D = qkv.shape[-1] // (3 * n_heads)
+            return kernels.self_attention(qkv, n_heads, D**-0.5, None, starts=mask.starts,
+                                          rotary=self.table(mask.shape[1]))
+        B, L, width = qkv.shape
+        D = width // (3 * n_heads)
+        if q_scale is None and fastmath.native_heads(qkv.dtype, D) and mask.dtype == mx.bool_:
+            return kernels.self_attention(qkv, n_heads, D**-0.5, mask, rotary=self.table(L))
+        heads = qkv.reshape(B, L, 3 * n_heads, D).swapaxes(1, 2)
+        q, k = mx.split(mx.fast.rope(heads[:, : 2 * n_heads], self.dims, traditional=self.interleaved, base=None,
+                                     scale=1.0, offset=0, freqs=mx.array(self.periods)), 2, axis=1)
+        if q_scale is not None:
+            q = q * q_scale.astype(q.dtype)
+        qkv = mx.concatenate([q, k, heads[:, 2 * n_heads:]], axis=1).swapaxes(1, 2).reshape(B, L, width)
+        return fastmath.self_attention(qkv, n_heads, D**-0.5, mask)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..native import fastmath
+from ..native import fastmath, kernels
 from .base import BaseModelArgs, checkpoint_keys, fuse
 
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "xlm_roberta", "camembert")
@@ -131,15 +131,16 @@ class Layer(nn.Module):
                                     self.output.dense, self.output.LayerNorm, heads)
 
 
-def run_layers(layers: list[Layer], x: mx.array, keys: mx.array | fastmath.PackedTokens,
-               position_bias: mx.array | None = None) -> mx.array:
-    """The layers over embeddings x (B, L, D), each taking the key mask (and the position bias, if any). With
-    `PackedTokens` for the keys, over the batch's real tokens alone: all layers in one native call where every
-    part is native, else layer by layer."""
+def run_layers(layers: list[nn.Module], x: mx.array, keys: mx.array | fastmath.PackedTokens,
+               position_bias: mx.array | None = None, rotary: kernels.Rotary | None = None) -> mx.array:
+    """Post-LN layers (BERT's, or any with `parts()`) over embeddings x (B, L, D), each taking the key mask (and the
+    position bias, if any). With `PackedTokens` for the keys, over the batch's real tokens alone: all layers in one
+    native call where every part is native (`rotary`: the rotations of layers that turn queries and keys), else
+    layer by layer."""
     packed = keys if isinstance(keys, fastmath.PackedTokens) else None
     if packed is not None:
         x = packed.pack(x)
-        stacked = fastmath.encoder_layers(x, packed, [layer.parts() for layer in layers], position_bias)
+        stacked = fastmath.encoder_layers(x, packed, [layer.parts() for layer in layers], position_bias, rotary)
         if stacked is not None:
             return packed.unpack(stacked)
     context = keys if position_bias is None else (keys, position_bias)

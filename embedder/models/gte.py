@@ -9,7 +9,6 @@ remote code here.
 
 import math
 from dataclasses import dataclass
-from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -17,8 +16,10 @@ import numpy as np
 
 from ..errors import ModelError
 from ..native import fastmath
+from .attention import Rotation
 from .base import BaseModelArgs, checkpoint_keys, fuse
-from .nomic_bert import GatedMLP, rotary_self_attention
+from .bert import run_layers
+from .nomic_bert import GatedMLP
 
 
 @dataclass
@@ -50,6 +51,10 @@ class ModelArgs(BaseModelArgs):
             raise ModelError(f"unsupported GTE RoPE scaling {self.rope_type!r}; supported: ntk")
 
     @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
     def rope(self) -> dict:
         return self.rope_parameters or self.rope_scaling or {}
 
@@ -57,10 +62,10 @@ class ModelArgs(BaseModelArgs):
     def rope_type(self) -> str:
         return self.rope.get("rope_type", self.rope.get("type", "default"))
 
-    def rope_periods(self) -> mx.array:
+    def rope_periods(self) -> np.ndarray:
         """RoPE's period per rotated pair: base ** (2i / d), or the remote code's fixed (and mixed) NTK scaling,
         which applies at every length once `factor` > 1 (NTKScalingRotaryEmbedding)."""
-        d = self.hidden_size // self.num_attention_heads
+        d = self.head_dim
         base = float(self.rope.get("rope_theta", self.rope_theta))
         exponents = np.arange(0, d, 2, dtype=np.float64) / d
         factor = float(self.rope.get("factor", 1.0)) if self.rope_type == "ntk" else 1.0
@@ -72,7 +77,7 @@ class ModelArgs(BaseModelArgs):
         else:
             a = math.log(factor) / (d / 2) ** mixed_b
             periods = base**exponents * np.exp(a * np.arange(1, d // 2 + 1) ** mixed_b)
-        return mx.array(periods.astype(np.float32))
+        return periods.astype(np.float32)
 
 
 class Embeddings(nn.Module):
@@ -96,16 +101,14 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads = args.num_attention_heads
-        self.head_dim = args.hidden_size // args.num_attention_heads
+        self.head_dim = args.head_dim
         self.qkv_proj = fastmath.Linear(args.hidden_size, 3 * args.hidden_size)
         self.o_proj = fastmath.Linear(args.hidden_size, args.hidden_size)
-        self._periods = args.rope_periods()
+        self.rotation = Rotation(self.head_dim, args.rope_periods())
 
-    def __call__(self, x: mx.array, mask: mx.array, q_scale: mx.array | None) -> mx.array:
-        """The heads' context (B, L, H * D), before `o_proj`."""
-        rope = partial(mx.fast.rope, dims=self.head_dim, traditional=False, base=None, scale=1.0, offset=0,
-                       freqs=self._periods)
-        return rotary_self_attention(self.qkv_proj(x), self.n_heads, rope, mask, q_scale)
+    def __call__(self, x: mx.array, mask: mx.array | fastmath.PackedTokens, q_scale: mx.array | None) -> mx.array:
+        """The heads' context (B, L, H * D), before `o_proj`; packed with `PackedTokens` for the mask."""
+        return self.rotation.self_attention(self.qkv_proj(x), self.n_heads, mask, q_scale)
 
 
 class Layer(nn.Module):
@@ -119,9 +122,14 @@ class Layer(nn.Module):
         self.attn_ln = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
         self.mlp_ln = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
 
-    def __call__(self, x: mx.array, mask: mx.array, q_scale: mx.array | None) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | fastmath.PackedTokens, q_scale: mx.array | None = None) -> mx.array:
         x = fastmath.linear_add_norm(self.attention.o_proj, self.attention(x, mask, q_scale), x, self.attn_ln)
         return fastmath.linear_add_norm(self.mlp.down_proj, self.mlp.gated(x), x, self.mlp_ln)
+
+    def parts(self) -> fastmath.PostLNLayer:
+        return fastmath.PostLNLayer(self.attention.qkv_proj, self.attention.o_proj, self.attn_ln,
+                                    self.mlp.up_gate_proj, self.mlp.act, self.mlp.down_proj, self.mlp_ln,
+                                    self.attention.n_heads, gated=True)
 
 
 class Encoder(nn.Module):
@@ -139,19 +147,29 @@ class Model(nn.Module):
 
     def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
         """The last hidden state (B, L, H); `attention_mask` is (B, L), nonzero on real tokens. `token_types` is
-        ignored: embed sends it only for a cross-encoder's pairs, and a single text's are all 0."""
+        ignored: embed sends it only for a cross-encoder's pairs, and a single text's are all 0. On the native CPU
+        path, without log-n scaling, the layers run on the real tokens alone, as BERT's do."""
         mask = (attention_mask != 0)[:, None, None, :]
-        q_scale = self.logn_scale(attention_mask)
         x = self.embeddings(input_ids)
-        for layer in self.encoder.layer:
-            x = layer(x, mask, q_scale)
-        return x
+        if self.args.logn_attention_scale:
+            q_scale = self.logn_scale(attention_mask)
+            for layer in self.encoder.layer:
+                x = layer(x, mask, q_scale)
+            return x
+        packed = fastmath.PackedTokens.of(attention_mask, x, self.args.head_dim)
+        if packed is None:
+            return run_layers(self.encoder.layer, x, mask)
+        rotation = self.encoder.layer[0].attention.rotation  # every layer turns alike
+        return run_layers(self.encoder.layer, x, packed, rotary=rotation.table(attention_mask.shape[1]))
 
-    def logn_scale(self, attention_mask: mx.array) -> mx.array | None:
+    def packs_tokens(self) -> bool:
+        """Whether batches run on their real tokens alone here: padding then costs the planner little."""
+        return (not self.args.logn_attention_scale
+                and fastmath.native_heads(self.embeddings.LayerNorm.weight.dtype, self.args.head_dim))
+
+    def logn_scale(self, attention_mask: mx.array) -> mx.array:
         """`logn_attention_scale`: queries times log(tokens) / log(max_position_embeddings), per text, at least 1
         with `logn_attention_clip1` (as the remote code clips)."""
-        if not self.args.logn_attention_scale:
-            return None
         tokens = (attention_mask != 0).sum(axis=1).astype(mx.float32)
         scale = mx.log(tokens) / math.log(self.args.max_position_embeddings)
         if self.args.logn_attention_clip1:

@@ -7,14 +7,15 @@ Both are read here; `sanitize` also takes the port's in-memory weight names.
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import ModelError
 from ..native import fastmath
+from .attention import Rotation
 from .base import BaseModelArgs, checkpoint_keys, fuse
+from .bert import run_layers
 
 # transformers' NomicBertConfig name -> the published config's name.
 _PORT_KEYS = {"hidden_size": "n_embd", "num_attention_heads": "n_head", "num_hidden_layers": "n_layer",
@@ -82,22 +83,6 @@ class ModelArgs(BaseModelArgs):
         return fastmath.activation(self.hidden_act) if self.hidden_act else _GATES[self.activation_function]
 
 
-def rotary_self_attention(qkv: mx.array, n_heads: int, rope: Callable[[mx.array], mx.array], mask: mx.array,
-                          q_scale: mx.array | None = None) -> mx.array:
-    """Attention from fused projections (B, L, 3 * H * D) to (B, L, H * D), `rope` applied to query and key heads
-    (B, 2H, L, D) in between; `q_scale` (B, 1, 1, 1) multiplies the queries. The rotated heads are fused again, so
-    the CPU takes `fastmath.self_attention`'s native kernel as BERT does; `mask` (B, 1, 1, L) is True at real tokens.
-    """
-    B, L, width = qkv.shape
-    D = width // (3 * n_heads)
-    heads = qkv.reshape(B, L, 3 * n_heads, D).swapaxes(1, 2)
-    q, k = mx.split(rope(heads[:, : 2 * n_heads]), 2, axis=1)
-    if q_scale is not None:
-        q = q * q_scale.astype(q.dtype)
-    qkv = mx.concatenate([q, k, heads[:, 2 * n_heads:]], axis=1).swapaxes(1, 2).reshape(B, L, width)
-    return fastmath.self_attention(qkv, n_heads, D**-0.5, mask)
-
-
 class GatedMLP(nn.Module):
     """down(value * act(gate)), value and gate from one fused projection (see `sanitize`)."""
 
@@ -109,8 +94,7 @@ class GatedMLP(nn.Module):
 
     def gated(self, x: mx.array) -> mx.array:
         """The input of `down_proj` (which the layer fuses with its residual and norm)."""
-        value, gate = mx.split(self.up_gate_proj(x), 2, axis=-1)
-        return value * self.act(gate)
+        return fastmath.linear_gated(self.up_gate_proj, x, self.act)
 
 
 class Attention(nn.Module):
@@ -131,11 +115,13 @@ class Attention(nn.Module):
             return self.args.rotary_emb_base
         return self.args.rotary_emb_base * (factor * length / trained - (factor - 1)) ** (d / (d - 2))
 
-    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        """The heads' context (B, L, H * D), before `out_proj`."""
-        rope = partial(mx.fast.rope, dims=self.rotary_dims, traditional=self.args.rotary_emb_interleaved,
-                       base=self.base(x.shape[1]), scale=1.0, offset=0)
-        return rotary_self_attention(self.Wqkv(x), self.n_heads, rope, mask)
+    def rotation(self, length: int) -> Rotation:
+        """RoPE for a batch padded to `length`."""
+        return Rotation.of_base(self.rotary_dims, self.base(length), self.args.rotary_emb_interleaved)
+
+    def __call__(self, x: mx.array, mask: mx.array | fastmath.PackedTokens) -> mx.array:
+        """The heads' context (B, L, H * D), before `out_proj`; packed with `PackedTokens` for the mask."""
+        return self.rotation(mask.shape[-1]).self_attention(self.Wqkv(x), self.n_heads, mask)
 
 
 class Layer(nn.Module):
@@ -148,9 +134,13 @@ class Layer(nn.Module):
         self.norm1 = nn.LayerNorm(args.n_embd, eps=args.layer_norm_epsilon)
         self.norm2 = nn.LayerNorm(args.n_embd, eps=args.layer_norm_epsilon)
 
-    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | fastmath.PackedTokens) -> mx.array:
         x = fastmath.linear_add_norm(self.attn.out_proj, self.attn(x, mask), x, self.norm1)
         return fastmath.linear_add_norm(self.mlp.down_proj, self.mlp.gated(x), x, self.norm2)
+
+    def parts(self) -> fastmath.PostLNLayer:
+        return fastmath.PostLNLayer(self.attn.Wqkv, self.attn.out_proj, self.norm1, self.mlp.up_gate_proj,
+                                    self.mlp.act, self.mlp.down_proj, self.norm2, self.attn.n_heads, gated=True)
 
 
 class Embeddings(nn.Module):
@@ -185,12 +175,19 @@ class Model(nn.Module):
 
     def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
         """The last hidden state (B, L, H); `attention_mask` is (B, L), nonzero on real tokens. `token_types` is
-        ignored: embed sends it only for a cross-encoder's pairs, and a single text's are all 0."""
-        mask = (attention_mask != 0)[:, None, None, :]
+        ignored: embed sends it only for a cross-encoder's pairs, and a single text's are all 0. On the native CPU
+        path the layers run on the real tokens alone, as BERT's do."""
         x = self.emb_ln(self.embeddings(input_ids))
-        for layer in self.encoder.layers:
-            x = layer(x, mask)
-        return x
+        packed = fastmath.PackedTokens.of(attention_mask, x, self.args.dim_head)
+        if packed is None:
+            return run_layers(self.encoder.layers, x, (attention_mask != 0)[:, None, None, :])
+        length = attention_mask.shape[1]  # every layer turns alike
+        rotary = self.encoder.layers[0].attn.rotation(length).table(length)
+        return run_layers(self.encoder.layers, x, packed, rotary=rotary)
+
+    def packs_tokens(self) -> bool:
+        """Whether batches run on their real tokens alone here: padding then costs the planner little."""
+        return fastmath.native_heads(self.emb_ln.weight.dtype, self.args.dim_head)
 
     # transformers' port's in-memory names -> the published ones (its save_pretrained writes those back); the
     # published fc11 (value), fc12 (gate) and fc2 -> the port's, to be fused below.

@@ -81,28 +81,36 @@ class PackedTokens:
 
 @dataclass(frozen=True)
 class PostLNLayer:
-    """A post-LN encoder layer's parts as its model holds them (BERT's, MPNet's), for `encoder_layers`."""
+    """A post-LN encoder layer's parts as its model holds them (BERT's, MPNet's, NomicBERT's, GTE's), for
+    `encoder_layers`."""
 
     qkv: nn.Module  # the fused q/k/v projection
     attention_out: nn.Module
     norm1: nn.Module
-    up: nn.Module
-    act: object  # the feed-forward's activation
+    up: nn.Module  # gated: the value's rows, then the gate's
+    act: object  # the feed-forward's activation (gated: the gate's)
     down: nn.Module
     norm2: nn.Module
     heads: int
+    gated: bool = False
+
+    def feed_forward(self) -> str | None:
+        """The native kernels' name for this feed-forward (`kernels.FEED_FORWARDS`), None where they have none."""
+        if not self.gated:
+            return "gelu" if self.act is gelu else None
+        return GATES.get(self.act)
 
 
 def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[PostLNLayer],
-                   position_bias: mx.array | None = None) -> np.ndarray | None:
+                   position_bias: mx.array | None = None, rotary: kernels.Rotary | None = None) -> np.ndarray | None:
     """Post-LN encoder layers on packed hidden states, all in one native call (`kernels.encoder_layers`): a lane
     then gives up the GIL once a batch, not once a kernel (under 64-way server load lanes waited ~25% of their
-    time to take it back after kernel calls). `position_bias` (heads, L, L) joins every layer's scores (MPNet).
-    None where a part is not native (another activation or norm, a dequantizing layer): the caller then runs
-    the layers kernel by kernel."""
+    time to take it back after kernel calls). `position_bias` (heads, L, L) joins every layer's scores (MPNet),
+    `rotary` turns every layer's queries and keys (NomicBERT, GTE). None where a part is not native (another
+    activation or norm, a dequantizing layer): the caller then runs the layers kernel by kernel."""
     def native(layer: PostLNLayer) -> bool:
-        return (layer.act is gelu and all(_native_linear(d, x) for d in (layer.qkv, layer.attention_out, layer.up,
-                                                                           layer.down))
+        return (layer.feed_forward() is not None
+                and all(_native_linear(d, x) for d in (layer.qkv, layer.attention_out, layer.up, layer.down))
                 and type(layer.norm1) is nn.LayerNorm and type(layer.norm2) is nn.LayerNorm)
 
     if not (layers and kernels.layers_available() and all(native(layer) for layer in layers)):
@@ -118,11 +126,12 @@ def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[PostLNLayer],
         return kernels.Norm(n.get("weight"), n.get("bias"), n.eps)
 
     weights = [kernels.EncoderLayer(projection(layer.qkv), projection(layer.attention_out), norm(layer.norm1),
-                                    projection(layer.up), projection(layer.down), norm(layer.norm2))
+                                    projection(layer.up), projection(layer.down), norm(layer.norm2),
+                                    layer.feed_forward())
                for layer in layers]
     heads = layers[0].heads
     head_dim = weights[0].qkv.weight.shape[0] // (3 * heads)
-    return kernels.encoder_layers(x, packed.starts, heads, 1 / math.sqrt(head_dim), weights, position_bias)
+    return kernels.encoder_layers(x, packed.starts, heads, 1 / math.sqrt(head_dim), weights, position_bias, rotary)
 
 
 # The memory the packed copies of a model's float32 projections (`Linear.small_batch_weight`) may take: 42 MB for
@@ -141,7 +150,7 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | P
     """Scaled dot-product self-attention from fused projections (B, L, 3 * H * D) to (B, L, H * D); `mask` is
     boolean (B, 1, 1, L), True at real tokens; `bias` (H, L, L) is added to the scaled scores (a relative position
     bias). Masked keys get exactly zero weight, masked (padding) queries zeros. With `PackedTokens` for the mask,
-    (T, 3 * H * D) to (T, H * D), packed alike.
+    (T, 3 * H * D) to (T, H * D), packed alike. (Rotary positions: `models.attention.Rotation.self_attention`.)
     """
     if isinstance(mask, PackedTokens):
         return kernels.self_attention(qkv, n_heads, scale, None, bias, starts=mask.starts)
@@ -160,6 +169,16 @@ def linear_activation(dense: nn.Module, x: mx.array, act) -> mx.array:
     if act is gelu and _native_linear(dense, x):
         return kernels.linear_gelu(x, _weight(dense), dense.get("bias"))
     return act(dense(x))
+
+
+def linear_gated(dense: nn.Module, x: mx.array, act) -> mx.array:
+    """value * act(gate), value and gate the halves of dense(x); after a float32 `Linear` (or a packed one), one
+    native pass over the matmul's output where `act` has a kernel (SiLU, the erf GELU, sigmoid)."""
+    feed_forward = GATES.get(act)
+    if feed_forward is not None and _native_linear(dense, x):
+        return kernels.linear_glu(x, _weight(dense), dense.get("bias"), feed_forward)
+    value, gate = mx.split(dense(x), 2, axis=-1)
+    return value * act(gate)
 
 
 def linear_add_norm(dense: nn.Module, x: mx.array, residual: mx.array, norm: nn.Module) -> mx.array:
@@ -262,6 +281,10 @@ class PackedLinear(nn.Module):
             cached = (self.packed, kernels.unpack_f16(self.packed))
             object.__setattr__(self, "_unpacked", cached)  # not a parameter: nothing saves or loads it
         return cached[1]
+
+
+# A gated feed-forward's gate activation -> its native kernels' name (`kernels.FEED_FORWARDS`).
+GATES = {nn.silu: "gated_silu", gelu: "gated_gelu", mx.sigmoid: "gated_sigmoid"}
 
 
 def activation(name: str):

@@ -8,7 +8,7 @@ and nothing is copied back. A kernel reports failure (an exception inside it, no
 where int8 or float16 must round) as a status, raised here as ModelError. float32 on the CPU only; `available()`,
 `int8_available()` and `f16_available()` say whether the kernels built here.
 
-`encoder_layers` runs a stack of BERT layers in one call (csrc/encoder_layer.cpp: the kernels above and the loaded
+`encoder_layers` runs a stack of post-LN encoder layers in one call (csrc/encoder_layer.cpp: the kernels above and the loaded
 BLAS's sgemm, by function pointer) and returns NumPy.
 """
 
@@ -37,12 +37,13 @@ def _kernels() -> SimpleNamespace | None:
     if attention is None or layer_ops is None:
         return None
     kernels = SimpleNamespace(attention=attention.embed_self_attention, bias_gelu=layer_ops.embed_bias_gelu,
-                              add_layer_norm=layer_ops.embed_add_layer_norm,
+                              bias_glu=layer_ops.embed_bias_glu, add_layer_norm=layer_ops.embed_add_layer_norm,
                               max_head_dim=attention.embed_max_head_dim())
-    kernels.attention.argtypes = [_PTR] * 5 + [_INT] * 4 + [_FLOAT]
+    kernels.attention.argtypes = [_PTR] * 6 + [_INT] * 4 + [_FLOAT]
     kernels.bias_gelu.argtypes = [_PTR] * 2 + [_INT] * 2
+    kernels.bias_glu.argtypes = [_PTR] * 2 + [_INT] * 3
     kernels.add_layer_norm.argtypes = [_PTR] * 5 + [_INT] * 2 + [_FLOAT]
-    for kernel in (kernels.attention, kernels.bias_gelu, kernels.add_layer_norm):
+    for kernel in (kernels.attention, kernels.bias_gelu, kernels.bias_glu, kernels.add_layer_norm):
         kernel.restype = _INT
     return kernels
 
@@ -88,7 +89,7 @@ def _f32_kernels() -> ctypes.CDLL | None:
 
 class _LayerKernels(ctypes.Structure):  # csrc/encoder_layer.cpp's EmbedKernels
     _fields_ = [(name, _PTR) for name in ("sgemm", "int8_matmul", "f16_matmul", "f32_matmul", "attention",
-                                          "bias_gelu", "add_layer_norm")]
+                                          "bias_gelu", "bias_glu", "add_layer_norm")]
 
 
 class _Projection(ctypes.Structure):  # EmbedProjection
@@ -102,7 +103,16 @@ class _Norm(ctypes.Structure):  # EmbedNorm
 
 class _Layer(ctypes.Structure):  # EmbedLayer
     _fields_ = [("qkv", _Projection), ("attention_out", _Projection), ("norm1", _Norm), ("up", _Projection),
-                ("down", _Projection), ("norm2", _Norm)]
+                ("down", _Projection), ("norm2", _Norm), ("feed_forward", _INT)]
+
+
+class _Rotary(ctypes.Structure):  # csrc/attention.cpp's EmbedRotary
+    _fields_ = [("cos", _PTR), ("sin", _PTR), ("dims", _INT), ("interleaved", _INT)]
+
+
+# EmbedLayer's feed_forward: GELU(up(x)), or value * act(gate) from the halves of up(x) (FeedForward, and the gate
+# numbers of csrc/layer_ops.cpp's embed_bias_glu).
+FEED_FORWARDS = {"gelu": 0, "gated_silu": 1, "gated_gelu": 2, "gated_sigmoid": 3}
 
 
 @functools.cache
@@ -114,9 +124,9 @@ def _layer_kernel() -> tuple[ctypes._CFuncPtr, _LayerKernels] | None:
     int8, f16, f32 = _int8_kernels(), _f16_kernels(), _f32_kernels()
     table = _LayerKernels(*(None if f is None else ctypes.cast(f, _PTR).value for f in (
         blas_sgemm, int8 and int8.embed_int8_matmul, f16 and f16.embed_f16_matmul, f32 and f32.embed_f32_matmul,
-        kernels.attention, kernels.bias_gelu, kernels.add_layer_norm)))
+        kernels.attention, kernels.bias_gelu, kernels.bias_glu, kernels.add_layer_norm)))
     layers = library.embed_encoder_layers
-    layers.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _PTR, _INT, _INT, _INT, _FLOAT, _PTR]
+    layers.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _PTR, _PTR, _INT, _INT, _INT, _FLOAT, _PTR]
     layers.restype = _INT
     return layers, table
 
@@ -258,7 +268,8 @@ class Norm:
 
 @dataclass(frozen=True)
 class EncoderLayer:
-    """A post-LN encoder layer's weights: attention (fused q/k/v, output), then the GELU feed-forward."""
+    """A post-LN encoder layer's weights: attention (fused q/k/v, output), then the feed-forward, by its
+    `FEED_FORWARDS` name (a gated one's `up` holds the value's rows, then the gate's)."""
 
     qkv: Projection
     attention_out: Projection
@@ -266,14 +277,35 @@ class EncoderLayer:
     up: Projection
     down: Projection
     norm2: Norm
+    feed_forward: str = "gelu"
+
+
+@dataclass(frozen=True)
+class Rotary:
+    """RoPE's rotations for positions 0 to L - 1: cos and sin float32 (L, dims / 2), turning pairs (i, i + dims / 2)
+    of each query and key head's first `dims` floats, or (2i, 2i + 1) when `interleaved`."""
+
+    cos: np.ndarray
+    sin: np.ndarray
+    interleaved: bool
+
+    def structure(self, length: int, head_dim: int) -> _Rotary:
+        """The kernels' view, once the tables are checked to cover `length` positions of `head_dim` heads; the
+        tables must outlive its use."""
+        rows, half = self.cos.shape
+        if (self.sin.shape != self.cos.shape or rows < length or 2 * half > head_dim
+                or not all(t.dtype == np.float32 and t.flags.c_contiguous for t in (self.cos, self.sin))):
+            raise ModelError(f"native attention: rotary tables {self.cos.shape} do not cover {length} positions of "
+                             f"{head_dim}-wide heads")
+        return _Rotary(self.cos.ctypes.data, self.sin.ctypes.data, 2 * half, int(self.interleaved))
 
 
 def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, layers: list[EncoderLayer],
-                   position_bias: mx.array | None = None) -> np.ndarray:
+                   position_bias: mx.array | None = None, rotary: Rotary | None = None) -> np.ndarray:
     """Post-LN encoder layers applied in turn to packed rows (sequence b in rows starts[b] to starts[b + 1]), in
     one native call, into a new NumPy array: the GIL is given up and taken back once a batch, not once a kernel,
     and no step waits for MLX's stream thread. `position_bias` (heads, L, L), by position in the sequence, is
-    added to every layer's scaled scores (MPNet)."""
+    added to every layer's scaled scores (MPNet); `rotary` turns every layer's queries and keys (RoPE)."""
     run, table = _layer_kernel()
     held: list[np.ndarray] = []  # what the structures point into, alive until the call returns
 
@@ -299,12 +331,14 @@ def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, la
     rows, dim = data.shape
     longest = _longest(starts, rows, "encoder layers")
     bias = None if position_bias is None else _buffer(position_bias, (heads, longest, longest), mx.float32, "bias")
+    turns = None if rotary is None else rotary.structure(longest, layers[0].qkv.weight.shape[0] // (3 * heads))
     stack = (_Layer * len(layers))(*(
         _Layer(projection(l.qkv), projection(l.attention_out), norm(l.norm1, dim), projection(l.up),
-               projection(l.down), norm(l.norm2, dim)) for l in layers))
+               projection(l.down), norm(l.norm2, dim), FEED_FORWARDS[l.feed_forward]) for l in layers))
     y = np.empty_like(data)
     _check(run(ctypes.byref(table), stack, len(layers), data.ctypes.data, starts.ctypes.data, _address(bias),
-               len(starts) - 1, longest, heads, scale, y.ctypes.data), "encoder layers")
+               None if turns is None else ctypes.byref(turns), len(starts) - 1, longest, heads, scale,
+               y.ctypes.data), "encoder layers")
     return y
 
 
@@ -314,10 +348,12 @@ def max_head_dim() -> int:
 
 
 def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | None,
-                   bias: mx.array | None = None, starts: np.ndarray | None = None) -> mx.array:
-    """`fastmath.self_attention` with a (B, 1, 1, L) boolean or no mask and an optional (H, L, L) scores bias, for
-    head sizes up to `max_head_dim()`. With `starts` (B + 1 row numbers), `qkv` is packed instead: (T, 3 * H * D),
-    sequence b in rows starts[b] to starts[b + 1], no padding and no mask; the output is packed the same way."""
+                   bias: mx.array | None = None, starts: np.ndarray | None = None,
+                   rotary: Rotary | None = None) -> mx.array:
+    """`fastmath.self_attention` with a (B, 1, 1, L) boolean or no mask, an optional (H, L, L) scores bias and
+    optional rotations of queries and keys by position, for head sizes up to `max_head_dim()`. With `starts` (B + 1
+    row numbers), `qkv` is packed instead: (T, 3 * H * D), sequence b in rows starts[b] to starts[b + 1], no padding
+    and no mask; the output is packed the same way."""
     if starts is None:
         B, L, width = qkv.shape
     else:
@@ -329,8 +365,9 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | N
     data = _buffer(qkv, tuple(qkv.shape), mx.float32, "qkv")
     keep = None if mask is None else _buffer(mask.reshape(B, L), (B, L), mx.bool_, "mask")  # one byte a token
     added = None if bias is None else _buffer(bias, (n_heads, L, L), mx.float32, "bias")
+    turns = None if rotary is None else ctypes.byref(rotary.structure(L, head_dim))
     y = mx.zeros((*qkv.shape[:-1], width // 3), mx.float32)  # written below, in MLX's memory: no copy after
-    _check(_kernels().attention(data.ctypes.data, _address(keep), _address(starts), _address(added),
+    _check(_kernels().attention(data.ctypes.data, _address(keep), _address(starts), _address(added), turns,
                                 _writable(y).ctypes.data, B, L, n_heads, head_dim, scale), "attention")
     return y
 
@@ -342,6 +379,19 @@ def linear_gelu(x: mx.array, weight: mx.array | PackedWeight, bias: mx.array | N
     _check(_kernels().bias_gelu(data.ctypes.data, _address(_vector(bias, dim, "bias")), data.size // dim, dim),
            "bias_gelu")
     return y
+
+
+def linear_glu(x: mx.array, weight: mx.array | PackedWeight, bias: mx.array | None, feed_forward: str) -> mx.array:
+    """value * act(gate) from y = x @ weight.T + bias, whose halves are value and gate (`FEED_FORWARDS`' gated
+    names), written over the matmul output made here: (..., 2 * hidden) in, (..., hidden) out."""
+    y, data = _matmul(x, weight)
+    width = data.shape[-1]
+    if width % 2 or not feed_forward.startswith("gated_"):
+        raise ModelError(f"native kernels: a {feed_forward} feed-forward of width {width} is not gated")
+    rows, hidden = data.size // width, width // 2
+    _check(_kernels().bias_glu(data.ctypes.data, _address(_vector(bias, width, "bias")), rows, hidden,
+                               FEED_FORWARDS[feed_forward]), "bias_glu")
+    return y.reshape(-1)[: rows * hidden].reshape(*y.shape[:-1], hidden)
 
 
 def linear_add_layer_norm(x: mx.array, weight: mx.array | PackedWeight, bias: mx.array | None, residual: mx.array,

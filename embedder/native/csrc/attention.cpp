@@ -4,7 +4,8 @@
 // (8 x L floats) between the three steps, and only real (unmasked) keys and queries are computed. q, k, v come
 // from the fused projection (B, L, 3, H, D) in one pass per sequence, and the output goes out in (B, L, H * D),
 // the layout the next matmul reads. An optional additive bias per head and (query, key) position, (H, L, L), joins
-// the scores after scaling: MPNet's and T5's relative position biases.
+// the scores after scaling: MPNet's and T5's relative position biases. Rotary positions (RoPE: NomicBERT's and
+// GTE's) turn each query and key as it is gathered, from tables of each position's cosines and sines.
 // Built by embedder.native.build with -march=native.
 
 #include <algorithm>
@@ -14,6 +15,18 @@
 
 #include "boundary.h"
 #include "simd.h"
+
+extern "C" {
+
+// RoPE's rotations: cos and sin (L, dims / 2) float32 by position in the sequence, turning the first `dims`
+// floats of each query and key head in pairs (i, i + dims / 2), or (2i, 2i + 1) when `interleaved`.
+struct EmbedRotary {
+  const float* cos;
+  const float* sin;
+  int dims, interleaved;
+};
+
+}  // extern "C"
 
 namespace {
 
@@ -99,8 +112,23 @@ struct Scratch {
   float* head_v(int h) { return v.data() + (size_t)h * npad * dv; }
 };
 
-// The n real tokens idx[0 : n] of one sequence into the scratch, head by head: q scaled, v padded to whole vectors.
-void gather(const float* seq, const int* idx, int n, int H, int D, float scale, Scratch& m) {
+// x (a head's query or key) turned by position `pos`'s rotations.
+inline void rotate(float* x, const EmbedRotary& r, int pos) {
+  const int half = r.dims / 2;
+  const float *c = r.cos + (size_t)pos * half, *s = r.sin + (size_t)pos * half;
+  const int step = r.interleaved ? 2 : 1, other = r.interleaved ? 1 : half;
+  for (int i = 0; i < half; i++) {
+    float &a = x[i * step], &b = x[i * step + other];
+    const float a0 = a;
+    a = a0 * c[i] - b * s[i];
+    b = b * c[i] + a0 * s[i];
+  }
+}
+
+// The n real tokens idx[0 : n] of one sequence into the scratch, head by head: q scaled, v padded to whole vectors,
+// q and k turned by their positions when `rotary` is given.
+void gather(const float* seq, const int* idx, int n, int H, int D, float scale, const EmbedRotary* rotary,
+            Scratch& m) {
   m.n = n, m.npad = (n + W - 1) / W * W, m.nq = (n + QB - 1) / QB * QB;
   const int stride = 3 * H * D;
   for (int h = 0; h < H; h++) {
@@ -113,6 +141,10 @@ void gather(const float* seq, const int* idx, int n, int H, int D, float scale, 
       float *hq = m.head_q(h) + j * D, *hv = m.head_v(h) + j * m.dv;
       for (int d = 0; d < D; d++) hq[d] = row[h * D + d] * scale;
       std::memcpy(m.head_k(h) + j * D, row + (H + h) * D, D * sizeof(float));
+      if (rotary) {
+        rotate(hq, *rotary, idx[j]);
+        rotate(m.head_k(h) + j * D, *rotary, idx[j]);
+      }
       std::memcpy(hv, row + (2 * H + h) * D, D * sizeof(float));
       std::memset(hv + D, 0, (m.dv - D) * sizeof(float));
     }
@@ -167,8 +199,8 @@ void head(Scratch& m, int H, int h) {
 }
 
 template <int NV>
-void attention(const float* qkv, const uint8_t* keep, const int* starts, const float* bias, float* out, int B, int L,
-               int H, int D, float scale) {
+void attention(const float* qkv, const uint8_t* keep, const int* starts, const float* bias, const EmbedRotary* rotary,
+               float* out, int B, int L, int H, int D, float scale) {
   Scratch scratch(L, H, D, NV);
   std::vector<int> idx(L);
   scratch.idx = idx.data(), scratch.bias = bias;
@@ -186,7 +218,7 @@ void attention(const float* qkv, const uint8_t* keep, const int* starts, const f
       }
     }
     if (n == 0) continue;
-    gather(qkv + first * 3 * row, idx.data(), n, H, D, scale, scratch);
+    gather(qkv + first * 3 * row, idx.data(), n, H, D, scale, rotary, scratch);
     for (int h = 0; h < H; h++) head<NV>(scratch, H, h);
     for (int j = 0; j < n; j++) std::memcpy(seq_out + idx[j] * row, scratch.out.data() + j * row, row * sizeof(float));
   }
@@ -198,22 +230,25 @@ void attention(const float* qkv, const uint8_t* keep, const int* starts, const f
 extern "C" int embed_max_head_dim() { return 8 * W; }
 
 // qkv: (B, L, 3, H, D) float32, C order; keep: (B, L) bytes, nonzero at real tokens, or null; bias: (H, L, L)
-// float32 added to the scaled scores, or null; out: (B, L, H, D). Or packed, with `starts` (B + 1 row numbers, the
-// last the total T): sequence b is rows starts[b] to starts[b + 1] of qkv (T, 3, H, D) and out (T, H, D), no
-// padding anywhere; keep is then null, and L the longest sequence.
-// Returns a boundary::Status: NO_KERNEL for a head size over embed_max_head_dim().
+// float32 added to the scaled scores, or null; rotary: RoPE's tables for positions 0 to L - 1, or null; out:
+// (B, L, H, D). Or packed, with `starts` (B + 1 row numbers, the last the total T): sequence b is rows starts[b] to
+// starts[b + 1] of qkv (T, 3, H, D) and out (T, H, D), no padding anywhere; keep is then null, and L the longest
+// sequence.
+// Returns a boundary::Status: NO_KERNEL for a head size over embed_max_head_dim(), FAILED for rotations that do not
+// fit the heads.
 extern "C" int embed_self_attention(const float* qkv, const uint8_t* keep, const int* starts, const float* bias,
-                                    float* out, int B, int L, int H, int D, float scale) {
+                                    const EmbedRotary* rotary, float* out, int B, int L, int H, int D, float scale) {
   return boundary::guarded([&]() -> int {
+    if (rotary && (rotary->dims <= 0 || rotary->dims % 2 || rotary->dims > D)) return boundary::FAILED;
     switch ((D + W - 1) / W) {
-      case 1: attention<1>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 2: attention<2>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 3: attention<3>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 4: attention<4>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 5: attention<5>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 6: attention<6>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 7: attention<7>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
-      case 8: attention<8>(qkv, keep, starts, bias, out, B, L, H, D, scale); return boundary::OK;
+      case 1: attention<1>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
+      case 2: attention<2>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
+      case 3: attention<3>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
+      case 4: attention<4>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
+      case 5: attention<5>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
+      case 6: attention<6>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
+      case 7: attention<7>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
+      case 8: attention<8>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
       default: return boundary::NO_KERNEL;
     }
   });

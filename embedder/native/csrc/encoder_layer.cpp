@@ -1,5 +1,6 @@
-// A stack of post-LN encoder layers (BERT's: attention, then GELU feed-forward, each added to its input and
-// LayerNorm-ed) on packed rows, in one call. The steps are the other kernels and the BLAS's sgemm, reached
+// A stack of post-LN encoder layers (attention, then a feed-forward, each added to its input and LayerNorm-ed:
+// BERT's and MPNet's with a GELU feed-forward, NomicBERT's and GTE's gated and with rotary positions) on packed
+// rows, in one call. The steps are the other kernels and the BLAS's sgemm, reached
 // through function pointers the caller passes: called one by one from Python, each gave up the GIL and had to
 // take it back, and under a server's load a lane waited ~25% of its time for it.
 
@@ -17,8 +18,11 @@ using Int8Matmul = int (*)(const float*, int, int, const int8_t*, const float*, 
                            float*);
 using F16Matmul = int (*)(const float*, int, int, const uint16_t*, const float*, const float*, int, float*);
 using F32Matmul = int (*)(const float*, int, int, const float*, const float*, int, float*);
-using Attention = int (*)(const float*, const uint8_t*, const int*, const float*, float*, int, int, int, int, float);
+struct EmbedRotary;  // attention.cpp's
+using Attention = int (*)(const float*, const uint8_t*, const int*, const float*, const EmbedRotary*, float*, int, int,
+                          int, int, float);
 using BiasGelu = int (*)(float*, const float*, int, int);
+using BiasGlu = int (*)(float*, const float*, int, int, int);
 using AddLayerNorm = int (*)(float*, const float*, const float*, const float*, const float*, int, int, float);
 
 }  // namespace
@@ -32,6 +36,7 @@ struct EmbedKernels {
   F32Matmul f32_matmul;    // null where the packed float32 kernel did not build
   Attention attention;
   BiasGelu bias_gelu;
+  BiasGlu bias_glu;
   AddLayerNorm add_layer_norm;
 };
 
@@ -54,11 +59,15 @@ struct EmbedNorm {
   float eps;
 };
 
+// The feed-forward: GELU(up(x)), or value * act(gate) with value and gate the halves of up(x).
+enum FeedForward { GELU = 0, GATED_SILU = 1, GATED_GELU = 2, GATED_SIGMOID = 3 };
+
 struct EmbedLayer {
   EmbedProjection qkv, attention_out;
   EmbedNorm norm1;
   EmbedProjection up, down;
   EmbedNorm norm2;
+  int feed_forward;  // a FeedForward
 };
 
 }  // extern "C"
@@ -85,12 +94,13 @@ int project(const EmbedKernels& f, const EmbedProjection& p, const float* x, int
 }
 
 // out (T, D) = one layer applied to x (T, D); the arguments as embed_encoder_layers'.
-int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int* starts, const float* bias, int B,
-          int L, int heads, float scale, float* out) {
+int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int* starts, const float* bias,
+          const EmbedRotary* rotary, int B, int L, int heads, float scale, float* out) {
   const long T = starts[B];
   const int D = l.qkv.k, width = l.qkv.n / 3;
+  const bool gated = l.feed_forward != GELU;
   if (l.qkv.n % (3 * heads) || l.attention_out.k != width || l.attention_out.n != D || l.up.k != D ||
-      l.down.k != l.up.n || l.down.n != D)
+      (gated && l.up.n % 2) || l.down.k != (gated ? l.up.n / 2 : l.up.n) || l.down.n != D)
     return boundary::FAILED;
   // Scratch kept by each thread (an engine's lanes live as long as it does): fresh allocations of these sizes
   // come from the OS, and faulting their pages in cost ~8% of a passage batch's time. The feed-forward's inner
@@ -104,12 +114,14 @@ int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int*
   float* const context = fused + T * wide;
   float* const hidden = context + T * width;
   int status = project(f, l.qkv, x, T, true, fused);
-  if (!status) status = f.attention(fused, nullptr, starts, bias, context, B, L, heads, width / heads, scale);
+  if (!status) status = f.attention(fused, nullptr, starts, bias, rotary, context, B, L, heads, width / heads, scale);
   if (!status) status = project(f, l.attention_out, context, T, false, hidden);
   if (!status)
     status = f.add_layer_norm(hidden, l.attention_out.bias, x, l.norm1.weight, l.norm1.bias, T, D, l.norm1.eps);
   if (!status) status = project(f, l.up, hidden, T, false, inner);
-  if (!status) status = f.bias_gelu(inner, l.up.bias, T, l.up.n);
+  if (!status)
+    status = gated ? f.bias_glu(inner, l.up.bias, T, l.down.k, l.feed_forward)
+                   : f.bias_gelu(inner, l.up.bias, T, l.up.n);
   if (!status) status = project(f, l.down, inner, T, false, out);
   if (!status) status = f.add_layer_norm(out, l.down.bias, hidden, l.norm2.weight, l.norm2.bias, T, D, l.norm2.eps);
   return status;
@@ -119,10 +131,11 @@ int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int*
 
 // out (T, D) = `count` layers applied in turn to x (T, D): sequence b in rows starts[b] to starts[b + 1],
 // T = starts[B], none longer than L; `bias` (heads, L, L), the same for every layer, is added to the scaled scores
-// by position in the sequence (MPNet's relative position bias), or null. `out` must not overlap x.
+// by position in the sequence (MPNet's relative position bias), or null; `rotary`, RoPE's tables for every layer,
+// or null. `out` must not overlap x.
 extern "C" int embed_encoder_layers(const EmbedKernels* f, const EmbedLayer* layers, int count, const float* x,
-                                    const int* starts, const float* bias, int B, int L, int heads, float scale,
-                                    float* out) {
+                                    const int* starts, const float* bias, const EmbedRotary* rotary, int B, int L,
+                                    int heads, float scale, float* out) {
   return boundary::guarded([&] {
     static thread_local std::vector<float> between;  // the other of the two buffers the layers alternate between
     const size_t size = static_cast<size_t>(starts[B]) * (count ? layers[0].qkv.k : 0);
@@ -130,7 +143,7 @@ extern "C" int embed_encoder_layers(const EmbedKernels* f, const EmbedLayer* lay
     int status = boundary::OK;
     for (int i = 0; i < count && !status; i++) {
       float* const target = (count - 1 - i) % 2 == 0 ? out : between.data();  // the last layer writes `out`
-      status = layer(*f, layers[i], x, starts, bias, B, L, heads, scale, target);
+      status = layer(*f, layers[i], x, starts, bias, rotary, B, L, heads, scale, target);
       x = target;
     }
     return status;

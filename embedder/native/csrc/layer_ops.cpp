@@ -1,6 +1,7 @@
-// The element-wise steps of a BERT layer after its matmuls, fused and in place: bias + GELU, and bias + residual
-// + LayerNorm. MLX's CPU LayerNorm is a scalar loop (~1 ms for 1,024 x 384) and its bias add, GELU and residual
-// add are passes of their own; here each row is read and written once. Built by embedder.cpu_compile.
+// The element-wise steps of an encoder layer after its matmuls, fused and in place: bias + GELU, a gated
+// feed-forward's bias + value * act(gate), and bias + residual + LayerNorm. MLX's CPU LayerNorm is a scalar loop
+// (~1 ms for 1,024 x 384) and its bias add, GELU and residual add are passes of their own; here each row is read
+// and written once. Built by embedder.native.build.
 
 #include <cmath>
 
@@ -19,6 +20,40 @@ extern "C" int embed_bias_gelu(float* y, const float* bias, int rows, int dim) {
         vec x = load_n(row + j, n);
         if (bias) x += load_n(bias + j, n);
         store_n(row + j, x * (1.0f + simd::erf(x * 0.70710678118654752f)) * 0.5f, n);
+      }
+    }
+    return boundary::OK;
+  });
+}
+
+namespace {
+
+enum Gate { SILU = 1, GELU = 2, SIGMOID = 3 };  // encoder_layer.cpp's FeedForward, less its ungated GELU
+
+// x / (1 + exp(-x)), by way of exp(-|x|) so that nothing overflows.
+inline vec sigmoid(vec x) {
+  const vec e = exp_nonpositive(x < 0 ? x : -x);
+  return (x < 0 ? e : 1.0f) / (1.0f + e);
+}
+
+}  // namespace
+
+// A gated feed-forward's inner activations: y (rows, 2 * hidden) holds each row's value then gate (with `bias`,
+// 2 * hidden or null, added); y[r, :hidden] becomes value * act(gate) for act by `Gate`, so that the result is
+// (rows, hidden) at the start of y. Rows go in order, so a row's result never overwrites what is still to read.
+extern "C" int embed_bias_glu(float* y, const float* bias, int rows, int hidden, int gate) {
+  return boundary::guarded([&]() -> int {
+    if (gate != SILU && gate != GELU && gate != SIGMOID) return boundary::FAILED;
+    for (long r = 0; r < rows; r++) {
+      const float* row = y + r * 2 * hidden;
+      for (int j = 0; j < hidden; j += W) {
+        const int n = hidden - j < W ? hidden - j : W;
+        vec value = load_n(row + j, n), g = load_n(row + hidden + j, n);
+        if (bias) value += load_n(bias + j, n), g += load_n(bias + hidden + j, n);
+        const vec act = gate == SILU      ? g * sigmoid(g)
+                        : gate == SIGMOID ? sigmoid(g)
+                                          : g * (1.0f + simd::erf(g * 0.70710678118654752f)) * 0.5f;
+        store_n(y + r * hidden + j, value * act, n);
       }
     }
     return boundary::OK;
