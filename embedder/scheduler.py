@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +34,18 @@ class BatchRunner(Protocol):
     def collect(self, launched: Any) -> np.ndarray: ...
 
 
+class JobFuture(Future):
+    """A job's future. Cancelling it also works once the job runs, unlike a plain Future's: the rows no lane has
+    launched yet are dropped, and the future ends cancelled (a server's client that hung up mid-request must not
+    keep the lanes busy for everyone after it)."""
+
+    abandoned = False
+
+    def cancel(self) -> bool:
+        self.abandoned = True
+        return super().cancel()
+
+
 @dataclass
 class Job:
     """One submit: its rows are batched with other jobs' rows, its result assembled in input order."""
@@ -41,7 +53,7 @@ class Job:
     ids: list[list[int]]
     splits: list[int]  # per row, where its leading part ends: a prompt pooling leaves out, or a pair's first text
     finish: Callable[[np.ndarray], np.ndarray]  # the assembled (rows, dim) vectors to the caller's result
-    future: Future = field(default_factory=Future)
+    future: JobFuture = field(default_factory=JobFuture)
     out: np.ndarray | None = None
     error: BaseException | None = None
     remaining: int = field(init=False)  # rows not yet done (or failed); the lane taking it to 0 resolves the future
@@ -205,6 +217,9 @@ class Scheduler:
                     continue
                 if batch is _STOP:
                     break
+                batch = self._drop_abandoned(batch)
+                if not batch:
+                    continue
                 self._started()
                 try:
                     launched = (batch, self._runner.launch([job.ids[r] for job, r in batch],
@@ -251,6 +266,22 @@ class Scheduler:
             s["padded_tokens"] += len(batch) * max(lengths)
         self._done(batch)
 
+    def _drop_abandoned(self, batch: Batch) -> Batch:
+        """The batch less the rows of jobs whose caller cancelled them while they ran; those rows count as done."""
+        dropped = [job.future.abandoned for job, _ in batch]
+        if not any(dropped):
+            return batch
+        finished = []
+        with self._lock:
+            for (job, _), drop in zip(batch, dropped):
+                if drop:
+                    job.remaining -= 1
+                    if job.remaining == 0:
+                        finished.append(job)
+        for job in finished:
+            self._resolve(job)
+        return [row for row, drop in zip(batch, dropped) if not drop]
+
     def _started(self) -> None:
         with self._lock:
             if self._running == 0:
@@ -270,11 +301,18 @@ class Scheduler:
                 if job.remaining == 0:
                     finished.append(job)
         for job in finished:
-            if job.future.done():  # already failed by the planner
-                continue
-            if job.error is not None:
-                job.future.set_exception(job.error)
-                continue
+            self._resolve(job)
+
+    @staticmethod
+    def _resolve(job: Job) -> None:
+        """A job whose last row is done (or dropped): its result, its error, or cancelled."""
+        if job.future.done():  # already failed by the planner
+            return
+        if job.future.abandoned:
+            job.future.set_exception(CancelledError())
+        elif job.error is not None:
+            job.future.set_exception(job.error)
+        else:
             try:
                 job.future.set_result(job.finish(job.out))
             except BaseException as e:

@@ -182,6 +182,32 @@ def test_server_refuses_to_embed_with_a_reranker(http):
     assert reply.status_code == 400 and "cross-encoder" in reply.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("path, body", [("/v1/embeddings", {"input": ["text", "more"]}),
+                                        ("/v1/embeddings", {"model": "default", "input": ["text", "more"]}),
+                                        ("/embed", {"inputs": ["text", "more"]})])
+def test_unnamed_embeddings_go_to_the_embedding_model_beside_a_reranker(http, engine, path, body):
+    """The reranker is served first here; a request that names no model (TEI's never do) still embeds, with the
+    first embedding model."""
+    reply = http.post(path, json={**body, "encoding_format": "float"} if path != "/embed" else body)
+    assert reply.status_code == 200, reply.text
+    got = reply.json()
+    vectors = [d["embedding"] for d in got["data"]] if path != "/embed" else got
+    np.testing.assert_allclose(vectors, engine.embed(["text", "more"]), atol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["reranker first", "reranker second"])
+def test_unnamed_reranks_go_to_the_reranker_beside_an_embedding_model(reranker, order):
+    from embedder.serve.registry import build_registry
+
+    models = [f"reranker={reranker}", "all-MiniLM-L6-v2"]
+    registry = build_registry(models if order == "reranker first" else models[::-1])
+    assert registry.resolve(None, rerank=True).public_name == "reranker"
+    assert registry.resolve("default", rerank=True).public_name == "reranker"
+    assert registry.resolve(None).public_name == registry.resolve("default").public_name == "all-MiniLM-L6-v2"
+    assert registry.resolve("all-MiniLM-L6-v2", rerank=True).public_name == "all-MiniLM-L6-v2"  # named: as named
+    assert not any(m.engine.loaded for m in registry.models)  # told apart by their configs, nothing loaded
+
+
 def test_server_ranks_as_text_embeddings_inference(http, reranker):
     """TEI's /rerank: `texts`, the default model, a bare list of ranks; `raw_scores` the logits before the
     cross-encoder's activation (sigmoid here)."""

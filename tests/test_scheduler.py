@@ -5,7 +5,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 
 import numpy as np
 import pytest
@@ -107,12 +107,15 @@ def test_after_stop_new_work_is_refused_and_nothing_waits_forever():
         scheduler.submit([[1]], [0], lambda out: out)
 
 
-def gated_scheduler() -> tuple[Scheduler, threading.Event, threading.Event]:
-    """One lane whose every launch waits for `gate` after setting `entered`: a batch held as long as a test needs."""
+def gated_scheduler(sizes: list | None = None) -> tuple[Scheduler, threading.Event, threading.Event]:
+    """One lane whose every launch waits for `gate` after setting `entered`: a batch held as long as a test needs.
+    Each batch's row count is appended to `sizes`."""
     entered, gate = threading.Event(), threading.Event()
 
     class Gated(SumRunner):
         def launch(self, rows, splits):
+            if sizes is not None:
+                sizes.append(len(rows))
             entered.set()
             gate.wait(60)
             return super().launch(rows, splits)
@@ -134,6 +137,24 @@ def test_a_cancelled_job_is_dropped_before_it_runs():
     for future, row in ((held, [1]), (planned, [2])):
         np.testing.assert_array_equal(future.result(timeout=60), want([row]))
     assert waiting.cancelled()
+    scheduler.stop()
+
+
+def test_a_job_cancelled_while_it_runs_launches_no_more_batches():
+    """A server's client that hangs up mid-request: its job's rows that no lane has launched are dropped, its
+    future ends cancelled, and the next job runs at once rather than after the abandoned rows."""
+    runner_batches = []
+    scheduler, entered, gate = gated_scheduler(runner_batches)
+    rows = [[i] * 10 for i in range(5 * SHAPE.rows)]  # five batches of SHAPE.rows
+    abandoned = scheduler.submit(rows, [0] * len(rows), lambda out: out)
+    assert entered.wait(60)  # its first batch is with the lane
+    assert not abandoned.cancel()  # too late for a plain Future's cancel...
+    gate.set()
+    with pytest.raises(CancelledError):  # ...but its remaining batches never launch
+        abandoned.result(timeout=60)
+    after = scheduler.submit([[7, 7]], [0], lambda out: out)
+    np.testing.assert_array_equal(after.result(timeout=60), want([[7, 7]]))
+    assert runner_batches == [SHAPE.rows, 1]
     scheduler.stop()
 
 

@@ -189,7 +189,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         """The documents ranked against the query, best first: a cross-encoder's scores, or an embedding model's
         cosine similarities. A TEI request (`texts`) gets TEI's reply, a bare list of ranks."""
         tei = body.tei
-        served = registry.resolve(body.model)
+        served = registry.resolve(body.model, rerank=True)
         documents = parse_rerank(body, options.max_inputs)
         with admission.admit(len(documents)):
             engine = await _engine(registry, served)

@@ -1,15 +1,18 @@
 """The models a server serves: names and aliases mapped to engines that load on first use or at start."""
 
 import dataclasses
+import json
 import logging
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..engine import DEFAULT_MODEL, EmbeddingEngine
 from ..errors import EmbedError, InputError, ModelNotFound, NotReady
 from ..hub import canonical_id, resolve_model_path
+from ..models.st_config import is_cross_encoder
 from ..options import EngineOptions
 
 log = logging.getLogger("embed.server")
@@ -29,6 +32,7 @@ class ServedModel:
     name: str  # the model as given: a Hub id or a folder
     engine: EmbeddingEngine
     served_names: tuple[str, ...] = ()  # `--served-model-name` / NAME=MODEL: what clients call it
+    cross_encoder: bool = False  # a reranker, known from its config before it loads
 
     @property
     def public_name(self) -> str:
@@ -63,14 +67,15 @@ class ModelRegistry:
             for alias in served.aliases:
                 self._by_alias.setdefault(alias, served)
 
-    def resolve(self, name: str | None) -> ServedModel:
-        """The served model a request names; no name, or "default" (unless a model is served by that name), means
-        the first (or pinned) one, as vllm-mlx and candle-vllm do."""
-        if name is None:
-            return self.models[0]
-        served = self._by_alias.get(name) or (self.models[0] if name == DEFAULT_NAME else None)
+    def resolve(self, name: str | None, rerank: bool = False) -> ServedModel:
+        """The served model a request names. No name, or "default" (unless a model is served by that name), means
+        the first (or pinned) one, as vllm-mlx and candle-vllm do; but the first reranker for a rerank, and the
+        first embedding model otherwise, where both kinds are served (TEI's and infinity's requests name none)."""
+        served = self._by_alias.get(name) if name is not None else None
         if served is not None:
             return served
+        if name is None or name == DEFAULT_NAME:
+            return next((m for m in self.models if m.cross_encoder == rerank), self.models[0])
         names = ", ".join(m.public_name for m in self.models)
         if self.pinned:
             raise ModelPinned(f"this server serves only {names} (--embedding-model); it does not serve {name!r}")
@@ -134,11 +139,21 @@ def build_registry(
         for name in served_as:
             if seen.setdefault(name, model) != model:
                 raise InputError(f"the served name {name!r} is given to both {seen[name]} and {model}")
-    for model in names:  # a typo fails now, not as a 404 on the first request; loading still waits
-        resolve_model_path(model)
+    # A typo fails now, not as a 404 on the first request; loading still waits.
+    rerankers = {model: _scores_pairs(resolve_model_path(model)) for model in names}
     served = [ServedModel(model, EmbeddingEngine(options=dataclasses.replace(options, model=model)),
-                          tuple(dict.fromkeys(served_as))) for model, served_as in names.items()]
+                          tuple(dict.fromkeys(served_as)), rerankers[model]) for model, served_as in names.items()]
     return ModelRegistry(served, pinned=pinned is not None, preload=preload or pinned is not None)
+
+
+def _scores_pairs(path: Path) -> bool:
+    """Whether the model at `path` is a cross-encoder, from its config.json alone; one whose config cannot be read
+    here counts as an embedding model, and its load says what is wrong."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and is_cross_encoder(config)
 
 
 def _named(entry: str) -> tuple[str | None, str]:
