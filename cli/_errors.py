@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 import typer
 
 EXIT_INTERRUPTED = 130
+EXIT_SYSTEM = 74  # sysexits' EX_IOERR: the system, not the input, refused
 _DEBUG_HINT = "(set EMBED_DEBUG=1 for a traceback)"
 
 
@@ -33,14 +35,24 @@ def reported_errors(interrupt_hint: str = "") -> Iterator[None]:
         # `embed x | head`: the reader left, which is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         exit_now(0)
+    except OSError as e:  # the system refused: an unwritable folder, a full disk, a file where a folder must be
+        _debug_trace()
+        where = f"{e.filename}: " if e.filename else ""
+        again = f"; {interrupt_hint} once that is fixed" if interrupt_hint and e.errno == errno.ENOSPC else ""
+        print(f"error: {where}{e.strerror or e}{again} {_DEBUG_HINT}", file=sys.stderr)
+        raise typer.Exit(EXIT_SYSTEM) from None
     except Exception as e:
         code = next((code for kind, code in _table() if isinstance(e, kind)), None)
         if code is None:
             raise  # not an error we know: a bug, so keep its traceback
-        if os.environ.get("EMBED_DEBUG") == "1":
-            traceback.print_exc()
+        _debug_trace()
         print(f"error: {e} {_DEBUG_HINT}", file=sys.stderr)
         raise typer.Exit(code) from None
+
+
+def _debug_trace() -> None:
+    if os.environ.get("EMBED_DEBUG") == "1":
+        traceback.print_exc()
 
 
 def exit_now(code: int) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .errors import InputError, InputTooLong, ModelError, lone_surrogate
 
+SHORT_TEXT_CHARS = 4096  # a text encoded inline (one text, GIL held) rather than by encode_batch
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>", "<|pad|>")
 
 
@@ -113,7 +114,9 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
             return whole
 
         def encode_batch(texts: list[str]) -> list[list[int]]:
-            if len(texts) == 1:  # encode_batch hands even one text to its thread pool: 0.2 ms a request, measured
+            # encode_batch hands even one text to its thread pool (0.2 ms a request, measured), but encode holds the
+            # GIL: a long text there froze a server's event loop (13 s for 33 MB), so only short ones take it.
+            if len(texts) == 1 and len(texts[0]) <= SHORT_TEXT_CHARS:
                 return [tok.encode(texts[0], add_special_tokens=True).ids]
             return [e.ids for e in tok.encode_batch(texts, add_special_tokens=True)]
 

@@ -139,6 +139,29 @@ def test_refuses_to_overwrite_without_overwrite(tmp_path):
     assert len(out.read_text().splitlines()) == 2
 
 
+def test_outputs_the_system_refuses_are_one_line(tmp_path):
+    """A folder where the file must go is bad input (exit 2, before any work); a path the system cannot write
+    (a file where a folder must be) exits 74 naming it, with no traceback."""
+    source = tmp_path / "in.txt"
+    source.write_text("one\ntwo\n")
+    (tmp_path / "taken.parquet").mkdir()
+    folder = embed(source, "-o", tmp_path / "taken.parquet", "--overwrite")
+    assert folder.returncode == 2 and b"is a folder; name the output file" in folder.stderr
+    blocked = embed(source, "-o", source / "out.parquet")
+    lines = blocked.stderr.decode().splitlines()
+    assert blocked.returncode == 74 and len(lines) == 1 and lines[0].startswith(f"error: {source}"), lines
+    assert "Traceback" not in blocked.stderr.decode()
+
+
+def test_resume_refuses_a_finished_file(tmp_path):
+    source, out = tmp_path / "in.txt", tmp_path / "out.parquet"
+    source.write_text("\n".join(f"line {i}" for i in range(20)) + "\n")
+    assert embed(source, "-o", out).returncode == 0
+    finished = out.read_bytes()
+    again = embed(source, "-o", out, "--resume", "--dimensions", "64")
+    assert again.returncode == 2 and b"already complete" in again.stderr and out.read_bytes() == finished
+
+
 def test_closed_pipe_ends_quietly(tmp_path):
     source = tmp_path / "in.txt"
     source.write_text("\n".join(f"line {i}" for i in range(200)) + "\n")

@@ -110,6 +110,26 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path, engine):
     assert not partial_dir(opts.output).exists()
 
 
+@pytest.mark.parametrize("name, damage, message", [
+    ("out.parquet", lambda d: (d / "part-000000.parquet").write_bytes(b"PAR1 cut"), "part-000000.parquet"),
+    ("out.parquet", lambda d: (d / "part-000000.parquet").unlink(), "part-000000.parquet"),
+    ("out.jsonl", lambda d: (d / "data.jsonl").write_bytes((d / "data.jsonl").read_bytes()[:-20]), "data.jsonl"),
+])
+def test_a_damaged_checkpoint_is_refused_before_any_work(tmp_path, engine, name, damage, message):
+    """A checkpoint whose files were cut or lost since: --resume says so at once, rather than fail at the end or
+    pad a JSONL with zeros."""
+    def interrupt_after_first_window(progress):
+        if progress.rows >= 3:
+            raise KeyboardInterrupt
+
+    opts = options(tmp_path, TEXTS, name=name)
+    with pytest.raises(KeyboardInterrupt):
+        run(opts, interrupt_after_first_window, engine=engine)
+    damage(partial_dir(opts.output))
+    with pytest.raises(InputError, match=f"is damaged .*{message}.*run without --resume to start over"):
+        run(EmbedOptions(**{**opts.__dict__, "resume": True}), engine=engine)
+
+
 @pytest.mark.parametrize("kind", ["jsonl", "txt", "parquet"])
 def test_progress_knows_the_total(tmp_path, engine, kind):
     """Parquet's total comes from its footer; a line-based file's is estimated from the bytes read, and is exact

@@ -129,6 +129,9 @@ def test_reading_is_lazy(tmp_path):
         ("a.csv", b"title,body\nx,y\n", ReadOptions(), "a.csv: no column 'text' (columns: title, body)"),
         ("a.csv", b"text,n\nx,1\ny\n", ReadOptions(), "a.csv line 3: 1 fields, but the header has 2"),
         ("a.csv", b"text\nok\n\xff\n", ReadOptions(), "a.csv line 3: not valid UTF-8"),
+        ("a.jsonl", b'{"text": "ok", "n": ' + b"7" * 5000 + b"}\n", ReadOptions(), "a.jsonl line 1: invalid JSON"),
+        ("a.tsv", b'id\ttext\n1\tok\n2\t"unclosed quote\n3\tthird\n', ReadOptions(), "a.tsv line 4: unexpected end"),
+        ("a.csv", b'text\n"a"b"\n', ReadOptions(), "a.csv line 2: ',' expected after '\"'"),
         ("a.doc", b"x", ReadOptions(), "a.doc: unknown input extension"),
         ("a.parquet", b"not parquet", ReadOptions(), "a.parquet: not a readable Parquet file"),
     ],
@@ -188,3 +191,21 @@ def test_fixture_broken_inputs_name_file_and_place(name):
         assert f"row {entry['record']}" in message
     if "field" in entry:
         assert repr(entry["field"]) in message
+
+
+def test_a_folder_yields_its_regular_files_only_and_never_the_runs_own(tmp_path):
+    """A FIFO in a folder would block the read forever; the run's own output and checkpoint folder, when written
+    inside the folder it reads, are not documents."""
+    import os
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.md").write_text("alpha")
+    os.mkfifo(folder / "pipe")
+    (folder / "out.jsonl").write_text('{"id": 0}\n')
+    (folder / "out.jsonl.partial").mkdir()
+    (folder / "out.jsonl.partial" / "state.json").write_text("{}")
+    own = (str(folder / "out.jsonl"), str(folder / "out.jsonl.partial"))
+    records = list(read_inputs([str(folder)], ReadOptions(exclude=own)))
+    assert [(r.id, r.text) for r in records] == [(str(folder / "a.md"), "alpha")]
+    assert len(list(read_inputs([str(tmp_path / "docs" / "*")], ReadOptions(exclude=own)))) == 1

@@ -27,7 +27,7 @@ from embedder.io.readers import (
     ids_are_text,
     read_inputs,
 )
-from embedder.io.writers import Chunk, OutputSpec, Writer, check_target
+from embedder.io.writers import Chunk, OutputSpec, Writer, check_target, partial_dir
 from embedder.options import EngineOptions
 from embedder.quantize import CALIBRATED, check_precision, load_calibration, quantization_ranges
 
@@ -126,7 +126,8 @@ def run(options: EmbedOptions, on_progress: ProgressCallback | None = None,
 
     Pass `engine` to reuse one (tests, a server): its model, max length and batch budget then win over the options'.
     """
-    read_options = ReadOptions(options.text_field, options.id_field, options.input_format)
+    own = () if options.output is None else (options.output, str(partial_dir(options.output)))
+    read_options = ReadOptions(options.text_field, options.id_field, options.input_format, exclude=own)
     check_options(options)
     check_target(options.output, overwrite=options.overwrite, resume=options.resume)
     check_inputs(options.inputs, read_options)
@@ -140,7 +141,9 @@ def run(options: EmbedOptions, on_progress: ProgressCallback | None = None,
         summary = _stream(engine, writer, options, read_options, on_progress)
         writer.finish()
     except EmbedError:
-        writer.discard()  # bad input or settings: nothing worth resuming, nothing left beside the target
+        # Bad input or settings. A checkpoint could not be resumed once the input is fixed (a changed input voids
+        # it: `_settings`), so nothing is left beside the target.
+        writer.discard()
         _release(engine, own_engine)
         raise
     # Ctrl-C and other exits skip the release: it would wait for every batch the engine has already taken.

@@ -53,6 +53,7 @@ class ReadOptions:
     text_field: str = "text"
     id_field: str | None = None
     input_format: str | None = None
+    exclude: tuple[str, ...] = ()  # what a folder or glob must not yield: the run's own output and checkpoints
 
 
 @dataclass(frozen=True)
@@ -144,16 +145,18 @@ def expand_sources(inputs: Iterable[str], options: ReadOptions) -> Iterator[Sour
                 raise InputError("<stdin>: Parquet cannot be read from stdin; pass the file's path")
             yield Source("-", options.input_format or "txt")
         elif os.path.isdir(name):
-            yield from (_whole_file(path) for path in _tree_files(name))
+            yield from (_whole_file(path) for path in _tree_files(name, options.exclude))
         elif os.path.exists(name):
             yield Source(name, options.input_format or ("image" if is_image_path(name) else format_of(name)))
         elif _GLOB_CHARS & set(name):
             matches = sorted(glob.glob(name, recursive=True))
             if not matches:
                 raise InputError(f"{name}: no files match this pattern")
-            for match in matches:
-                paths = _tree_files(match) if os.path.isdir(match) else [match]
-                yield from (_whole_file(path) for path in paths)
+            for match in matches:  # like a folder's files: regular ones only, never the run's own
+                if _excluded(match, options.exclude):
+                    continue
+                paths = _tree_files(match, options.exclude) if os.path.isdir(match) else [match]
+                yield from (_whole_file(path) for path in paths if os.path.isfile(path))
         else:
             raise InputError(f"{name}: no such file or directory")
 
@@ -163,13 +166,23 @@ def _whole_file(path: str) -> Source:
     return Source(path, "image" if is_image_path(path) else "file")
 
 
-def _tree_files(root: str) -> list[str]:
-    """Regular files under `root`, sorted, skipping hidden files and folders (.git and the like)."""
+def _tree_files(root: str, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Regular files under `root`, sorted, skipping hidden files and folders (.git and the like), anything else
+    (a FIFO would block the read forever) and `exclude`d paths; a folder that cannot be read is an error, not a
+    silent gap."""
+    def unreadable(err: OSError) -> None:
+        raise InputError(f"{err.filename}: cannot read this folder ({err.strerror})")
+
     found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(os.path.join(folder, f) for f in sorted(files) if not f.startswith("."))
+    for folder, dirs, files in os.walk(root, onerror=unreadable):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _excluded(os.path.join(folder, d), exclude))
+        found.extend(path for path in (os.path.join(folder, f) for f in sorted(files) if not f.startswith("."))
+                     if os.path.isfile(path) and not _excluded(path, exclude))
     return found
+
+
+def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
+    return bool(exclude) and os.path.realpath(path) in {os.path.realpath(p) for p in exclude}
 
 
 def format_of(path: str) -> str:
@@ -263,6 +276,8 @@ def _read_jsonl(stream: BinaryIO, label: str, options: ReadOptions,
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
+        except ValueError as e:  # an integer of over 4,300 digits
+            raise InputError(f"{where}: invalid JSON ({e})") from e
         except RecursionError:
             raise InputError(f"{where}: JSON nested too deeply to read") from None
         if not isinstance(obj, dict):
@@ -275,7 +290,8 @@ def _read_table(
 ) -> Iterator[tuple[RecordId | None, str, str]]:
     """CSV/TSV with a header row; the text (and id) columns are found by name, never by position."""
     csv.field_size_limit(2**31 - 1)  # whole documents in one cell are normal here; the default is 128 KiB
-    reader = csv.reader((line for _, line in _decoded(stream, label, meter)), delimiter=delimiter)
+    # strict: a stray or unclosed quote is an error naming its line, not records silently merged into one
+    reader = csv.reader((line for _, line in _decoded(stream, label, meter)), delimiter=delimiter, strict=True)
     try:
         header = next(reader, None)
         if header is None:

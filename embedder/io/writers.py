@@ -68,8 +68,13 @@ def check_target(path: str | None, *, overwrite: bool, resume: bool) -> None:
             raise InputError("--resume needs an output file (-o); stdout cannot be resumed")
         return
     output_format(path)
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a folder; name the output file to write")
     if os.path.exists(path) and not (overwrite or resume):
         raise InputError(f"{path} already exists; pass --overwrite to replace it")
+    if resume and os.path.exists(path) and not overwrite and not partial_dir(path).exists():
+        raise InputError(f"{path} is already complete: there is nothing to resume (pass --overwrite to make it "
+                         "again)")
 
 
 class Writer:
@@ -140,12 +145,36 @@ class Writer:
             return
         self.rows, self.start_index = state["rows"], state["next_index"]
         self._parts, self._bytes = state["parts"], state["bytes"]
+        self._check_checkpoints()
         for stray in self._dir.glob("part-*.parquet"):
             if int(stray.stem.removeprefix("part-")) >= self._parts:
                 stray.unlink()  # written after the last checkpoint, maybe half
         if self.format == "jsonl":
             with open(self._dir / _JSONL_DATA, "ab") as f:
                 f.truncate(self._bytes)
+
+    def _check_checkpoints(self) -> None:
+        """Refuse a checkpoint whose files were damaged since (a part missing or cut short, the JSONL shorter than
+        recorded) before any work, rather than fail, or pad with zeros, at the end."""
+        damaged = f"{self._dir} is damaged ({{}}); run without --resume to start over"
+        if self.format == "jsonl":
+            data = self._dir / _JSONL_DATA
+            size = data.stat().st_size if data.exists() else 0
+            if size < self._bytes:
+                raise InputError(damaged.format(f"{_JSONL_DATA} holds {size:,} bytes of the {self._bytes:,} written"))
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = 0
+        for k in range(self._parts):
+            part = self._dir / f"part-{k:06d}.parquet"
+            try:
+                rows += pq.read_metadata(part).num_rows
+            except (OSError, pa.ArrowException) as e:
+                raise InputError(damaged.format(f"{part.name}: {e}")) from None
+        if rows != self.rows:
+            raise InputError(damaged.format(f"its parts hold {rows:,} rows of the {self.rows:,} written"))
 
     def _save_state(self) -> None:
         """Replace the checkpoint atomically, so an interrupt never leaves one that is half written."""
