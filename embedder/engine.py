@@ -214,7 +214,7 @@ class EmbeddingEngine:
         if prompt_name is not None:
             if prompt_name not in spec.prompts:
                 known = ", ".join(spec.prompts) or "none"
-                raise InputError(f"unknown prompt_name {prompt_name!r}; this model's prompts: {known}")
+                raise InputError(f"unknown prompt_name {prompt_name!r}; this model's prompts: {known}", "prompt_name")
             return spec.prompts[prompt_name]
         if self.options.prompt is not None:
             return self.options.prompt
@@ -320,9 +320,7 @@ class EmbeddingEngine:
         them.
         `then` maps the finished vectors to the future's result."""
         model = self.model
-        if self.cross_encoder:
-            raise InputError(f"{model.model_id} is a cross-encoder (a reranker): it scores (query, document) pairs "
-                             "with rerank, and embeds nothing", "model")
+        self.check_embeds()
         rows = self._validate(ids, dimensions)
         if not rows:
             return _resolved(np.zeros((0, dimensions or model.dim), np.float32))
@@ -398,6 +396,12 @@ class EmbeddingEngine:
         if self._windows is None:
             return [len(row) for row in ids]
         return [len(row) if isinstance(row, ImageRow) else sum(map(len, self._windows.split(row))) for row in ids]
+
+    def check_embeds(self, name: str | None = None) -> None:
+        """Refuse to embed with a cross-encoder, naming it `name` (a server's name for it) or its model id."""
+        if self.cross_encoder:
+            raise InputError(f"{name or self.model.model_id} is a cross-encoder (a reranker): it scores (query, "
+                             "document) pairs with rerank, and embeds nothing", "model")
 
     def check_dimensions(self, dimensions: int | None) -> int | None:
         """The one check of `dimensions` (leading components kept, then re-normalized), wherever it comes from:

@@ -107,6 +107,22 @@ def test_health_and_model_list(server: str, http: httpx.Client) -> None:
     assert [(m["id"], m["object"]) for m in listing["data"]] == [(DEFAULT_MODEL, "model")]
 
 
+def test_head_retrieve_and_infinity_routes(server: str, http: httpx.Client, sdk: openai.OpenAI,
+                                           engine: EmbeddingEngine) -> None:
+    """HEAD on the GET routes (TEI's router answers it), OpenAI's models.retrieve by any served name, and infinity's
+    /embeddings and /models without the /v1 prefix."""
+    head = httpx.head(f"{server}/health")
+    assert head.status_code == 200 and head.content == b""
+    assert sdk.models.retrieve("all-MiniLM-L6-v2").id == "all-MiniLM-L6-v2"
+    assert http.get(f"/v1/models/{DEFAULT_MODEL}").json()["id"] == DEFAULT_MODEL  # a Hub id holds a '/'
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve("text-embedding-3-small")
+    assert [m["id"] for m in http.get("/models").json()["data"]] == [DEFAULT_MODEL]
+    reply = http.post("/embeddings", json={"input": TEXTS[:2], "encoding_format": "float"})
+    assert_close([d["embedding"] for d in reply.json()["data"]], engine.embed(TEXTS[:2]))
+    assert httpx.post(f"{server}/embeddings", json={"input": "hi"}).status_code == 401  # keyed as /v1/embeddings
+
+
 def test_openai_sdk_default_is_base64(sdk: openai.OpenAI, engine: EmbeddingEngine) -> None:
     raw = sdk.embeddings.with_raw_response.create(model=DEFAULT_MODEL, input=TEXTS)
     assert all(isinstance(d["embedding"], str) for d in raw.http_response.json()["data"])

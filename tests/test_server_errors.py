@@ -88,6 +88,21 @@ def test_bad_request(http: httpx.Client, case: str, body: dict | bytes, status: 
     assert_serves(http)
 
 
+@pytest.mark.parametrize("body", [b'{"input": "a\xffb"}', b'{"input": "hi", "dimensions": ' + b"9" * 5000 + b"}"],
+                         ids=["not UTF-8", "an integer of 5,000 digits"])
+def test_bodies_no_json_parser_reads_are_named(http: httpx.Client, body: bytes) -> None:
+    reply = http.post("/v1/embeddings", content=body, headers={"Content-Type": "application/json"})
+    error = assert_openai_error(reply, 400, None)
+    assert "cannot be read as JSON" in error["message"] and error["code"] == "invalid_input"
+    assert_serves(http)
+
+
+def test_unknown_prompt_name_names_the_field(http: httpx.Client) -> None:
+    error = assert_openai_error(http.post("/v1/embeddings", json={"input": "hi", "prompt_name": "nope"}), 400,
+                                "prompt_name")
+    assert "unknown prompt_name 'nope'" in error["message"]
+
+
 def test_over_long_input_names_its_index(http: httpx.Client) -> None:
     error = assert_openai_error(http.post("/v1/embeddings", json={"input": ["hi", LONG_TEXT]}), 400, "input")
     assert error["code"] == "input_too_long" and "input 1" in error["message"]

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine import EmbeddingEngine, ranked
-from ..errors import AuthError, EmbedError, InputError, Overloaded
+from ..errors import AuthError, EmbedError, InputError, ModelNotFound, Overloaded
 from ..images import DATA_URI_PREFIX, decode_data_uri
 from ..quantize import CALIBRATED, quantize
 from .access_log import AccessLog
@@ -122,6 +122,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
                              "already sets the values' type", "embed_dtype")
         with admission.admit(len(inputs)):
             engine = await _engine(registry, served)
+            engine.check_embeds(_client_name(served, body.model))
             if refuse_long and inputs.texts is not None:
                 await run_in_threadpool(_refuse_long, engine, inputs.texts, body.prompt_name)
             dimensions = engine.check_dimensions(body.dimensions)
@@ -156,6 +157,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         """The requests `Front` passes on to FastAPI's own JSON parsing and validation (most get a 400 there)."""
         return await answer_embeddings(body, request.receive)
+
+    app.post("/embeddings", response_model=EmbeddingResponse, include_in_schema=False)(embeddings)  # infinity's
 
     @app.post("/embed", response_model=list[list[float]])
     async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
@@ -218,6 +221,16 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     async def models() -> ModelList:
         names = [name for m in registry.models for name in m.served_names or (m.name,)]
         return ModelList(data=[ModelCard(id=name, created=registry.created) for name in names])
+
+    app.get("/models", response_model=ModelList, include_in_schema=False)(models)  # infinity's
+
+    @app.get("/v1/models/{name:path}", response_model=ModelCard)
+    async def model(name: str) -> ModelCard:
+        """OpenAI's retrieve: one served model by any name it answers to (a Hub id holds a '/')."""
+        if name not in registry.names():
+            raise ModelNotFound(f"model {name!r} is not served here; served: "
+                                f"{', '.join(m.public_name for m in registry.models)}", "model")
+        return ModelCard(id=name, created=registry.created)
 
     @app.get("/health")
     async def health() -> dict:
@@ -299,7 +312,7 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
-KEYED_PATHS = ("/v1/", "/v2/", "/rerank", "/embed", "/info")  # what --api-key guards, with TEI's root "/";
+KEYED_PATHS = ("/v1/", "/v2/", "/rerank", "/embed", "/info", "/models")  # what --api-key guards, with TEI's root "/";
 # /health and /metrics stay open to probes
 
 
@@ -336,6 +349,8 @@ class Front:
                 self.access_log.write(scope, status[0])
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "HEAD":  # a GET's status and headers, as TEI's router answers; the server sends no body
+            scope = {**scope, "method": "GET"}
         try:
             if self.api_key is not None and (scope["path"].startswith(KEYED_PATHS) or scope["path"] == "/"):
                 self._check_key(_header(scope, b"authorization"))
@@ -358,7 +373,7 @@ class Front:
     @staticmethod
     def _embeddings_request(scope: Scope, body: bytes | None) -> EmbeddingRequest | None:
         """The request, where this is a POST /v1/embeddings with a JSON body that validates; else None."""
-        if scope["method"] != "POST" or scope["path"] != "/v1/embeddings" or body is None:
+        if scope["method"] != "POST" or scope["path"] not in ("/v1/embeddings", "/embeddings") or body is None:
             return None
         if _header(scope, b"content-type").partition(";")[0].strip().lower() != "application/json":
             return None

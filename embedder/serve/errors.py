@@ -43,6 +43,7 @@ ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
 )
 
 RETRY_AFTER_SECONDS = 1
+FASTAPI_UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's 400 where json.loads raised
 
 
 def error_response(exc: Exception) -> JSONResponse:
@@ -59,6 +60,9 @@ def error_response(exc: Exception) -> JSONResponse:
 
 def _malformed_json(exc: Exception) -> Exception:
     """A body that is not a JSON object at all is a 400, as OpenAI answers, not a field-level 422."""
+    if isinstance(exc, HTTPException) and exc.status_code == 400 and exc.detail == FASTAPI_UNREADABLE_BODY:
+        return InputError("the request body cannot be read as JSON: send it as UTF-8 and uncompressed, with no integer "
+                          "of over 4,300 digits and no nesting past 1,000 levels")
     if isinstance(exc, RequestValidationError):
         error = exc.errors()[0]
         if error["type"] == "json_invalid":

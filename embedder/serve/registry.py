@@ -81,6 +81,10 @@ class ModelRegistry:
             raise ModelPinned(f"this server serves only {names} (--embedding-model); it does not serve {name!r}")
         raise ModelNotFound(f"model {name!r} is not served here; served: {names}")
 
+    def names(self) -> set[str]:
+        """Every name a request may give a served model."""
+        return set(self._by_alias)
+
     def loaded_engine(self, served: ServedModel) -> EmbeddingEngine:
         """The model's engine, loaded; blocks while it loads, so call it off the event loop."""
         served.engine.load()
