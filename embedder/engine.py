@@ -126,7 +126,8 @@ class EmbeddingEngine:
 
     def _open(self) -> BatchForward:
         """In the planner thread: the model, loaded, and on a CPU its kernels built and BLAS threads set."""
-        model = load_model(dataclasses.replace(self.options, batch_tokens=self.batch_shape.tokens))
+        model = load_model(dataclasses.replace(self.options, batch_tokens=self.batch_shape.tokens),
+                           budget_given=self.options.batch_tokens is not None)
         forward = BatchForward(model)
         if model.spec.scores is not None and self.options.long_input_mode == "chunk":
             raise ModelError(f"{model.model_id} is a cross-encoder: it scores text pairs, which are cut (longest text "

@@ -245,3 +245,13 @@ def test_models_whose_layers_skip_padding_plan_mixed_batches(minilm_path, tmp_pa
     decoder.load()
     assert decoder.batch_shape.padding_cost == 1.0
     decoder.unload()
+
+
+def test_a_given_batch_budget_never_cuts_inputs(minilm_path):
+    """A speed setting must not change vectors: a budget under the model's length is refused, not used to cut
+    every input at it; with max_length given as well, inputs are cut where asked."""
+    with pytest.raises(InputError, match="batch_tokens 64 is under the model's maximum input length of 256"):
+        EmbeddingEngine(str(minilm_path), batch_tokens=64).load()
+    engine = EmbeddingEngine(str(minilm_path), batch_tokens=64, max_length=64)
+    assert engine.max_length == 64
+    engine.unload()

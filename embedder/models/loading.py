@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from ..hub import canonical_id, resolve_model_path
 from ..images import ImageProcessor, read_image_processor
 from ..native import kernels
@@ -245,8 +245,9 @@ def pooling_override(pooling: str) -> tuple[str, ...]:
     return pooling_modes({"pooling_mode": modes})
 
 
-def load_model(options: EngineOptions) -> LoadedModel:
-    """The model `options` name, built as they say; `batch_tokens` is the engine's resolved budget."""
+def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedModel:
+    """The model `options` name, built as they say; `batch_tokens` is the engine's resolved budget, which the user
+    gave when `budget_given`."""
     model, max_length, batch_tokens, pooling = options.model, options.max_length, options.batch_tokens, options.pooling
     path = resolve_model_path(model)
     if path.suffix == ".gguf":
@@ -286,7 +287,14 @@ def load_model(options: EngineOptions) -> LoadedModel:
 
     limit = position_limit(config)
     # One input must always fit one batch (as TEI checks at start), so the token budget caps the default.
-    known = [n for n in (spec.max_seq_length, limit, batch_tokens) if n]
+    natural = [n for n in (spec.max_seq_length, limit) if n]
+    if max_length is None and budget_given and natural and batch_tokens < min(natural):
+        # A speed setting must not change vectors: the default budget caps a very long model's length, a given one
+        # is refused rather than cut every input at it.
+        raise InputError(f"batch_tokens {batch_tokens} is under the model's maximum input length of {min(natural)}, "
+                         f"so long inputs would not fit a batch; raise batch_tokens, or pass max_length {batch_tokens}"
+                         " to cut inputs there", "batch_tokens")
+    known = natural + ([batch_tokens] if batch_tokens else [])
     length = max_length or (min(known) if known else None)
     if length is None:
         raise ModelError("cannot tell the model's maximum input length; pass max_length")
