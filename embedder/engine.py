@@ -16,7 +16,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .batching import CPU_BATCH, GPU_BATCH, packed  # noqa: E402
-from .errors import InputError, ModelError, NotReady  # noqa: E402
+from .errors import InputError, ModelError, NotReady, located  # noqa: E402
 from .forward import BatchForward  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
 from .images import ImageRow  # noqa: E402
@@ -285,7 +285,11 @@ class EmbeddingEngine:
         images = [k for k, item in enumerate(inputs) if not isinstance(item, str)]
         rows: list = [None] * len(inputs)
         if texts:
-            ids = self.tokenize([inputs[k] for k in texts], prompt=prompt, prompt_name=prompt_name, keep_last=keep_last)
+            try:
+                ids = self.tokenize([inputs[k] for k in texts], prompt=prompt, prompt_name=prompt_name,
+                                    keep_last=keep_last)
+            except InputError as e:
+                raise located(e, [where[k] for k in texts]) from e
             for k, row in zip(texts, ids):
                 rows[k] = row
         if images:
@@ -375,7 +379,14 @@ class EmbeddingEngine:
             texts = list(dict.fromkeys([*firsts, *seconds]))
             row = {text: i for i, text in enumerate(texts)}
             left, right = [row[t] for t in firsts], [row[t] for t in seconds]
-            ids = self.tokenize(texts)
+            try:
+                ids = self.tokenize(texts)
+            except InputError as e:  # about a distinct text: retold about the first pair holding it
+                if e.index is None:
+                    raise
+                text = texts[e.index]
+                pair = seconds.index(text) if text in seconds else firsts.index(text)
+                raise located(e, [f"input {pair}"] * len(texts)).with_index(pair) from e
 
             def cosines(vectors: np.ndarray) -> np.ndarray:
                 return np.einsum("ij,ij->i", vectors[left], vectors[right])

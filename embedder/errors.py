@@ -1,5 +1,7 @@
 """The errors embed raises: typed once here, mapped to exit codes and HTTP statuses by each front."""
 
+from collections.abc import Sequence
+
 
 class EmbedError(Exception):
     """Base of every error embed knows how to explain in one line; `param` names the option or request field at
@@ -11,7 +13,25 @@ class EmbedError(Exception):
 
 
 class InputError(EmbedError):
-    """Bad input: unreadable file, invalid JSON at line N, missing or non-string field."""
+    """Bad input: unreadable file, invalid JSON at line N, missing or non-string field. `index`: the input of a
+    list the message names as "input N", so a caller that knows where it came from can say so (`located`)."""
+
+    def __init__(self, message: str, param: str | None = None, index: int | None = None) -> None:
+        super().__init__(message, param)
+        self.index = index
+
+    def with_index(self, index: int) -> "InputError":
+        self.index = index
+        return self
+
+
+def located(error: InputError, where: Sequence[str]) -> InputError:
+    """`error`, about "input N" of a list, retold about where[N] (a file and line) where it names one."""
+    prefix = f"input {error.index}"
+    message = str(error)
+    if error.index is None or not 0 <= error.index < len(where) or not message.startswith(prefix):
+        return error
+    return type(error)(where[error.index] + message[len(prefix):], error.param)
 
 
 def lone_surrogate(text: str) -> int | None:
@@ -30,8 +50,8 @@ def lone_surrogate(text: str) -> int | None:
 class InputTooLong(InputError):
     """An input is longer than the model's max length and truncation is off: bad input, with its own code."""
 
-    def __init__(self, message: str, param: str | None = "input") -> None:
-        super().__init__(message, param)
+    def __init__(self, message: str, param: str | None = "input", index: int | None = None) -> None:
+        super().__init__(message, param, index)
 
 
 class ModelNotFound(EmbedError):

@@ -50,6 +50,8 @@ class TextTokenizer:
         return [len(row) for row in self.encode_whole(self._prompted(texts, prompt))]
 
     def _prompted(self, texts: Sequence[str], prompt: str | None) -> list[str]:
+        if prompt and (at := lone_surrogate(prompt)) is not None:
+            raise InputError(f"the prompt holds a lone UTF-16 surrogate at character {at}, which is not text", "prompt")
         return self._checked([(prompt or "") + t for t in texts])
 
     def encode_pairs(self, firsts: Sequence[str], seconds: Sequence[str]) -> "Pairs":
@@ -62,9 +64,10 @@ class TextTokenizer:
     def _checked(self, texts: Sequence[str]) -> list[str]:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
-                raise InputError(f"input {i} is {type(text).__name__}, not a string")
+                raise InputError(f"input {i} is {type(text).__name__}, not a string", index=i)
             if (at := lone_surrogate(text)) is not None:
-                raise InputError(f"input {i} holds a lone UTF-16 surrogate at character {at}, which is not text")
+                raise InputError(f"input {i} holds a lone UTF-16 surrogate at character {at}, which is not text",
+                                 index=i)
         return [t.lower() for t in texts] if self.do_lower_case else list(texts)
 
     def _fitted(self, ids: list[list[int]]) -> list[list[int]]:
@@ -77,7 +80,7 @@ class TextTokenizer:
         for i, n in enumerate(lengths):
             if n > self.max_length:
                 raise InputTooLong(f"input {i} has {n} tokens, more than the model's maximum of {self.max_length}"
-                                   f"{advice}", param)
+                                   f"{advice}", param, index=i)
 
     def special_tokens(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The special tokens encode() puts before and after every text ([CLS] and [SEP], <s> and </s>...)."""

@@ -238,3 +238,17 @@ def test_progress_on_a_terminal_counts_to_the_total_with_rates(tmp_path):
     text = seen.decode(errors="replace")
     assert "40/40" in text and " rows/s " in text and " tokens/s" in text, text
     assert "embedded 40 rows, " in text
+
+
+def test_a_refused_long_input_names_its_file_and_line(tmp_path):
+    """The tokenizer counts inputs from the batch's start; the error names the record (file and line) instead,
+    whatever the chunking."""
+    source = tmp_path / "in.txt"
+    source.write_text("short\nalso short\n" + "word " * 400 + "\nafter\n")
+    for chunk_rows in ("1", "100"):
+        result = embed(source, "--long-input", "error", "--chunk-rows", chunk_rows)
+        lines = result.stderr.decode().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert f"{source} line 3 has 402 tokens, more than the model's maximum of 256" in lines[0]
+    prompt = embed(source, "--prompt", b"\xff ".decode("utf-8", "surrogateescape"))
+    assert prompt.returncode == 2 and b"the prompt holds a lone UTF-16 surrogate" in prompt.stderr

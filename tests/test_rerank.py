@@ -284,6 +284,8 @@ def test_embed_rerank_top_n_on_stdout(tmp_path, reranker):
 
 @pytest.mark.parametrize("args,message", [
     (["", "{docs}"], "the query is empty"),
+    (["  \t", "{docs}"], "the query is empty or blank"),
+    ([QUERY, "{tmp}/long.txt", "--long-input", "error"], "long.txt line 2 has"),
     ([QUERY, "{docs}", "--long-input", "chunk"], "never chunked"),
     ([QUERY, "{docs}", "-o", "{out}"], "already exists"),
     ([QUERY, "{docs}", "-o", "{docs}"], "unknown output extension"),
@@ -292,6 +294,7 @@ def test_embed_rerank_top_n_on_stdout(tmp_path, reranker):
 def test_embed_rerank_refuses_in_one_line(tmp_path, reranker, args, message):
     docs, out = tmp_path / "docs.txt", tmp_path / "out.jsonl"
     docs.write_text("one\ntwo\n")
+    (tmp_path / "long.txt").write_text("short\n" + "word " * 400 + "\n")
     out.write_text("earlier results\n")
     args = [a.format(docs=docs, out=out, tmp=tmp_path) for a in args]
     run = subprocess.run([*EMBED, "rerank", *args, "-m", str(reranker)],

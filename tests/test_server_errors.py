@@ -22,7 +22,7 @@ BATTERY = [  # (case, request body or raw bytes, status, param)
     ("input null", {"input": None}, 400, "input"),
     ("lone surrogate", b'{"input": "a\\ud800b"}', 400, "input"),
     ("lone low surrogate in a list", b'{"input": ["fine", "\\udfff"]}', 400, "input"),
-    ("lone surrogate in the prompt", b'{"input": "hi", "prompt": "\\ud800 "}', 400, None),
+    ("lone surrogate in the prompt", b'{"input": "hi", "prompt": "\\ud800 "}', 400, "prompt"),
     ("nested 10,000 deep", b'{"input": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 400, None),
     ("input a number", {"input": 5}, 400, "input"),
     ("input an object", {"input": {"text": "hi"}}, 400, "input"),

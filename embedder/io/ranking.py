@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine import EmbeddingEngine, ranked
-from ..errors import InputError
+from ..errors import InputError, located
 from .readers import ReadOptions, Record, check_inputs, ids_are_text, read_inputs
 from .writers import check_target, number_array, output_format, string_array
 
@@ -41,8 +41,8 @@ class RankSummary:
 
 def check_ranking(options: RankOptions) -> None:
     """What can be refused before a model loads."""
-    if not options.query:
-        raise InputError("the query is empty; give the text to rank the documents against", "query")
+    if not options.query.strip():
+        raise InputError("the query is empty or blank; give the text to rank the documents against", "query")
     if options.top_n is not None and options.top_n < 1:
         raise InputError(f"--top-n must be 1 or more, got {options.top_n}", "top_n")
     check_target(options.output, overwrite=options.overwrite, resume=False)
@@ -81,7 +81,7 @@ def _submit(engine: EmbeddingEngine, query: str, batch: Sequence[Record]) -> tup
     try:
         return engine.submit_scores([query] * len(batch), [r.text for r in batch])
     except InputError as e:  # the tokenizer counts from the batch's start: name the record instead
-        raise InputError(f"{batch[0].where} (or a record of the {len(batch)} from there): {e}", e.param) from e
+        raise located(e, [r.where for r in batch]) from e
 
 
 def _write(rows: list[dict], options: RankOptions, engine: EmbeddingEngine, text_ids: bool) -> None:

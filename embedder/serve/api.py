@@ -190,8 +190,8 @@ def parse_rerank(body: RerankRequest, max_inputs: int) -> list[str]:
     documents = body.texts if body.tei else body.documents
     if documents is None:
         raise InputError("'documents' is missing; send the texts to rank", "documents")
-    if not body.query:
-        raise InputError(f"'query' is empty; send the text to rank the {field} against", "query")
+    if not body.query.strip():
+        raise InputError(f"'query' is empty or blank; send the text to rank the {field} against", "query")
     if not documents:
         raise InputError(f"'{field}' is an empty list; send at least one document", field)
     if len(documents) > max_inputs:
