@@ -110,6 +110,32 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path, engine):
     assert not partial_dir(opts.output).exists()
 
 
+@pytest.mark.parametrize("change", ["add", "remove", "edit"])
+def test_a_glob_whose_files_changed_is_not_resumed(tmp_path, engine, change):
+    """A glob's or folder's checkpoint stands for the files it matched: one added, removed or edited since voids it
+    (resuming would skip or repeat records)."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"f{i:02d}.md").write_text(f"document {i}")
+
+    def interrupt_after_first_window(progress):
+        if progress.rows >= 3:
+            raise KeyboardInterrupt
+
+    opts = EmbedOptions(inputs=(str(folder / "*.md"),), output=str(tmp_path / "out.parquet"), chunk_rows=3)
+    with pytest.raises(KeyboardInterrupt):
+        run(opts, interrupt_after_first_window, engine=engine)
+    if change == "add":
+        (folder / "f00a.md").write_text("a document added between two done ones")
+    elif change == "remove":
+        (folder / "f01.md").unlink()
+    else:
+        (folder / "f07.md").write_text("document 7, edited")
+    with pytest.raises(InputError, match="was started with other inputs or settings"):
+        run(EmbedOptions(**{**opts.__dict__, "resume": True}), engine=engine)
+
+
 @pytest.mark.parametrize("name, damage, message", [
     ("out.parquet", lambda d: (d / "part-000000.parquet").write_bytes(b"PAR1 cut"), "part-000000.parquet"),
     ("out.parquet", lambda d: (d / "part-000000.parquet").unlink(), "part-000000.parquet"),

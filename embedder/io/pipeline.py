@@ -24,6 +24,7 @@ from embedder.io.readers import (
     byte_total,
     check_inputs,
     count_hint,
+    expand_sources,
     ids_are_text,
     read_inputs,
 )
@@ -135,7 +136,7 @@ def run(options: EmbedOptions, on_progress: ProgressCallback | None = None,
     engine = make_engine(options) if own_engine else engine
     engine.load()
     spec = output_spec(engine, options, options.output, ids_are_text(options.inputs, read_options),
-                       settings=_settings(engine, options))
+                       settings=_settings(engine, options, read_options))
     writer = Writer(spec, resume=options.resume)
     try:
         summary = _stream(engine, writer, options, read_options, on_progress)
@@ -338,16 +339,18 @@ def file_metadata(engine: EmbeddingEngine, options: EmbedOptions,
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 
-def _settings(engine: EmbeddingEngine, options: EmbedOptions) -> dict:
-    """Everything that shapes the output; a resume is refused unless all of it, inputs included, is unchanged."""
+def _settings(engine: EmbeddingEngine, options: EmbedOptions, read_options: ReadOptions) -> dict:
+    """Everything that shapes the output; a resume is refused unless all of it, inputs included, is unchanged: every
+    file a folder or glob stands for, so that one added, removed or changed since voids the checkpoint (stdin is
+    trusted to replay the same records)."""
     job = {k: v for k, v in asdict(options).items() if k not in ("resume", "overwrite", "windows_in_flight")}
-    return {"job": job, "model": engine.info(), "inputs": [_stat(name) for name in options.inputs]}
+    files = [_stat(source.name) for source in expand_sources(options.inputs or ["-"], read_options)]
+    return {"job": job, "model": engine.info(), "inputs": files}
 
 
 def _stat(name: str) -> list:
     """An input's name, size and modification time: a changed input makes its checkpoint useless."""
-    try:
-        st = os.stat(name)
-    except OSError:
-        return [name]  # stdin or a glob
+    if name == "-":
+        return [name]
+    st = os.stat(name)
     return [name, st.st_size, st.st_mtime_ns]
