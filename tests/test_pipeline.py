@@ -217,3 +217,14 @@ def test_int8_without_calibration_is_refused_before_any_work(tmp_path):
     with pytest.raises(InputError, match="needs --calibration"):
         run(EmbedOptions(inputs=(str(FIXTURES / "nasty.txt"),), output=str(tmp_path / "o.parquet"), precision="int8"))
     assert not list(tmp_path.iterdir())
+
+
+def test_uint64_ids_past_int64_are_kept_as_text(tmp_path, engine):
+    import pyarrow as pa
+
+    ids = [0, 2**63 - 1, 2**63, 2**64 - 1]
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": pa.array(ids, pa.uint64()), "text": [f"row {i}" for i in range(4)]}), source)
+    run(EmbedOptions(inputs=(str(source),), output=str(tmp_path / "out.parquet"), id_field="id"), engine=engine)
+    table, vectors = read_parquet(tmp_path / "out.parquet")
+    assert table["id"].to_pylist() == [str(i) for i in ids] and vectors.shape == (4, 384)

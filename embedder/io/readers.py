@@ -107,15 +107,19 @@ def ids_are_text(inputs: Sequence[str], options: ReadOptions = ReadOptions()) ->
     """
     if options.id_field is None:  # whole files (a folder's, a glob's, an image) are named by their paths
         return any(source.kind in ("file", "image") for source in expand_sources(inputs or ["-"], options))
-    import pyarrow as pa
-
     for source in expand_sources(inputs or ["-"], options):
-        if source.kind != "parquet":
-            return True
-        schema = _open_parquet(source.name).schema_arrow
-        if options.id_field not in schema.names or not pa.types.is_integer(schema.field(options.id_field).type):
+        if source.kind != "parquet" or not integer_ids(_open_parquet(source.name).schema_arrow, options.id_field):
             return True
     return False
+
+
+def integer_ids(schema, id_field: str) -> bool:
+    """Whether a Parquet schema's `id_field` holds integers the output's int64 id column takes: not uint64's, whose
+    values past 2^63 - 1 are written as text, losslessly."""
+    import pyarrow as pa
+
+    id_type = schema.field(id_field).type if id_field in schema.names else None
+    return id_type is not None and pa.types.is_integer(id_type) and not pa.types.is_uint64(id_type)
 
 
 def count_hint(inputs: Sequence[str], options: ReadOptions = ReadOptions()) -> int | None:

@@ -17,7 +17,7 @@ import numpy as np
 from embedder import errors
 from embedder.errors import EmbedError, InputError
 from embedder.io.pipeline import EmbedOptions, Summary, check_options, embed_chunks, make_engine, output_spec
-from embedder.io.readers import ReadOptions, Record, read_source
+from embedder.io.readers import ReadOptions, Record, integer_ids, read_source
 from embedder.io.writers import OutputSpec, arrow_schema, arrow_table
 from embedder.ray.dataset import actor_plan, require_ray
 from embedder.ray.output import OutputDir
@@ -94,17 +94,10 @@ def _count_records(batch: dict, files: dict[str, InputFile], read_options: ReadO
 
 def _ids_are_text(files: list[InputFile], read_options: ReadOptions) -> bool:
     """As on one machine: integer ids only when every id is known to be one (record numbers, integer columns)."""
-    import pyarrow as pa
-
     if read_options.id_field is None:
         return any(f.source.kind == "file" for f in files)
-    for f in files:
-        if f.source.kind != "parquet":
-            return True
-        schema = parquet_footer(f).schema.to_arrow_schema()
-        if read_options.id_field not in schema.names or not pa.types.is_integer(schema.field(read_options.id_field).type):
-            return True
-    return False
+    return any(f.source.kind != "parquet"
+               or not integer_ids(parquet_footer(f).schema.to_arrow_schema(), read_options.id_field) for f in files)
 
 
 def _embed(files: list[InputFile], done: set[int], options: EmbedOptions, out: OutputDir,
