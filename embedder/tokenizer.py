@@ -25,11 +25,25 @@ def second_text_start(type_ids: Sequence[int]) -> int:
 
 
 @dataclass(frozen=True)
+class Tokens:
+    """One text's whole tokenization, as the servers' /tokenize shows it: the ids, each token's span of characters
+    in the text (None for a special token, or where the tokenizer keeps no offsets) and which are special."""
+
+    ids: list[int]
+    strings: list[str]  # the vocabulary's string for each token ("##ing", "[CLS]")
+    spans: list[tuple[int, int] | None]
+    special: list[bool]
+
+
+@dataclass(frozen=True)
 class TextTokenizer:
     encode_batch: Callable[[list[str]], list[list[int]]]
     encode_whole: Callable[[list[str]], list[list[int]]]  # never truncated, whatever `long_input` says
     # (first texts, second texts) -> each pair's ids and where its second text starts (`Pairs`)
     encode_pair_batch: Callable[[list[str], list[str]], "Pairs"]
+    # (texts, with special tokens?) -> each text's whole `Tokens`; (ids, skip special tokens?) -> the text
+    tokens: Callable[[list[str], bool], list[Tokens]]
+    decode: Callable[[list[int], bool], str]
     pad_token_id: int
     vocab_size: int
     max_length: int
@@ -48,6 +62,17 @@ class TextTokenizer:
         """Each text's tokens before any cut, as `encode` counts them: what a request refusing long inputs checks
         on a server that cuts them."""
         return [len(row) for row in self.encode_whole(self._prompted(texts, prompt))]
+
+    def whole_tokens(self, texts: Sequence[str], special_tokens: bool = True) -> list[Tokens]:
+        """Each text's tokenization, never cut, with its tokens' strings and spans (the servers' /tokenize)."""
+        return self.tokens(self._checked(texts), special_tokens)
+
+    def text_of(self, ids: Sequence[int], skip_special_tokens: bool = True, param: str = "ids") -> str:
+        """Token ids back to text (/detokenize, /decode); an id outside the vocabulary is refused, naming `param`."""
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise InputError(f"token id {bad} is outside this model's vocabulary of {self.vocab_size}", param)
+        return self.decode(list(ids), skip_special_tokens)
 
     def _prompted(self, texts: Sequence[str], prompt: str | None) -> list[str]:
         if prompt and (at := lone_surrogate(prompt)) is not None:
@@ -130,8 +155,16 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
             found = tok.encode_batch(list(zip(firsts, seconds)), add_special_tokens=True)
             return Pairs([e.ids for e in found], [second_text_start(e.type_ids) for e in found])
 
-        return TextTokenizer(encode_batch, encode_whole, encode_pair_batch, pad, tok.get_vocab_size(), max_length,
-                             do_lower_case, long_input)
+        def tokens(texts: list[str], special_tokens: bool) -> list[Tokens]:
+            found = untruncated().encode_batch(texts, add_special_tokens=special_tokens)
+            return [Tokens(e.ids, e.tokens, [None if m else span for span, m in zip(e.offsets, e.special_tokens_mask)],
+                           [bool(m) for m in e.special_tokens_mask]) for e in found]
+
+        def decode(ids: list[int], skip_special_tokens: bool) -> str:
+            return tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+        return TextTokenizer(encode_batch, encode_whole, encode_pair_batch, tokens, decode, pad, tok.get_vocab_size(),
+                             max_length, do_lower_case, long_input)
 
     try:
         from transformers import AutoTokenizer
@@ -154,6 +187,17 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
                    max_length=max_length if truncate else None, return_token_type_ids=True)
         return Pairs(found["input_ids"], [second_text_start(types) for types in found["token_type_ids"]])
 
+    def hf_tokens(texts: list[str], special_tokens: bool) -> list[Tokens]:
+        found = hf(texts, truncation=False, add_special_tokens=special_tokens, return_special_tokens_mask=True,
+                   return_offsets_mapping=hf.is_fast)  # a slow tokenizer keeps no offsets
+        spans = found["offset_mapping"] if hf.is_fast else [[None] * len(ids) for ids in found["input_ids"]]
+        return [Tokens(ids, hf.convert_ids_to_tokens(ids),
+                       [None if m else tuple(s) if s else None for s, m in zip(row_spans, mask)], [bool(m) for m in mask])
+                for ids, row_spans, mask in zip(found["input_ids"], spans, found["special_tokens_mask"])]
+
+    def hf_decode(ids: list[int], skip_special_tokens: bool) -> str:
+        return hf.decode(ids, skip_special_tokens=skip_special_tokens)
+
     pad = hf.pad_token_id if hf.pad_token_id is not None else 0
-    return TextTokenizer(hf_encode_batch, hf_encode_whole, hf_encode_pair_batch, pad, len(hf), max_length,
-                         do_lower_case, long_input)
+    return TextTokenizer(hf_encode_batch, hf_encode_whole, hf_encode_pair_batch, hf_tokens, hf_decode, pad, len(hf),
+                         max_length, do_lower_case, long_input)

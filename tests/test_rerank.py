@@ -144,6 +144,14 @@ def test_server_ranks_as_cross_encoder(http, reranker, path):
     assert body["usage"]["total_tokens"] == tokens
 
 
+def test_server_scores_as_vllm(http, reranker):
+    """vLLM's /score: the cross-encoder's score of each pair, in order (an unnamed request goes to the reranker)."""
+    want = cross_encoder_scores(reranker, [(QUERY, d) for d in DOCUMENTS])
+    body = http.post("/score", json={"text_1": QUERY, "text_2": DOCUMENTS}).json()
+    assert body["model"] == "reranker" and [d["index"] for d in body["data"]] == list(range(len(DOCUMENTS)))
+    np.testing.assert_allclose([d["score"] for d in body["data"]], want, atol=1e-5)
+
+
 def test_server_rerank_without_documents_and_with_every_one(http):
     body = http.post("/v1/rerank", json={"model": "reranker", "query": QUERY, "documents": DOCUMENTS,
                                          "return_documents": False, "top_n": 0}).json()

@@ -380,3 +380,68 @@ def test_tei_routes_need_the_api_key(server: str) -> None:
     for method, path in (("POST", "/embed"), ("POST", "/"), ("GET", "/info")):
         reply = httpx.request(method, f"{server}{path}", json={"inputs": "hi"})
         assert reply.status_code == 401, (path, reply.text)
+
+
+def test_tokenize_and_detokenize_as_vllm(http: httpx.Client, engine: EmbeddingEngine) -> None:
+    text = "Tokenize me, please: naïve café 🙂 " + "word " * 300  # past max length: never cut here
+    reply = http.post("/tokenize", json={"prompt": text}).json()
+    whole = engine.model.tokenizer.encode_whole([text])[0]
+    assert reply["tokens"] == whole and reply["count"] == len(whole) > engine.max_length
+    assert reply["max_model_len"] == engine.max_length
+    bare = http.post("/tokenize", json={"prompt": "hello world", "add_special_tokens": False}).json()["tokens"]
+    assert bare == engine.tokenize(["hello world"])[0][1:-1]  # without [CLS] and [SEP]
+    back = http.post("/detokenize", json={"tokens": engine.tokenize(["hello world"])[0]}).json()
+    assert back == {"prompt": "[CLS] hello world [SEP]"}
+
+
+def test_tokenize_and_decode_as_text_embeddings_inference(http: httpx.Client, engine: EmbeddingEngine,
+                                                         minilm_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    texts = ["Hello, wörld!", "émoji 🙂 here"]
+    reply = http.post("/tokenize", json={"inputs": texts}).json()
+    oracle = Tokenizer.from_file(str(minilm_path / "tokenizer.json"))
+    oracle.no_truncation()
+    oracle.no_padding()
+    for text, tokens in zip(texts, reply):
+        want = oracle.encode(text)
+        assert [t["id"] for t in tokens] == want.ids
+        assert [t["special"] for t in tokens] == [bool(m) for m in want.special_tokens_mask]
+        assert tokens[0] == {"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None}
+        for token, (start, stop) in zip(tokens[1:-1], want.offsets[1:-1]):
+            assert (token["start"], token["stop"]) == (start, stop) and token["text"] == text[start:stop]
+    decoded = http.post("/decode", json={"ids": [engine.tokenize(t)[0] for t in (["hello world"], ["a b"])]}).json()
+    assert decoded == ["hello world", "a b"]
+    assert http.post("/decode", json={"ids": [7592, 2088]}).json() == ["hello world"]
+
+
+def test_score_as_vllm_with_an_embedding_model(http: httpx.Client, engine: EmbeddingEngine) -> None:
+    """vLLM's /score on an embedding model: each pair's cosine similarity, one text_1 against every text_2 or the
+    lists paired."""
+    vectors = engine.embed(TEXTS[:3])
+    one = http.post("/score", json={"text_1": TEXTS[0], "text_2": TEXTS[1:3]}).json()
+    assert one["object"] == "list" and one["id"].startswith("score-") and one["model"] == DEFAULT_MODEL
+    assert [d["index"] for d in one["data"]] == [0, 1]
+    np.testing.assert_allclose([d["score"] for d in one["data"]], vectors[1:3] @ vectors[0], atol=1e-5)
+    paired = http.post("/v1/score", json={"text_1": TEXTS[:2], "text_2": TEXTS[1:3]}).json()
+    np.testing.assert_allclose([d["score"] for d in paired["data"]],
+                               [vectors[0] @ vectors[1], vectors[1] @ vectors[2]], atol=1e-5)
+    assert paired["usage"]["total_tokens"] == engine.count_tokens(TEXTS[:3])
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/tokenize", {"prompt": "a", "inputs": "b"}, "inputs"),
+    ("/tokenize", {}, "prompt"),
+    ("/tokenize", {"prompt": "a\ud800"}, None),
+    ("/detokenize", {"tokens": [101, 10_000_000]}, "tokens"),
+    ("/decode", {"ids": [[-1]]}, "ids"),
+    ("/decode", {"ids": []}, "ids"),
+    ("/score", {"text_1": ["a", "b"], "text_2": ["c", "d", "e"]}, "text_1"),
+    ("/score", {"text_1": "a", "text_2": []}, "text_2"),
+    ("/score", {"text_1": " ", "text_2": "b"}, "text_1"),
+])
+def test_tokenize_decode_and_score_refuse_bad_requests(http: httpx.Client, path: str, body: dict,
+                                                       param: str | None) -> None:
+    reply = http.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param and reply.json()["error"]["message"]

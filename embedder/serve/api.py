@@ -1,5 +1,5 @@
-"""The wire formats: OpenAI's embeddings, Cohere's and Jina's rerank, Text Embeddings Inference's /embed and
-/rerank, and the input kinds a request may carry."""
+"""The wire formats: OpenAI's embeddings, Cohere's and Jina's rerank, vLLM's /score, /tokenize and /detokenize,
+Text Embeddings Inference's /embed, /rerank, /tokenize and /decode, and the input kinds a request may carry."""
 
 import base64
 from dataclasses import dataclass
@@ -113,6 +113,72 @@ class TEIEmbedRequest(BaseModel):
     dimensions: int | None = None
 
 
+class ScoreRequest(BaseModel):
+    """vLLM's /score: `text_1` (one text, or one per pair) against each of `text_2`."""
+
+    model_config = ConfigDict(strict=True)
+
+    text_1: str | list[str]
+    text_2: str | list[str]
+    model: str | None = None
+
+
+class Score(BaseModel):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[Score]
+    usage: Usage
+
+
+class TokenizeRequest(BaseModel):
+    """/tokenize as vLLM (`prompt`: one text; the ids and their count) or TEI (`inputs`: texts; each token's id,
+    text and place) asks it. The whole text is tokenized, never cut."""
+
+    model_config = ConfigDict(strict=True)
+
+    prompt: str | None = None
+    inputs: str | list[str] | None = None
+    model: str | None = None
+    add_special_tokens: bool = True
+
+
+class TokenizeResponse(BaseModel):  # vLLM's
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class TEIToken(BaseModel):
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+class DetokenizeRequest(BaseModel):  # vLLM's
+    model_config = ConfigDict(strict=True)
+
+    tokens: list[int]
+    model: str | None = None
+
+
+class DecodeRequest(BaseModel):  # TEI's
+    model_config = ConfigDict(strict=True)
+
+    ids: list[int] | list[list[int]]
+    skip_special_tokens: bool = True
+
+
 class TEIRank(BaseModel):
     index: int
     text: str | None = None
@@ -181,6 +247,31 @@ def parse_input(value: str | list[Any], max_inputs: int, field: str = "input") -
         if inputs.token_ids is not None and not all(_is_token_id(t) for t in item):
             raise InputError(f"input {i} must hold only integer token ids", field)
     return inputs
+
+
+def parse_score(body: ScoreRequest, max_inputs: int) -> tuple[list[str], list[str]]:
+    """vLLM's pairs: one `text_1` against every `text_2`, or the two lists paired one to one."""
+    firsts = [body.text_1] if isinstance(body.text_1, str) else body.text_1
+    seconds = [body.text_2] if isinstance(body.text_2, str) else body.text_2
+    if not firsts or not seconds:
+        raise InputError(f"'{'text_1' if not firsts else 'text_2'}' is an empty list; send at least one text",
+                         "text_1" if not firsts else "text_2")
+    if len(firsts) == 1:
+        firsts = firsts * len(seconds)
+    if len(firsts) != len(seconds):
+        raise InputError(f"'text_1' holds {len(firsts)} texts and 'text_2' {len(seconds)}: send one 'text_1', or as "
+                         "many as 'text_2' to pair them one to one", "text_1")
+    if len(seconds) > max_inputs:
+        raise InputError(f"'text_2' holds {len(seconds)} texts; at most {max_inputs} are allowed per request",
+                         "text_2")
+    for field, texts in (("text_1", firsts), ("text_2", seconds)):
+        for i, text in enumerate(texts):
+            if field == "text_1" and not text.strip():  # as a rerank's query; a blank document still scores
+                raise InputError(f"'text_1' text {i} is empty or blank; send the text to score against", field)
+            if (at := lone_surrogate(text)) is not None:
+                raise InputError(f"'{field}' text {i} holds a lone UTF-16 surrogate at character {at}, which is not "
+                                 "text", field)
+    return firsts, seconds
 
 
 def parse_rerank(body: RerankRequest, max_inputs: int) -> list[str]:

@@ -27,6 +27,8 @@ from ..images import DATA_URI_PREFIX, decode_data_uri
 from ..quantize import CALIBRATED, quantize
 from .access_log import AccessLog
 from .api import (
+    DecodeRequest,
+    DetokenizeRequest,
     Embedding,
     EmbeddingRequest,
     EmbeddingResponse,
@@ -38,13 +40,20 @@ from .api import (
     RerankRequest,
     RerankResponse,
     RerankResult,
+    Score,
+    ScoreRequest,
+    ScoreResponse,
     TEIEmbedRequest,
     TEIRank,
+    TEIToken,
+    TokenizeRequest,
+    TokenizeResponse,
     Usage,
     check_token_ids,
     encode_vectors,
     parse_input,
     parse_rerank,
+    parse_score,
 )
 from .errors import BodyTooLarge, error_response
 from .metrics import Metrics
@@ -217,6 +226,64 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     for path in ("/v1/rerank", "/rerank", "/v2/rerank"):  # vLLM's three spellings; Jina's, Cohere's v1 and v2; TEI's
         app.post(path, response_model=RerankResponse | list[TEIRank])(rerank)
 
+    async def score(body: ScoreRequest, request: Request) -> Response:
+        """vLLM's /score: a score per (text_1, text_2) pair, in order: a cross-encoder's, or an embedding model's
+        cosine similarity."""
+        served = registry.resolve(body.model, rerank=True)
+        firsts, seconds = parse_score(body, options.max_inputs)
+        with admission.admit(len(seconds)):
+            engine = await _engine(registry, served)
+            engine.check_rankable()
+            future, tokens = await run_in_threadpool(engine.submit_scores, firsts, seconds)
+            scores = await _result(future, request.receive)
+        if scores is None:
+            return Response(status_code=CLIENT_CLOSED)
+        reply = ScoreResponse(id=f"score-{secrets.token_hex(12)}", created=int(time.time()),
+                              model=_client_name(served, body.model),
+                              data=[Score(index=i, score=float(s)) for i, s in enumerate(scores)],
+                              usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+        return Response(reply.model_dump_json(), media_type="application/json")
+
+    for path in ("/score", "/v1/score"):  # vLLM's two spellings
+        app.post(path, response_model=ScoreResponse)(score)
+
+    @app.post("/tokenize", response_model=TokenizeResponse | list[list[TEIToken]])
+    async def tokenize(body: TokenizeRequest) -> Response:
+        """vLLM's /tokenize (`prompt`: its ids and their count) or TEI's (`inputs`: each token's id, text and
+        character span, per text); the whole text, never cut."""
+        if (body.prompt is None) == (body.inputs is None):
+            raise InputError("send 'prompt' (one text, as vLLM) or 'inputs' (texts, as TEI), not both or neither",
+                             "prompt" if body.inputs is None else "inputs")
+        field, given = ("prompt", body.prompt) if body.prompt is not None else ("inputs", body.inputs)
+        texts = [given] if isinstance(given, str) else given
+        if not texts or len(texts) > options.max_inputs:
+            raise InputError(f"'{field}' must hold 1 to {options.max_inputs} texts", field)
+        engine = await _engine(registry, registry.resolve(body.model))
+        found = await run_in_threadpool(engine.model.tokenizer.whole_tokens, texts, body.add_special_tokens)
+        if body.prompt is not None:
+            reply = TokenizeResponse(count=len(found[0].ids), max_model_len=engine.max_length, tokens=found[0].ids)
+            return Response(reply.model_dump_json(), media_type="application/json")
+        tei = [[TEIToken(id=i, text=text[span[0]:span[1]] if span else string, special=special,
+                         start=span[0] if span else None, stop=span[1] if span else None)
+                for i, string, span, special in zip(t.ids, t.strings, t.spans, t.special)]
+               for text, t in zip(texts, found)]
+        return Response(TypeAdapter(list[list[TEIToken]]).dump_json(tei), media_type="application/json")
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict:
+        """vLLM's /detokenize: token ids back to text."""
+        engine = await _engine(registry, registry.resolve(body.model))
+        return {"prompt": engine.model.tokenizer.text_of(body.tokens, skip_special_tokens=False, param="tokens")}
+
+    @app.post("/decode", response_model=list[str])
+    async def decode(body: DecodeRequest) -> list[str]:
+        """TEI's /decode: each list of ids back to text."""
+        rows = [body.ids] if body.ids and isinstance(body.ids[0], int) else body.ids
+        if not rows or len(rows) > options.max_inputs:
+            raise InputError(f"'ids' must hold 1 to {options.max_inputs} lists of token ids", "ids")
+        tokenizer = (await _engine(registry, registry.resolve(None))).model.tokenizer
+        return [tokenizer.text_of(row, body.skip_special_tokens) for row in rows]
+
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
         names = [name for m in registry.models for name in m.served_names or (m.name,)]
@@ -312,8 +379,9 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
-KEYED_PATHS = ("/v1/", "/v2/", "/rerank", "/embed", "/info", "/models")  # what --api-key guards, with TEI's root "/";
-# /health and /metrics stay open to probes
+# What --api-key guards, with TEI's root "/"; /health and /metrics stay open to probes.
+KEYED_PATHS = ("/v1/", "/v2/", "/rerank", "/embed", "/info", "/models", "/score", "/tokenize", "/detokenize",
+               "/decode")
 
 
 @dataclass
