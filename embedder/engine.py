@@ -200,6 +200,8 @@ class EmbeddingEngine:
             "prompts": m.spec.prompts,
             "default_prompt_name": m.spec.default_prompt_name,
             "device": str(mx.default_device()),
+            "long_input": self.options.long_input_mode,  # a chunked file's vectors are windows' means, not cuts
+            "chunk_overlap": self.options.chunk_overlap,
         }
 
     def stats(self) -> dict:

@@ -26,6 +26,10 @@ class Windows:
 
     def __post_init__(self) -> None:
         width = self.max_length - len(self.prefix) - len(self.suffix)
+        if width < 1:
+            raise InputError(f"max_length {self.max_length} leaves no room for text between this model's "
+                             f"{len(self.prefix) + len(self.suffix)} special tokens, so nothing can be chunked",
+                             "max_length")
         if not 0 <= self.overlap < width:
             raise InputError(f"chunk overlap must be at least 0 and under {width} tokens for this model, "
                              f"got {self.overlap}", "chunk_overlap")

@@ -44,6 +44,9 @@ class EngineOptions:
         if not isinstance(self.chunk_overlap, int) or self.chunk_overlap < 0:
             raise InputError(f"chunk_overlap must be a whole number of at least 0, got {self.chunk_overlap!r}",
                              "chunk_overlap")
+        if self.chunk_overlap and self.long_input_mode != "chunk":
+            raise InputError("chunk_overlap is for long_input chunk (--long-input chunk), where windows share tokens",
+                             "chunk_overlap")
 
     @property
     def long_input_mode(self) -> str:

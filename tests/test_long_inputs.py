@@ -87,6 +87,7 @@ def test_the_cli_chunks_and_counts_every_token_embedded(minilm_path, tmp_path):
     got = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
     assert cosine(got[:1], want[None])[0] >= 0.9999
     assert table["tokens"].to_pylist()[0] == tokens
+    assert table.schema.metadata[b"long_input"] == b"chunk"  # the file says its vectors are windows' means
 
 
 def test_the_server_chunks_texts_and_over_long_token_ids_alike(minilm_path):
@@ -99,3 +100,12 @@ def test_the_server_chunks_texts_and_over_long_token_ids_alike(minilm_path):
             assert cosine(np.array([reply["data"][0]["embedding"]]), want[None])[0] >= 0.9999
             assert reply["usage"]["prompt_tokens"] == tokens
     engine.unload()
+
+
+def test_chunk_options_that_cannot_work_are_refused(minilm_path):
+    from embedder.errors import InputError
+
+    with pytest.raises(InputError, match="chunk_overlap is for long_input chunk"):
+        EmbeddingEngine(str(minilm_path), chunk_overlap=10)
+    with pytest.raises(InputError, match="max_length 2 leaves no room for text between this model's 2 special"):
+        EmbeddingEngine(str(minilm_path), long_input="chunk", max_length=2).load()

@@ -132,6 +132,7 @@ def test_reading_is_lazy(tmp_path):
         ("a.jsonl", b'{"text": "ok", "n": ' + b"7" * 5000 + b"}\n", ReadOptions(), "a.jsonl line 1: invalid JSON"),
         ("a.tsv", b'id\ttext\n1\tok\n2\t"unclosed quote\n3\tthird\n', ReadOptions(), "a.tsv line 4: unexpected end"),
         ("a.csv", b'text\n"a"b"\n', ReadOptions(), "a.csv line 2: ',' expected after '\"'"),
+        ("a.csv", b"text,n,text\nx,1,y\n", ReadOptions(), "a.csv: the header names column 'text' twice"),
         ("a.doc", b"x", ReadOptions(), "a.doc: unknown input extension"),
         ("a.parquet", b"not parquet", ReadOptions(), "a.parquet: not a readable Parquet file"),
     ],

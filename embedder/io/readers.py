@@ -337,8 +337,10 @@ def _open_parquet(path: str, data: bytes | None = None):
 
 
 def _require_columns(names: Sequence[str], label: str, options: ReadOptions) -> None:
-    """A missing column is reported once, with the columns that do exist."""
+    """A missing column is reported once, with the columns that do exist; a column named twice is ambiguous."""
     for field in (options.text_field, options.id_field):
+        if field is not None and list(names).count(field) > 1:
+            raise InputError(f"{label}: the header names column {field!r} twice; which one holds it is ambiguous")
         if field is not None and field not in names:
             raise InputError(f"{label}: no column {field!r} (columns: {', '.join(map(str, names))}); see --text-field")
 
