@@ -445,3 +445,17 @@ def test_tokenize_decode_and_score_refuse_bad_requests(http: httpx.Client, path:
     reply = http.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param and reply.json()["error"]["message"]
+
+
+def test_bodies_over_a_megabyte_are_answered_as_small_ones(http: httpx.Client, engine: EmbeddingEngine) -> None:
+    """Large bodies are parsed and checked off the event loop (32 MB of token ids once stalled every other request
+    for seconds); what they get back is what a small body gets."""
+    ids = [101] + [7592] * 600_000 + [102]  # ~4.2 MB of JSON
+    reply = http.post("/v1/embeddings", json={"input": [ids], "encoding_format": "float"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["total_tokens"] == engine.max_length  # cut, as a short list past the limit is
+    assert_close([reply.json()["data"][0]["embedding"]], engine.submit([ids[:engine.max_length]]).result())
+    bad = http.post("/v1/embeddings", json={"input": [ids], "dimensions": "8"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "dimensions", bad.text
+    negative = http.post("/v1/embeddings", json={"input": [ids[:-1] + [-1]]})
+    assert negative.status_code == 400 and negative.json()["error"]["param"] == "input", negative.text

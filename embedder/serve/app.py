@@ -65,6 +65,8 @@ CLIENT_CLOSED = 499  # nginx's status for "the client hung up first": seen only 
 
 
 INLINE_TOKENIZE_CHARS = 4096  # tokenized on the event loop (tens of microseconds); longer inputs in a thread
+INLINE_BODY_BYTES = 1 << 20  # bodies validated on the event loop; a larger one (32 MB of token ids: 4 s) in a thread
+INLINE_TEXTS = 64  # `input` lists of up to this many texts are checked on the event loop; the rest in a thread
 
 @dataclass(frozen=True)
 class ServerOptions:
@@ -122,7 +124,11 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         `refuse_long`: a text over the model's length is refused, though the server would cut it (TEI's
         `truncate: false`)."""
         served = registry.resolve(body.model)
-        inputs = parse_input(body.input, options.max_inputs, field)
+        given = body.input
+        if isinstance(given, str) or (len(given) <= INLINE_TEXTS and all(isinstance(t, str) for t in given)):
+            inputs = parse_input(given, options.max_inputs, field)
+        else:  # token ids are checked one by one: millions of them would stall every other request
+            inputs = await run_in_threadpool(parse_input, given, options.max_inputs, field)
         if body.precision in CALIBRATED and len(inputs) < 2:
             raise InputError(f"precision {body.precision} takes each dimension's range from the request's own "
                              "vectors, so it needs at least two inputs", "precision")
@@ -427,7 +433,13 @@ class Front:
                 body, receive = await self._buffer(receive)
         except EmbedError as exc:
             return await error_response(exc)(scope, receive, send)
-        request = self._embeddings_request(scope, body)
+        try:
+            if body is not None and len(body) > INLINE_BODY_BYTES:
+                request = await run_in_threadpool(self._embeddings_request, scope, body, True)
+            else:
+                request = self._embeddings_request(scope, body)
+        except RequestValidationError as exc:
+            return await error_response(exc)(scope, receive, send)
         if request is None:
             return await self.app(scope, receive, send)
         try:
@@ -439,15 +451,19 @@ class Front:
         await response(scope, receive, send)
 
     @staticmethod
-    def _embeddings_request(scope: Scope, body: bytes | None) -> EmbeddingRequest | None:
-        """The request, where this is a POST /v1/embeddings with a JSON body that validates; else None."""
+    def _embeddings_request(scope: Scope, body: bytes | None, final: bool = False) -> EmbeddingRequest | None:
+        """The request, where this is a POST /v1/embeddings with a JSON body that validates; else None, for FastAPI
+        to parse and refuse again. `final`: a body that does not validate is refused here, as FastAPI would (a large
+        one, parsed off the event loop, is not parsed on it a second time)."""
         if scope["method"] != "POST" or scope["path"] not in ("/v1/embeddings", "/embeddings") or body is None:
             return None
         if _header(scope, b"content-type").partition(";")[0].strip().lower() != "application/json":
             return None
         try:
             return EmbeddingRequest.model_validate_json(body)
-        except ValidationError:
+        except ValidationError as exc:
+            if final:
+                raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
             return None
 
     def _check_key(self, header: str) -> None:
