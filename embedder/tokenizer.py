@@ -39,8 +39,8 @@ class Tokens:
 class TextTokenizer:
     encode_batch: Callable[[list[str]], list[list[int]]]
     encode_whole: Callable[[list[str]], list[list[int]]]  # never truncated, whatever `long_input` says
-    # (first texts, second texts) -> each pair's ids and where its second text starts (`Pairs`)
-    encode_pair_batch: Callable[[list[str], list[str]], "Pairs"]
+    # (first texts, second texts, never cut?) -> each pair's ids and where its second text starts (`Pairs`)
+    encode_pair_batch: Callable[[list[str], list[str], bool], "Pairs"]
     # (texts, with special tokens?) -> each text's whole `Tokens`; (ids, skip special tokens?) -> the text
     tokens: Callable[[list[str], bool], list[Tokens]]
     decode: Callable[[list[int], bool], str]
@@ -82,9 +82,13 @@ class TextTokenizer:
     def encode_pairs(self, firsts: Sequence[str], seconds: Sequence[str]) -> "Pairs":
         """Each (first, second) pair as one input, as transformers tokenizes a pair for a cross-encoder: both texts
         framed by special tokens, a long pair cut from its longer text first ("longest_first") or refused."""
-        pairs = self.encode_pair_batch(self._checked(firsts), self._checked(seconds))
+        pairs = self.encode_pair_batch(self._checked(firsts), self._checked(seconds), False)
         self._fitted(pairs.ids)
         return pairs
+
+    def pair_whole_lengths(self, firsts: Sequence[str], seconds: Sequence[str]) -> list[int]:
+        """Each pair's tokens before any cut: what a rerank refusing long pairs checks (TEI's `truncate: false`)."""
+        return [len(row) for row in self.encode_pair_batch(self._checked(firsts), self._checked(seconds), True).ids]
 
     def _checked(self, texts: Sequence[str]) -> list[str]:
         for i, text in enumerate(texts):
@@ -151,8 +155,8 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
         def encode_whole(texts: list[str]) -> list[list[int]]:
             return [e.ids for e in untruncated().encode_batch(texts, add_special_tokens=True)]
 
-        def encode_pair_batch(firsts: list[str], seconds: list[str]) -> Pairs:
-            found = tok.encode_batch(list(zip(firsts, seconds)), add_special_tokens=True)
+        def encode_pair_batch(firsts: list[str], seconds: list[str], whole: bool) -> Pairs:
+            found = (untruncated() if whole else tok).encode_batch(list(zip(firsts, seconds)), add_special_tokens=True)
             return Pairs([e.ids for e in found], [second_text_start(e.type_ids) for e in found])
 
         def tokens(texts: list[str], special_tokens: bool) -> list[Tokens]:
@@ -182,9 +186,10 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
     def hf_encode_whole(texts: list[str]) -> list[list[int]]:
         return hf(texts, truncation=False)["input_ids"]
 
-    def hf_encode_pair_batch(firsts: list[str], seconds: list[str]) -> Pairs:
-        found = hf(firsts, seconds, truncation="longest_first" if truncate else False,
-                   max_length=max_length if truncate else None, return_token_type_ids=True)
+    def hf_encode_pair_batch(firsts: list[str], seconds: list[str], whole: bool) -> Pairs:
+        cut = truncate and not whole
+        found = hf(firsts, seconds, truncation="longest_first" if cut else False,
+                   max_length=max_length if cut else None, return_token_type_ids=True)
         return Pairs(found["input_ids"], [second_text_start(types) for types in found["token_type_ids"]])
 
     def hf_tokens(texts: list[str], special_tokens: bool) -> list[Tokens]:
@@ -192,7 +197,8 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
                    return_offsets_mapping=hf.is_fast)  # a slow tokenizer keeps no offsets
         spans = found["offset_mapping"] if hf.is_fast else [[None] * len(ids) for ids in found["input_ids"]]
         return [Tokens(ids, hf.convert_ids_to_tokens(ids),
-                       [None if m else tuple(s) if s else None for s, m in zip(row_spans, mask)], [bool(m) for m in mask])
+                       [None if m else tuple(s) if s else None for s, m in zip(row_spans, mask)],
+                       [bool(m) for m in mask])
                 for ids, row_spans, mask in zip(found["input_ids"], spans, found["special_tokens_mask"])]
 
     def hf_decode(ids: list[int], skip_special_tokens: bool) -> str:

@@ -237,6 +237,13 @@ def test_server_ranks_as_text_embeddings_inference(http, reranker):
     np.testing.assert_allclose([r["score"] for r in sorted(raw, key=lambda r: r["index"])], logits, atol=1e-5)
     refused = http.post("/rerank", json={"query": QUERY, "texts": []})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "texts"
+    long = http.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "truncate": False})  # text 4 is too long
+    assert long.status_code == 400 and long.json()["error"]["param"] == "texts", long.text
+    assert "input 4 has" in long.json()["error"]["message"] and "'truncate': true" in long.json()["error"]["message"]
+    fits = http.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS[:4], "truncate": False})
+    assert fits.status_code == 200 and len(fits.json()) == 4
+    left = http.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "truncation_direction": "Left"})
+    assert left.status_code == 400 and left.json()["error"]["param"] == "truncation_direction"
 
 
 def test_rerank_needs_the_api_key(server):

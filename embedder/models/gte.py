@@ -122,7 +122,8 @@ class Layer(nn.Module):
         self.attn_ln = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
         self.mlp_ln = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
 
-    def __call__(self, x: mx.array, mask: mx.array | fastmath.PackedTokens, q_scale: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | fastmath.PackedTokens,
+                 q_scale: mx.array | None = None) -> mx.array:
         x = fastmath.linear_add_norm(self.attention.o_proj, self.attention(x, mask, q_scale), x, self.attn_ln)
         return fastmath.linear_add_norm(self.mlp.down_proj, self.mlp.gated(x), x, self.mlp_ln)
 

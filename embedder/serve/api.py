@@ -73,7 +73,7 @@ class RerankRequest(BaseModel):
     model: str | None = None
     top_n: int | None = None
     return_documents: bool = True
-    # TEI's fields. `truncate` is accepted; long pairs follow the server's policy.
+    # TEI's fields. `truncate: false` refuses a long pair; absent or true, long pairs follow the server's policy.
     texts: list[str] | None = None
     raw_scores: bool = False  # a cross-encoder's logits, before its activation
     return_text: bool = False

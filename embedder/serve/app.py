@@ -209,9 +209,14 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         tei = body.tei
         served = registry.resolve(body.model, rerank=True)
         documents = parse_rerank(body, options.max_inputs)
+        if tei and body.truncation_direction.lower() == "left":
+            raise InputError("truncation_direction Left is not supported for rerank: a long pair is cut from the "
+                             "end of its longer text", "truncation_direction")
         with admission.admit(len(documents)):
             engine = await _engine(registry, served)
             engine.check_rankable()
+            if tei and body.truncate is False:
+                await run_in_threadpool(_refuse_long_pairs, engine, body.query, documents)
             future, tokens = await run_in_threadpool(engine.submit_scores, [body.query] * len(documents), documents,
                                                      tei and body.raw_scores)
             scores = await _result(future, request.receive)
@@ -361,6 +366,18 @@ def _refuse_long(engine: EmbeddingEngine, texts: list[str], prompt_name: str | N
     tokenizer = engine.model.tokenizer
     tokenizer.refuse_long(tokenizer.whole_lengths(texts, engine.resolve_prompt(None, prompt_name)),
                           "; send 'truncate': true to cut it", "inputs")
+
+
+def _refuse_long_pairs(engine: EmbeddingEngine, query: str, documents: list[str]) -> None:
+    """TEI's `truncate: false` on /rerank: a (query, text) pair over the model's length is refused, naming the text
+    (an embedding model, which ranks by cosine, embeds the query and each text alone)."""
+    tokenizer = engine.model.tokenizer
+    if engine.cross_encoder:
+        lengths = tokenizer.pair_whole_lengths([query] * len(documents), documents)
+    else:
+        query_length, *lengths = tokenizer.whole_lengths([query, *documents])
+        tokenizer.refuse_long([query_length], "; send 'truncate': true to cut it", "query")
+    tokenizer.refuse_long(lengths, "; send 'truncate': true to cut it", "texts")
 
 
 async def _result(future: Future, receive: Receive) -> np.ndarray | None:
