@@ -40,6 +40,11 @@ def serve(
         bool, typer.Option("--access-log/--no-access-log", help="Log a line per request on stdout, as uvicorn's "
                            "access log does.")
     ] = True,
+    cors_allow_origin: Annotated[
+        list[str] | None,
+        typer.Option("--cors-allow-origin", help="A browser origin allowed to call the API (https://app.example, "
+                     "or * for any), as TEI's flag; repeat for several. None by default.", show_default=False),
+    ] = None,
     long_input: LongInputOpt = None,
     chunk_overlap: ChunkOverlapOpt = 0,
     batch_tokens: BatchTokensOpt = None,
@@ -62,7 +67,7 @@ def serve(
         from embedder.serve.registry import build_registry
 
         options = ServerOptions(api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes, max_queue=max_queue,
-                                access_log=access_log)
+                                access_log=access_log, cors_origins=tuple(cors_allow_origin or ()))
         registry = build_registry(
             models or [], embedding_model=embedding_model, served_model_names=served_model_name or (), preload=preload,
             options=EngineOptions(truncate=not no_truncate, batch_tokens=batch_tokens, lanes=lanes,

@@ -459,3 +459,19 @@ def test_bodies_over_a_megabyte_are_answered_as_small_ones(http: httpx.Client, e
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "dimensions", bad.text
     negative = http.post("/v1/embeddings", json={"input": [ids[:-1] + [-1]]})
     assert negative.status_code == 400 and negative.json()["error"]["param"] == "input", negative.text
+
+
+def test_cors_only_for_the_origins_allowed() -> None:
+    """A browser's preflight (no API key) and its request get the CORS headers for an allowed origin; other origins
+    and servers without --cors-allow-origin get none."""
+    with running_server("--cors-allow-origin", "https://app.example", "--api-key", API_KEY) as url:
+        asked = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+        preflight = httpx.options(f"{url}/v1/embeddings", headers=asked)
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        reply = httpx.post(f"{url}/v1/embeddings", json={"input": "hi"},
+                           headers={"Origin": "https://app.example", "Authorization": f"Bearer {API_KEY}"})
+        assert reply.status_code == 200 and reply.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.options(f"{url}/v1/embeddings", headers={**asked, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

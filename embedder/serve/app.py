@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP front: /v1/embeddings, /v1/rerank, /v1/models, /health and /metrics over served
-engines, and Text Embeddings Inference's /embed, /rerank and /info."""
+engines; Text Embeddings Inference's /embed, /rerank, /info, /tokenize and /decode; vLLM's /score, /tokenize and
+/detokenize."""
 
 import asyncio
 import contextlib
@@ -19,6 +20,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine import EmbeddingEngine, ranked
@@ -77,6 +79,7 @@ class ServerOptions:
     max_body_bytes: int = 32 * 1024 * 1024
     max_queue: int = 8192  # inputs admitted and not yet answered, over all models; beyond it, 429
     access_log: bool = False  # a line per request on stdout, in uvicorn's format (`embed serve` turns uvicorn's off)
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any), as TEI's flag; none
 
     def __post_init__(self) -> None:
         if self.max_queue < self.max_inputs:
@@ -321,8 +324,13 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         engines = {m.public_name: m.engine.stats() for m in registry.loaded()}
         return metrics.render(admission.in_flight, engines)
 
-    return Front(app, answer_embeddings, metrics, options.api_key, options.max_body_bytes,
-                 AccessLog() if options.access_log else None)
+    front = Front(app, answer_embeddings, metrics, options.api_key, options.max_body_bytes,
+                  AccessLog() if options.access_log else None)
+    if not options.cors_origins:
+        return front
+    # Outside `Front`: a browser's preflight carries no API key, and every answer needs the CORS headers.
+    return CORSMiddleware(front, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"],
+                          allow_headers=["*"])
 
 
 async def _handle(request: Request, exc: Exception) -> Response:
