@@ -286,23 +286,31 @@ def test_layers_on_packed_rows_equal_the_padded_layers(dtype, act, family, count
     """BERT's and MPNet's layers over packed rows (all in one native call with GELU, MPNet's position bias
     included; kernel by kernel with another activation) give what the padded MLX batch gives at its real tokens,
     for one layer and stacks of them; int8 and float16 projections too."""
-    from embedder.models.bert import run_layers
-    from embedder.models.quantized import use_packed_matmuls
-
     _native_or_skip()
     rng = np.random.default_rng(7)
     layers = [_bert_layer(rng, 64, 4, act, family) for _ in range(count)]
+    bias = mx.array(rng.standard_normal((4, 9, 9)).astype(np.float32)) if family == "mpnet" else None
+    _assert_packed_layers_equal_padded(rng, layers, family, dtype, act == "gelu", bias=bias)
+
+
+def _assert_packed_layers_equal_padded(rng, layers: list, family: str, dtype: str, one_call_expected: bool,
+                                       bias: mx.array | None = None, rotation=None) -> None:
+    """`layers` (their matmuls in `dtype`) over a packed batch of mixed lengths, in one native call when
+    `one_call_expected` and layer by layer, equal the padded batch's layers at its real tokens, zeros at padding."""
+    from embedder.models.bert import run_layers
+    from embedder.models.quantized import use_packed_matmuls
+
     if dtype != "float32":
         for layer in layers:
             use_packed_matmuls(layer, family, dtype)
     lengths = np.array([9, 3, 1, 9, 6])
     keep = np.arange(9) < lengths[:, None]
     x = mx.array(rng.standard_normal((5, 9, 64)).astype(np.float32))
-    bias = mx.array(rng.standard_normal((4, 9, 9)).astype(np.float32)) if family == "mpnet" else None
     packed = fastmath.PackedTokens.of(mx.array(keep.astype(np.int32)), x, 16)
-    one_call = fastmath.encoder_layers(packed.pack(x), packed, [layer.parts() for layer in layers], bias)
-    assert (one_call is not None) == (act == "gelu")
-    got = np.asarray(run_layers(layers, x, packed, bias))
+    rotary = None if rotation is None else rotation.table(9)
+    one_call = fastmath.encoder_layers(packed.pack(x), packed, [layer.parts() for layer in layers], bias, rotary)
+    assert (one_call is not None) == one_call_expected
+    got = np.asarray(run_layers(layers, x, packed, bias, rotary))
     want = np.asarray(run_layers(layers, x, mx.array(keep)[:, None, None, :], bias))
     np.testing.assert_allclose(got[keep], want[keep], rtol=3e-5, atol=3e-5)
     assert not got[~keep].any()  # padding comes back as zeros
@@ -335,30 +343,11 @@ def test_gated_rotary_layers_on_packed_rows_equal_the_padded_layers(dtype, famil
     """NomicBERT's and GTE's layers (rotary attention, gated feed-forward, half-width rotation for NomicBERT) over
     packed rows, two in one native call where the gate has a kernel, give what the padded batch gives at its real
     tokens; a gate without one (tanh GELU) runs kernel by kernel on the packed rows."""
-    from embedder.models.bert import run_layers
-    from embedder.models.quantized import use_packed_matmuls
-
     _native_or_skip()
     rng = np.random.default_rng(11)
     layers = [_gated_layer(rng, family, gate) for _ in range(2)]
-    if dtype != "float32":
-        for layer in layers:
-            use_packed_matmuls(layer, family, dtype)
-    lengths = np.array([9, 3, 1, 9, 6])
-    keep = np.arange(9) < lengths[:, None]
-    x = mx.array(rng.standard_normal((5, 9, 64)).astype(np.float32))
-    packed = fastmath.PackedTokens.of(mx.array(keep.astype(np.int32)), x, 16)
-    attention = layers[0].attn if family == "nomic_bert" else layers[0].attention
-    rotation = attention.rotation(9) if family == "nomic_bert" else attention.rotation
-    one_call = fastmath.encoder_layers(packed.pack(x), packed, [layer.parts() for layer in layers],
-                                       rotary=rotation.table(9))
-    assert (one_call is not None) == native
-    got = np.asarray(run_layers(layers, x, packed, rotary=rotation.table(9)))
-    want = np.asarray(run_layers(layers, x, mx.array(keep)[:, None, None, :]))
-    np.testing.assert_allclose(got[keep], want[keep], rtol=3e-5, atol=3e-5)
-    assert not got[~keep].any()
-    if one_call is not None:
-        np.testing.assert_array_equal(one_call, got[keep])
+    rotation = layers[0].attn.rotation(9) if family == "nomic_bert" else layers[0].attention.rotation
+    _assert_packed_layers_equal_padded(rng, layers, family, dtype, native, rotation=rotation)
 
 
 @pytest.mark.parametrize("sequences", [5, 120])
