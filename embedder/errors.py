@@ -54,6 +54,10 @@ class InputTooLong(InputError):
         super().__init__(message, param, index)
 
 
+class EmptyInput(InputError):
+    """A request with nothing to embed: an empty list, or an empty input in one (TEI answers it apart, a 400)."""
+
+
 class ModelNotFound(EmbedError):
     """The model does not exist, is not cached while offline, or is not served."""
 

@@ -71,7 +71,8 @@ class TextTokenizer:
         """Token ids back to text (/detokenize, /decode); an id outside the vocabulary is refused, naming `param`."""
         bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
         if bad is not None:
-            raise InputError(f"token id {bad} is outside this model's vocabulary of {self.vocab_size}", param)
+            raise InputError(f"'{param}' holds token id {bad}, outside this model's vocabulary of {self.vocab_size}",
+                             param)
         return self.decode(list(ids), skip_special_tokens)
 
     def _prompted(self, texts: Sequence[str], prompt: str | None) -> list[str]:

@@ -343,8 +343,8 @@ def test_tei_embed_as_text_embeddings_inference(http: httpx.Client, engine: Embe
         asked = {"inputs": [TEXTS[0], long_text]} | ({} if truncate is None else {"truncate": truncate})
         assert_close(http.post("/embed", json=asked).json(), engine.embed([TEXTS[0], long_text]))
     refused = http.post("/embed", json={"inputs": [TEXTS[0], long_text], "truncate": False})
-    assert refused.status_code == 400 and refused.json()["error"]["code"] == "input_too_long"
-    assert refused.json()["error"]["message"].startswith("input 1 has ")
+    assert refused.status_code == 413 and refused.json()["error_type"] == "Validation"  # as TEI answers
+    assert refused.json()["error"].startswith("input 1 has ")
     assert http.post("/embed", json={"inputs": TEXTS, "truncate": False}).status_code == 200
 
 
@@ -362,18 +362,22 @@ def test_tei_clients_and_info(server: str, http: httpx.Client, engine: Embedding
     assert info["model_dtype"] == engine.info()["dtype"] == "float32"
 
 
-@pytest.mark.parametrize("request_body,param", [
-    ({"inputs": []}, "inputs"),
-    ({"inputs": 7}, "inputs"),
-    ({"inputs": ["a", ""]}, "inputs"),
-    ({"inputs": "a", "normalize": "yes"}, "normalize"),
-    ({"inputs": "a", "truncation_direction": "Up"}, "truncation_direction"),
-    ({"inputs": "a", "dimensions": 5000}, "dimensions"),
+@pytest.mark.parametrize("request_body, status, error_type, named", [
+    ({"inputs": []}, 400, "Empty", "'inputs' is an empty list"),
+    ({"inputs": ["a", ""]}, 400, "Empty", "input 1 is empty"),
+    ({"inputs": 7}, 422, "Validation", "'inputs'"),
+    ({"inputs": "a", "normalize": "yes"}, 422, "Validation", "'normalize'"),
+    ({"inputs": "a", "truncation_direction": "Up"}, 422, "Validation", "'truncation_direction'"),
+    ({"inputs": "a", "dimensions": 5000}, 413, "Validation", "dimensions must be between 1 and 384"),
 ])
-def test_tei_embed_refuses_bad_requests(http: httpx.Client, request_body: dict, param: str) -> None:
+def test_tei_embed_refuses_bad_requests_as_tei(http: httpx.Client, request_body: dict, status: int, error_type: str,
+                                               named: str) -> None:
+    """TEI's routes answer in TEI's error shape and statuses (`{"error": ..., "error_type": ...}`: Empty 400, its JSON
+    extractor 422, Validation 413), which huggingface_hub's InferenceClient reads; the message names the field."""
     reply = http.post("/embed", json=request_body)
-    assert reply.status_code == 400, reply.text
-    assert reply.json()["error"]["param"] == param
+    assert reply.status_code == status, reply.text
+    assert set(reply.json()) == {"error", "error_type"} and reply.json()["error_type"] == error_type
+    assert named in reply.json()["error"]
 
 
 def test_tei_routes_need_the_api_key(server: str) -> None:
@@ -430,7 +434,7 @@ def test_score_as_vllm_with_an_embedding_model(http: httpx.Client, engine: Embed
 
 
 @pytest.mark.parametrize("path, body, param", [
-    ("/tokenize", {"prompt": "a", "inputs": "b"}, "inputs"),
+    ("/tokenize", {"prompt": "a", "inputs": "b"}, "inputs"),  # TEI's field: TEI's shape
     ("/tokenize", {}, "prompt"),
     ("/tokenize", {"prompt": "a\ud800"}, None),
     ("/detokenize", {"tokens": [101, 10_000_000]}, "tokens"),
@@ -442,7 +446,13 @@ def test_score_as_vllm_with_an_embedding_model(http: httpx.Client, engine: Embed
 ])
 def test_tokenize_decode_and_score_refuse_bad_requests(http: httpx.Client, path: str, body: dict,
                                                        param: str | None) -> None:
+    """vLLM's requests get OpenAI's error shape (a 400 naming the field); TEI's (/decode, /tokenize with `inputs`)
+    TEI's, whose message names it."""
     reply = http.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
+    if path == "/decode" or "inputs" in body:
+        assert reply.status_code in (400, 413) and reply.json()["error_type"], reply.text
+        assert param in reply.json()["error"]
+        return
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param and reply.json()["error"]["message"]
 

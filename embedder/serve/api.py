@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import InputError, InputTooLong, lone_surrogate
+from ..errors import EmptyInput, InputError, InputTooLong, lone_surrogate
 from ..quantize import PRECISIONS
 
 EMBED_DTYPES = ("float32", "float16", "bfloat16")
@@ -223,7 +223,7 @@ def parse_input(value: str | list[Any], max_inputs: int, field: str = "input") -
     """Classify `input` (TEI: `inputs`) as OpenAI does; refuse what would embed nothing or mixes kinds."""
     items = [value] if isinstance(value, str) else value
     if not items:
-        raise InputError(f"'{field}' is an empty list; send at least one string or token list", field)
+        raise EmptyInput(f"'{field}' is an empty list; send at least one string or token list", field)
     if all(isinstance(item, str) for item in items):
         inputs = Inputs(texts=items)
     elif all(_is_token_id(item) for item in items):
@@ -240,7 +240,7 @@ def parse_input(value: str | list[Any], max_inputs: int, field: str = "input") -
         raise InputError(f"'{field}' holds {len(inputs)} inputs; at most {max_inputs} are allowed per request", field)
     for i, item in enumerate(inputs.texts or inputs.token_ids):
         if not item:
-            raise InputError(f"input {i} is empty; every input needs at least one character or token", field)
+            raise EmptyInput(f"input {i} is empty; every input needs at least one character or token", field)
         if inputs.texts is not None and (at := lone_surrogate(item)) is not None:
             raise InputError(f"input {i} holds a lone UTF-16 surrogate at character {at}, which is not text; "
                              "send valid Unicode", field)
@@ -284,7 +284,7 @@ def parse_rerank(body: RerankRequest, max_inputs: int) -> list[str]:
     if not body.query.strip():
         raise InputError(f"'query' is empty or blank; send the text to rank the {field} against", "query")
     if not documents:
-        raise InputError(f"'{field}' is an empty list; send at least one document", field)
+        raise EmptyInput(f"'{field}' is an empty list; send at least one document", field)
     if len(documents) > max_inputs:
         raise InputError(f"'{field}' holds {len(documents)} documents; at most {max_inputs} are allowed per "
                          "request", field)

@@ -334,7 +334,27 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
 
 
 async def _handle(request: Request, exc: Exception) -> Response:
-    return error_response(exc)
+    return error_response(exc, _speaks_tei(request.scope))
+
+
+TEI_PATHS = ("/embed", "/", "/decode", "/info")  # Text Embeddings Inference's alone; /rerank and /tokenize are shared
+
+
+def _speaks_tei(scope: Scope) -> bool:
+    """Whether a request is Text Embeddings Inference's, to be answered in its error shape: its own routes, and
+    /rerank with `texts` or /tokenize with `inputs` (`Front` keeps the body it buffered in the scope)."""
+    path = scope["path"]
+    if path in TEI_PATHS:
+        return True
+    if path not in ("/rerank", "/tokenize"):
+        return False
+    try:
+        body = json.loads(scope.get(BODY_KEY) or b"")
+    except ValueError:
+        return False
+    if not isinstance(body, dict):
+        return False
+    return "texts" in body and "documents" not in body if path == "/rerank" else "inputs" in body
 
 
 async def _engine(registry: ModelRegistry, served: ServedModel) -> EmbeddingEngine:
@@ -410,6 +430,7 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
+BODY_KEY = "embed.body"  # the scope key under which `Front` keeps a request's buffered body
 # What --api-key guards, with TEI's root "/"; /health and /metrics stay open to probes.
 KEYED_PATHS = ("/v1/", "/v2/", "/rerank", "/embed", "/info", "/models", "/score", "/tokenize", "/detokenize",
                "/decode")
@@ -456,8 +477,9 @@ class Front:
             body = None
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 body, receive = await self._buffer(receive)
+                scope = {**scope, BODY_KEY: body}  # for the error handler: a TEI request is answered in TEI's shape
         except EmbedError as exc:
-            return await error_response(exc)(scope, receive, send)
+            return await error_response(exc, _speaks_tei(scope))(scope, receive, send)
         try:
             if body is not None and len(body) > INLINE_BODY_BYTES:
                 request = await run_in_threadpool(self._embeddings_request, scope, body, True)

@@ -1,4 +1,5 @@
-"""The server's one error table: every exception a request can raise, as a status and an OpenAI error body."""
+"""The server's one error table: every exception a request can raise, as a status and an OpenAI error body, or
+on Text Embeddings Inference's own routes as TEI answers (`{"error": ..., "error_type": ...}`, its statuses)."""
 
 import logging
 from dataclasses import dataclass
@@ -7,7 +8,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..errors import AuthError, EmbedError, InputError, InputTooLong, ModelError, ModelNotFound, NotReady, Overloaded
+from ..errors import (
+    AuthError,
+    EmbedError,
+    EmptyInput,
+    InputError,
+    InputTooLong,
+    ModelError,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+)
 from .registry import ModelPinned
 
 log = logging.getLogger("embed.server")
@@ -23,39 +34,49 @@ class ErrorKind:
     type: str
     code: str | None
     param: str | None = None  # when the exception names none itself
+    tei: tuple[int | None, str] = (None, "Validation")  # TEI's status (None: as above) and error_type
 
 
 # Subclasses before their parents: the first match wins.
+# TEI's statuses: Validation 413, Tokenizer (and its JSON extractor) 422, Empty 400, Overloaded 429, Backend 424,
+# Unhealthy 503.
 ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
-    (BodyTooLarge, ErrorKind(413, "invalid_request_error", "body_too_large")),
-    (InputTooLong, ErrorKind(400, "invalid_request_error", "input_too_long")),
-    (InputError, ErrorKind(400, "invalid_request_error", "invalid_input")),
+    (BodyTooLarge, ErrorKind(413, "invalid_request_error", "body_too_large", tei=(413, "Validation"))),
+    (InputTooLong, ErrorKind(400, "invalid_request_error", "input_too_long", tei=(413, "Validation"))),
+    (EmptyInput, ErrorKind(400, "invalid_request_error", "invalid_input", tei=(400, "Empty"))),
+    (InputError, ErrorKind(400, "invalid_request_error", "invalid_input", tei=(413, "Validation"))),
     (ModelPinned, ErrorKind(400, "invalid_request_error", "model_not_served", "model")),
     (ModelNotFound, ErrorKind(404, "invalid_request_error", "model_not_found", "model")),
     (AuthError, ErrorKind(401, "authentication_error", "invalid_api_key")),
-    (Overloaded, ErrorKind(429, "rate_limit_error", "overloaded")),
-    (NotReady, ErrorKind(503, "server_error", "not_ready")),
-    (ModelError, ErrorKind(500, "server_error", "model_error")),
-    (EmbedError, ErrorKind(500, "server_error", "embed_error")),
-    (RequestValidationError, ErrorKind(400, "invalid_request_error", "invalid_value")),  # as OpenAI and vLLM
+    (Overloaded, ErrorKind(429, "rate_limit_error", "overloaded", tei=(429, "Overloaded"))),
+    (NotReady, ErrorKind(503, "server_error", "not_ready", tei=(503, "Unhealthy"))),
+    (ModelError, ErrorKind(500, "server_error", "model_error", tei=(424, "Backend"))),
+    (EmbedError, ErrorKind(500, "server_error", "embed_error", tei=(424, "Backend"))),
+    (RequestValidationError, ErrorKind(400, "invalid_request_error", "invalid_value",  # as OpenAI and vLLM
+                                       tei=(422, "Validation"))),
     (HTTPException, ErrorKind(None, "invalid_request_error", None)),
-    (Exception, ErrorKind(500, "server_error", "internal_error")),
+    (Exception, ErrorKind(500, "server_error", "internal_error", tei=(500, "Backend"))),
 )
 
 RETRY_AFTER_SECONDS = 1
 FASTAPI_UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's 400 where json.loads raised
 
 
-def error_response(exc: Exception) -> JSONResponse:
-    """The OpenAI-shaped answer to `exc`; handlers and middleware only raise, this is the one place that maps."""
+def error_response(exc: Exception, tei: bool = False) -> JSONResponse:
+    """The answer to `exc`, OpenAI-shaped or, with `tei`, as Text Embeddings Inference answers on its own routes;
+    handlers and middleware only raise, this is the one place that maps."""
     exc = _malformed_json(exc)
     kind = next(kind for cls, kind in ERRORS if isinstance(exc, cls))
     message, param = _describe(exc)
     if kind.status == 500 and isinstance(exc, EmbedError):  # unknown ones reach uvicorn's log with a traceback
         log.error("request failed: %s: %s", type(exc).__name__, exc)
-    body = {"message": message, "type": kind.type, "param": param or kind.param, "code": kind.code}
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if isinstance(exc, Overloaded) else None
-    return JSONResponse({"error": body}, status_code=kind.status or exc.status_code, headers=headers)
+    status = kind.status or exc.status_code
+    if tei:
+        return JSONResponse({"error": message, "error_type": kind.tei[1]}, status_code=kind.tei[0] or status,
+                            headers=headers)
+    body = {"message": message, "type": kind.type, "param": param or kind.param, "code": kind.code}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 def _malformed_json(exc: Exception) -> Exception:
