@@ -174,6 +174,25 @@ def test_rotary_attention_matches_float64(mode, L, H, D, dims, interleaved):
         np.testing.assert_allclose(np.asarray(packed.unpack(flat)), want, rtol=2e-5, atol=5e-5)
 
 
+@pytest.mark.parametrize("L, H, D, window", [(37, 3, 16, 4), (70, 2, 64, 16), (9, 2, 128, 1)])
+def test_windowed_attention_matches_float64(L, H, D, window):
+    """ModernBERT's local layers: a key more than `window` positions from its query gets no weight, padded and
+    packed alike."""
+    _native_or_skip()
+    rng = np.random.default_rng(L)
+    qkv = _qkv(rng, 3, L, H, D, 1.5)
+    keep = np.arange(L) < np.array([L, L // 2, 1])[:, None]
+    distance = np.abs(np.arange(L)[:, None] - np.arange(L)[None])
+    outside = np.broadcast_to(np.where(distance > window, -np.inf, 0.0), (H, L, L))
+    want = _reference(qkv, 1 / math.sqrt(D), keep, outside)
+    fused = mx.array(qkv.reshape(3, L, -1))
+    got = kernels.self_attention(fused, H, 1 / math.sqrt(D), mx.array(keep)[:, None, None, :], window=window)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=2e-5)
+    packed = fastmath.PackedTokens.of(mx.array(keep.astype(np.int32)), fused, D)
+    flat = kernels.self_attention(packed.pack(fused), H, 1 / math.sqrt(D), None, starts=packed.starts, window=window)
+    np.testing.assert_allclose(np.asarray(packed.unpack(flat)), want, rtol=1e-5, atol=2e-5)
+
+
 def test_rotary_tables_that_do_not_fit_are_refused():
     from embedder.errors import ModelError
     from embedder.models.attention import Rotation

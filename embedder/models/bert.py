@@ -125,9 +125,9 @@ class Layer(nn.Module):
         h = self.attention(x, mask)
         return self.output(self.intermediate(h), h)
 
-    def parts(self) -> fastmath.PostLNLayer:
+    def parts(self) -> fastmath.LayerParts:
         qkv, attention_out, norm, heads = self.attention.parts()
-        return fastmath.PostLNLayer(qkv, attention_out, norm, self.intermediate.dense, self.intermediate.act,
+        return fastmath.LayerParts(qkv, attention_out, norm, self.intermediate.dense, self.intermediate.act,
                                     self.output.dense, self.output.LayerNorm, heads)
 
 

@@ -127,8 +127,8 @@ class Layer(nn.Module):
         x = fastmath.linear_add_norm(self.attention.o_proj, self.attention(x, mask, q_scale), x, self.attn_ln)
         return fastmath.linear_add_norm(self.mlp.down_proj, self.mlp.gated(x), x, self.mlp_ln)
 
-    def parts(self) -> fastmath.PostLNLayer:
-        return fastmath.PostLNLayer(self.attention.qkv_proj, self.attention.o_proj, self.attn_ln,
+    def parts(self) -> fastmath.LayerParts:
+        return fastmath.LayerParts(self.attention.qkv_proj, self.attention.o_proj, self.attn_ln,
                                     self.mlp.up_gate_proj, self.mlp.act, self.mlp.down_proj, self.mlp_ln,
                                     self.attention.n_heads, gated=True)
 

@@ -6,9 +6,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import ModelError
-from ..native import fastmath
+from ..native import fastmath, kernels
 from ..pooling import pool
-from .attention import allowed_keys, rope_theta
+from .attention import Rotation, allowed_keys, rope_theta
 from .base import BaseModelArgs, checkpoint_keys
 
 
@@ -83,8 +83,7 @@ class MLP(nn.Module):
         self.act = fastmath.activation(args.hidden_activation)
 
     def __call__(self, x: mx.array) -> mx.array:
-        value, gate = mx.split(self.Wi(x), 2, axis=-1)
-        return self.Wo(self.act(value) * gate)
+        return self.Wo(fastmath.linear_gated(self.Wi, x, self.act, act_on_value=True))
 
 
 class Layer(nn.Module):
@@ -103,6 +102,11 @@ class Layer(nn.Module):
         x = x + self.attn(self.attn_norm(x) if self.attn_norm is not None else x, mask)
         return x + self.mlp(self.mlp_norm(x))
 
+    def parts(self, rotary: kernels.Rotary, window: int) -> fastmath.LayerParts:
+        return fastmath.LayerParts(self.attn.Wqkv, self.attn.Wo, self.attn_norm, self.mlp.Wi, self.mlp.act,
+                                   self.mlp.Wo, self.mlp_norm, self.attn.n_heads, gated=True, act_on_value=True,
+                                   pre_norm=True, rotary=rotary, window=window)
+
 
 class Model(nn.Module):
     def __init__(self, args: ModelArgs):
@@ -115,15 +119,43 @@ class Model(nn.Module):
     def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
         """The last hidden state (B, L, H) for every token: no MaskedLM head, whatever the checkpoint. ModernBERT
         has no token types; `token_types` is accepted and ignored, as its tokenizer sends none."""
+        x = self.embeddings(input_ids)
+        packed = fastmath.PackedTokens.of(attention_mask, x, self.head_dim)
+        if packed is not None and (out := self.packed_layers(x, packed)) is not None:
+            return packed.unpack(self.final_norm(out))
         masks = {
             "full_attention": allowed_keys(attention_mask),
             # Local layers see keys at most local_attention // 2 positions away, on both sides.
-            "sliding_attention": allowed_keys(attention_mask, max_distance=self.args.local_attention // 2),
+            "sliding_attention": allowed_keys(attention_mask, max_distance=self.window),
         }
-        x = self.embeddings(input_ids)
         for layer in self.layers:
             x = layer(x, masks[layer.layer_type])
         return self.final_norm(x)
+
+    @property
+    def head_dim(self) -> int:
+        return self.args.hidden_size // self.args.num_attention_heads
+
+    @property
+    def window(self) -> int:
+        """How far a local layer's keys may be from their query, on either side."""
+        return self.args.local_attention // 2
+
+    def packed_layers(self, x: mx.array, packed: fastmath.PackedTokens) -> mx.array | None:
+        """Every layer in one native call on the batch's real tokens (its rows, before the final norm); None where
+        a part has no native kernel, and the padded batch runs instead."""
+        length = packed.shape[1]
+        tables = {theta: Rotation.of_base(self.head_dim, theta).table(length)
+                  for theta in {layer.attn.theta for layer in self.layers}}
+        parts = [layer.parts(tables[layer.attn.theta], self.window if layer.layer_type == "sliding_attention" else 0)
+                 for layer in self.layers]
+        out = fastmath.encoder_layers(packed.pack(x), packed, parts)
+        return None if out is None else mx.array(out)
+
+    def packs_tokens(self) -> bool:
+        """Whether batches run on their real tokens alone here: padding then costs the planner little."""
+        return (fastmath.native_heads(self.embeddings.norm.weight.dtype, self.head_dim)
+                and self.layers[0].mlp.act is fastmath.gelu)
 
     heads = ("head.", "decoder.", "classifier.", "drop.")  # what `sanitize` drops: task heads this model lacks
 

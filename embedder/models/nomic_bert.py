@@ -138,8 +138,8 @@ class Layer(nn.Module):
         x = fastmath.linear_add_norm(self.attn.out_proj, self.attn(x, mask), x, self.norm1)
         return fastmath.linear_add_norm(self.mlp.down_proj, self.mlp.gated(x), x, self.norm2)
 
-    def parts(self) -> fastmath.PostLNLayer:
-        return fastmath.PostLNLayer(self.attn.Wqkv, self.attn.out_proj, self.norm1, self.mlp.up_gate_proj,
+    def parts(self) -> fastmath.LayerParts:
+        return fastmath.LayerParts(self.attn.Wqkv, self.attn.out_proj, self.norm1, self.mlp.up_gate_proj,
                                     self.mlp.act, self.mlp.down_proj, self.norm2, self.attn.n_heads, gated=True)
 
 

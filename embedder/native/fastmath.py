@@ -80,38 +80,47 @@ class PackedTokens:
 
 
 @dataclass(frozen=True)
-class PostLNLayer:
-    """A post-LN encoder layer's parts as its model holds them (BERT's, MPNet's, NomicBERT's, GTE's), for
-    `encoder_layers`."""
+class LayerParts:
+    """An encoder layer's parts as its model holds them, for `encoder_layers`: post-LN (BERT's, MPNet's,
+    NomicBERT's, GTE's) or, with `pre_norm`, pre-LN (ModernBERT's; `norm1` None where the first layer has none).
+    `rotary` turns its queries and keys, `window` bounds its attention (0: none)."""
 
     qkv: nn.Module  # the fused q/k/v projection
     attention_out: nn.Module
-    norm1: nn.Module
+    norm1: nn.Module | None
     up: nn.Module  # gated: the value's rows, then the gate's
-    act: object  # the feed-forward's activation (gated: the gate's)
+    act: object  # the feed-forward's activation (gated: the gate's, or the value's with `act_on_value`)
     down: nn.Module
     norm2: nn.Module
     heads: int
     gated: bool = False
+    act_on_value: bool = False  # ModernBERT's GeGLU: act(value) * gate
+    pre_norm: bool = False
+    rotary: kernels.Rotary | None = None
+    window: int = 0
 
     def feed_forward(self) -> str | None:
         """The native kernels' name for this feed-forward (`kernels.FEED_FORWARDS`), None where they have none."""
         if not self.gated:
             return "gelu" if self.act is gelu else None
+        if self.act_on_value:
+            return "gelu_gated" if self.act is gelu else None
         return GATES.get(self.act)
 
 
-def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[PostLNLayer],
+def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[LayerParts],
                    position_bias: mx.array | None = None, rotary: kernels.Rotary | None = None) -> np.ndarray | None:
-    """Post-LN encoder layers on packed hidden states, all in one native call (`kernels.encoder_layers`): a lane
-    then gives up the GIL once a batch, not once a kernel (under 64-way server load lanes waited ~25% of their
-    time to take it back after kernel calls). `position_bias` (heads, L, L) joins every layer's scores (MPNet),
-    `rotary` turns every layer's queries and keys (NomicBERT, GTE). None where a part is not native (another
-    activation or norm, a dequantizing layer): the caller then runs the layers kernel by kernel."""
-    def native(layer: PostLNLayer) -> bool:
+    """Encoder layers on packed hidden states, all in one native call (`kernels.encoder_layers`): a lane then gives
+    up the GIL once a batch, not once a kernel (under 64-way server load lanes waited ~25% of their time to take it
+    back after kernel calls). `position_bias` (heads, L, L) joins every layer's scores (MPNet), `rotary` turns the
+    queries and keys of every layer whose parts carry no rotations of their own (NomicBERT, GTE). None where a part
+    is not native (another activation or norm, a dequantizing layer): the caller then runs the layers kernel by
+    kernel."""
+    def native(layer: LayerParts) -> bool:
+        norms = (layer.norm1, layer.norm2) if layer.norm1 is not None or not layer.pre_norm else (layer.norm2,)
         return (layer.feed_forward() is not None
                 and all(_native_linear(d, x) for d in (layer.qkv, layer.attention_out, layer.up, layer.down))
-                and type(layer.norm1) is nn.LayerNorm and type(layer.norm2) is nn.LayerNorm)
+                and all(type(n) is nn.LayerNorm for n in norms))
 
     if not (layers and kernels.layers_available() and all(native(layer) for layer in layers)):
         return None
@@ -122,16 +131,16 @@ def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[PostLNLayer],
         small = dense.small_batch_weight() if small_batch and isinstance(dense, Linear) else None
         return kernels.Projection(_weight(dense), dense.get("bias"), small)
 
-    def norm(n: nn.LayerNorm) -> kernels.Norm:
-        return kernels.Norm(n.get("weight"), n.get("bias"), n.eps)
+    def norm(n: nn.LayerNorm | None) -> kernels.Norm | None:
+        return None if n is None else kernels.Norm(n.get("weight"), n.get("bias"), n.eps)
 
     weights = [kernels.EncoderLayer(projection(layer.qkv), projection(layer.attention_out), norm(layer.norm1),
                                     projection(layer.up), projection(layer.down), norm(layer.norm2),
-                                    layer.feed_forward())
+                                    layer.feed_forward(), layer.pre_norm, layer.rotary or rotary, layer.window)
                for layer in layers]
     heads = layers[0].heads
     head_dim = weights[0].qkv.weight.shape[0] // (3 * heads)
-    return kernels.encoder_layers(x, packed.starts, heads, 1 / math.sqrt(head_dim), weights, position_bias, rotary)
+    return kernels.encoder_layers(x, packed.starts, heads, 1 / math.sqrt(head_dim), weights, position_bias)
 
 
 # The memory the packed copies of a model's float32 projections (`Linear.small_batch_weight`) may take: 42 MB for
@@ -140,7 +149,7 @@ def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[PostLNLayer],
 SMALL_BATCH_COPY_BYTES = 256 * 2**20
 
 
-def _float_weight_bytes(layers: list[PostLNLayer]) -> int:
+def _float_weight_bytes(layers: list[LayerParts]) -> int:
     return sum(4 * d["weight"].size for layer in layers for d in (layer.qkv, layer.attention_out, layer.up, layer.down)
                if isinstance(d, Linear))
 
@@ -171,14 +180,15 @@ def linear_activation(dense: nn.Module, x: mx.array, act) -> mx.array:
     return act(dense(x))
 
 
-def linear_gated(dense: nn.Module, x: mx.array, act) -> mx.array:
-    """value * act(gate), value and gate the halves of dense(x); after a float32 `Linear` (or a packed one), one
-    native pass over the matmul's output where `act` has a kernel (SiLU, the erf GELU, sigmoid)."""
-    feed_forward = GATES.get(act)
+def linear_gated(dense: nn.Module, x: mx.array, act, act_on_value: bool = False) -> mx.array:
+    """value * act(gate) (act(value) * gate with `act_on_value`, ModernBERT's GeGLU), value and gate the halves of
+    dense(x); after a float32 `Linear` (or a packed one), one native pass over the matmul's output where `act` has
+    a kernel (SiLU, the erf GELU, sigmoid; the erf GELU alone on the value)."""
+    feed_forward = ("gelu_gated" if act is gelu else None) if act_on_value else GATES.get(act)
     if feed_forward is not None and _native_linear(dense, x):
         return kernels.linear_glu(x, _weight(dense), dense.get("bias"), feed_forward)
     value, gate = mx.split(dense(x), 2, axis=-1)
-    return value * act(gate)
+    return act(value) * gate if act_on_value else value * act(gate)
 
 
 def linear_add_norm(dense: nn.Module, x: mx.array, residual: mx.array, norm: nn.Module) -> mx.array:

@@ -39,7 +39,7 @@ def _kernels() -> SimpleNamespace | None:
     kernels = SimpleNamespace(attention=attention.embed_self_attention, bias_gelu=layer_ops.embed_bias_gelu,
                               bias_glu=layer_ops.embed_bias_glu, add_layer_norm=layer_ops.embed_add_layer_norm,
                               max_head_dim=attention.embed_max_head_dim())
-    kernels.attention.argtypes = [_PTR] * 6 + [_INT] * 4 + [_FLOAT]
+    kernels.attention.argtypes = [_PTR] * 5 + [_INT, _PTR] + [_INT] * 4 + [_FLOAT]
     kernels.bias_gelu.argtypes = [_PTR] * 2 + [_INT] * 2
     kernels.bias_glu.argtypes = [_PTR] * 2 + [_INT] * 3
     kernels.add_layer_norm.argtypes = [_PTR] * 5 + [_INT] * 2 + [_FLOAT]
@@ -98,21 +98,22 @@ class _Projection(ctypes.Structure):  # EmbedProjection
 
 
 class _Norm(ctypes.Structure):  # EmbedNorm
-    _fields_ = [("weight", _PTR), ("bias", _PTR), ("eps", _FLOAT)]
-
-
-class _Layer(ctypes.Structure):  # EmbedLayer
-    _fields_ = [("qkv", _Projection), ("attention_out", _Projection), ("norm1", _Norm), ("up", _Projection),
-                ("down", _Projection), ("norm2", _Norm), ("feed_forward", _INT)]
+    _fields_ = [("weight", _PTR), ("bias", _PTR), ("eps", _FLOAT), ("present", _INT)]
 
 
 class _Rotary(ctypes.Structure):  # csrc/attention.cpp's EmbedRotary
     _fields_ = [("cos", _PTR), ("sin", _PTR), ("dims", _INT), ("interleaved", _INT)]
 
 
-# EmbedLayer's feed_forward: GELU(up(x)), or value * act(gate) from the halves of up(x) (FeedForward, and the gate
-# numbers of csrc/layer_ops.cpp's embed_bias_glu).
-FEED_FORWARDS = {"gelu": 0, "gated_silu": 1, "gated_gelu": 2, "gated_sigmoid": 3}
+class _Layer(ctypes.Structure):  # EmbedLayer
+    _fields_ = [("qkv", _Projection), ("attention_out", _Projection), ("norm1", _Norm), ("up", _Projection),
+                ("down", _Projection), ("norm2", _Norm), ("feed_forward", _INT), ("pre_norm", _INT),
+                ("rotary", ctypes.POINTER(_Rotary)), ("window", _INT)]
+
+
+# EmbedLayer's feed_forward: GELU(up(x)), or value * act(gate) from the halves of up(x), or act(value) * gate
+# (FeedForward, and the gate numbers of csrc/layer_ops.cpp's embed_bias_glu).
+FEED_FORWARDS = {"gelu": 0, "gated_silu": 1, "gated_gelu": 2, "gated_sigmoid": 3, "gelu_gated": 4}
 
 
 @functools.cache
@@ -126,7 +127,7 @@ def _layer_kernel() -> tuple[ctypes._CFuncPtr, _LayerKernels] | None:
         blas_sgemm, int8 and int8.embed_int8_matmul, f16 and f16.embed_f16_matmul, f32 and f32.embed_f32_matmul,
         kernels.attention, kernels.bias_gelu, kernels.bias_glu, kernels.add_layer_norm)))
     layers = library.embed_encoder_layers
-    layers.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _PTR, _PTR, _INT, _INT, _INT, _FLOAT, _PTR]
+    layers.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _PTR, _INT, _INT, _INT, _FLOAT, _PTR]
     layers.restype = _INT
     return layers, table
 
@@ -268,16 +269,20 @@ class Norm:
 
 @dataclass(frozen=True)
 class EncoderLayer:
-    """A post-LN encoder layer's weights: attention (fused q/k/v, output), then the feed-forward, by its
-    `FEED_FORWARDS` name (a gated one's `up` holds the value's rows, then the gate's)."""
+    """An encoder layer's weights: attention (fused q/k/v, output), then the feed-forward, by its `FEED_FORWARDS`
+    name (a gated one's `up` holds the value's rows, then the gate's). Post-LN, or with `pre_norm` each block's
+    input normed instead (`norm1` None: not normed); `rotary` turns queries and keys, `window` bounds attention."""
 
     qkv: Projection
     attention_out: Projection
-    norm1: Norm
+    norm1: Norm | None
     up: Projection
     down: Projection
     norm2: Norm
     feed_forward: str = "gelu"
+    pre_norm: bool = False
+    rotary: Rotary | None = None
+    window: int = 0
 
 
 @dataclass(frozen=True)
@@ -301,11 +306,11 @@ class Rotary:
 
 
 def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, layers: list[EncoderLayer],
-                   position_bias: mx.array | None = None, rotary: Rotary | None = None) -> np.ndarray:
-    """Post-LN encoder layers applied in turn to packed rows (sequence b in rows starts[b] to starts[b + 1]), in
-    one native call, into a new NumPy array: the GIL is given up and taken back once a batch, not once a kernel,
-    and no step waits for MLX's stream thread. `position_bias` (heads, L, L), by position in the sequence, is
-    added to every layer's scaled scores (MPNet); `rotary` turns every layer's queries and keys (RoPE)."""
+                   position_bias: mx.array | None = None) -> np.ndarray:
+    """Encoder layers applied in turn to packed rows (sequence b in rows starts[b] to starts[b + 1]), in one native
+    call, into a new NumPy array: the GIL is given up and taken back once a batch, not once a kernel, and no step
+    waits for MLX's stream thread. `position_bias` (heads, L, L), by position in the sequence, is added to every
+    layer's scaled scores (MPNet)."""
     run, table = _layer_kernel()
     held: list[np.ndarray] = []  # what the structures point into, alive until the call returns
 
@@ -324,21 +329,33 @@ def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, la
         return _Projection(address(_buffer(w, (n, k), mx.float32, "weight")), address(p.small_batches),
                            None, None, None, None, bias, n, k)
 
-    def norm(p: Norm, dim: int) -> _Norm:
-        return _Norm(address(_vector(p.weight, dim, "norm weight")), address(_vector(p.bias, dim, "norm bias")), p.eps)
+    def norm(p: Norm | None, dim: int) -> _Norm:
+        if p is None:
+            return _Norm(None, None, 0.0, 0)
+        return _Norm(address(_vector(p.weight, dim, "norm weight")), address(_vector(p.bias, dim, "norm bias")), p.eps,
+                     1)
+
+    turns: dict[int, _Rotary] = {}  # one structure a table, kept alive until the call returns
+
+    def rotary(table: Rotary | None, head_dim: int) -> ctypes._Pointer | None:
+        if table is None:
+            return None
+        if id(table) not in turns:
+            turns[id(table)] = table.structure(longest, head_dim)
+        return ctypes.pointer(turns[id(table)])
 
     data = _buffer(x, tuple(x.shape), mx.float32, "x")
     rows, dim = data.shape
     longest = _longest(starts, rows, "encoder layers")
     bias = None if position_bias is None else _buffer(position_bias, (heads, longest, longest), mx.float32, "bias")
-    turns = None if rotary is None else rotary.structure(longest, layers[0].qkv.weight.shape[0] // (3 * heads))
+    head_dim = layers[0].qkv.weight.shape[0] // (3 * heads)
     stack = (_Layer * len(layers))(*(
         _Layer(projection(l.qkv), projection(l.attention_out), norm(l.norm1, dim), projection(l.up),
-               projection(l.down), norm(l.norm2, dim), FEED_FORWARDS[l.feed_forward]) for l in layers))
+               projection(l.down), norm(l.norm2, dim), FEED_FORWARDS[l.feed_forward], int(l.pre_norm),
+               rotary(l.rotary, head_dim), l.window) for l in layers))
     y = np.empty_like(data)
     _check(run(ctypes.byref(table), stack, len(layers), data.ctypes.data, starts.ctypes.data, _address(bias),
-               None if turns is None else ctypes.byref(turns), len(starts) - 1, longest, heads, scale,
-               y.ctypes.data), "encoder layers")
+               len(starts) - 1, longest, heads, scale, y.ctypes.data), "encoder layers")
     return y
 
 
@@ -349,7 +366,7 @@ def max_head_dim() -> int:
 
 def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | None,
                    bias: mx.array | None = None, starts: np.ndarray | None = None,
-                   rotary: Rotary | None = None) -> mx.array:
+                   rotary: Rotary | None = None, window: int = 0) -> mx.array:
     """`fastmath.self_attention` with a (B, 1, 1, L) boolean or no mask, an optional (H, L, L) scores bias and
     optional rotations of queries and keys by position, for head sizes up to `max_head_dim()`. With `starts` (B + 1
     row numbers), `qkv` is packed instead: (T, 3 * H * D), sequence b in rows starts[b] to starts[b + 1], no padding
@@ -367,7 +384,7 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | N
     added = None if bias is None else _buffer(bias, (n_heads, L, L), mx.float32, "bias")
     turns = None if rotary is None else ctypes.byref(rotary.structure(L, head_dim))
     y = mx.zeros((*qkv.shape[:-1], width // 3), mx.float32)  # written below, in MLX's memory: no copy after
-    _check(_kernels().attention(data.ctypes.data, _address(keep), _address(starts), _address(added), turns,
+    _check(_kernels().attention(data.ctypes.data, _address(keep), _address(starts), _address(added), turns, window,
                                 _writable(y).ctypes.data, B, L, n_heads, head_dim, scale), "attention")
     return y
 
@@ -382,11 +399,12 @@ def linear_gelu(x: mx.array, weight: mx.array | PackedWeight, bias: mx.array | N
 
 
 def linear_glu(x: mx.array, weight: mx.array | PackedWeight, bias: mx.array | None, feed_forward: str) -> mx.array:
-    """value * act(gate) from y = x @ weight.T + bias, whose halves are value and gate (`FEED_FORWARDS`' gated
-    names), written over the matmul output made here: (..., 2 * hidden) in, (..., hidden) out."""
+    """value * act(gate) (or act(value) * gate) from y = x @ weight.T + bias, whose halves are value and gate
+    (`FEED_FORWARDS`' gated names), written over the matmul output made here: (..., 2 * hidden) in, (..., hidden)
+    out."""
     y, data = _matmul(x, weight)
     width = data.shape[-1]
-    if width % 2 or not feed_forward.startswith("gated_"):
+    if width % 2 or FEED_FORWARDS.get(feed_forward, 0) == 0:
         raise ModelError(f"native kernels: a {feed_forward} feed-forward of width {width} is not gated")
     rows, hidden = data.size // width, width // 2
     _check(_kernels().bias_glu(data.ctypes.data, _address(_vector(bias, width, "bias")), rows, hidden,

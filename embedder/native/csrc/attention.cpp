@@ -4,11 +4,13 @@
 // (8 x L floats) between the three steps, and only real (unmasked) keys and queries are computed. q, k, v come
 // from the fused projection (B, L, 3, H, D) in one pass per sequence, and the output goes out in (B, L, H * D),
 // the layout the next matmul reads. An optional additive bias per head and (query, key) position, (H, L, L), joins
-// the scores after scaling: MPNet's and T5's relative position biases. Rotary positions (RoPE: NomicBERT's and
-// GTE's) turn each query and key as it is gathered, from tables of each position's cosines and sines.
+// the scores after scaling: MPNet's and T5's relative position biases. Rotary positions (RoPE: NomicBERT's, GTE's,
+// ModernBERT's) turn each query and key as it is gathered, from tables of each position's cosines and sines; a
+// window (ModernBERT's local layers) gives no weight to keys further than it from their query.
 // Built by embedder.native.build with -march=native.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -101,6 +103,7 @@ struct Scratch {
   int n, npad, nq, D, dv;
   const int* idx = nullptr;     // the sequence's real tokens' positions (n of them)
   const float* bias = nullptr;  // (H, L, L) additive scores bias, or null
+  int window = 0;               // keys further than this from their query get no weight; 0: none
   int L;
   std::vector<float> q, k, v, packed, s, o, out;
   Scratch(int L, int H, int D, int NV)
@@ -188,6 +191,13 @@ void head(Scratch& m, int H, int h) {
         float* sr = s + r * npad;
         for (int j = 0; j < n; j++) sr[j] += row[m.idx[j]];
       }
+    if (m.window)  // the query itself is always in its window, so every row keeps a finite top
+      for (int r = 0; r < QB && i0 + r < n; r++) {
+        const int at = m.idx[i0 + r];
+        float* sr = s + r * npad;
+        for (int j = 0; j < n; j++)
+          if (std::abs(m.idx[j] - at) > m.window) sr[j] = -INFINITY;
+      }
     float norm[QB];
     for (int r = 0; r < QB; r++) norm[r] = exp_row(s + r * npad, n);
     for (int r0 = 0; r0 < QB; r0 += R) values_tile<NV, R>(s + r0 * npad, npad, n, v, o + r0 * dv);
@@ -200,10 +210,10 @@ void head(Scratch& m, int H, int h) {
 
 template <int NV>
 void attention(const float* qkv, const uint8_t* keep, const int* starts, const float* bias, const EmbedRotary* rotary,
-               float* out, int B, int L, int H, int D, float scale) {
+               int window, float* out, int B, int L, int H, int D, float scale) {
   Scratch scratch(L, H, D, NV);
   std::vector<int> idx(L);
-  scratch.idx = idx.data(), scratch.bias = bias;
+  scratch.idx = idx.data(), scratch.bias = bias, scratch.window = window;
   const size_t row = (size_t)H * D;
   for (int b = 0; b < B; b++) {
     const size_t first = starts ? starts[b] : (size_t)b * L;  // the sequence's first row in qkv and out
@@ -230,25 +240,26 @@ void attention(const float* qkv, const uint8_t* keep, const int* starts, const f
 extern "C" int embed_max_head_dim() { return 8 * W; }
 
 // qkv: (B, L, 3, H, D) float32, C order; keep: (B, L) bytes, nonzero at real tokens, or null; bias: (H, L, L)
-// float32 added to the scaled scores, or null; rotary: RoPE's tables for positions 0 to L - 1, or null; out:
-// (B, L, H, D). Or packed, with `starts` (B + 1 row numbers, the last the total T): sequence b is rows starts[b] to
-// starts[b + 1] of qkv (T, 3, H, D) and out (T, H, D), no padding anywhere; keep is then null, and L the longest
-// sequence.
+// float32 added to the scaled scores, or null; rotary: RoPE's tables for positions 0 to L - 1, or null; window:
+// the furthest a key may be from its query to count (0: any); out: (B, L, H, D). Or packed, with `starts` (B + 1
+// row numbers, the last the total T): sequence b is rows starts[b] to starts[b + 1] of qkv (T, 3, H, D) and out
+// (T, H, D), no padding anywhere; keep is then null, and L the longest sequence.
 // Returns a boundary::Status: NO_KERNEL for a head size over embed_max_head_dim(), FAILED for rotations that do not
-// fit the heads.
+// fit the heads or a negative window.
 extern "C" int embed_self_attention(const float* qkv, const uint8_t* keep, const int* starts, const float* bias,
-                                    const EmbedRotary* rotary, float* out, int B, int L, int H, int D, float scale) {
+                                    const EmbedRotary* rotary, int window, float* out, int B, int L, int H, int D,
+                                    float scale) {
   return boundary::guarded([&]() -> int {
-    if (rotary && (rotary->dims <= 0 || rotary->dims % 2 || rotary->dims > D)) return boundary::FAILED;
+    if ((rotary && (rotary->dims <= 0 || rotary->dims % 2 || rotary->dims > D)) || window < 0) return boundary::FAILED;
     switch ((D + W - 1) / W) {
-      case 1: attention<1>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
-      case 2: attention<2>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
-      case 3: attention<3>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
-      case 4: attention<4>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
-      case 5: attention<5>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
-      case 6: attention<6>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
-      case 7: attention<7>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
-      case 8: attention<8>(qkv, keep, starts, bias, rotary, out, B, L, H, D, scale); return boundary::OK;
+      case 1: attention<1>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 2: attention<2>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 3: attention<3>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 4: attention<4>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 5: attention<5>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 6: attention<6>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 7: attention<7>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 8: attention<8>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
       default: return boundary::NO_KERNEL;
     }
   });

@@ -1,12 +1,14 @@
-// A stack of post-LN encoder layers (attention, then a feed-forward, each added to its input and LayerNorm-ed:
-// BERT's and MPNet's with a GELU feed-forward, NomicBERT's and GTE's gated and with rotary positions) on packed
-// rows, in one call. The steps are the other kernels and the BLAS's sgemm, reached
-// through function pointers the caller passes: called one by one from Python, each gave up the GIL and had to
-// take it back, and under a server's load a lane waited ~25% of its time for it.
+// A stack of encoder layers (attention, then a feed-forward, each added to its input) on packed rows, in one
+// call: post-LN (each sum LayerNorm-ed: BERT's and MPNet's with a GELU feed-forward, NomicBERT's and GTE's gated
+// and rotary) or pre-LN (each block's input LayerNorm-ed: ModernBERT's, gated, rotary, some layers windowed).
+// The steps are the other kernels and the BLAS's sgemm, reached through function pointers the caller passes:
+// called one by one from Python, each gave up the GIL and had to take it back, and under a server's load a lane
+// waited ~25% of its time for it.
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "boundary.h"
@@ -19,8 +21,8 @@ using Int8Matmul = int (*)(const float*, int, int, const int8_t*, const float*, 
 using F16Matmul = int (*)(const float*, int, int, const uint16_t*, const float*, const float*, int, float*);
 using F32Matmul = int (*)(const float*, int, int, const float*, const float*, int, float*);
 struct EmbedRotary;  // attention.cpp's
-using Attention = int (*)(const float*, const uint8_t*, const int*, const float*, const EmbedRotary*, float*, int, int,
-                          int, int, float);
+using Attention = int (*)(const float*, const uint8_t*, const int*, const float*, const EmbedRotary*, int, float*, int,
+                          int, int, int, float);
 using BiasGelu = int (*)(float*, const float*, int, int);
 using BiasGlu = int (*)(float*, const float*, int, int, int);
 using AddLayerNorm = int (*)(float*, const float*, const float*, const float*, const float*, int, int, float);
@@ -57,17 +59,21 @@ struct EmbedNorm {
   const float* weight;
   const float* bias;
   float eps;
+  int present;  // 0: the identity (ModernBERT's first layer has no attention norm)
 };
 
-// The feed-forward: GELU(up(x)), or value * act(gate) with value and gate the halves of up(x).
-enum FeedForward { GELU = 0, GATED_SILU = 1, GATED_GELU = 2, GATED_SIGMOID = 3 };
+// The feed-forward: GELU(up(x)), or value * act(gate) with value and gate the halves of up(x), or act(value) * gate.
+enum FeedForward { GELU = 0, GATED_SILU = 1, GATED_GELU = 2, GATED_SIGMOID = 3, GELU_GATED = 4 };
 
 struct EmbedLayer {
   EmbedProjection qkv, attention_out;
-  EmbedNorm norm1;
+  EmbedNorm norm1;  // post-LN: after attention's sum; pre-LN: before attention
   EmbedProjection up, down;
-  EmbedNorm norm2;
+  EmbedNorm norm2;  // post-LN: after the feed-forward's sum; pre-LN: before the feed-forward
   int feed_forward;  // a FeedForward
+  int pre_norm;
+  const EmbedRotary* rotary;  // RoPE's tables, or null
+  int window;                 // attention's window (0: none)
 };
 
 }  // extern "C"
@@ -93,9 +99,20 @@ int project(const EmbedKernels& f, const EmbedProjection& p, const float* x, int
   return boundary::OK;
 }
 
+// y = x, LayerNorm-ed by `n` where it is present (x and y may be the same rows).
+int norm(const EmbedKernels& f, const EmbedNorm& n, const float* x, long T, int D, float* y) {
+  if (y != x) std::memcpy(y, x, T * D * sizeof(float));
+  return n.present ? f.add_layer_norm(y, nullptr, nullptr, n.weight, n.bias, T, D, n.eps) : boundary::OK;
+}
+
+// y += x, T * D floats.
+void add(float* y, const float* x, long n) {
+  for (long i = 0; i < n; i++) y[i] += x[i];
+}
+
 // out (T, D) = one layer applied to x (T, D); the arguments as embed_encoder_layers'.
-int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int* starts, const float* bias,
-          const EmbedRotary* rotary, int B, int L, int heads, float scale, float* out) {
+int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int* starts, const float* bias, int B,
+          int L, int heads, float scale, float* out) {
   const long T = starts[B];
   const int D = l.qkv.k, width = l.qkv.n / 3;
   const bool gated = l.feed_forward != GELU;
@@ -113,8 +130,28 @@ int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int*
   float* const inner = fused;
   float* const context = fused + T * wide;
   float* const hidden = context + T * width;
+  const int hidden_width = gated ? l.up.n / 2 : l.up.n;
+  if (l.pre_norm) {  // x + attention(norm1(x)), then that + feed_forward(norm2(that))
+    int status = norm(f, l.norm1, x, T, D, hidden);
+    if (!status) status = project(f, l.qkv, hidden, T, true, fused);
+    if (!status)
+      status = f.attention(fused, nullptr, starts, bias, l.rotary, l.window, context, B, L, heads, width / heads,
+                           scale);
+    if (!status) status = project(f, l.attention_out, context, T, true, out);
+    if (status) return status;
+    add(out, x, T * D);
+    status = norm(f, l.norm2, out, T, D, hidden);
+    if (!status) status = project(f, l.up, hidden, T, true, inner);
+    if (!status)
+      status = gated ? f.bias_glu(inner, nullptr, T, hidden_width, l.feed_forward)
+                     : f.bias_gelu(inner, nullptr, T, l.up.n);
+    if (!status) status = project(f, l.down, inner, T, true, hidden);
+    if (!status) add(out, hidden, T * D);
+    return status;
+  }
   int status = project(f, l.qkv, x, T, true, fused);
-  if (!status) status = f.attention(fused, nullptr, starts, bias, rotary, context, B, L, heads, width / heads, scale);
+  if (!status)
+    status = f.attention(fused, nullptr, starts, bias, l.rotary, l.window, context, B, L, heads, width / heads, scale);
   if (!status) status = project(f, l.attention_out, context, T, false, hidden);
   if (!status)
     status = f.add_layer_norm(hidden, l.attention_out.bias, x, l.norm1.weight, l.norm1.bias, T, D, l.norm1.eps);
@@ -131,11 +168,10 @@ int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int*
 
 // out (T, D) = `count` layers applied in turn to x (T, D): sequence b in rows starts[b] to starts[b + 1],
 // T = starts[B], none longer than L; `bias` (heads, L, L), the same for every layer, is added to the scaled scores
-// by position in the sequence (MPNet's relative position bias), or null; `rotary`, RoPE's tables for every layer,
-// or null. `out` must not overlap x.
+// by position in the sequence (MPNet's relative position bias), or null. `out` must not overlap x.
 extern "C" int embed_encoder_layers(const EmbedKernels* f, const EmbedLayer* layers, int count, const float* x,
-                                    const int* starts, const float* bias, const EmbedRotary* rotary, int B, int L,
-                                    int heads, float scale, float* out) {
+                                    const int* starts, const float* bias, int B, int L, int heads, float scale,
+                                    float* out) {
   return boundary::guarded([&] {
     static thread_local std::vector<float> between;  // the other of the two buffers the layers alternate between
     const size_t size = static_cast<size_t>(starts[B]) * (count ? layers[0].qkv.k : 0);
@@ -143,7 +179,7 @@ extern "C" int embed_encoder_layers(const EmbedKernels* f, const EmbedLayer* lay
     int status = boundary::OK;
     for (int i = 0; i < count && !status; i++) {
       float* const target = (count - 1 - i) % 2 == 0 ? out : between.data();  // the last layer writes `out`
-      status = layer(*f, layers[i], x, starts, bias, rotary, B, L, heads, scale, target);
+      status = layer(*f, layers[i], x, starts, bias, B, L, heads, scale, target);
       x = target;
     }
     return status;

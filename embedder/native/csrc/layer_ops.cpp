@@ -4,6 +4,7 @@
 // and written once. Built by embedder.native.build.
 
 #include <cmath>
+#include <utility>
 
 #include "boundary.h"
 #include "simd.h"
@@ -28,7 +29,8 @@ extern "C" int embed_bias_gelu(float* y, const float* bias, int rows, int dim) {
 
 namespace {
 
-enum Gate { SILU = 1, GELU = 2, SIGMOID = 3 };  // encoder_layer.cpp's FeedForward, less its ungated GELU
+// encoder_layer.cpp's FeedForward, less its ungated GELU: value * act(gate), or (ON_FIRST) act(value) * gate
+enum Gate { SILU = 1, GELU = 2, SIGMOID = 3, GELU_ON_FIRST = 4 };
 
 // x / (1 + exp(-x)), by way of exp(-|x|) so that nothing overflows.
 inline vec sigmoid(vec x) {
@@ -39,17 +41,19 @@ inline vec sigmoid(vec x) {
 }  // namespace
 
 // A gated feed-forward's inner activations: y (rows, 2 * hidden) holds each row's value then gate (with `bias`,
-// 2 * hidden or null, added); y[r, :hidden] becomes value * act(gate) for act by `Gate`, so that the result is
-// (rows, hidden) at the start of y. Rows go in order, so a row's result never overwrites what is still to read.
+// 2 * hidden or null, added); y[r, :hidden] becomes value * act(gate) for act by `Gate` (act(value) * gate for
+// ModernBERT's GELU_ON_FIRST), so that the result is (rows, hidden) at the start of y. Rows go in order, so a row's
+// result never overwrites what is still to read.
 extern "C" int embed_bias_glu(float* y, const float* bias, int rows, int hidden, int gate) {
   return boundary::guarded([&]() -> int {
-    if (gate != SILU && gate != GELU && gate != SIGMOID) return boundary::FAILED;
+    if (gate < SILU || gate > GELU_ON_FIRST) return boundary::FAILED;
     for (long r = 0; r < rows; r++) {
       const float* row = y + r * 2 * hidden;
       for (int j = 0; j < hidden; j += W) {
         const int n = hidden - j < W ? hidden - j : W;
         vec value = load_n(row + j, n), g = load_n(row + hidden + j, n);
         if (bias) value += load_n(bias + j, n), g += load_n(bias + hidden + j, n);
+        if (gate == GELU_ON_FIRST) std::swap(value, g);  // act(value) * gate: the same product, halves swapped
         const vec act = gate == SILU      ? g * sigmoid(g)
                         : gate == SIGMOID ? sigmoid(g)
                                           : g * (1.0f + simd::erf(g * 0.70710678118654752f)) * 0.5f;
@@ -60,17 +64,17 @@ extern "C" int embed_bias_glu(float* y, const float* bias, int rows, int hidden,
   });
 }
 
-// y[r] = layer_norm(y[r] + bias + residual[r]) * weight + beta; bias, weight and beta may be null.
+// y[r] = layer_norm(y[r] + bias + residual[r]) * weight + beta; bias, residual, weight and beta may be null.
 extern "C" int embed_add_layer_norm(float* y, const float* bias, const float* residual, const float* weight,
                                     const float* beta, int rows, int dim, float eps) {
   return boundary::guarded([&] {
     for (long r = 0; r < rows; r++) {
       float* row = y + r * dim;
-      const float* res = residual + r * dim;
       vec total = {};
       for (int j = 0; j < dim; j += W) {
         const int n = dim - j < W ? dim - j : W;
-        vec x = load_n(row + j, n) + load_n(res + j, n);
+        vec x = load_n(row + j, n);
+        if (residual) x += load_n(residual + r * dim + j, n);
         if (bias) x += load_n(bias + j, n);
         store_n(row + j, x, n);
         total += x;
