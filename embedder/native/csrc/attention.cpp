@@ -174,12 +174,23 @@ void head(Scratch& m, int H, int h) {
   float *s = m.s.data(), *o = m.o.data();
   pack_keys(m.head_k(h), npad, D, m.packed.data());
   for (int i0 = 0; i0 < n; i0 += QB) {
+    // The keys this block of queries scores, [first, first + count): all of them, or with a window those that may
+    // fall in some query's window, in whole blocks of packed keys (idx is ascending).
+    int first = 0, end = npad;
+    if (m.window) {
+      const int* idx = m.idx;
+      const int lo = std::lower_bound(idx, idx + n, idx[i0] - m.window) - idx;
+      const int hi = std::upper_bound(idx, idx + n, idx[std::min(i0 + QB, n) - 1] + m.window) - idx;
+      first = lo / (KB * W) * (KB * W);
+      end = std::min(npad, (hi + KB * W - 1) / (KB * W) * (KB * W));
+    }
+    const int count = std::min(end, n) - first;
     for (int r0 = 0; r0 < QB; r0 += 4) {
       const float* qr = q + (i0 + r0) * D;
       float* sr = s + r0 * npad;
-      int j0 = 0;
-      for (; j0 + KB * W <= npad; j0 += KB * W) scores_tile<KB>(qr, D, k + j0 * D, sr + j0, npad);
-      switch ((npad - j0) / W) {
+      int j0 = first;
+      for (; j0 + KB * W <= end; j0 += KB * W) scores_tile<KB>(qr, D, k + j0 * D, sr + j0, npad);
+      switch ((end - j0) / W) {
         case 1: scores_tile<1>(qr, D, k + j0 * D, sr + j0, npad); break;
         case 2: scores_tile<2>(qr, D, k + j0 * D, sr + j0, npad); break;
         case 3: scores_tile<3>(qr, D, k + j0 * D, sr + j0, npad); break;
@@ -189,18 +200,21 @@ void head(Scratch& m, int H, int h) {
       for (int r = 0; r < QB && i0 + r < n; r++) {
         const float* row = m.bias + ((size_t)h * m.L + m.idx[i0 + r]) * m.L;
         float* sr = s + r * npad;
-        for (int j = 0; j < n; j++) sr[j] += row[m.idx[j]];
+        for (int j = first; j < first + count; j++) sr[j] += row[m.idx[j]];
       }
+    auto outside = [&](int r, int j) { return std::abs(m.idx[j] - m.idx[i0 + r]) > m.window; };
     if (m.window)  // the query itself is always in its window, so every row keeps a finite top
-      for (int r = 0; r < QB && i0 + r < n; r++) {
-        const int at = m.idx[i0 + r];
-        float* sr = s + r * npad;
-        for (int j = 0; j < n; j++)
-          if (std::abs(m.idx[j] - at) > m.window) sr[j] = -INFINITY;
-      }
+      for (int r = 0; r < QB && i0 + r < n; r++)
+        for (int j = first; j < first + count; j++)
+          if (outside(r, j)) s[r * npad + j] = -INFINITY;
     float norm[QB];
-    for (int r = 0; r < QB; r++) norm[r] = exp_row(s + r * npad, n);
-    for (int r0 = 0; r0 < QB; r0 += R) values_tile<NV, R>(s + r0 * npad, npad, n, v, o + r0 * dv);
+    for (int r = 0; r < QB; r++) norm[r] = exp_row(s + r * npad + first, count);
+    if (m.window)  // exactly no weight: exp's floor (~1e-38) times a value would be a subnormal, ~100x slower
+      for (int r = 0; r < QB && i0 + r < n; r++)
+        for (int j = first; j < first + count; j++)
+          if (outside(r, j)) s[r * npad + j] = 0.0f;
+    for (int r0 = 0; r0 < QB; r0 += R)
+      values_tile<NV, R>(s + r0 * npad + first, npad, count, v + (size_t)first * dv, o + r0 * dv);
     for (int r = 0; r < QB && i0 + r < n; r++) {
       float* dst = m.out.data() + (size_t)(i0 + r) * H * D + h * D;
       for (int d = 0; d < D; d++) dst[d] = o[r * dv + d] * norm[r];
