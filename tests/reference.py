@@ -56,3 +56,23 @@ def assert_packed_near_float32(path, texts: list[str], dtype: str = "int8") -> N
     assert packed.tokens_per_text(texts) == full.tokens_per_text(texts)
     for engine in (full, packed):
         engine.unload()
+
+
+def assert_one_call_on_real_tokens(path, texts: list[str], monkeypatch, batch_tokens: int = 128) -> None:
+    """The model at `path` runs every batch's layers in one native call (`kernels.encoder_layers`) over exactly its
+    real tokens, no padding, with sentence-transformers' vectors (cosine >= 0.9999)."""
+    from embedder import EmbeddingEngine
+
+    kernels = _kernels()
+    if not kernels.layers_available():
+        pytest.skip("the one-call layers do not build here")
+    expected, tokens = st_reference(path, texts)
+    rows = []
+    one_call = kernels.encoder_layers
+    monkeypatch.setattr(kernels, "encoder_layers", lambda x, *rest: rows.append(x.shape[0]) or one_call(x, *rest))
+    engine = EmbeddingEngine(str(path), batch_tokens=batch_tokens)
+    engine.load()
+    rows.clear()  # the load's warm-up batches
+    assert cosine(engine.embed(texts), expected).min() >= 0.9999
+    assert sum(rows) == sum(tokens)  # every real token once
+    engine.unload()

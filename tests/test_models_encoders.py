@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from embedder import EmbeddingEngine
-from reference import cosine, require_oracle, st_reference
+from reference import assert_one_call_on_real_tokens, cosine, require_oracle, st_reference
 from tiny_models import copy_tokenizer, save_sentence_transformer, tiny_transformer
 
 # Very short next to long texts, so every batch pads, and the long ones cross the tiny attention windows.
@@ -45,22 +45,9 @@ def test_modernbert(tmp_path, minilm_path):
 def test_modernbert_layers_run_in_one_native_call_on_real_tokens(tmp_path, minilm_path, monkeypatch):
     """ModernBERT's pre-LN layers, local (windowed, their own RoPE base) and global, run as BERT's do on the native
     CPU path: a batch's layers in one native call over its real tokens alone, with the reference's vectors."""
-    from embedder.native import kernels
-
-    if not kernels.layers_available():
-        pytest.skip("the one-call layers do not build here")
-    rows = []
-    one_call = kernels.encoder_layers
-    monkeypatch.setattr(kernels, "encoder_layers", lambda x, *rest: rows.append(x.shape[0]) or one_call(x, *rest))
     hf = tiny_transformer("modernbert", minilm_path, tmp_path)
     path = save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64)
-    expected, tokens = st_reference(path, TEXTS)
-    engine = EmbeddingEngine(str(path), batch_tokens=256)
-    engine.load()
-    rows.clear()  # the load's warm-up batches
-    assert cosine(engine.embed(TEXTS), expected).min() >= 0.9999
-    assert sum(rows) == sum(tokens)  # every real token once, no padding
-    engine.unload()
+    assert_one_call_on_real_tokens(path, TEXTS, monkeypatch, batch_tokens=256)
 
 
 def test_modernbert_masked_lm_checkpoint_gives_hidden_states(tmp_path, minilm_path):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reference import assert_packed_near_float32, cosine, needs_f16, needs_int8, require_oracle, st_reference
+from reference import (assert_one_call_on_real_tokens, assert_packed_near_float32, cosine, needs_f16, needs_int8,
+                       require_oracle, st_reference)
 from test_models_encoders import TEXTS  # short next to long (past max_seq_length): every batch pads, some truncate
 from tiny_models import save_sentence_transformer, save_with_noisy_norms
 
@@ -158,22 +159,9 @@ def test_port_matches_pytorch(tmp_path, minilm_path, kind, pooling, normalize, o
 def test_layers_run_in_one_native_call_on_real_tokens(tmp_path, minilm_path, monkeypatch, kind):
     """On the native CPU path both families run as BERT does: a batch's layers in one native call over its real
     tokens alone (rotations and gated feed-forward inside), with the reference's vectors."""
-    from embedder.native import kernels
-
-    if not kernels.layers_available():
-        pytest.skip("the one-call layers do not build here")
-    rows = []
-    one_call = kernels.encoder_layers
-    monkeypatch.setattr(kernels, "encoder_layers", lambda x, *rest: rows.append(x.shape[0]) or one_call(x, *rest))
     hf, _ = tiny_port(kind, minilm_path, tmp_path)
     path = save_sentence_transformer(hf, tmp_path / "st", "mean", True, max_seq_length=64)
-    expected, tokens = st_reference(path, TEXTS)
-    engine = EmbeddingEngine(str(path), batch_tokens=128)
-    engine.load()
-    rows.clear()  # the load's warm-up batches
-    assert cosine(engine.embed(TEXTS), expected).min() >= 0.9999
-    assert sum(rows) == sum(tokens)  # every real token once, no padding
-    engine.unload()
+    assert_one_call_on_real_tokens(path, TEXTS, monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", [pytest.param("int8", marks=needs_int8), pytest.param("float16", marks=needs_f16)])
