@@ -287,7 +287,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     async def detokenize(body: DetokenizeRequest) -> dict:
         """vLLM's /detokenize: token ids back to text."""
         engine = await _engine(registry, registry.resolve(body.model))
-        return {"prompt": engine.model.tokenizer.text_of(body.tokens, skip_special_tokens=False, param="tokens")}
+        text = await run_in_threadpool(engine.model.tokenizer.text_of, body.tokens, False, "tokens")
+        return {"prompt": text}
 
     @app.post("/decode", response_model=list[str])
     async def decode(body: DecodeRequest) -> list[str]:
@@ -296,7 +297,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         if not rows or len(rows) > options.max_inputs:
             raise InputError(f"'ids' must hold 1 to {options.max_inputs} lists of token ids", "ids")
         tokenizer = (await _engine(registry, registry.resolve(None))).model.tokenizer
-        return [tokenizer.text_of(row, body.skip_special_tokens) for row in rows]
+        return await run_in_threadpool(lambda: [tokenizer.text_of(row, body.skip_special_tokens) for row in rows])
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
