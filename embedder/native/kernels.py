@@ -8,8 +8,8 @@ and nothing is copied back. A kernel reports failure (an exception inside it, no
 where int8 or float16 must round) as a status, raised here as ModelError. float32 on the CPU only; `available()`,
 `int8_available()` and `f16_available()` say whether the kernels built here.
 
-`encoder_layers` runs a stack of post-LN encoder layers in one call (csrc/encoder_layer.cpp: the kernels above
-and the loaded BLAS's sgemm, by function pointer) and returns NumPy.
+`encoder_layers` runs a stack of encoder layers (post-LN or pre-LN) in one call (csrc/encoder_layer.cpp: the
+kernels above and the loaded BLAS's sgemm, by function pointer) and returns NumPy.
 """
 
 from __future__ import annotations
