@@ -7,7 +7,8 @@ import random
 
 import numpy as np
 import pytest
-from reference import assert_packed_near_float32, cosine, needs_f16, needs_int8, require_oracle, st_reference
+from reference import (assert_one_call_on_real_tokens, assert_packed_near_float32, cosine, needs_f16, needs_int8,
+                       require_oracle, st_reference)
 from test_models_encoders import TEXTS as ENCODER_TEXTS
 from tiny_models import save_sentence_transformer
 
@@ -86,6 +87,13 @@ def test_relative_position_buckets_match_transformers():
         expected = T5Attention._relative_position_bucket(positions[None, :] - positions[:, None], bidirectional=True,
                                                          num_buckets=buckets, max_distance=distance)
         assert (relative_position_buckets(length, buckets, distance) == expected.numpy()).all()
+
+
+@pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu"])
+def test_t5_blocks_run_in_one_native_call_on_real_tokens(tmp_path, t5_tokenizer, monkeypatch, feed_forward_proj):
+    """T5's pre-norm blocks (RMS norms, the shared relative position bias, unscaled scores; ReLU, or GELU's tanh
+    approximation times a second projection) run in one native call over a batch's real tokens alone."""
+    assert_one_call_on_real_tokens(sentence_t5(t5_tokenizer, tmp_path, feed_forward_proj), TEXTS, monkeypatch)
 
 
 @pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu"])

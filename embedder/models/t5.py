@@ -110,6 +110,15 @@ class Block(nn.Module):
     def __call__(self, x: mx.array, context: tuple[mx.array, mx.array]) -> mx.array:
         return self.layer[1](self.layer[0](x, context))
 
+    def parts(self) -> fastmath.LayerParts:
+        attention, feed_forward = self.layer[0], self.layer[1].DenseReluDense
+        gated = feed_forward.gated
+        return fastmath.LayerParts(
+            attention.SelfAttention.qkv, attention.SelfAttention.o, attention.layer_norm,
+            feed_forward.wi_0 if gated else feed_forward.wi, feed_forward.act, feed_forward.wo,
+            self.layer[1].layer_norm, attention.SelfAttention.n_heads, pre_norm=True,
+            gate=feed_forward.wi_1 if gated else None, scale=1.0)
+
 
 class Encoder(nn.Module):
     """T5Stack as an encoder; the relative position bias (block 0's in transformers) is held here, shared by all."""
@@ -125,6 +134,12 @@ class Encoder(nn.Module):
         buckets = relative_position_buckets(x.shape[1], self.args.relative_attention_num_buckets,
                                             self.args.relative_attention_max_distance)
         position_bias = self.relative_attention_bias(mx.array(buckets)).transpose(2, 0, 1).astype(x.dtype)
+        packed = fastmath.PackedTokens.of(attention_mask, x, self.args.d_kv)
+        if packed is not None:  # every block in one native call on the real tokens, where every part has a kernel
+            out = fastmath.encoder_layers(packed.pack(x), packed, [block.parts() for block in self.block],
+                                          position_bias)
+            if out is not None:
+                return packed.unpack(self.final_layer_norm(mx.array(out)))
         context = ((attention_mask != 0)[:, None, None, :], position_bias)
         for block in self.block:
             x = block(x, context)
@@ -137,6 +152,11 @@ class Model(nn.Module):
         self.args = args
         self.shared = nn.Embedding(args.vocab_size, args.d_model)  # not scaled by sqrt(d_model), as T5 runs it
         self.encoder = Encoder(args)
+
+    def packs_tokens(self) -> bool:
+        """Whether batches run on their real tokens alone here: padding then costs the planner little."""
+        return (fastmath.native_heads(self.shared.weight.dtype, self.args.d_kv)
+                and self.encoder.block[0].parts().feed_forward() is not None)
 
     def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
         """The last hidden state (B, L, d_model), after the final norm; `attention_mask` is (B, L), nonzero on real

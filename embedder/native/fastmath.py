@@ -82,7 +82,8 @@ class PackedTokens:
 @dataclass(frozen=True)
 class LayerParts:
     """An encoder layer's parts as its model holds them, for `encoder_layers`: post-LN (BERT's, MPNet's,
-    NomicBERT's, GTE's) or, with `pre_norm`, pre-LN (ModernBERT's; `norm1` None where the first layer has none).
+    NomicBERT's, GTE's) or, with `pre_norm`, pre-LN (ModernBERT's, `norm1` None where the first layer has none;
+    T5's, with RMS norms, a feed-forward of two projections multiplied (`gate`), unscaled scores: `scale` 1).
     `rotary` turns its queries and keys, `window` bounds its attention (0: none)."""
 
     qkv: nn.Module  # the fused q/k/v projection
@@ -98,11 +99,17 @@ class LayerParts:
     pre_norm: bool = False
     rotary: kernels.Rotary | None = None
     window: int = 0
+    gate: nn.Module | None = None  # T5's: act(up(x)) * gate(x)
+    scale: float | None = None  # attention's score scale; None: 1 / sqrt(head size)
 
     def feed_forward(self) -> str | None:
-        """The native kernels' name for this feed-forward (`kernels.FEED_FORWARDS`), None where they have none."""
+        """The native kernels' name for this feed-forward (`kernels.FEED_FORWARDS`), None where they have none.
+        ReLU and the two-projection kinds run in pre-LN layers only (T5's)."""
+        if self.gate is not None:
+            kinds = {nn.gelu_approx: "tanh_gelu_times", gelu: "gelu_times"}
+            return kinds.get(self.act) if self.pre_norm else None
         if not self.gated:
-            return "gelu" if self.act is gelu else None
+            return "gelu" if self.act is gelu else "relu" if self.act is nn.relu and self.pre_norm else None
         if self.act_on_value:
             return "gelu_gated" if self.act is gelu else None
         return GATES.get(self.act)
@@ -118,9 +125,9 @@ def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[LayerParts],
     kernel."""
     def native(layer: LayerParts) -> bool:
         norms = (layer.norm1, layer.norm2) if layer.norm1 is not None or not layer.pre_norm else (layer.norm2,)
-        return (layer.feed_forward() is not None
-                and all(_native_linear(d, x) for d in (layer.qkv, layer.attention_out, layer.up, layer.down))
-                and all(type(n) is nn.LayerNorm for n in norms))
+        dense = _projections(layer)
+        return (layer.feed_forward() is not None and all(_native_linear(d, x) for d in dense)
+                and all(type(n) in (nn.LayerNorm, nn.RMSNorm) for n in norms))
 
     if not (layers and kernels.layers_available() and all(native(layer) for layer in layers)):
         return None
@@ -131,16 +138,19 @@ def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[LayerParts],
         small = dense.small_batch_weight() if small_batch and isinstance(dense, Linear) else None
         return kernels.Projection(_weight(dense), dense.get("bias"), small)
 
-    def norm(n: nn.LayerNorm | None) -> kernels.Norm | None:
-        return None if n is None else kernels.Norm(n.get("weight"), n.get("bias"), n.eps)
+    def norm(n: nn.LayerNorm | nn.RMSNorm | None) -> kernels.Norm | None:
+        return None if n is None else kernels.Norm(n.get("weight"), n.get("bias"), n.eps, isinstance(n, nn.RMSNorm))
 
     weights = [kernels.EncoderLayer(projection(layer.qkv), projection(layer.attention_out), norm(layer.norm1),
                                     projection(layer.up), projection(layer.down), norm(layer.norm2),
-                                    layer.feed_forward(), layer.pre_norm, layer.rotary or rotary, layer.window)
+                                    layer.feed_forward(), None if layer.gate is None else projection(layer.gate),
+                                    layer.pre_norm,
+                                    layer.rotary or rotary, layer.window)
                for layer in layers]
     heads = layers[0].heads
     head_dim = weights[0].qkv.weight.shape[0] // (3 * heads)
-    return kernels.encoder_layers(x, packed.starts, heads, 1 / math.sqrt(head_dim), weights, position_bias)
+    scale = layers[0].scale if layers[0].scale is not None else 1 / math.sqrt(head_dim)
+    return kernels.encoder_layers(x, packed.starts, heads, scale, weights, position_bias)
 
 
 # The memory the packed copies of a model's float32 projections (`Linear.small_batch_weight`) may take: 42 MB for
@@ -150,8 +160,11 @@ SMALL_BATCH_COPY_BYTES = 256 * 2**20
 
 
 def _float_weight_bytes(layers: list[LayerParts]) -> int:
-    return sum(4 * d["weight"].size for layer in layers for d in (layer.qkv, layer.attention_out, layer.up, layer.down)
-               if isinstance(d, Linear))
+    return sum(4 * d["weight"].size for layer in layers for d in _projections(layer) if isinstance(d, Linear))
+
+
+def _projections(layer: LayerParts) -> tuple[nn.Module, ...]:
+    return (layer.qkv, layer.attention_out, layer.up, layer.down, *(() if layer.gate is None else (layer.gate,)))
 
 
 def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | PackedTokens | None,

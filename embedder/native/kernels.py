@@ -37,13 +37,15 @@ def _kernels() -> SimpleNamespace | None:
     if attention is None or layer_ops is None:
         return None
     kernels = SimpleNamespace(attention=attention.embed_self_attention, bias_gelu=layer_ops.embed_bias_gelu,
-                              bias_glu=layer_ops.embed_bias_glu, add_layer_norm=layer_ops.embed_add_layer_norm,
+                              bias_glu=layer_ops.embed_bias_glu, act_times=layer_ops.embed_act_times,
+                              add_layer_norm=layer_ops.embed_add_layer_norm,
                               max_head_dim=attention.embed_max_head_dim())
     kernels.attention.argtypes = [_PTR] * 5 + [_INT, _PTR] + [_INT] * 4 + [_FLOAT]
     kernels.bias_gelu.argtypes = [_PTR] * 2 + [_INT] * 2
     kernels.bias_glu.argtypes = [_PTR] * 2 + [_INT] * 3
-    kernels.add_layer_norm.argtypes = [_PTR] * 5 + [_INT] * 2 + [_FLOAT]
-    for kernel in (kernels.attention, kernels.bias_gelu, kernels.bias_glu, kernels.add_layer_norm):
+    kernels.act_times.argtypes = [_PTR] * 2 + [ctypes.c_long, _INT]
+    kernels.add_layer_norm.argtypes = [_PTR] * 5 + [_INT] * 2 + [_FLOAT, _INT]
+    for kernel in (kernels.attention, kernels.bias_gelu, kernels.bias_glu, kernels.act_times, kernels.add_layer_norm):
         kernel.restype = _INT
     return kernels
 
@@ -89,7 +91,7 @@ def _f32_kernels() -> ctypes.CDLL | None:
 
 class _LayerKernels(ctypes.Structure):  # csrc/encoder_layer.cpp's EmbedKernels
     _fields_ = [(name, _PTR) for name in ("sgemm", "int8_matmul", "f16_matmul", "f32_matmul", "attention",
-                                          "bias_gelu", "bias_glu", "add_layer_norm")]
+                                          "bias_gelu", "bias_glu", "act_times", "add_layer_norm")]
 
 
 class _Projection(ctypes.Structure):  # EmbedProjection
@@ -98,7 +100,7 @@ class _Projection(ctypes.Structure):  # EmbedProjection
 
 
 class _Norm(ctypes.Structure):  # EmbedNorm
-    _fields_ = [("weight", _PTR), ("bias", _PTR), ("eps", _FLOAT), ("present", _INT)]
+    _fields_ = [("weight", _PTR), ("bias", _PTR), ("eps", _FLOAT), ("present", _INT), ("rms", _INT)]
 
 
 class _Rotary(ctypes.Structure):  # csrc/attention.cpp's EmbedRotary
@@ -107,13 +109,15 @@ class _Rotary(ctypes.Structure):  # csrc/attention.cpp's EmbedRotary
 
 class _Layer(ctypes.Structure):  # EmbedLayer
     _fields_ = [("qkv", _Projection), ("attention_out", _Projection), ("norm1", _Norm), ("up", _Projection),
-                ("down", _Projection), ("norm2", _Norm), ("feed_forward", _INT), ("pre_norm", _INT),
+                ("down", _Projection), ("gate", _Projection), ("norm2", _Norm), ("feed_forward", _INT),
+                ("pre_norm", _INT),
                 ("rotary", ctypes.POINTER(_Rotary)), ("window", _INT)]
 
 
-# EmbedLayer's feed_forward: GELU(up(x)), or value * act(gate) from the halves of up(x), or act(value) * gate
-# (FeedForward, and the gate numbers of csrc/layer_ops.cpp's embed_bias_glu).
-FEED_FORWARDS = {"gelu": 0, "gated_silu": 1, "gated_gelu": 2, "gated_sigmoid": 3, "gelu_gated": 4}
+# EmbedLayer's feed_forward: GELU(up(x)); value * act(gate) from the halves of up(x), or act(value) * gate (the
+# gate numbers of csrc/layer_ops.cpp's embed_bias_glu); ReLU(up(x)); act(up(x)) * gate(x) from two projections.
+FEED_FORWARDS = {"gelu": 0, "gated_silu": 1, "gated_gelu": 2, "gated_sigmoid": 3, "gelu_gated": 4, "relu": 5,
+                 "tanh_gelu_times": 6, "gelu_times": 7}
 
 
 @functools.cache
@@ -125,7 +129,7 @@ def _layer_kernel() -> tuple[ctypes._CFuncPtr, _LayerKernels] | None:
     int8, f16, f32 = _int8_kernels(), _f16_kernels(), _f32_kernels()
     table = _LayerKernels(*(None if f is None else ctypes.cast(f, _PTR).value for f in (
         blas_sgemm, int8 and int8.embed_int8_matmul, f16 and f16.embed_f16_matmul, f32 and f32.embed_f32_matmul,
-        kernels.attention, kernels.bias_gelu, kernels.bias_glu, kernels.add_layer_norm)))
+        kernels.attention, kernels.bias_gelu, kernels.bias_glu, kernels.act_times, kernels.add_layer_norm)))
     layers = library.embed_encoder_layers
     layers.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _PTR, _INT, _INT, _INT, _FLOAT, _PTR]
     layers.restype = _INT
@@ -265,6 +269,7 @@ class Norm:
     weight: mx.array | None
     bias: mx.array | None
     eps: float
+    rms: bool = False  # T5's RMS norm: no mean taken out
 
 
 @dataclass(frozen=True)
@@ -280,6 +285,7 @@ class EncoderLayer:
     down: Projection
     norm2: Norm
     feed_forward: str = "gelu"
+    gate: Projection | None = None  # the second projection of a feed-forward that multiplies two ("..._times")
     pre_norm: bool = False
     rotary: Rotary | None = None
     window: int = 0
@@ -331,9 +337,9 @@ def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, la
 
     def norm(p: Norm | None, dim: int) -> _Norm:
         if p is None:
-            return _Norm(None, None, 0.0, 0)
+            return _Norm(None, None, 0.0, 0, 0)
         return _Norm(address(_vector(p.weight, dim, "norm weight")), address(_vector(p.bias, dim, "norm bias")), p.eps,
-                     1)
+                     1, int(p.rms))
 
     turns: dict[int, _Rotary] = {}  # one structure a table, kept alive until the call returns
 
@@ -351,7 +357,8 @@ def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, la
     head_dim = layers[0].qkv.weight.shape[0] // (3 * heads)
     stack = (_Layer * len(layers))(*(
         _Layer(projection(l.qkv), projection(l.attention_out), norm(l.norm1, dim), projection(l.up),
-               projection(l.down), norm(l.norm2, dim), FEED_FORWARDS[l.feed_forward], int(l.pre_norm),
+               projection(l.down), _Projection() if l.gate is None else projection(l.gate), norm(l.norm2, dim),
+               FEED_FORWARDS[l.feed_forward], int(l.pre_norm),
                rotary(l.rotary, head_dim), l.window) for l in layers))
     y = np.empty_like(data)
     _check(run(ctypes.byref(table), stack, len(layers), data.ctypes.data, starts.ctypes.data, _address(bias),
@@ -421,7 +428,7 @@ def linear_add_layer_norm(x: mx.array, weight: mx.array | PackedWeight, bias: mx
     res = _buffer(residual, data.shape, mx.float32, "residual")
     _check(_kernels().add_layer_norm(data.ctypes.data, _address(_vector(bias, dim, "bias")), res.ctypes.data,
                                      _address(_vector(norm_weight, dim, "norm weight")),
-                                     _address(_vector(norm_bias, dim, "norm bias")), data.size // dim, dim, eps),
+                                     _address(_vector(norm_bias, dim, "norm bias")), data.size // dim, dim, eps, 0),
            "add_layer_norm")
     return y
 

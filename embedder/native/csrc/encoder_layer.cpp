@@ -25,7 +25,8 @@ using Attention = int (*)(const float*, const uint8_t*, const int*, const float*
                           int, int, int, float);
 using BiasGelu = int (*)(float*, const float*, int, int);
 using BiasGlu = int (*)(float*, const float*, int, int, int);
-using AddLayerNorm = int (*)(float*, const float*, const float*, const float*, const float*, int, int, float);
+using ActTimes = int (*)(float*, const float*, long, int);
+using AddLayerNorm = int (*)(float*, const float*, const float*, const float*, const float*, int, int, float, int);
 
 }  // namespace
 
@@ -39,6 +40,7 @@ struct EmbedKernels {
   Attention attention;
   BiasGelu bias_gelu;
   BiasGlu bias_glu;
+  ActTimes act_times;
   AddLayerNorm add_layer_norm;
 };
 
@@ -60,15 +62,21 @@ struct EmbedNorm {
   const float* bias;
   float eps;
   int present;  // 0: the identity (ModernBERT's first layer has no attention norm)
+  int rms;      // T5's RMS norm: no mean taken out, no bias
 };
 
-// The feed-forward: GELU(up(x)), or value * act(gate) with value and gate the halves of up(x), or act(value) * gate.
-enum FeedForward { GELU = 0, GATED_SILU = 1, GATED_GELU = 2, GATED_SIGMOID = 3, GELU_GATED = 4 };
+// The feed-forward: GELU(up(x)); value * act(gate) with value and gate the halves of up(x), or act(value) * gate;
+// ReLU(up(x)); or act(up(x)) * gate(x) from two projections (T5's), act GELU's tanh approximation or the erf GELU.
+enum FeedForward {
+  GELU = 0, GATED_SILU = 1, GATED_GELU = 2, GATED_SIGMOID = 3, GELU_GATED = 4, RELU = 5, TANH_GELU_TIMES = 6,
+  GELU_TIMES = 7
+};
 
 struct EmbedLayer {
   EmbedProjection qkv, attention_out;
   EmbedNorm norm1;  // post-LN: after attention's sum; pre-LN: before attention
   EmbedProjection up, down;
+  EmbedProjection gate;  // T5's second feed-forward projection (TANH_GELU_TIMES, GELU_TIMES); unused otherwise
   EmbedNorm norm2;  // post-LN: after the feed-forward's sum; pre-LN: before the feed-forward
   int feed_forward;  // a FeedForward
   int pre_norm;
@@ -102,7 +110,26 @@ int project(const EmbedKernels& f, const EmbedProjection& p, const float* x, int
 // y = x, LayerNorm-ed by `n` where it is present (x and y may be the same rows).
 int norm(const EmbedKernels& f, const EmbedNorm& n, const float* x, long T, int D, float* y) {
   if (y != x) std::memcpy(y, x, T * D * sizeof(float));
-  return n.present ? f.add_layer_norm(y, nullptr, nullptr, n.weight, n.bias, T, D, n.eps) : boundary::OK;
+  return n.present ? f.add_layer_norm(y, nullptr, nullptr, n.weight, n.bias, T, D, n.eps, n.rms) : boundary::OK;
+}
+
+// y (T, up.n) = the feed-forward's inner activations of `in`, before `down`; `spare` holds T * gate.n floats.
+int feed_forward(const EmbedKernels& f, const EmbedLayer& l, const float* in, long T, float* y, float* spare) {
+  int status = project(f, l.up, in, T, true, y);
+  if (status) return status;
+  switch (l.feed_forward) {
+    case GELU:
+      return f.bias_gelu(y, nullptr, T, l.up.n);
+    case RELU:
+      for (long i = 0; i < T * l.up.n; i++) y[i] = y[i] > 0 ? y[i] : 0.0f;
+      return boundary::OK;
+    case TANH_GELU_TIMES:
+    case GELU_TIMES:
+      status = project(f, l.gate, in, T, true, spare);
+      return status ? status : f.act_times(y, spare, T * l.up.n, l.feed_forward == TANH_GELU_TIMES ? 1 : 2);
+    default:
+      return f.bias_glu(y, nullptr, T, l.up.n / 2, l.feed_forward);
+  }
 }
 
 // y += x, T * D floats.
@@ -114,23 +141,24 @@ void add(float* y, const float* x, long n) {
 int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int* starts, const float* bias, int B,
           int L, int heads, float scale, float* out) {
   const long T = starts[B];
-  const int D = l.qkv.k, width = l.qkv.n / 3;
-  const bool gated = l.feed_forward != GELU;
+  const int D = l.qkv.k, width = l.qkv.n / 3, kind = l.feed_forward;
+  const bool halves = kind >= GATED_SILU && kind <= GELU_GATED, apart = kind == TANH_GELU_TIMES || kind == GELU_TIMES;
+  const int inner_width = halves ? l.up.n / 2 : l.up.n;
   if (l.qkv.n % (3 * heads) || l.attention_out.k != width || l.attention_out.n != D || l.up.k != D ||
-      (gated && l.up.n % 2) || l.down.k != (gated ? l.up.n / 2 : l.up.n) || l.down.n != D)
+      (halves && l.up.n % 2) || l.down.k != inner_width || l.down.n != D || kind < GELU || kind > GELU_TIMES ||
+      (apart && (l.gate.n != l.up.n || l.gate.k != D)) || (!l.pre_norm && kind > GELU_GATED))
     return boundary::FAILED;
   // Scratch kept by each thread (an engine's lanes live as long as it does): fresh allocations of these sizes
   // come from the OS, and faulting their pages in cost ~8% of a passage batch's time. The feed-forward's inner
   // activations reuse the fused q/k/v's space, dead after attention.
   static thread_local std::vector<float> scratch;
-  const long wide = std::max(l.qkv.n, l.up.n);
+  const long wide = std::max(l.qkv.n, l.up.n + (apart ? l.gate.n : 0));
   const size_t need = T * (wide + width + D);
   if (scratch.size() < need) scratch.resize(need);
   float* const fused = scratch.data();
   float* const inner = fused;
   float* const context = fused + T * wide;
   float* const hidden = context + T * width;
-  const int hidden_width = gated ? l.up.n / 2 : l.up.n;
   if (l.pre_norm) {  // x + attention(norm1(x)), then that + feed_forward(norm2(that))
     int status = norm(f, l.norm1, x, T, D, hidden);
     if (!status) status = project(f, l.qkv, hidden, T, true, fused);
@@ -141,10 +169,7 @@ int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int*
     if (status) return status;
     add(out, x, T * D);
     status = norm(f, l.norm2, out, T, D, hidden);
-    if (!status) status = project(f, l.up, hidden, T, true, inner);
-    if (!status)
-      status = gated ? f.bias_glu(inner, nullptr, T, hidden_width, l.feed_forward)
-                     : f.bias_gelu(inner, nullptr, T, l.up.n);
+    if (!status) status = feed_forward(f, l, hidden, T, inner, inner + T * l.up.n);
     if (!status) status = project(f, l.down, inner, T, true, hidden);
     if (!status) add(out, hidden, T * D);
     return status;
@@ -154,13 +179,14 @@ int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int*
     status = f.attention(fused, nullptr, starts, bias, l.rotary, l.window, context, B, L, heads, width / heads, scale);
   if (!status) status = project(f, l.attention_out, context, T, false, hidden);
   if (!status)
-    status = f.add_layer_norm(hidden, l.attention_out.bias, x, l.norm1.weight, l.norm1.bias, T, D, l.norm1.eps);
+    status = f.add_layer_norm(hidden, l.attention_out.bias, x, l.norm1.weight, l.norm1.bias, T, D, l.norm1.eps,
+                              l.norm1.rms);
   if (!status) status = project(f, l.up, hidden, T, false, inner);
   if (!status)
-    status = gated ? f.bias_glu(inner, l.up.bias, T, l.down.k, l.feed_forward)
-                   : f.bias_gelu(inner, l.up.bias, T, l.up.n);
+    status = halves ? f.bias_glu(inner, l.up.bias, T, inner_width, kind) : f.bias_gelu(inner, l.up.bias, T, l.up.n);
   if (!status) status = project(f, l.down, inner, T, false, out);
-  if (!status) status = f.add_layer_norm(out, l.down.bias, hidden, l.norm2.weight, l.norm2.bias, T, D, l.norm2.eps);
+  if (!status)
+    status = f.add_layer_norm(out, l.down.bias, hidden, l.norm2.weight, l.norm2.bias, T, D, l.norm2.eps, l.norm2.rms);
   return status;
 }
 

@@ -64,9 +64,25 @@ extern "C" int embed_bias_glu(float* y, const float* bias, int rows, int hidden,
   });
 }
 
-// y[r] = layer_norm(y[r] + bias + residual[r]) * weight + beta; bias, residual, weight and beta may be null.
+// y = act(y) * gate, element by element over rows * dim floats (T5's gated feed-forward, whose two projections
+// are apart): act 1 is GELU's tanh approximation, 2 the erf GELU.
+extern "C" int embed_act_times(float* y, const float* gate, long count, int act) {
+  return boundary::guarded([&]() -> int {
+    if (act != 1 && act != 2) return boundary::FAILED;
+    for (long i = 0; i < count; i += W) {
+      const int n = count - i < W ? count - i : W;
+      const vec x = load_n(y + i, n);
+      const vec a = act == 1 ? gelu_tanh(x) : x * (1.0f + simd::erf(x * 0.70710678118654752f)) * 0.5f;
+      store_n(y + i, a * load_n(gate + i, n), n);
+    }
+    return boundary::OK;
+  });
+}
+
+// y[r] = layer_norm(y[r] + bias + residual[r]) * weight + beta; bias, residual, weight and beta may be null. With
+// `rms`, T5's RMS norm instead: no mean taken out.
 extern "C" int embed_add_layer_norm(float* y, const float* bias, const float* residual, const float* weight,
-                                    const float* beta, int rows, int dim, float eps) {
+                                    const float* beta, int rows, int dim, float eps, int rms) {
   return boundary::guarded([&] {
     for (long r = 0; r < rows; r++) {
       float* row = y + r * dim;
@@ -79,7 +95,7 @@ extern "C" int embed_add_layer_norm(float* y, const float* bias, const float* re
         store_n(row + j, x, n);
         total += x;
       }
-      const float mean = sum(total) / dim;
+      const float mean = rms ? 0.0f : sum(total) / dim;
       vec squares = {};
       for (int j = 0; j < dim; j += W) {
         const int n = dim - j < W ? dim - j : W;

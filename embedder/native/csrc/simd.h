@@ -63,4 +63,14 @@ inline vec erf(vec x) {
   return x < 0 ? -y : y;
 }
 
+// GELU's tanh approximation (transformers' gelu_new, MLX's gelu_approx): x (1 + tanh(sqrt(2 / pi) (x + 0.044715
+// x^3))) / 2, tanh by way of exp(-2|z|) so that nothing overflows.
+inline vec gelu_tanh(vec x) {
+  const vec z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  const vec a = z < 0 ? -z : z;
+  const vec e = exp_nonpositive(-2.0f * a);
+  const vec t = (1.0f - e) / (1.0f + e);
+  return 0.5f * x * (1.0f + (z < 0 ? -t : t));
+}
+
 }  // namespace simd
