@@ -356,6 +356,13 @@ def test_tei_clients_and_info(server: str, http: httpx.Client, engine: Embedding
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # a loopback server, not the Hub
     client = InferenceClient(base_url=server, api_key=API_KEY)
     assert_close(client.feature_extraction(TEXTS[:2]), engine.embed(TEXTS[:2]))
+    vectors = engine.embed(TEXTS[:3])
+    similar = client.sentence_similarity(TEXTS[0], other_sentences=TEXTS[1:3])  # TEI's root route, as /similarity
+    np.testing.assert_allclose(similar, vectors[1:] @ vectors[0], atol=1e-5)
+    direct = http.post("/similarity", json={"inputs": {"source_sentence": TEXTS[0], "sentences": TEXTS[1:3]}})
+    np.testing.assert_allclose(direct.json(), similar, atol=1e-6)
+    empty = http.post("/similarity", json={"inputs": {"source_sentence": TEXTS[0], "sentences": []}})
+    assert empty.status_code == 400 and empty.json()["error_type"] == "Empty"
     info = http.get("/info").json()
     assert info["model_type"] == {"embedding": {"pooling": "mean"}}
     assert info["max_input_length"] == engine.max_length and info["max_client_batch_size"] == 2048

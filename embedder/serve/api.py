@@ -179,6 +179,25 @@ class DecodeRequest(BaseModel):  # TEI's
     skip_special_tokens: bool = True
 
 
+class SimilarityInputs(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    source_sentence: str
+    sentences: list[str]
+
+
+class TEISimilarityRequest(BaseModel):
+    """TEI's /similarity, which huggingface_hub's `sentence_similarity` also posts to TEI's root route: the cosine
+    similarity of `source_sentence` to each of `sentences`, in order."""
+
+    model_config = ConfigDict(strict=True)
+
+    inputs: SimilarityInputs
+    truncate: bool | None = None
+    truncation_direction: TruncationDirection = "Right"
+    prompt_name: str | None = None
+
+
 class TEIRank(BaseModel):
     index: int
     text: str | None = None

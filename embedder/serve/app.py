@@ -17,14 +17,14 @@ import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive
 
 from ..engine import EmbeddingEngine, ranked
-from ..errors import EmbedError, InputError, ModelNotFound, Overloaded
+from ..errors import EmbedError, EmptyInput, InputError, ModelNotFound, Overloaded
 from ..images import DATA_URI_PREFIX, decode_data_uri
 from ..quantize import CALIBRATED, quantize
 from .access_log import AccessLog
@@ -47,6 +47,7 @@ from .api import (
     ScoreResponse,
     TEIEmbedRequest,
     TEIRank,
+    TEISimilarityRequest,
     TEIToken,
     TokenizeRequest,
     TokenizeResponse,
@@ -57,7 +58,7 @@ from .api import (
     parse_rerank,
     parse_score,
 )
-from .errors import error_response
+from .errors import error_response, invalid_body
 from .front import Front, speaks_tei
 from .metrics import Metrics
 from .registry import DEFAULT_NAME, ModelRegistry, ServedModel
@@ -190,7 +191,35 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             return Response(status_code=CLIENT_CLOSED)
         return Response(json.dumps(answer[1].tolist()), media_type="application/json")
 
-    app.post("/", response_model=list[list[float]], include_in_schema=False)(tei_embed)  # TEI's root route
+    @app.post("/similarity", response_model=list[float])
+    async def similarity(body: TEISimilarityRequest, request: Request) -> Response:
+        """Text Embeddings Inference's /similarity: the cosine similarity of the source sentence to each sentence."""
+        if not body.inputs.sentences:
+            raise EmptyInput("'inputs.sentences' is an empty list; send at least one sentence to compare", "inputs")
+        keep_last = -1 if body.truncation_direction.lower() == "left" else None
+        asked = EmbeddingRequest(input=[body.inputs.source_sentence, *body.inputs.sentences],
+                                 prompt_name=body.prompt_name, truncate_prompt_tokens=keep_last)
+        answer = await embed(asked, request.receive, normalize=True, field="inputs",
+                             refuse_long=body.truncate is False)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        vectors = answer[1]
+        return Response(json.dumps((vectors[1:] @ vectors[0]).tolist()), media_type="application/json")
+
+    @app.post("/", include_in_schema=False)
+    async def tei_root(request: Request) -> Response:
+        """TEI's root route, where huggingface_hub's InferenceClient(base_url=...) posts: embeddings, or a sentence
+        similarity when `inputs` is {"source_sentence", "sentences"}; each refused as its own route refuses it."""
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            raise InputError(f"the request body is not valid JSON: {exc}") from None
+        similar = isinstance(body, dict) and isinstance(body.get("inputs"), dict)
+        try:
+            parsed = (TEISimilarityRequest if similar else TEIEmbedRequest).model_validate(body)
+        except ValidationError as exc:
+            raise invalid_body(exc) from None
+        return await (similarity if similar else tei_embed)(parsed, request)
 
     @app.get("/info")
     async def info() -> dict:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from ..errors import (
@@ -77,6 +78,11 @@ def error_response(exc: Exception, tei: bool = False) -> JSONResponse:
                             headers=headers)
     body = {"message": message, "type": kind.type, "param": param or kind.param, "code": kind.code}
     return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def invalid_body(exc: ValidationError) -> RequestValidationError:
+    """A request model's validation errors as FastAPI reports a body's, located under "body"."""
+    return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
 
 
 def _malformed_json(exc: Exception) -> Exception:

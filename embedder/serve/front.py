@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import AuthError, EmbedError
 from .access_log import AccessLog
 from .api import EmbeddingRequest
-from .errors import BodyTooLarge, error_response
+from .errors import BodyTooLarge, error_response, invalid_body
 from .metrics import Metrics
 
 log = logging.getLogger("embed.server")
@@ -27,7 +27,7 @@ INLINE_BODY_BYTES = 1 << 20  # bodies validated on the event loop; a larger one 
 BODY_KEY = "embed.body"  # the scope key under which `Front` keeps a request's buffered body
 # What --api-key guards, with TEI's root "/"; /health and /metrics stay open to probes.
 KEYED_PATHS = ("/v1/", "/v2/", "/rerank", "/embed", "/info", "/models", "/score", "/tokenize", "/detokenize",
-               "/decode")
+               "/decode", "/similarity")
 
 
 @dataclass
@@ -104,7 +104,7 @@ class Front:
             return EmbeddingRequest.model_validate_json(body)
         except ValidationError as exc:
             if final:
-                raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+                raise invalid_body(exc) from None
             return None
 
     def _check_key(self, header: str) -> None:
@@ -137,7 +137,8 @@ def _header(scope: Scope, name: bytes) -> str:
     return dict(scope["headers"]).get(name, b"").decode("latin-1")
 
 
-TEI_PATHS = ("/embed", "/", "/decode", "/info")  # Text Embeddings Inference's alone; /rerank and /tokenize are shared
+# Text Embeddings Inference's alone; /rerank and /tokenize are shared.
+TEI_PATHS = ("/embed", "/", "/decode", "/info", "/similarity")
 
 
 def speaks_tei(scope: Scope) -> bool:
