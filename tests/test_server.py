@@ -492,3 +492,16 @@ def test_cors_only_for_the_origins_allowed() -> None:
         assert reply.status_code == 200 and reply.headers["access-control-allow-origin"] == "https://app.example"
         other = httpx.options(f"{url}/v1/embeddings", headers={**asked, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_pooling_as_vllm(http: httpx.Client, engine: EmbeddingEngine) -> None:
+    """vLLM's /pooling: an embeddings request answered as `data` lists of pooled vectors, base64 too."""
+    reply = http.post("/pooling", json={"input": TEXTS[:2], "encoding_format": "float"}).json()
+    assert reply["object"] == "list" and reply["id"].startswith("pool-") and reply["model"] == DEFAULT_MODEL
+    assert [(d["index"], d["object"]) for d in reply["data"]] == [(0, "pooling"), (1, "pooling")]
+    assert_close([d["data"] for d in reply["data"]], engine.embed(TEXTS[:2]))
+    assert reply["usage"]["total_tokens"] == engine.count_tokens(TEXTS[:2])
+    packed = http.post("/pooling", json={"input": TEXTS[:1], "encoding_format": "base64"}).json()["data"][0]["data"]
+    assert_close([np.frombuffer(base64.b64decode(packed), "<f4")], engine.embed(TEXTS[:1]))
+    refused = http.post("/pooling", json={"input": []})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "input"

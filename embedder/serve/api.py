@@ -113,6 +113,21 @@ class TEIEmbedRequest(BaseModel):
     dimensions: int | None = None
 
 
+class Pooled(BaseModel):
+    index: int
+    object: Literal["pooling"] = "pooling"
+    data: list[int] | list[float] | str
+
+
+class PoolingResponse(BaseModel):  # vLLM's /pooling
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[Pooled]
+    usage: Usage
+
+
 class ScoreRequest(BaseModel):
     """vLLM's /score: `text_1` (one text, or one per pair) against each of `text_2`."""
 

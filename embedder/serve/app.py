@@ -38,6 +38,8 @@ from .api import (
     Inputs,
     ModelCard,
     ModelList,
+    Pooled,
+    PoolingResponse,
     RerankDocument,
     RerankRequest,
     RerankResponse,
@@ -158,18 +160,25 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         metrics.observe_embedding(len(token_ids), tokens)
         return served, vectors, tokens
 
-    async def answer_embeddings(body: EmbeddingRequest, receive: Receive) -> Response:
+    async def encoded(body: EmbeddingRequest, receive: Receive) -> tuple[ServedModel, list, Usage] | None:
+        """The request's vectors, in its precision and encoding, and its usage; None if the client hung up."""
         answer = await embed(body, receive)
         if answer is None:
-            return Response(status_code=CLIENT_CLOSED)
+            return None
         served, vectors, tokens = answer
         vectors = quantize(vectors, body.precision or "float32")
-        encoded = encode_vectors(vectors, body.encoding_format, body.embed_dtype, body.endianness)
+        return (served, encode_vectors(vectors, body.encoding_format, body.embed_dtype, body.endianness),
+                Usage(prompt_tokens=tokens, total_tokens=tokens))
+
+    async def answer_embeddings(body: EmbeddingRequest, receive: Receive) -> Response:
+        answer = await encoded(body, receive)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        served, vectors, usage = answer
         # Built without validation: the values are the engine's own, and validating each float against the
         # union of value types was half the cost of a one-text reply (81 -> 38 us for 384 floats).
-        data = [Embedding.model_construct(index=i, embedding=e) for i, e in enumerate(encoded)]
-        reply = EmbeddingResponse.model_construct(data=data, model=_client_name(served, body.model),
-                                                  usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+        data = [Embedding.model_construct(index=i, embedding=e) for i, e in enumerate(vectors)]
+        reply = EmbeddingResponse.model_construct(data=data, model=_client_name(served, body.model), usage=usage)
         return Response(reply.model_dump_json(), media_type="application/json")
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse)
@@ -178,6 +187,19 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         return await answer_embeddings(body, request.receive)
 
     app.post("/embeddings", response_model=EmbeddingResponse, include_in_schema=False)(embeddings)  # infinity's
+
+    @app.post("/pooling", response_model=PoolingResponse)
+    async def pooling(body: EmbeddingRequest, request: Request) -> Response:
+        """vLLM's /pooling: an embeddings request answered in vLLM's pooling shape (the pooled vector of each
+        input, as `data`)."""
+        answer = await encoded(body, request.receive)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        served, vectors, usage = answer
+        reply = PoolingResponse.model_construct(
+            id=f"pool-{secrets.token_hex(12)}", created=int(time.time()), model=_client_name(served, body.model),
+            data=[Pooled.model_construct(index=i, data=v) for i, v in enumerate(vectors)], usage=usage)
+        return Response(reply.model_dump_json(), media_type="application/json")
 
     @app.post("/embed", response_model=list[list[float]])
     async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
