@@ -443,7 +443,7 @@ def _refuse_long_pairs(engine: EmbeddingEngine, query: str, documents: list[str]
 async def _result(future: Future, receive: Receive) -> np.ndarray | None:
     """The engine's vectors, or None if the client hung up first; then its queued rows are dropped. A hang-up
     cancels the wait by callback (`asyncio.wait` costs a one-text request ~5% of its event-loop time)."""
-    waiter = asyncio.wrap_future(future)  # cancelling it cancels the engine's future too, unless it already runs
+    waiter = asyncio.wrap_future(future)  # cancelling it cancels the engine's job too: its unlaunched batches drop
     hangup = asyncio.ensure_future(_disconnect(receive))
     hangup.add_done_callback(lambda _: waiter.cancel())
     try:
