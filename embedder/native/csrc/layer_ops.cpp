@@ -20,7 +20,7 @@ extern "C" int embed_bias_gelu(float* y, const float* bias, int rows, int dim) {
         const int n = dim - j < W ? dim - j : W;
         vec x = load_n(row + j, n);
         if (bias) x += load_n(bias + j, n);
-        store_n(row + j, x * (1.0f + simd::erf(x * 0.70710678118654752f)) * 0.5f, n);
+        store_n(row + j, gelu_erf(x), n);
       }
     }
     return boundary::OK;
@@ -54,9 +54,7 @@ extern "C" int embed_bias_glu(float* y, const float* bias, int rows, int hidden,
         vec value = load_n(row + j, n), g = load_n(row + hidden + j, n);
         if (bias) value += load_n(bias + j, n), g += load_n(bias + hidden + j, n);
         if (gate == GELU_ON_FIRST) std::swap(value, g);  // act(value) * gate: the same product, halves swapped
-        const vec act = gate == SILU      ? g * sigmoid(g)
-                        : gate == SIGMOID ? sigmoid(g)
-                                          : g * (1.0f + simd::erf(g * 0.70710678118654752f)) * 0.5f;
+        const vec act = gate == SILU ? g * sigmoid(g) : gate == SIGMOID ? sigmoid(g) : gelu_erf(g);
         store_n(y + r * hidden + j, value * act, n);
       }
     }
@@ -72,7 +70,7 @@ extern "C" int embed_act_times(float* y, const float* gate, long count, int act)
     for (long i = 0; i < count; i += W) {
       const int n = count - i < W ? count - i : W;
       const vec x = load_n(y + i, n);
-      const vec a = act == 1 ? gelu_tanh(x) : x * (1.0f + simd::erf(x * 0.70710678118654752f)) * 0.5f;
+      const vec a = act == 1 ? gelu_tanh(x) : gelu_erf(x);
       store_n(y + i, a * load_n(gate + i, n), n);
     }
     return boundary::OK;

@@ -63,6 +63,9 @@ inline vec erf(vec x) {
   return x < 0 ? -y : y;
 }
 
+// The erf GELU BERT-family models were trained with: x (1 + erf(x / sqrt(2))) / 2.
+inline vec gelu_erf(vec x) { return x * (1.0f + simd::erf(x * 0.70710678118654752f)) * 0.5f; }
+
 // GELU's tanh approximation (transformers' gelu_new, MLX's gelu_approx): x (1 + tanh(sqrt(2 / pi) (x + 0.044715
 // x^3))) / 2, tanh by way of exp(-2|z|) so that nothing overflows.
 inline vec gelu_tanh(vec x) {
