@@ -110,9 +110,7 @@ class LayerParts:
             return kinds.get(self.act) if self.pre_norm else None
         if not self.gated:
             return "gelu" if self.act is gelu else "relu" if self.act is nn.relu and self.pre_norm else None
-        if self.act_on_value:
-            return "gelu_gated" if self.act is gelu else None
-        return GATES.get(self.act)
+        return _gate_kernel(self.act, self.act_on_value)
 
 
 def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[LayerParts],
@@ -144,8 +142,7 @@ def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[LayerParts],
     weights = [kernels.EncoderLayer(projection(layer.qkv), projection(layer.attention_out), norm(layer.norm1),
                                     projection(layer.up), projection(layer.down), norm(layer.norm2),
                                     layer.feed_forward(), None if layer.gate is None else projection(layer.gate),
-                                    layer.pre_norm,
-                                    layer.rotary or rotary, layer.window)
+                                    layer.pre_norm, layer.rotary or rotary, layer.window)
                for layer in layers]
     heads = layers[0].heads
     head_dim = weights[0].qkv.weight.shape[0] // (3 * heads)
@@ -197,7 +194,7 @@ def linear_gated(dense: nn.Module, x: mx.array, act, act_on_value: bool = False)
     """value * act(gate) (act(value) * gate with `act_on_value`, ModernBERT's GeGLU), value and gate the halves of
     dense(x); after a float32 `Linear` (or a packed one), one native pass over the matmul's output where `act` has
     a kernel (SiLU, the erf GELU, sigmoid; the erf GELU alone on the value)."""
-    feed_forward = ("gelu_gated" if act is gelu else None) if act_on_value else GATES.get(act)
+    feed_forward = _gate_kernel(act, act_on_value)
     if feed_forward is not None and _native_linear(dense, x):
         return kernels.linear_glu(x, _weight(dense), dense.get("bias"), feed_forward)
     value, gate = mx.split(dense(x), 2, axis=-1)
@@ -308,6 +305,13 @@ class PackedLinear(nn.Module):
 
 # A gated feed-forward's gate activation -> its native kernels' name (`kernels.FEED_FORWARDS`).
 GATES = {nn.silu: "gated_silu", gelu: "gated_gelu", mx.sigmoid: "gated_sigmoid"}
+
+
+def _gate_kernel(act, act_on_value: bool) -> str | None:
+    """The native kernels' name for value * act(gate), or act(value) * gate (the erf GELU only); None: none."""
+    if act_on_value:
+        return "gelu_gated" if act is gelu else None
+    return GATES.get(act)
 
 
 def activation(name: str):

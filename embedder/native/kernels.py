@@ -110,14 +110,14 @@ class _Rotary(ctypes.Structure):  # csrc/attention.cpp's EmbedRotary
 class _Layer(ctypes.Structure):  # EmbedLayer
     _fields_ = [("qkv", _Projection), ("attention_out", _Projection), ("norm1", _Norm), ("up", _Projection),
                 ("down", _Projection), ("gate", _Projection), ("norm2", _Norm), ("feed_forward", _INT),
-                ("pre_norm", _INT),
-                ("rotary", ctypes.POINTER(_Rotary)), ("window", _INT)]
+                ("pre_norm", _INT), ("rotary", ctypes.POINTER(_Rotary)), ("window", _INT)]
 
 
 # EmbedLayer's feed_forward: GELU(up(x)); value * act(gate) from the halves of up(x), or act(value) * gate (the
 # gate numbers of csrc/layer_ops.cpp's embed_bias_glu); ReLU(up(x)); act(up(x)) * gate(x) from two projections.
 FEED_FORWARDS = {"gelu": 0, "gated_silu": 1, "gated_gelu": 2, "gated_sigmoid": 3, "gelu_gated": 4, "relu": 5,
                  "tanh_gelu_times": 6, "gelu_times": 7}
+HALVES_GATED = ("gated_silu", "gated_gelu", "gated_sigmoid", "gelu_gated")  # up(x)'s halves, value and gate
 
 
 @functools.cache
@@ -358,8 +358,7 @@ def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, la
     stack = (_Layer * len(layers))(*(
         _Layer(projection(l.qkv), projection(l.attention_out), norm(l.norm1, dim), projection(l.up),
                projection(l.down), _Projection() if l.gate is None else projection(l.gate), norm(l.norm2, dim),
-               FEED_FORWARDS[l.feed_forward], int(l.pre_norm),
-               rotary(l.rotary, head_dim), l.window) for l in layers))
+               FEED_FORWARDS[l.feed_forward], int(l.pre_norm), rotary(l.rotary, head_dim), l.window) for l in layers))
     y = np.empty_like(data)
     _check(run(ctypes.byref(table), stack, len(layers), data.ctypes.data, starts.ctypes.data, _address(bias),
                len(starts) - 1, longest, heads, scale, y.ctypes.data), "encoder layers")
@@ -411,7 +410,7 @@ def linear_glu(x: mx.array, weight: mx.array | PackedWeight, bias: mx.array | No
     out."""
     y, data = _matmul(x, weight)
     width = data.shape[-1]
-    if width % 2 or FEED_FORWARDS.get(feed_forward, 0) == 0:
+    if width % 2 or feed_forward not in HALVES_GATED:
         raise ModelError(f"native kernels: a {feed_forward} feed-forward of width {width} is not gated")
     rows, hidden = data.size // width, width // 2
     _check(_kernels().bias_glu(data.ctypes.data, _address(_vector(bias, width, "bias")), rows, hidden,
