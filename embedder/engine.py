@@ -388,7 +388,7 @@ class EmbeddingEngine:
                     raise
                 text = texts[e.index]
                 pair = seconds.index(text) if text in seconds else firsts.index(text)
-                raise located(e, [f"input {pair}"] * len(texts)).with_index(pair) from e
+                raise e.about(f"input {pair}", pair) from e
 
             def cosines(vectors: np.ndarray) -> np.ndarray:
                 return np.einsum("ij,ij->i", vectors[left], vectors[right])

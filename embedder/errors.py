@@ -20,18 +20,21 @@ class InputError(EmbedError):
         super().__init__(message, param)
         self.index = index
 
-    def with_index(self, index: int) -> "InputError":
-        self.index = index
-        return self
+    def about(self, subject: str, index: int | None = None) -> "InputError":
+        """This error about "input N", retold about `subject` (a file and line, or another input's number), with
+        `index` for the input it now names; itself where its message names no input."""
+        prefix = f"input {self.index}"
+        message = str(self)
+        if self.index is None or not message.startswith(prefix):
+            return self
+        return type(self)(subject + message[len(prefix):], self.param, index)
 
 
 def located(error: InputError, where: Sequence[str]) -> InputError:
     """`error`, about "input N" of a list, retold about where[N] (a file and line) where it names one."""
-    prefix = f"input {error.index}"
-    message = str(error)
-    if error.index is None or not 0 <= error.index < len(where) or not message.startswith(prefix):
+    if error.index is None or not 0 <= error.index < len(where):
         return error
-    return type(error)(where[error.index] + message[len(prefix):], error.param)
+    return error.about(where[error.index])
 
 
 def lone_surrogate(text: str) -> int | None:
