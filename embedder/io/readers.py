@@ -149,17 +149,18 @@ def expand_sources(inputs: Iterable[str], options: ReadOptions) -> Iterator[Sour
                 raise InputError("<stdin>: Parquet cannot be read from stdin; pass the file's path")
             yield Source("-", options.input_format or "txt")
         elif os.path.isdir(name):
-            yield from (_whole_file(path) for path in _tree_files(name, options.exclude))
+            yield from (_whole_file(path) for path in _tree_files(name, _real_paths(options.exclude)))
         elif os.path.exists(name):
             yield Source(name, options.input_format or ("image" if is_image_path(name) else format_of(name)))
         elif _GLOB_CHARS & set(name):
             matches = sorted(glob.glob(name, recursive=True))
             if not matches:
                 raise InputError(f"{name}: no files match this pattern")
+            excluded = _real_paths(options.exclude)
             for match in matches:  # like a folder's files: regular ones only, never the run's own
-                if _excluded(match, options.exclude):
+                if _excluded(match, excluded):
                     continue
-                paths = _tree_files(match, options.exclude) if os.path.isdir(match) else [match]
+                paths = _tree_files(match, excluded) if os.path.isdir(match) else [match]
                 yield from (_whole_file(path) for path in paths if os.path.isfile(path))
         else:
             raise InputError(f"{name}: no such file or directory")
@@ -170,23 +171,27 @@ def _whole_file(path: str) -> Source:
     return Source(path, "image" if is_image_path(path) else "file")
 
 
-def _tree_files(root: str, exclude: tuple[str, ...] = ()) -> list[str]:
+def _tree_files(root: str, excluded: frozenset[str] = frozenset()) -> list[str]:
     """Regular files under `root`, sorted, skipping hidden files and folders (.git and the like), anything else
-    (a FIFO would block the read forever) and `exclude`d paths; a folder that cannot be read is an error, not a
-    silent gap."""
+    (a FIFO would block the read forever) and `excluded` paths (real paths); a folder that cannot be read is an
+    error, not a silent gap."""
     def unreadable(err: OSError) -> None:
         raise InputError(f"{err.filename}: cannot read this folder ({err.strerror})")
 
     found = []
     for folder, dirs, files in os.walk(root, onerror=unreadable):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _excluded(os.path.join(folder, d), exclude))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _excluded(os.path.join(folder, d), excluded))
         found.extend(path for path in (os.path.join(folder, f) for f in sorted(files) if not f.startswith("."))
-                     if os.path.isfile(path) and not _excluded(path, exclude))
+                     if os.path.isfile(path) and not _excluded(path, excluded))
     return found
 
 
-def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
-    return bool(exclude) and os.path.realpath(path) in {os.path.realpath(p) for p in exclude}
+def _real_paths(paths: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(os.path.realpath(p) for p in paths)
+
+
+def _excluded(path: str, excluded: frozenset[str]) -> bool:
+    return bool(excluded) and os.path.realpath(path) in excluded
 
 
 def format_of(path: str) -> str:
