@@ -98,18 +98,28 @@ class RerankResponse(BaseModel):
     results: list[RerankResult]
 
 
-class TEIEmbedRequest(BaseModel):
-    """Text Embeddings Inference's POST /embed, as its clients send it (huggingface_hub's InferenceClient,
-    LangChain's HuggingFaceEndpointEmbeddings). `truncate: false` refuses long inputs; absent or true, they
-    follow the server's policy (cut, unless it runs with --no-truncate)."""
+class TEITextOptions(BaseModel):
+    """What TEI's embedding requests (/embed, /similarity) say of their texts. `truncate: false` refuses long
+    inputs; absent or true, they follow the server's policy (cut, unless it runs with --no-truncate)."""
 
     model_config = ConfigDict(strict=True)
 
-    inputs: str | list[Any]
-    normalize: bool = True
     truncate: bool | None = None
     truncation_direction: TruncationDirection = "Right"  # "Left" keeps each input's last tokens
     prompt_name: str | None = None
+
+    @property
+    def keep_last(self) -> int | None:
+        """vLLM's `truncate_prompt_tokens` for the same cut: -1 (the model's maximum, from the end) for "Left"."""
+        return -1 if self.truncation_direction.lower() == "left" else None
+
+
+class TEIEmbedRequest(TEITextOptions):
+    """Text Embeddings Inference's POST /embed, as its clients send it (huggingface_hub's InferenceClient,
+    LangChain's HuggingFaceEndpointEmbeddings)."""
+
+    inputs: str | list[Any]
+    normalize: bool = True
     dimensions: int | None = None
 
 
@@ -201,16 +211,11 @@ class SimilarityInputs(BaseModel):
     sentences: list[str]
 
 
-class TEISimilarityRequest(BaseModel):
+class TEISimilarityRequest(TEITextOptions):
     """TEI's /similarity, which huggingface_hub's `sentence_similarity` also posts to TEI's root route: the cosine
     similarity of `source_sentence` to each of `sentences`, in order."""
 
-    model_config = ConfigDict(strict=True)
-
     inputs: SimilarityInputs
-    truncate: bool | None = None
-    truncation_direction: TruncationDirection = "Right"
-    prompt_name: str | None = None
 
 
 class TEIRank(BaseModel):

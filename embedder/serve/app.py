@@ -50,6 +50,7 @@ from .api import (
     TEIEmbedRequest,
     TEIRank,
     TEISimilarityRequest,
+    TEITextOptions,
     TEIToken,
     TokenizeRequest,
     TokenizeResponse,
@@ -201,14 +202,18 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             data=[Pooled.model_construct(index=i, data=v) for i, v in enumerate(vectors)], usage=usage)
         return Response(reply.model_dump_json(), media_type="application/json")
 
+    async def tei_vectors(body: TEITextOptions, inputs: str | list, request: Request, normalize: bool,
+                          dimensions: int | None = None) -> tuple[ServedModel, np.ndarray, int] | None:
+        """`embed` for TEI's requests: their texts' options as OpenAI's and vLLM's fields say them."""
+        asked = EmbeddingRequest(input=inputs, dimensions=dimensions, prompt_name=body.prompt_name,
+                                 truncate_prompt_tokens=body.keep_last)
+        return await embed(asked, request.receive, normalize=normalize, field="inputs",
+                           refuse_long=body.truncate is False)
+
     @app.post("/embed", response_model=list[list[float]])
     async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
         """Text Embeddings Inference's /embed: the vectors as a bare list of lists of floats."""
-        keep_last = -1 if body.truncation_direction.lower() == "left" else None
-        asked = EmbeddingRequest(input=body.inputs, dimensions=body.dimensions, prompt_name=body.prompt_name,
-                                 truncate_prompt_tokens=keep_last)
-        answer = await embed(asked, request.receive, normalize=body.normalize, field="inputs",
-                             refuse_long=body.truncate is False)
+        answer = await tei_vectors(body, body.inputs, request, body.normalize, body.dimensions)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         return Response(json.dumps(answer[1].tolist()), media_type="application/json")
@@ -218,11 +223,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         """Text Embeddings Inference's /similarity: the cosine similarity of the source sentence to each sentence."""
         if not body.inputs.sentences:
             raise EmptyInput("'inputs.sentences' is an empty list; send at least one sentence to compare", "inputs")
-        keep_last = -1 if body.truncation_direction.lower() == "left" else None
-        asked = EmbeddingRequest(input=[body.inputs.source_sentence, *body.inputs.sentences],
-                                 prompt_name=body.prompt_name, truncate_prompt_tokens=keep_last)
-        answer = await embed(asked, request.receive, normalize=True, field="inputs",
-                             refuse_long=body.truncate is False)
+        answer = await tei_vectors(body, [body.inputs.source_sentence, *body.inputs.sentences], request, True)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         vectors = answer[1]
