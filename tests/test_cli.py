@@ -162,6 +162,40 @@ def test_resume_refuses_a_finished_file(tmp_path):
     assert again.returncode == 2 and b"already complete" in again.stderr and out.read_bytes() == finished
 
 
+def test_bad_json_mid_file_keeps_the_work_before_it_and_resumes_once_fixed(tmp_path):
+    lines = [json.dumps({"text": f"passage {i} " + "about the sea " * (i % 4)}) for i in range(40)]
+    source, out, whole = tmp_path / "in.jsonl", tmp_path / "out.parquet", tmp_path / "whole.parquet"
+    source.write_text("\n".join(lines) + "\n")
+    assert embed(source, "-o", whole, "--chunk-rows", "8").returncode == 0
+    source.write_text("\n".join(lines[:29] + ['{"text": "cut off'] + lines[30:]) + "\n")
+    failed = embed(source, "-o", out, "--chunk-rows", "8")
+    message = failed.stderr.decode().splitlines()
+    assert failed.returncode == 2 and len(message) == 1, message
+    assert f"{source} line 30" in message[0] and "the first 24 records are saved" in message[0]
+    assert "--resume" in message[0] and not out.exists()
+
+    refused = embed("-", "-o", out, "--chunk-rows", "8", "--resume", stdin=source.read_bytes())
+    assert refused.returncode == 2 and b"other inputs or settings" in refused.stderr  # stdin is another input
+    source.write_text("\n".join(lines) + "\n")
+    resumed = embed(source, "-o", out, "--chunk-rows", "8", "--resume")
+    assert resumed.returncode == 0 and b"resumed at record 24" in resumed.stderr, resumed.stderr
+    table, reference = pq.read_table(out), pq.read_table(whole)
+    assert table.select(["id", "tokens"]).equals(reference.select(["id", "tokens"]))
+    np.testing.assert_allclose(vectors_of(table), vectors_of(reference), atol=1e-6)
+
+
+def test_stdin_resume_is_refused_when_other_records_come(tmp_path):
+    out = tmp_path / "out.parquet"
+    text = "".join(f"line {i}\n" for i in range(20)).encode()
+    failed = embed("-", "-o", out, "--chunk-rows", "8", stdin=text + b"\n")
+    assert failed.returncode == 2 and b"line 21: empty text" in failed.stderr and b"first 16 records" in failed.stderr
+    other = text.replace(b"line 3\n", b"line three\n")
+    refused = embed("-", "-o", out, "--chunk-rows", "8", "--resume", stdin=other)
+    assert refused.returncode == 2 and b"first 16 records changed since" in refused.stderr, refused.stderr
+    assert embed("-", "-o", out, "--chunk-rows", "8", "--resume", stdin=text).returncode == 0
+    assert pq.read_table(out)["id"].to_pylist() == list(range(20))
+
+
 def test_closed_pipe_ends_quietly(tmp_path):
     source = tmp_path / "in.txt"
     source.write_text("\n".join(f"line {i}" for i in range(200)) + "\n")

@@ -1,6 +1,7 @@
 """The pipeline in-process with the real engine (conftest's all-MiniLM-L6-v2): order, vectors, tokens, resume."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -81,11 +82,47 @@ def test_empty_texts_skip_or_zero(tmp_path, engine, expected, policy):
         np.testing.assert_allclose(vectors[[0, 2, 4]], expected[:3], atol=1e-5)
 
 
-def test_an_error_mid_run_leaves_nothing(tmp_path, engine):
-    opts = options(tmp_path, TEXTS[:4] + [""] + TEXTS[4:])
-    with pytest.raises(InputError, match=r"in.txt line 5: empty text"):
+def test_an_error_in_the_first_window_leaves_nothing(tmp_path, engine):
+    opts = options(tmp_path, TEXTS[:1] + [""] + TEXTS[1:])
+    with pytest.raises(InputError, match=r"in.txt line 2: empty text \(pass --on-empty skip or --on-empty zero\)$"):
         run(opts, engine=engine)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_bad_input_keeps_the_records_before_it_and_resumes_once_fixed(tmp_path, engine):
+    """Bad input loses nothing already done: the windows before it stay checkpointed, and once the record is fixed
+    --resume embeds only the rest, to the same file a clean run makes."""
+    texts = [f"record {i} " + "words " * (i % 5) for i in range(10)]
+    run(options(tmp_path, texts, name="whole.parquet"), engine=engine)
+    broken = texts[:7] + [""] + texts[8:]
+    opts = options(tmp_path, broken)
+    with pytest.raises(InputError, match=r"in.txt line 8: empty text.*; the first 6 records are saved in .*"
+                                         r"out.parquet.partial: fix the input and run again with --resume"):
+        run(opts, engine=engine)
+    assert partial_dir(opts.output).exists() and not (tmp_path / "out.parquet").exists()
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    summary = run(EmbedOptions(**{**opts.__dict__, "resume": True}), engine=engine)
+    assert summary.resumed_at == 6 and summary.rows == 4
+    resumed, vectors = read_parquet(tmp_path / "out.parquet")
+    reference, reference_vectors = read_parquet(tmp_path / "whole.parquet")
+    assert resumed["id"].to_pylist() == list(range(10))
+    assert resumed["tokens"].equals(reference["tokens"])
+    np.testing.assert_allclose(vectors, reference_vectors, atol=1e-6)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t[:2] + ["record 2, edited"] + t[3:], "the input's first 6 records changed since"),
+    (lambda t: t[:4], "the input now holds 4 records, fewer than the 6 that"),
+])
+def test_a_resume_whose_done_records_changed_is_refused_and_the_checkpoint_kept(tmp_path, engine, edit, message):
+    texts = [f"record {i}" for i in range(10)]
+    opts = options(tmp_path, texts[:7] + [""] + texts[8:])
+    with pytest.raises(InputError, match="empty text"):
+        run(opts, engine=engine)
+    (tmp_path / "in.txt").write_text("\n".join(edit(texts)) + "\n")
+    with pytest.raises(InputError, match=message + ".*run without --resume to start over"):
+        run(EmbedOptions(**{**opts.__dict__, "resume": True}), engine=engine)
+    assert (partial_dir(opts.output) / "state.json").exists()
 
 
 def test_interrupted_run_resumes_to_the_same_file(tmp_path, engine):
@@ -110,10 +147,12 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path, engine):
     assert not partial_dir(opts.output).exists()
 
 
-@pytest.mark.parametrize("change", ["add", "remove", "edit"])
-def test_a_glob_whose_files_changed_is_not_resumed(tmp_path, engine, change):
-    """A glob's or folder's checkpoint stands for the files it matched: one added, removed or edited since voids it
-    (resuming would skip or repeat records)."""
+@pytest.mark.parametrize("change, resumes", [("add", False), ("remove", False), ("edit", False),
+                                             ("append", True), ("edit_later", True), ("touch", True)])
+def test_a_glob_resumes_only_when_its_done_records_are_unchanged(tmp_path, engine, change, resumes):
+    """A glob's or folder's checkpoint vouches for the records it covers: a file added, removed or edited among
+    them voids it (resuming would skip or repeat records); one added or edited after them, or a file merely
+    touched, does not, and the resumed file equals a fresh run over the files as they are now."""
     folder = tmp_path / "docs"
     folder.mkdir()
     for i in range(8):
@@ -126,14 +165,26 @@ def test_a_glob_whose_files_changed_is_not_resumed(tmp_path, engine, change):
     opts = EmbedOptions(inputs=(str(folder / "*.md"),), output=str(tmp_path / "out.parquet"), chunk_rows=3)
     with pytest.raises(KeyboardInterrupt):
         run(opts, interrupt_after_first_window, engine=engine)
-    if change == "add":
-        (folder / "f00a.md").write_text("a document added between two done ones")
-    elif change == "remove":
-        (folder / "f01.md").unlink()
-    else:
-        (folder / "f07.md").write_text("document 7, edited")
-    with pytest.raises(InputError, match="was started with other inputs or settings"):
-        run(EmbedOptions(**{**opts.__dict__, "resume": True}), engine=engine)
+    change_file = {
+        "add": lambda: (folder / "f00a.md").write_text("a document added between two done ones"),
+        "remove": lambda: (folder / "f01.md").unlink(),
+        "edit": lambda: (folder / "f01.md").write_text("document 1, edited"),
+        "append": lambda: (folder / "f09.md").write_text("a document added after the others"),
+        "edit_later": lambda: (folder / "f07.md").write_text("document 7, edited"),
+        "touch": lambda: os.utime(folder / "f01.md", ns=(1, 1)),
+    }
+    change_file[change]()
+    resume = EmbedOptions(**{**opts.__dict__, "resume": True})
+    if not resumes:
+        with pytest.raises(InputError, match="records changed since .*run without --resume to start over"):
+            run(resume, engine=engine)
+        return
+    assert run(resume, engine=engine).resumed_at == 3
+    run(EmbedOptions(**{**opts.__dict__, "output": str(tmp_path / "fresh.parquet")}), engine=engine)
+    resumed, vectors = read_parquet(tmp_path / "out.parquet")
+    fresh, fresh_vectors = read_parquet(tmp_path / "fresh.parquet")
+    assert resumed.select(["id", "tokens"]).equals(fresh.select(["id", "tokens"]))
+    np.testing.assert_allclose(vectors, fresh_vectors, atol=1e-6)
 
 
 @pytest.mark.parametrize("name, damage, message", [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import queue
 import threading
 import time
@@ -17,6 +16,7 @@ import numpy as np
 
 from embedder.errors import EmbedError, InputError
 from embedder.hub import DEFAULT_MODEL
+from embedder.io.digest import RecordDigest
 from embedder.io.readers import (
     ReadMeter,
     ReadOptions,
@@ -24,7 +24,6 @@ from embedder.io.readers import (
     byte_total,
     check_inputs,
     count_hint,
-    expand_sources,
     ids_are_text,
     read_inputs,
 )
@@ -115,6 +114,7 @@ class _Window:
     next_index: int
     skipped: int
     future: Future | None = None
+    digest: str = ""
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -136,16 +136,27 @@ def run(options: EmbedOptions, on_progress: ProgressCallback | None = None,
     engine = make_engine(options) if own_engine else engine
     engine.load()
     spec = output_spec(engine, options, options.output, ids_are_text(options.inputs, read_options),
-                       settings=_settings(engine, options, read_options))
-    writer = Writer(spec, resume=options.resume)
+                       settings=_settings(engine, options))
+    meter, digest = ReadMeter(), RecordDigest()
     try:
-        summary = _stream(engine, writer, options, read_options, on_progress)
-        writer.finish()
-    except EmbedError:
-        # Bad input or settings. A checkpoint could not be resumed once the input is fixed (a changed input voids
-        # it: `_settings`), so nothing is left beside the target.
-        writer.discard()
+        writer = Writer(spec, resume=options.resume)
+        records = digest.resume(read_inputs(options.inputs, read_options, meter), writer.start_index, writer.digest,
+                                writer.checkpoint)
+    except EmbedError:  # a refused resume leaves its checkpoint as it was
         _release(engine, own_engine)
+        raise
+    try:
+        summary = _stream(engine, writer, records, digest, meter, options, read_options, on_progress)
+        writer.finish()
+    except EmbedError as e:
+        # Bad input mid-run. The records before it stay checkpointed: the checkpoint vouches for those records
+        # alone (`RecordDigest`), so the input can be fixed after them and the job resumed.
+        _release(engine, own_engine)
+        if writer.start_index == 0:
+            writer.discard()
+        elif options.output is not None:
+            e.args = (f"{e}; the first {writer.start_index:,} records are saved in {writer.checkpoint}: fix the input "
+                      "and run again with --resume to go on from there",)
         raise
     # Ctrl-C and other exits skip the release: it would wait for every batch the engine has already taken.
     _release(engine, own_engine)
@@ -179,17 +190,16 @@ def make_engine(options: EmbedOptions) -> EmbeddingEngine:
     return EmbeddingEngine(options=options.engine_options())
 
 
-def _stream(engine: EmbeddingEngine, writer: Writer, options: EmbedOptions, read_options: ReadOptions,
+def _stream(engine: EmbeddingEngine, writer: Writer, records: Iterator[Record], digest: RecordDigest,
+            meter: ReadMeter, options: EmbedOptions, read_options: ReadOptions,
             on_progress: ProgressCallback | None) -> Summary:
     """Take the job's chunks in order and write them; the writer's checkpoint says where a resume starts."""
     start, resumed_at = time.perf_counter(), writer.start_index
-    meter = ReadMeter()
-    records = itertools.islice(read_inputs(options.inputs, read_options, meter), resumed_at, None)
     total = count_hint(options.inputs, read_options) if on_progress else None
     total_bytes = byte_total(options.inputs, read_options) if on_progress and total is None else None
     rows = tokens = skipped = 0
     done_rows = writer.rows
-    for chunk, chunk_skipped in embed_chunks(engine, records, writer.spec, options):
+    for chunk, chunk_skipped in embed_chunks(engine, records, writer.spec, options, digest):
         writer.write(chunk)
         rows, tokens = rows + len(chunk.ids), tokens + int(chunk.tokens.sum())
         skipped += chunk_skipped
@@ -199,16 +209,17 @@ def _stream(engine: EmbeddingEngine, writer: Writer, options: EmbedOptions, read
     return Summary(rows, tokens, time.perf_counter() - start, skipped, resumed_at)
 
 
-def embed_chunks(engine: EmbeddingEngine, records: Iterator[Record], spec: OutputSpec,
-                 options: EmbedOptions) -> Iterator[tuple[Chunk, int]]:
-    """(output chunk, records it left out as empty) in input order, `options.chunk_rows` records at a time.
+def embed_chunks(engine: EmbeddingEngine, records: Iterator[Record], spec: OutputSpec, options: EmbedOptions,
+                 digest: RecordDigest | None = None) -> Iterator[tuple[Chunk, int]]:
+    """(output chunk, records it left out as empty) in input order, `options.chunk_rows` records at a time; with
+    `digest` (hashing `records` as they pass), each chunk carries the digest of the records up to its end.
 
     A producer thread reads and tokenizes ahead, so the engine never waits on reading; closing the generator
     early (an error, Ctrl-C) cancels the work already submitted.
     """
     windows: queue.Queue = queue.Queue(maxsize=options.windows_in_flight)
     stop = threading.Event()
-    producer = threading.Thread(target=_produce, args=(records, engine, options, windows, stop),
+    producer = threading.Thread(target=_produce, args=(records, engine, options, windows, stop, digest),
                                 name="embed-reader", daemon=True)
     producer.start()
     try:
@@ -232,13 +243,14 @@ def _wait(get: Callable[..., object]) -> object:
 
 
 def _produce(records: Iterator[Record], engine: EmbeddingEngine, options: EmbedOptions, windows: queue.Queue,
-             stop: threading.Event) -> None:
+             stop: threading.Event, digest: RecordDigest | None) -> None:
     """Producer thread: read a window, tokenize it, submit it, queue it; an error travels down the queue."""
     try:
         skip = engine.prompt_skip(options.prompt, options.prompt_name)
         normalize = None if options.normalize else False
         while batch := list(itertools.islice(records, options.chunk_rows)):
             window, ids = _tokenized(batch, engine, options)
+            window.digest = "" if digest is None else digest.hexdigest()
             if ids:
                 window.future = engine.submit(ids, dimensions=options.dimensions, normalize=normalize, skip=skip)
             if not _put(windows, window, stop):
@@ -308,6 +320,7 @@ def _chunk(window: _Window, vectors: np.ndarray | None, spec: OutputSpec, option
         tokens=window.tokens,
         texts=[r.text for r in window.records] if options.include_text else None,
         next_index=window.next_index,
+        digest=window.digest,
     )
 
 
@@ -339,18 +352,9 @@ def file_metadata(engine: EmbeddingEngine, options: EmbedOptions,
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 
-def _settings(engine: EmbeddingEngine, options: EmbedOptions, read_options: ReadOptions) -> dict:
-    """Everything that shapes the output; a resume is refused unless all of it, inputs included, is unchanged: every
-    file a folder or glob stands for, so that one added, removed or changed since voids the checkpoint (stdin is
-    trusted to replay the same records)."""
+def _settings(engine: EmbeddingEngine, options: EmbedOptions) -> dict:
+    """Everything that shapes the output but the records themselves (the checkpoint's `RecordDigest` vouches for
+    those); a resume is refused unless all of it is unchanged."""
     job = {k: v for k, v in asdict(options).items() if k not in ("resume", "overwrite", "windows_in_flight")}
-    files = [_stat(source.name) for source in expand_sources(options.inputs or ["-"], read_options)]
-    return {"job": job, "model": engine.info(), "inputs": files}
+    return {"job": job, "model": engine.info()}
 
-
-def _stat(name: str) -> list:
-    """An input's name, size and modification time: a changed input makes its checkpoint useless."""
-    if name == "-":
-        return [name]
-    st = os.stat(name)
-    return [name, st.st_size, st.st_mtime_ns]

@@ -31,6 +31,7 @@ class Chunk:
     tokens: np.ndarray  # (rows,) int32: tokens embedded, after truncation, no padding
     texts: Sequence[str] | None
     next_index: int
+    digest: str = ""  # `RecordDigest` of the records before `next_index`, stored with the checkpoint
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Writer:
         self.format = "jsonl" if spec.path is None else output_format(spec.path)
         self.rows = 0
         self.start_index = 0
+        self.digest = ""  # of the records before `start_index`
         self._parts = 0
         self._bytes = 0
         self._dir = None if spec.path is None else partial_dir(spec.path)
@@ -108,7 +110,7 @@ class Writer:
             with open(self._dir / _JSONL_DATA, "ab") as f:
                 self._bytes += f.write(_jsonl(chunk, self.spec))
         self.rows += len(chunk.ids)
-        self.start_index = chunk.next_index
+        self.start_index, self.digest = chunk.next_index, chunk.digest
         if self._dir is not None:
             self._save_state()
 
@@ -126,8 +128,13 @@ class Writer:
             os.replace(staged, target)
         shutil.rmtree(self._dir)
 
+    @property
+    def checkpoint(self) -> str:
+        """Where the checkpoint is kept, to name it in messages."""
+        return str(self._dir)
+
     def discard(self) -> None:
-        """Forget the job (bad input or settings): nothing is left beside the target."""
+        """Forget a job that wrote nothing: nothing is left beside the target."""
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -143,7 +150,7 @@ class Writer:
             self._dir.mkdir(parents=True)
             self._save_state()
             return
-        self.rows, self.start_index = state["rows"], state["next_index"]
+        self.rows, self.start_index, self.digest = state["rows"], state["next_index"], state.get("digest", "")
         self._parts, self._bytes = state["parts"], state["bytes"]
         self._check_checkpoints()
         for stray in self._dir.glob("part-*.parquet"):
@@ -181,6 +188,7 @@ class Writer:
         state = {
             "rows": self.rows,
             "next_index": self.start_index,
+            "digest": self.digest,
             "parts": self._parts,
             "bytes": self._bytes,
             "settings": _plain(self.spec.settings),
