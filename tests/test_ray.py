@@ -142,6 +142,32 @@ def test_resume_after_a_partial_run_redoes_only_missing_parts(local_ray, engine,
         run_job(EmbedOptions(**{**options.__dict__, "resume": True, "dimensions": 64}), progress=False)
 
 
+@pytest.mark.parametrize("fix", ["replace", "delete"])
+def test_bad_input_keeps_the_other_files_parts_and_resume_redoes_only_what_changed(local_ray, engine, minilm_path,
+                                                                                   tmp_path, fix):
+    """An empty line fails its file; the parts already written stay, and once it is fixed --resume keeps every part
+    whose file and first record number are unchanged: a fix that keeps the line count redoes that file alone, one
+    that drops the line also redoes the files after it (their ids move)."""
+    inputs = []
+    for k in range(3):
+        path = tmp_path / f"in-{k}.txt"
+        path.write_text("".join(f"file {k} line {i}\n" for i in range(12)))
+        inputs.append(path)
+    lines = inputs[1].read_text().splitlines()
+    inputs[1].write_text("\n".join(lines[:5] + [""] + lines[6:]) + "\n")
+    options = EmbedOptions(inputs=tuple(map(str, inputs)), output=str(tmp_path / "out"), model=str(minilm_path))
+    with pytest.raises(InputError, match=r"in-1.txt line 6: empty text") as failed:
+        run_job(options, progress=False)
+    saved = {p.name for p in (tmp_path / "out").glob("part-*.parquet")}
+    assert "part-00001.parquet" not in saved
+    assert ("--resume to embed only the rest" in str(failed.value)) == bool(saved)
+    inputs[1].write_text("\n".join(lines if fix == "replace" else lines[:5] + lines[6:]) + "\n")
+    summary = run_job(EmbedOptions(**{**options.__dict__, "resume": True}), progress=False)
+    kept = saved if fix == "replace" else saved & {"part-00000.parquet"}
+    assert summary.resumed_files == len(kept)
+    assert_same_rows(pq.read_table(tmp_path / "out"), single_machine(engine, tmp_path, inputs))
+
+
 def test_an_actor_killed_mid_job_is_restarted_and_nothing_is_lost_or_doubled(engine, minilm_path, tmp_path):
     """Ray restarts the actor and embeds file 1 again; each part is renamed into place whole, so ids appear once."""
     ray.shutdown()

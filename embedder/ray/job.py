@@ -3,7 +3,8 @@
 Ray Data reads every input file (local paths, or any URI pyarrow's filesystems open) and hands each one whole
 to an actor pool, one actor per GPU or per CPU node; an actor parses it with embed's own readers (so records,
 ids and errors equal a single-machine run), embeds it through the engine's planner and lanes, and writes
-`part-NNNNN.parquet` for it, renamed into place when complete. A rerun with --resume skips the parts that exist.
+`part-NNNNN.parquet` for it, renamed into place when complete. A rerun with --resume keeps the parts whose input
+file is unchanged.
 """
 
 from __future__ import annotations
@@ -34,13 +35,20 @@ def run_job(options: EmbedOptions, address: str | None = None, progress: bool = 
     read_options = ReadOptions(options.text_field, options.id_field, options.input_format)
     files = expand_inputs(options.inputs, read_options)
     out = OutputDir(options.output)
+    out.check(resume=options.resume, overwrite=options.overwrite)
     start = time.perf_counter()
     _connect(address, progress)
-    done = out.prepare(_settings(options, files), resume=options.resume, overwrite=options.overwrite)
     if options.id_field is None:
         files = numbered(files, _record_counts(files, read_options))
+    done = out.prepare(_job_settings(options), [_identity(f) for f in files], resume=options.resume)
     text_ids = _ids_are_text(files, read_options)
-    results = _embed(files, done, options, out, text_ids)
+    try:
+        results = _embed(files, done, options, out, text_ids)
+    except EmbedError as e:
+        if saved := len(out.done()):
+            e.args = (f"{e}; the parts of {saved:,} input files are saved in {out.uri}: fix the input and run again "
+                      "with --resume to embed only the rest",)
+        raise
     return Summary(rows=sum(r["rows"] for r in results), tokens=sum(r["tokens"] for r in results),
                    seconds=time.perf_counter() - start, skipped=sum(r["skipped"] for r in results),
                    resumed_files=len(done))
@@ -57,11 +65,17 @@ def _connect(address: str | None, progress: bool) -> None:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
-def _settings(options: EmbedOptions, files: list[InputFile]) -> dict:
-    """What shapes the output; a resume must find the same in the folder's manifest."""
+def _job_settings(options: EmbedOptions) -> dict:
+    """What shapes every part; a resume must find the same in the folder's manifest."""
     skip = ("resume", "overwrite", "windows_in_flight", "lanes", "batch_tokens")
-    job = {k: v for k, v in dataclasses.asdict(options).items() if k not in skip}
-    return {"job": job, "inputs": [[f.source.name, f.size, f.mtime_ns] for f in files]}
+    return {k: v for k, v in dataclasses.asdict(options).items() if k not in skip}
+
+
+def _identity(file: InputFile) -> list:
+    """What a part stands for: its input file as it was (name, size, time) and its first record number (its ids).
+    A resume keeps a part only while all of it is unchanged, so fixing one file redoes that file alone, and the
+    files after it only where its record count changed."""
+    return [file.source.name, file.size, file.mtime_ns, file.first_index]
 
 
 def _record_counts(files: list[InputFile], read_options: ReadOptions) -> dict[int, int]:

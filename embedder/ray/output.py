@@ -33,38 +33,46 @@ class OutputDir:
         fs, base = self._fs_path
         if fs.get_file_info(base).type != pafs.FileType.Directory:
             return set()
-        names = (f.base_name for f in fs.get_file_info(pafs.FileSelector(base)))
-        return {int(n[5:10]) for n in names if n.startswith("part-") and n.endswith(".parquet") and n[5:10].isdigit()}
+        numbers = (_part_number(f.base_name) for f in fs.get_file_info(pafs.FileSelector(base)))
+        return {n for n in numbers if n is not None}
 
-    def prepare(self, settings: Mapping[str, object], *, resume: bool, overwrite: bool) -> set[int]:
-        """Check the folder against the job; returns the parts a resume keeps (none for a fresh job)."""
+    def check(self, *, resume: bool, overwrite: bool) -> None:
+        """Refuse, before any work, a file in the folder's place or a folder of embed's that the job would replace
+        without being told to."""
         import pyarrow.fs as pafs
 
         fs, base = self._fs_path
         info = fs.get_file_info(base)
         if info.type == pafs.FileType.File:
             raise InputError(f"{self.uri} is a file; --ray writes a folder of Parquet files")
-        entries = fs.get_file_info(pafs.FileSelector(base)) if info.type == pafs.FileType.Directory else []
-        plain = json.loads(json.dumps(settings))
-        if entries and resume:
-            stored = self._read_manifest(fs, base)
-            if stored is not None and stored != plain:
-                raise InputError(f"{self.uri} was started with other inputs or settings; "
-                                 "run without --resume (and with --overwrite) to start over")
-            if stored is not None:
-                for entry in entries:  # what an attempt that died was writing; its file is embedded again
-                    if entry.base_name.startswith(".part-") and entry.base_name.endswith(".tmp"):
-                        fs.delete_file(entry.path)
-                return self.done()
-        if entries and not (resume or overwrite):
+        if not (resume or overwrite) and info.type == pafs.FileType.Directory \
+                and fs.get_file_info(pafs.FileSelector(base)):
             raise InputError(f"{self.uri} already exists; pass --overwrite to replace it or --resume to continue")
-        for entry in entries:  # overwrite, or a resume with no manifest: only embed's own files go
-            if entry.base_name == MANIFEST or entry.base_name.startswith(("part-", ".part-")):
+
+    def prepare(self, job: Mapping[str, object], inputs: list[list], *, resume: bool) -> set[int]:
+        """Make the folder ready for the job and return the parts a resume keeps: those whose input file is the
+        same as when its part was written (name, size, time and first record number), under the same settings."""
+        import pyarrow.fs as pafs
+
+        fs, base = self._fs_path
+        info = fs.get_file_info(base)
+        entries = fs.get_file_info(pafs.FileSelector(base)) if info.type == pafs.FileType.Directory else []
+        manifest = json.loads(json.dumps({"job": job, "inputs": inputs}))
+        stored = self._read_manifest(fs, base) if entries and resume else None
+        if stored is not None and stored.get("job") != manifest["job"]:
+            raise InputError(f"{self.uri} was started with other inputs or settings; "
+                             "run without --resume (and with --overwrite) to start over")
+        before = stored.get("inputs", []) if stored is not None else []
+        keep = {k for k in self.done() if k < min(len(before), len(inputs)) and before[k] == manifest["inputs"][k]}
+        for entry in entries:  # what a dead attempt was writing, parts of changed inputs, or an overwritten job
+            name = entry.base_name
+            own = name == MANIFEST or name.startswith(("part-", ".part-"))
+            if own and _part_number(name) not in keep:
                 fs.delete_file(entry.path)
         fs.create_dir(base, recursive=True)
         with fs.open_output_stream(f"{base}/{MANIFEST}") as f:
-            f.write(json.dumps(plain, indent=1).encode())
-        return set()
+            f.write(json.dumps(manifest, indent=1).encode())
+        return keep
 
     def write_part(self, number: int, schema, tables: Iterable) -> None:
         """Write a part aside, then rename it into place: a part that exists is complete, even after a crash."""
@@ -92,3 +100,9 @@ class OutputDir:
                 return json.loads(f.read())
         except (OSError, ValueError):
             return None
+
+
+def _part_number(name: str) -> int | None:
+    """The input file number of a complete part's name, `part-NNNNN.parquet`; None for any other name."""
+    digits = name.removeprefix("part-").removesuffix(".parquet")
+    return int(digits) if name.startswith("part-") and name.endswith(".parquet") and digits.isdigit() else None
