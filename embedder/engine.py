@@ -16,7 +16,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .batching import CPU_BATCH, GPU_BATCH, packed  # noqa: E402
-from .errors import InputError, ModelError, NotReady, located  # noqa: E402
+from .errors import InputError, ModelError, NotReady, located, renumbered  # noqa: E402
 from .forward import BatchForward  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
 from .images import ImageRow  # noqa: E402
@@ -28,7 +28,7 @@ from .pooling import normalize as l2_normalize  # noqa: E402
 from .pooling import truncate_dims  # noqa: E402
 from .scheduler import Scheduler  # noqa: E402
 
-__all__ = ["EmbeddingEngine", "DEFAULT_MODEL", "ranked"]
+__all__ = ["EmbeddingEngine", "DEFAULT_MODEL", "ranked", "split_pairs"]
 
 
 _LIVE_ENGINES: "weakref.WeakSet[EmbeddingEngine]" = weakref.WeakSet()
@@ -51,6 +51,23 @@ def ranked(scores: np.ndarray, top_n: int | None = None) -> list[tuple[int, floa
     None)."""
     order = np.argsort(-scores, kind="stable")[:top_n]
     return [(int(i), float(scores[i])) for i in order]
+
+
+def class_scores(logits: np.ndarray, problem_type: str | None = None) -> np.ndarray:
+    """A classifier's logits as transformers' text-classification pipeline scores them by default: as they are
+    for a regression, a sigmoid each for one label or a multi-label model, else a softmax over the labels."""
+    if problem_type == "regression":
+        return logits
+    if logits.shape[1] == 1 or problem_type == "multi_label_classification":
+        return np.exp(-np.logaddexp(0, -logits)).astype(np.float32)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def split_pairs(inputs: Sequence[str | Sequence[str]]) -> tuple[list[int], list[int]]:
+    """The positions of the single texts among `inputs`, and of the pairs."""
+    singles = [i for i, x in enumerate(inputs) if isinstance(x, str)]
+    return singles, [i for i, x in enumerate(inputs) if not isinstance(x, str)]
 
 
 def _resolved(value: np.ndarray) -> Future:
@@ -402,6 +419,66 @@ class EmbeddingEngine:
             return out[:, 0].copy() if labels == 1 else out
 
         return self._scheduler.submit(pairs.ids, pairs.splits, scores), sum(map(len, pairs.ids))
+
+    # ---- classes ----------------------------------------------------------------------------
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """A sequence classifier's label names, in the order of its scores (config.json's id2label); none for an
+        embedding model."""
+        scores = self.model.spec.scores
+        return () if scores is None else scores.names
+
+    def classify(self, inputs: Sequence[str | Sequence[str]], raw: bool = False) -> np.ndarray:
+        """Each input's score per label (`labels`), as transformers' text-classification pipeline gives them:
+        softmax over the labels, a sigmoid for one label or a multi-label model, the logits for a regression (or
+        with `raw`). An input is a text or a (first, second) pair of texts."""
+        future, _ = self.submit_classes(inputs, raw)
+        return future.result()
+
+    def check_classifies(self, name: str | None = None) -> None:
+        """Refuse to classify with an embedding model, naming it `name` (a server's name for it) or its model id."""
+        if not self.cross_encoder:
+            raise InputError(f"{name or self.model_id} is an embedding model, with no labels to classify into; "
+                             "classification needs a sequence classifier (a *ForSequenceClassification "
+                             "checkpoint)", "model")
+
+    def submit_classes(self, inputs: Sequence[str | Sequence[str]], raw: bool = False,
+                       keep_last: int | None = None) -> tuple[Future, int]:
+        """Queue inputs for `classify`; returns the future of their scores and the tokens they put through the
+        model. Texts and pairs may be mixed; each is tokenized as transformers tokenizes it. `keep_last` keeps
+        each text's last N tokens (vLLM's truncate_prompt_tokens); a pair is cut from its longer text."""
+        if isinstance(inputs, str):
+            raise TypeError("classify() takes a list of inputs, not one string")
+        self.check_classifies()
+        self.check_keep_last(keep_last)
+        singles, pairs = split_pairs(inputs)
+        for i in pairs:
+            if not (isinstance(inputs[i], Sequence) and len(inputs[i]) == 2):
+                raise InputError(f"input {i} is neither a text nor a pair of texts", index=i)
+            if keep_last is not None:
+                raise InputError(f"input {i} is a pair: keeping the last tokens applies to single texts; a long "
+                                 "pair is cut from the end of its longer text", index=i)
+        if not inputs:
+            return _resolved(np.zeros((0, self.dim), np.float32)), 0
+        rows: list[list[int]] = [[] for _ in inputs]
+        splits = [0] * len(inputs)
+        tokenizer = self.model.tokenizer
+        try:  # errors name the n-th text (or pair) of their kind: retold about its input
+            texts = tokenizer.encode([inputs[i] for i in singles], keep_last=keep_last)
+        except InputError as e:
+            raise renumbered(e, singles) from e
+        try:
+            encoded = tokenizer.encode_pairs([inputs[i][0] for i in pairs], [inputs[i][1] for i in pairs])
+        except InputError as e:
+            raise renumbered(e, pairs) from e
+        for i, row in zip(singles, texts):
+            rows[i], splits[i] = row, len(row)
+        for i, row, split in zip(pairs, encoded.ids, encoded.splits):
+            rows[i], splits[i] = row, split
+        problem_type = self.model.spec.scores.problem_type
+        finish = (lambda logits: logits) if raw else (lambda logits: class_scores(logits, problem_type))
+        return self._scheduler.submit(rows, splits, finish), sum(map(len, rows))
 
     def embedded_tokens(self, ids: Sequence[Sequence[int] | ImageRow]) -> list[int]:
         """Tokens each row puts through the model: its length, or its windows' when long inputs are chunked; an

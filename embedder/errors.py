@@ -37,6 +37,13 @@ def located(error: InputError, where: Sequence[str]) -> InputError:
     return error.about(where[error.index])
 
 
+def renumbered(error: InputError, positions: Sequence[int]) -> InputError:
+    """`error`, about "input N" of a part of a list, retold about input positions[N] of the whole list."""
+    if error.index is None or not 0 <= error.index < len(positions):
+        return error
+    return error.about(f"input {positions[error.index]}", positions[error.index])
+
+
 def lone_surrogate(text: str) -> int | None:
     """Where `text` holds a lone UTF-16 surrogate (JSON may escape one: "\\ud800"), or None.
 

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 
 from embedder import DEFAULT_MODEL, EmbeddingEngine  # noqa: E402
 
-TEI_PATHS = ("/embed", "/", "/decode", "/info", "/similarity", "/rerank", "/tokenize")  # /rerank and /tokenize: TEI's requests
+TEI_PATHS = ("/embed", "/", "/decode", "/info", "/similarity", "/predict", "/rerank",
+             "/tokenize")  # /rerank and /tokenize: TEI's requests
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,14 @@ class DenseSpec:
 
 @dataclass(frozen=True)
 class ScoreSpec:
-    """A cross-encoder's output: `labels` logits per (query, document) pair, then `activation`, as
-    sentence-transformers' CrossEncoder.predict applies it."""
+    """A sequence classifier's output: `labels` logits per input (a text, or a query and document pair), then
+    `activation` as sentence-transformers' CrossEncoder.predict applies it; `names` are the labels in logit order
+    (config.json's id2label), `problem_type` what transformers trained them for."""
 
     labels: int
     activation: str
+    names: tuple[str, ...] = ()
+    problem_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,11 +134,20 @@ def read_score_spec(model_dir: Path, config: dict) -> ScoreSpec:
     )
     path = next((c for c in candidates if isinstance(c, str) and c.startswith("torch.")), None)
     labels = label_count(config)
-    if path is None:
-        return ScoreSpec(labels, "sigmoid" if labels == 1 else "identity")
-    if module_kind(path) not in _ACTIVATIONS:
+    if path is not None and module_kind(path) not in _ACTIVATIONS:
         raise ModelError(f"unsupported cross-encoder activation {path}; supported: {', '.join(_ACTIVATIONS)}")
-    return ScoreSpec(labels, _ACTIVATIONS[module_kind(path)])
+    activation = ("sigmoid" if labels == 1 else "identity") if path is None else _ACTIVATIONS[module_kind(path)]
+    problem_type = config.get("problem_type")
+    return ScoreSpec(labels, activation, label_names(config, labels),
+                     problem_type if isinstance(problem_type, str) else None)
+
+
+def label_names(config: dict, labels: int) -> tuple[str, ...]:
+    """Each label's name in logit order, from id2label (JSON keys "0", "1"...); LABEL_i where it names none, as
+    transformers does."""
+    id2label = config.get("id2label")
+    id2label = id2label if isinstance(id2label, dict) else {}
+    return tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(labels))
 
 
 def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean", config: dict | None = None) -> PipelineSpec:

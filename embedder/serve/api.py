@@ -1,12 +1,13 @@
-"""The wire formats: OpenAI's embeddings, Cohere's and Jina's rerank, vLLM's /score, /tokenize and /detokenize,
-Text Embeddings Inference's /embed, /rerank, /tokenize and /decode, and the input kinds a request may carry."""
+"""The wire formats: OpenAI's embeddings, Cohere's and Jina's rerank, vLLM's /score, /classify, /tokenize and
+/detokenize, Text Embeddings Inference's /embed, /rerank, /predict, /tokenize and /decode, and the input kinds a
+request may carry."""
 
 import base64
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import EmptyInput, InputError, InputTooLong, lone_surrogate
 from ..quantize import PRECISIONS
@@ -121,6 +122,50 @@ class TEIEmbedRequest(TEITextOptions):
     inputs: str | list[Any]
     normalize: bool = True
     dimensions: int | None = None
+
+
+TextOrPair = Annotated[list[str], Field(min_length=1, max_length=2)]  # [text] or [text, text]
+
+
+class PredictRequest(TEITextOptions):
+    """Text Embeddings Inference's POST /predict: a text, a pair [text, text], or a batch of them [[text], [text,
+    text], ...], each scored on every label of a sequence classifier."""
+
+    inputs: str | TextOrPair | Annotated[list[TextOrPair], Field(min_length=1)]
+    raw_scores: bool = False  # the logits, before the softmax (or sigmoid)
+    model: str | None = None  # embed's: which served model, where several are
+
+
+class Prediction(BaseModel):  # TEI's
+    score: float
+    label: str
+
+
+class ClassifyRequest(BaseModel):
+    """vLLM's /classify request: one text or a list of texts."""
+
+    model_config = ConfigDict(strict=True)
+
+    input: str | list[str]
+    model: str | None = None
+    truncate_prompt_tokens: int | None = None  # as on /v1/embeddings: keep each text's last N tokens
+    user: str | None = None
+
+
+class ClassificationData(BaseModel):
+    index: int
+    label: str  # the most probable label's name
+    probs: list[float]
+    num_classes: int
+
+
+class ClassificationResponse(BaseModel):  # vLLM's
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[ClassificationData]
+    usage: Usage
 
 
 class Pooled(BaseModel):
@@ -286,6 +331,21 @@ def parse_input(value: str | list[Any], max_inputs: int, field: str = "input") -
         if inputs.token_ids is not None and not all(_is_token_id(t) for t in item):
             raise InputError(f"input {i} must hold only integer token ids", field)
     return inputs
+
+
+def parse_predict(value: str | list, max_inputs: int) -> tuple[list[str | tuple[str, str]], bool]:
+    """TEI's /predict `inputs` (as `PredictRequest` types them) as a list of texts and (first, second) pairs, and
+    whether it was a batch: a string or a list of one or two strings is one input; a list of such lists a batch."""
+    batch = isinstance(value, list) and isinstance(value[0], list)
+    items = value if batch else [[value] if isinstance(value, str) else value]
+    if len(items) > max_inputs:
+        raise InputError(f"'inputs' holds {len(items)} inputs; at most {max_inputs} are allowed per request", "inputs")
+    for i, item in enumerate(items):
+        for text in item:
+            if (at := lone_surrogate(text)) is not None:
+                raise InputError(f"{f'input {i}' if batch else 'inputs'} holds a lone UTF-16 surrogate at character "
+                                 f"{at}, which is not text; send valid Unicode", "inputs")
+    return [item[0] if len(item) == 1 else (item[0], item[1]) for item in items], batch
 
 
 def parse_score(body: ScoreRequest, max_inputs: int) -> tuple[list[str], list[str]]:

@@ -1,6 +1,6 @@
 """The OpenAI-compatible server's routes: /v1/embeddings, /v1/rerank, /v1/models, /health and /metrics over served
-engines; Text Embeddings Inference's /embed, /rerank, /info, /tokenize and /decode; vLLM's /score, /tokenize and
-/detokenize. `front.Front` stands before them."""
+engines; Text Embeddings Inference's /embed, /rerank, /predict, /info, /tokenize and /decode; vLLM's /score,
+/classify, /tokenize and /detokenize. `front.Front` stands before them."""
 
 import asyncio
 import contextlib
@@ -23,12 +23,15 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive
 
-from ..engine import EmbeddingEngine, ranked
+from ..engine import EmbeddingEngine, ranked, split_pairs
 from ..errors import EmbedError, EmptyInput, InputError, ModelNotFound, Overloaded
 from ..images import DATA_URI_PREFIX, decode_data_uri
 from ..quantize import CALIBRATED, quantize
 from .access_log import AccessLog
 from .api import (
+    ClassificationData,
+    ClassificationResponse,
+    ClassifyRequest,
     DecodeRequest,
     DetokenizeRequest,
     Embedding,
@@ -40,6 +43,8 @@ from .api import (
     ModelList,
     Pooled,
     PoolingResponse,
+    Prediction,
+    PredictRequest,
     RerankDocument,
     RerankRequest,
     RerankResponse,
@@ -58,6 +63,7 @@ from .api import (
     check_token_ids,
     encode_vectors,
     parse_input,
+    parse_predict,
     parse_rerank,
     parse_score,
 )
@@ -231,25 +237,37 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
 
     @app.post("/", include_in_schema=False)
     async def tei_root(request: Request) -> Response:
-        """TEI's root route, where huggingface_hub's InferenceClient(base_url=...) posts: embeddings, or a sentence
-        similarity when `inputs` is {"source_sentence", "sentences"}; each refused as its own route refuses it."""
+        """TEI's root route, where huggingface_hub's InferenceClient(base_url=...) posts. TEI answers there as the
+        model it serves: a reranker's rerank (a body with "query"), a sentence similarity (`inputs` as
+        {"source_sentence", "sentences"}), a classifier's /predict, else /embed; each refused as its route
+        refuses it."""
         try:
             body = json.loads(await request.body())
         except ValueError as exc:
             raise InputError(f"the request body is not valid JSON: {exc}") from None
-        similar = isinstance(body, dict) and isinstance(body.get("inputs"), dict)
+        if isinstance(body, dict) and "query" in body:
+            route, shape = rerank, RerankRequest
+        elif isinstance(body, dict) and isinstance(body.get("inputs"), dict):
+            route, shape = similarity, TEISimilarityRequest
+        elif registry.resolve(body.get("model") if isinstance(body, dict) else None).cross_encoder:
+            route, shape = predict, PredictRequest
+        else:
+            route, shape = tei_embed, TEIEmbedRequest
         try:
-            parsed = (TEISimilarityRequest if similar else TEIEmbedRequest).model_validate(body)
+            parsed = shape.model_validate(body)
         except ValidationError as exc:
             raise invalid_body(exc) from None
-        return await (similarity if similar else tei_embed)(parsed, request)
+        return await route(parsed, request)
 
     @app.get("/info")
     async def info() -> dict:
         """Text Embeddings Inference's /info, for its clients and deployment checks: the default model."""
         served = registry.resolve(None)
         engine = await _engine(registry, served)
-        kind = ({"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}} if engine.cross_encoder
+        labels = engine.labels
+        classes = {"id2label": {str(i): name for i, name in enumerate(labels)},
+                   "label2id": {name: i for i, name in enumerate(labels)}}
+        kind = ({"classifier" if len(labels) > 1 else "reranker": classes} if engine.cross_encoder
                 else {"embedding": {"pooling": "+".join(engine.model.spec.pooling)}})
         return {"model_id": served.public_name, "model_sha": None, "model_dtype": engine.model.dtype,
                 "model_type": kind, "max_concurrent_requests": options.max_queue,
@@ -312,6 +330,56 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
 
     for path in ("/score", "/v1/score"):  # vLLM's two spellings
         app.post(path, response_model=ScoreResponse)(score)
+
+    async def classes(model: str | None, inputs: list[str | tuple[str, str]], request: Request, raw: bool = False,
+                      keep_last: int | None = None, refuse_long: bool = False
+                      ) -> tuple[ServedModel, EmbeddingEngine, np.ndarray, int] | None:
+        """The served classifier, each input's score per label and the tokens; None if the client hung up first.
+        `keep_last` -1 keeps the model's maximum from the end; `refuse_long` refuses an input over the model's
+        length (TEI's `truncate: false`)."""
+        served = registry.resolve(model, rerank=True)
+        with admission.admit(len(inputs)):
+            engine = await _engine(registry, served)
+            engine.check_classifies(_client_name(served, model))
+            if refuse_long:
+                await run_in_threadpool(_refuse_long_inputs, engine, inputs)
+            keep_last = engine.max_length if keep_last == -1 else keep_last
+            future, tokens = await run_in_threadpool(engine.submit_classes, inputs, raw, keep_last)
+            scores = await _result(future, request.receive)
+        return None if scores is None else (served, engine, scores, tokens)
+
+    @app.post("/predict", response_model=list[Prediction] | list[list[Prediction]])
+    async def predict(body: PredictRequest, request: Request) -> Response:
+        """Text Embeddings Inference's /predict: every label's score for each input, best first; a batch gets a
+        list per input."""
+        inputs, batch = parse_predict(body.inputs, options.max_inputs)
+        answer = await classes(body.model, inputs, request, body.raw_scores, body.keep_last, body.truncate is False)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        _, engine, scores, _ = answer
+        predictions = [[Prediction(score=float(row[k]), label=engine.labels[k])
+                        for k in np.argsort(-row, kind="stable")] for row in scores]
+        shape = TypeAdapter(list[list[Prediction]] if batch else list[Prediction])
+        return Response(shape.dump_json(predictions if batch else predictions[0]), media_type="application/json")
+
+    async def classify(body: ClassifyRequest, request: Request) -> Response:
+        """vLLM's /classify: each text's probability per label, and its most probable label."""
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or len(texts) > options.max_inputs:
+            raise InputError(f"'input' must hold 1 to {options.max_inputs} texts", "input")
+        answer = await classes(body.model, texts, request, keep_last=body.truncate_prompt_tokens)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        served, engine, probs, tokens = answer
+        data = [ClassificationData(index=i, label=engine.labels[int(np.argmax(row))], probs=row.tolist(),
+                                   num_classes=len(row)) for i, row in enumerate(probs)]
+        reply = ClassificationResponse(id=f"classify-{secrets.token_hex(12)}", created=int(time.time()),
+                                       model=_client_name(served, body.model), data=data,
+                                       usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+        return Response(reply.model_dump_json(), media_type="application/json")
+
+    for path in ("/classify", "/v1/classify"):  # vLLM's two spellings
+        app.post(path, response_model=ClassificationResponse)(classify)
 
     @app.post("/tokenize", response_model=TokenizeResponse | list[list[TEIToken]])
     async def tokenize(body: TokenizeRequest) -> Response:
@@ -439,6 +507,15 @@ def _refuse_long_pairs(engine: EmbeddingEngine, query: str, documents: list[str]
         query_length, *lengths = tokenizer.whole_lengths([query, *documents])
         tokenizer.refuse_long([query_length], "; send 'truncate': true to cut it", "query")
     tokenizer.refuse_long(lengths, "; send 'truncate': true to cut it", "texts")
+
+
+def _refuse_long_inputs(engine: EmbeddingEngine, inputs: list[str | tuple[str, str]]) -> None:
+    """TEI's `truncate: false` on /predict: a text or pair over the model's length is refused, naming it."""
+    tokenizer = engine.model.tokenizer
+    singles, pairs = split_pairs(inputs)
+    lengths = dict(zip(singles, tokenizer.whole_lengths([inputs[i] for i in singles])))
+    lengths |= zip(pairs, tokenizer.pair_whole_lengths([inputs[i][0] for i in pairs], [inputs[i][1] for i in pairs]))
+    tokenizer.refuse_long([lengths[i] for i in range(len(inputs))], "; send 'truncate': true to cut it", "inputs")
 
 
 async def _result(future: Future, receive: Receive) -> np.ndarray | None:

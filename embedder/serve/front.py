@@ -27,7 +27,7 @@ INLINE_BODY_BYTES = 1 << 20  # bodies validated on the event loop; a larger one 
 BODY_KEY = "embed.body"  # the scope key under which `Front` keeps a request's buffered body
 # What --api-key guards, with TEI's root "/"; /health and /metrics stay open to probes.
 KEYED_PATHS = ("/v1/", "/v2/", "/rerank", "/embed", "/info", "/models", "/score", "/tokenize", "/detokenize",
-               "/decode", "/similarity", "/pooling")
+               "/decode", "/similarity", "/pooling", "/predict", "/classify")
 
 
 @dataclass
@@ -138,7 +138,7 @@ def _header(scope: Scope, name: bytes) -> str:
 
 
 # Text Embeddings Inference's alone; /rerank and /tokenize are shared.
-TEI_PATHS = ("/embed", "/", "/decode", "/info", "/similarity")
+TEI_PATHS = ("/embed", "/", "/decode", "/info", "/similarity", "/predict")
 
 
 def speaks_tei(scope: Scope) -> bool:

@@ -1,0 +1,175 @@
+"""Sequence classification: tiny random classifiers built by the tests against transformers' text-classification
+pipeline, through the engine and the real `embed serve` (TEI's /predict, vLLM's /classify)."""
+
+import json
+
+import numpy as np
+import pytest
+from reference import require_oracle
+from test_server import running_server
+from tiny_models import tiny_cross_encoder
+
+from embedder import EmbeddingEngine
+from embedder.errors import InputError, InputTooLong
+
+LABELS = {"0": "negative", "1": "neutral", "2": "positive"}
+TEXTS = ["I loved every minute of it.", "", "The package arrived on Tuesday.", "東京の猫はよく眠ります。🐈",
+         "terrible " * 200, "Worst service I have had in years."]  # one over the 128-token window: cut, as transformers
+PAIRS = [("A man is eating.", "Someone eats."), ("word " * 150, "a short hypothesis"), ("a", "b")]
+
+# (kind, labels, problem_type): softmax over several labels; a sigmoid for one label or multi-label; logits for
+# a regression.
+CLASSIFIERS = [("bert", 3, None), ("xlm-roberta", 3, "single_label_classification"), ("modernbert", 3, None),
+               ("bert", 1, None), ("bert", 3, "multi_label_classification"), ("bert", 1, "regression")]
+
+
+def classifier(work, minilm_path, kind, labels, problem_type=None):
+    overrides = {"problem_type": problem_type} if problem_type else {}
+    if labels == 3:
+        overrides |= {"id2label": {int(k): v for k, v in LABELS.items()}, "label2id": {v: int(k) for k, v in LABELS.items()}}
+    folder = work / f"{kind}-{labels}-{problem_type}"
+    folder.mkdir(exist_ok=True)
+    return tiny_cross_encoder(kind, minilm_path, folder, labels=labels, **overrides)
+
+
+def pipeline_scores(path, inputs, max_length=128) -> tuple[np.ndarray, list[str]]:
+    """transformers' text-classification pipeline, every label's score in label order, with its default function;
+    long inputs cut at `max_length`, as the engine cuts them."""
+    require_oracle()
+    import transformers
+
+    pipe = transformers.pipeline("text-classification", model=str(path), device="cpu", top_k=None)
+    asked = [x if isinstance(x, str) else {"text": x[0], "text_pair": x[1]} for x in inputs]
+    names = [pipe.model.config.id2label[i] for i in range(pipe.model.config.num_labels)]
+    rows = [{p["label"]: p["score"] for p in out} for out in pipe(asked, truncation=True, max_length=max_length)]
+    return np.array([[row[n] for n in names] for row in rows], np.float32), names
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("classify")
+
+
+@pytest.fixture(scope="module")
+def three_labels(work, minilm_path):
+    return classifier(work, minilm_path, "bert", 3)
+
+
+@pytest.mark.parametrize("kind,labels,problem_type", CLASSIFIERS)
+def test_classify_equals_the_text_classification_pipeline(work, minilm_path, kind, labels, problem_type):
+    path = classifier(work, minilm_path, kind, labels, problem_type)
+    inputs = [*TEXTS, *PAIRS]
+    engine = EmbeddingEngine(str(path), batch_tokens=256)  # several batches, texts and pairs mixed in each
+    got = engine.classify(inputs)
+    want, names = pipeline_scores(path, inputs, engine.max_length)
+    assert engine.labels == tuple(names)
+    engine.unload()
+    assert got.shape == want.shape == (len(inputs), labels)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert want.std() > 0.01  # the scores really differ, so a wrong pair or token type cannot hide
+
+
+def test_raw_scores_are_the_logits_and_errors_name_the_input(three_labels):
+    engine = EmbeddingEngine(str(three_labels), long_input="error")
+    probs, logits = engine.classify(PAIRS[:1] + TEXTS[:1]), engine.classify(PAIRS[:1] + TEXTS[:1], raw=True)
+    np.testing.assert_allclose(probs, np.exp(logits) / np.exp(logits).sum(1, keepdims=True), atol=1e-6)
+    with pytest.raises(InputTooLong, match="^input 2 has 203 tokens, more than the model's maximum of 128"):
+        engine.classify(["short", ("a", "b"), "terrible " * 201])
+    with pytest.raises(InputError, match="^input 1 is neither a text nor a pair of texts"):
+        engine.classify(["short", ("a", "b", "c")])
+    engine.unload()
+
+
+def test_an_embedding_model_has_no_labels(engine):
+    with pytest.raises(InputError, match="is an embedding model, with no labels to classify into"):
+        engine.classify(["a text"])
+
+
+# ---- the server ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def http(three_labels):
+    import httpx
+
+    with running_server(f"sentiment={three_labels}", "all-MiniLM-L6-v2") as url, \
+            httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+def test_tei_predict_single_pair_and_batch(http, three_labels):
+    inputs = [TEXTS[0], PAIRS[0], TEXTS[2]]
+    want, names = pipeline_scores(three_labels, inputs)
+
+    def as_scores(predictions):
+        scores = [p["score"] for p in predictions]
+        assert scores == sorted(scores, reverse=True)  # best first, as TEI
+        return [dict((p["label"], p["score"]) for p in predictions)[n] for n in names]
+
+    one = http.post("/predict", json={"inputs": TEXTS[0]})
+    assert one.status_code == 200, one.text
+    np.testing.assert_allclose(as_scores(one.json()), want[0], atol=1e-5)
+    pair = http.post("/predict", json={"inputs": list(PAIRS[0])})
+    np.testing.assert_allclose(as_scores(pair.json()), want[1], atol=1e-5)
+    batch = http.post("/predict", json={"inputs": [[TEXTS[0]], list(PAIRS[0]), [TEXTS[2]]]})
+    assert len(batch.json()) == 3
+    np.testing.assert_allclose([as_scores(p) for p in batch.json()], want, atol=1e-5)
+    raw = http.post("/predict", json={"inputs": TEXTS[0], "raw_scores": True}).json()
+    logits = np.array([dict((p["label"], p["score"]) for p in raw)[n] for n in names])
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(), want[0], atol=1e-5)
+
+
+def test_a_classifier_served_alone_answers_on_teis_root_and_info(three_labels, monkeypatch):
+    """TEI routes its root to /predict when it serves a classifier: huggingface_hub's InferenceClient posts there."""
+    import httpx
+    import huggingface_hub
+    from huggingface_hub import InferenceClient
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # a loopback server, not the Hub
+    want, names = pipeline_scores(three_labels, [TEXTS[0]])
+    with running_server(str(three_labels)) as url:
+        info = httpx.get(f"{url}/info", timeout=30).json()
+        top = InferenceClient(base_url=url).text_classification(TEXTS[0])
+        rerank = httpx.post(url, json={"query": "q", "texts": ["a"]}, timeout=30)
+    assert info["model_type"] == {"classifier": {"id2label": LABELS, "label2id": {v: int(k) for k, v in LABELS.items()}}}
+    assert top.label == names[int(np.argmax(want[0]))] and abs(top.score - want[0].max()) < 1e-5
+    assert rerank.status_code == 413 and "gives 3 scores per pair" in rerank.json()["error"]
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"inputs": []}, 422, "'inputs'"),
+    ({"inputs": ["a", "b", "c"]}, 422, "'inputs'"),
+    ({"inputs": [["a"], ["a", "b", "c"]]}, 422, "'inputs'"),
+    ({"inputs": [["a"], 3]}, 422, "'inputs'"),
+    ({"inputs": "terrible " * 200, "truncate": False}, 413, "has 202 tokens, more than the model's maximum of 128"),
+    ({"inputs": [["a", "b"], ["c"]], "truncation_direction": "Left"}, 413,
+     "input 0 is a pair: keeping the last tokens applies to single texts"),
+    ({"inputs": "a", "model": "all-MiniLM-L6-v2"}, 413, "is an embedding model, with no labels"),
+    ({"inputs": ["a", "\ud800"]}, 413, "lone UTF-16 surrogate"),
+])
+def test_tei_predict_refuses_in_tei_shape(http, body, status, message):
+    reply = http.post("/predict", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert reply.status_code == status and message in reply.json()["error"], reply.text
+    assert set(reply.json()) == {"error", "error_type"}
+
+
+@pytest.mark.parametrize("path", ["/classify", "/v1/classify"])
+def test_vllm_classify(http, three_labels, path):
+    texts = [TEXTS[0], TEXTS[2], TEXTS[5]]
+    want, names = pipeline_scores(three_labels, texts)
+    reply = http.post(path, json={"model": "sentiment", "input": texts})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["object"] == "list" and body["model"] == "sentiment" and body["id"].startswith("classify-")
+    assert [d["index"] for d in body["data"]] == [0, 1, 2]
+    assert all(d["num_classes"] == 3 and d["label"] == names[int(np.argmax(d["probs"]))] for d in body["data"])
+    np.testing.assert_allclose([d["probs"] for d in body["data"]], want, atol=1e-5)
+    engine = EmbeddingEngine(str(three_labels))
+    assert body["usage"]["prompt_tokens"] == sum(map(len, engine.tokenize(texts)))
+    engine.unload()
+    last = http.post(path, json={"input": "terrible " * 200, "truncate_prompt_tokens": 10}).json()
+    assert last["usage"]["prompt_tokens"] == 10
+    for bad, message in (({"input": []}, "'input' must hold 1 to"), ({"input": [1]}, "input")):
+        refused = http.post(path, json=bad)
+        assert refused.status_code == 400 and message in refused.json()["error"]["message"], refused.text
