@@ -16,7 +16,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .batching import CPU_BATCH, GPU_BATCH, packed  # noqa: E402
-from .errors import InputError, ModelError, NotReady, located, renumbered  # noqa: E402
+from .errors import InputError, InputTooLong, ModelError, NotReady, located, renumbered  # noqa: E402
 from .forward import BatchForward  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
 from .images import ImageRow  # noqa: E402
@@ -362,6 +362,29 @@ class EmbeddingEngine:
             return then(out) if then else out
 
         return self._scheduler.submit(windows, skips, finish)
+
+    def token_embeddings(self, texts: Sequence[str], *, prompt: str | None = None,
+                         prompt_name: str | None = None) -> list[np.ndarray]:
+        """Each text's token vectors, (tokens, dim) float32: the encoder's last hidden state at every token, special
+        tokens and prompt included, before pooling, projection or normalization (sentence-transformers'
+        `output_value="token_embeddings"`, TEI's /embed_all); for late interaction and token-level work."""
+        return self.submit_token_embeddings(self.tokenize(texts, prompt=prompt, prompt_name=prompt_name)).result()
+
+    def submit_token_embeddings(self, ids: Sequence[Sequence[int]]) -> Future:
+        """Queue token-id rows for `token_embeddings`; the future gives a list of (tokens, dim) arrays."""
+        model = self.model
+        self.check_embeds()
+        if model.images is not None:
+            raise InputError(f"{model.model_id} is an image model; token vectors are a text encoder's", "model")
+        rows = self._validate(ids, None)
+        for i, row in enumerate(rows):
+            if len(row) > model.max_length:  # long_input chunk keeps them whole: one set of token vectors has no room
+                raise InputTooLong(f"input {i} has {len(row)} tokens, more than the model's maximum of "
+                                   f"{model.max_length}; token vectors need texts cut to it (long_input truncate)",
+                                   index=i)
+        if not rows:
+            return _resolved([])
+        return self._scheduler.submit(rows, [0] * len(rows), lambda out: out, per_token=True)
 
     # ---- scores -----------------------------------------------------------------------------
 

@@ -18,12 +18,16 @@ from .pooling import pool
 class BatchForward:
     model: LoadedModel
 
-    def launch(self, rows: list, splits: list[int]) -> mx.array:
+    def launch(self, rows: list, splits: list[int], per_token: bool = False) -> mx.array:
         """One batch, evaluated asynchronously: token rows padded, run, pooled and projected, `splits` leading tokens
         of each left out of pooling (never its last); for a cross-encoder, each pair's logits, its second text (from
-        its split on) of token type 1; `ImageRow`s through the vision tower. Rows keep their order."""
+        its split on) of token type 1; `ImageRow`s through the vision tower. Rows keep their order. `per_token`:
+        the encoder's last hidden state, every token's vector (token rows only), before pooling or projection."""
         images = [k for k, row in enumerate(rows) if isinstance(row, ImageRow)]
-        if not images:
+        if per_token:
+            out = self.model.forward(*map(mx.array, _padded(rows, self.model.tokenizer.pad_token_id)))
+            out = out.astype(mx.float32)
+        elif not images:
             out = self._texts(rows, splits)
         else:
             texts = sorted(set(range(len(rows))) - set(images))
@@ -38,11 +42,7 @@ class BatchForward:
     def _texts(self, rows: list[list[int]], splits: list[int]) -> mx.array:
         model = self.model
         lengths = [len(r) for r in rows]
-        ids = np.full((len(rows), max(lengths)), model.tokenizer.pad_token_id, np.int32)
-        mask = np.zeros(ids.shape, np.int32)
-        for k, row in enumerate(rows):
-            ids[k, : lengths[k]] = row
-            mask[k, : lengths[k]] = 1
+        ids, mask = _padded(rows, model.tokenizer.pad_token_id)
         # No lock: MLX keeps tracing state and the compile cache per thread, and async_eval itself may wait
         # (at most 10 tasks in flight), which would stall the other lanes if held under one.
         if model.spec.scores is not None:
@@ -71,3 +71,13 @@ class BatchForward:
         with native_build_env():
             for rows in ([[token] * 2, [token] * 3], [[token] * 3]):
                 mx.eval(self.launch(rows, [0] * len(rows)))
+
+
+def _padded(rows: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows as one (rows, longest) array padded at the end, and its attention mask."""
+    ids = np.full((len(rows), max(map(len, rows))), pad_token_id, np.int32)
+    mask = np.zeros(ids.shape, np.int32)
+    for k, row in enumerate(rows):
+        ids[k, : len(row)] = row
+        mask[k, : len(row)] = 1
+    return ids, mask

@@ -27,9 +27,10 @@ from .errors import NotReady
 
 class BatchRunner(Protocol):
     """The forward pass the lanes call: `launch` starts a batch (asynchronously where it can), `collect` waits
-    for it and returns its (rows, dim) float32 vectors, or raises."""
+    for it and returns its (rows, dim) float32 vectors, or raises; with `per_token`, each token's vector instead,
+    (rows, longest, dim) with the padding after each row's own tokens."""
 
-    def launch(self, rows: list[list[int]], splits: list[int]) -> Any: ...
+    def launch(self, rows: list[list[int]], splits: list[int], per_token: bool = False) -> Any: ...
 
     def collect(self, launched: Any) -> np.ndarray: ...
 
@@ -52,9 +53,10 @@ class Job:
 
     ids: list[list[int]]
     splits: list[int]  # per row, where its leading part ends: a prompt pooling leaves out, or a pair's first text
-    finish: Callable[[np.ndarray], np.ndarray]  # the assembled (rows, dim) vectors to the caller's result
+    finish: Callable[[Any], Any]  # the assembled (rows, dim) vectors (per_token: a list) to the caller's result
+    per_token: bool = False  # each token's vector, (tokens, dim) per row, not one pooled vector per row
     future: JobFuture = field(default_factory=JobFuture)
-    out: np.ndarray | None = None
+    out: np.ndarray | list[np.ndarray] | None = None
     error: BaseException | None = None
     remaining: int = field(init=False)  # rows not yet done (or failed); the lane taking it to 0 resolves the future
 
@@ -105,8 +107,9 @@ class Scheduler:
             self._queue.put(_STOP)
             thread.join()
 
-    def submit(self, ids: list[list[int]], splits: list[int], finish: Callable[[np.ndarray], np.ndarray]) -> Future:
-        job = Job(ids, splits, finish)
+    def submit(self, ids: list[list[int]], splits: list[int], finish: Callable[[Any], Any],
+               per_token: bool = False) -> Future:
+        job = Job(ids, splits, finish, per_token)
         with self._lock:
             if self._thread is None:
                 raise NotReady("the engine is not running; call load()")
@@ -178,10 +181,11 @@ class Scheduler:
     def _dispatch(self, jobs: list[Job], idle: int) -> None:
         """Plan the jobs' rows into batches, split over the `idle` lanes, and queue them (blocks while the lanes are
         busy). Split over idle lanes only: half a batch queued for a busy lane would run later at half size, while
-        the jobs arriving meanwhile wait for the next plan."""
-        rows = [(job, r) for job in jobs for r in range(len(job.ids))]
-        for batch in spread(plan_batches([len(job.ids[r]) for job, r in rows], self.batch_shape), idle):
-            self._batches.put([rows[i] for i in batch])
+        the jobs arriving meanwhile wait for the next plan. Pooled and per-token rows never share a batch."""
+        for per_token in (False, True):
+            rows = [(job, r) for job in jobs if job.per_token == per_token for r in range(len(job.ids))]
+            for batch in spread(plan_batches([len(job.ids[r]) for job, r in rows], self.batch_shape), idle):
+                self._batches.put([rows[i] for i in batch])
 
     def _fail(self, jobs: list[Job], error: BaseException) -> None:
         """Resolve these jobs with `error` now; their batches already with a lane find them resolved."""
@@ -223,7 +227,7 @@ class Scheduler:
                 self._started()
                 try:
                     launched = (batch, self._runner.launch([job.ids[r] for job, r in batch],
-                                                           [job.splits[r] for job, r in batch]))
+                                                           [job.splits[r] for job, r in batch], batch[0][0].per_token))
                 except BaseException as e:  # fail only the jobs in this batch; the lane lives on
                     self._done(batch, e)
                     launched = None
@@ -256,6 +260,10 @@ class Scheduler:
         lengths = [len(job.ids[r]) for job, r in batch]
         with self._lock:  # a job's rows may come from several lanes
             for (job, r), v in zip(batch, out):
+                if job.per_token:  # its own tokens, copied out of the padded batch
+                    job.out = [None] * len(job.ids) if job.out is None else job.out
+                    job.out[r] = v[:len(job.ids[r])].copy()
+                    continue
                 if job.out is None:
                     job.out = np.empty((len(job.ids), out.shape[1]), np.float32)
                 job.out[r] = v

@@ -13,8 +13,10 @@ from embedder import EmbeddingEngine
 from embedder.errors import InputError, InputTooLong
 
 LABELS = {"0": "negative", "1": "neutral", "2": "positive"}
+LABEL_IDS = {v: int(k) for k, v in LABELS.items()}
+# One over the 128-token window: cut, as transformers cuts it.
 TEXTS = ["I loved every minute of it.", "", "The package arrived on Tuesday.", "東京の猫はよく眠ります。🐈",
-         "terrible " * 200, "Worst service I have had in years."]  # one over the 128-token window: cut, as transformers
+         "terrible " * 200, "Worst service I have had in years."]
 PAIRS = [("A man is eating.", "Someone eats."), ("word " * 150, "a short hypothesis"), ("a", "b")]
 
 # (kind, labels, problem_type): softmax over several labels; a sigmoid for one label or multi-label; logits for
@@ -26,7 +28,7 @@ CLASSIFIERS = [("bert", 3, None), ("xlm-roberta", 3, "single_label_classificatio
 def classifier(work, minilm_path, kind, labels, problem_type=None):
     overrides = {"problem_type": problem_type} if problem_type else {}
     if labels == 3:
-        overrides |= {"id2label": {int(k): v for k, v in LABELS.items()}, "label2id": {v: int(k) for k, v in LABELS.items()}}
+        overrides |= {"id2label": {int(k): v for k, v in LABELS.items()}, "label2id": LABEL_IDS}
     folder = work / f"{kind}-{labels}-{problem_type}"
     folder.mkdir(exist_ok=True)
     return tiny_cross_encoder(kind, minilm_path, folder, labels=labels, **overrides)
@@ -132,7 +134,7 @@ def test_a_classifier_served_alone_answers_on_teis_root_and_info(three_labels, m
         info = httpx.get(f"{url}/info", timeout=30).json()
         top = InferenceClient(base_url=url).text_classification(TEXTS[0])
         rerank = httpx.post(url, json={"query": "q", "texts": ["a"]}, timeout=30)
-    assert info["model_type"] == {"classifier": {"id2label": LABELS, "label2id": {v: int(k) for k, v in LABELS.items()}}}
+    assert info["model_type"] == {"classifier": {"id2label": LABELS, "label2id": LABEL_IDS}}
     assert top.label == names[int(np.argmax(want[0]))] and abs(top.score - want[0].max()) < 1e-5
     assert rerank.status_code == 413 and "gives 3 scores per pair" in rerank.json()["error"]
 

@@ -23,7 +23,7 @@ class SumRunner:
     def __init__(self, poison: int | None = None, fail_in: str = "launch"):
         self.poison, self.fail_in, self.batches = poison, fail_in, 0
 
-    def launch(self, rows, splits):
+    def launch(self, rows, splits, per_token=False):
         self.batches += 1
         if self.fail_in == "launch" and any(self.poison in r for r in rows):
             raise RuntimeError("poisoned batch")
@@ -113,7 +113,7 @@ def gated_scheduler(sizes: list | None = None) -> tuple[Scheduler, threading.Eve
     entered, gate = threading.Event(), threading.Event()
 
     class Gated(SumRunner):
-        def launch(self, rows, splits):
+        def launch(self, rows, splits, per_token=False):
             if sizes is not None:
                 sizes.append(len(rows))
             entered.set()
@@ -179,7 +179,7 @@ def test_jobs_are_split_over_the_idle_lanes_only():
     entered, gate, sizes = threading.Event(), threading.Event(), []
 
     class Gated(SumRunner):
-        def launch(self, rows, splits):
+        def launch(self, rows, splits, per_token=False):
             sizes.append(len(rows))
             entered.set()
             gate.wait(60)

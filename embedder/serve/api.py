@@ -1,6 +1,6 @@
 """The wire formats: OpenAI's embeddings, Cohere's and Jina's rerank, vLLM's /score, /classify, /tokenize and
-/detokenize, Text Embeddings Inference's /embed, /rerank, /predict, /tokenize and /decode, and the input kinds a
-request may carry."""
+/detokenize, Text Embeddings Inference's /embed, /embed_all, /rerank, /predict, /tokenize and /decode, and the input
+kinds a request may carry."""
 
 import base64
 from dataclasses import dataclass
@@ -115,11 +115,16 @@ class TEITextOptions(BaseModel):
         return -1 if self.truncation_direction.lower() == "left" else None
 
 
-class TEIEmbedRequest(TEITextOptions):
+class TEIEmbedAllRequest(TEITextOptions):
+    """Text Embeddings Inference's POST /embed_all: the texts whose every token's vector is asked for."""
+
+    inputs: str | list[Any]
+
+
+class TEIEmbedRequest(TEIEmbedAllRequest):
     """Text Embeddings Inference's POST /embed, as its clients send it (huggingface_hub's InferenceClient,
     LangChain's HuggingFaceEndpointEmbeddings)."""
 
-    inputs: str | list[Any]
     normalize: bool = True
     dimensions: int | None = None
 

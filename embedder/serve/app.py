@@ -1,5 +1,5 @@
 """The OpenAI-compatible server's routes: /v1/embeddings, /v1/rerank, /v1/models, /health and /metrics over served
-engines; Text Embeddings Inference's /embed, /rerank, /predict, /info, /tokenize and /decode; vLLM's /score,
+engines; Text Embeddings Inference's /embed, /embed_all, /rerank, /predict, /info, /tokenize and /decode; vLLM's /score,
 /classify, /tokenize and /detokenize. `front.Front` stands before them."""
 
 import asyncio
@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
@@ -52,6 +53,7 @@ from .api import (
     Score,
     ScoreRequest,
     ScoreResponse,
+    TEIEmbedAllRequest,
     TEIEmbedRequest,
     TEIRank,
     TEISimilarityRequest,
@@ -132,10 +134,10 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         app.add_exception_handler(exc_type, _handle)
 
     async def embed(body: EmbeddingRequest, receive: Receive, normalize: bool | None = None, field: str = "input",
-                    refuse_long: bool = False) -> tuple[ServedModel, np.ndarray, int] | None:
+                    refuse_long: bool = False, per_token: bool = False) -> tuple[ServedModel, Any, int] | None:
         """The served model, the request's vectors and their tokens; None if the client hung up first.
         `refuse_long`: a text over the model's length is refused, though the server would cut it (TEI's
-        `truncate: false`)."""
+        `truncate: false`); `per_token`: each input's token vectors (a list of arrays), not one pooled vector."""
         served = registry.resolve(body.model)
         given = body.input
         if isinstance(given, str) or (len(given) <= INLINE_TEXTS and all(isinstance(t, str) for t in given)):
@@ -159,7 +161,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             else:
                 token_ids = await run_in_threadpool(_token_ids, engine, inputs, body)
             skip = engine.prompt_skip(body.prompt, body.prompt_name) if inputs.texts else 0
-            future = engine.submit(token_ids, dimensions=dimensions, normalize=normalize, skip=skip)
+            future = (engine.submit_token_embeddings(token_ids) if per_token else
+                      engine.submit(token_ids, dimensions=dimensions, normalize=normalize, skip=skip))
             vectors = await _result(future, receive)
         if vectors is None:
             return None
@@ -208,13 +211,14 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             data=[Pooled.model_construct(index=i, data=v) for i, v in enumerate(vectors)], usage=usage)
         return Response(reply.model_dump_json(), media_type="application/json")
 
-    async def tei_vectors(body: TEITextOptions, inputs: str | list, request: Request, normalize: bool,
-                          dimensions: int | None = None) -> tuple[ServedModel, np.ndarray, int] | None:
+    async def tei_vectors(body: TEITextOptions, inputs: str | list, request: Request, normalize: bool = True,
+                          dimensions: int | None = None, per_token: bool = False
+                          ) -> tuple[ServedModel, Any, int] | None:
         """`embed` for TEI's requests: their texts' options as OpenAI's and vLLM's fields say them."""
         asked = EmbeddingRequest(input=inputs, dimensions=dimensions, prompt_name=body.prompt_name,
                                  truncate_prompt_tokens=body.keep_last)
         return await embed(asked, request.receive, normalize=normalize, field="inputs",
-                           refuse_long=body.truncate is False)
+                           refuse_long=body.truncate is False, per_token=per_token)
 
     @app.post("/embed", response_model=list[list[float]])
     async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
@@ -223,6 +227,15 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         return Response(json.dumps(answer[1].tolist()), media_type="application/json")
+
+    @app.post("/embed_all", response_model=list[list[list[float]]])
+    async def tei_embed_all(body: TEIEmbedAllRequest, request: Request) -> Response:
+        """Text Embeddings Inference's /embed_all: every token's vector of each input (the encoder's last hidden
+        state, special tokens included), unpooled and unnormalized."""
+        answer = await tei_vectors(body, body.inputs, request, per_token=True)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        return Response(json.dumps([tokens.tolist() for tokens in answer[1]]), media_type="application/json")
 
     @app.post("/similarity", response_model=list[float])
     async def similarity(body: TEISimilarityRequest, request: Request) -> Response:
