@@ -26,6 +26,7 @@ from .models.loading import ACTIVATIONS, LoadedModel, load_model  # noqa: E402
 from .options import EngineOptions  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402
 from .pooling import truncate_dims  # noqa: E402
+from .quantize import sparse_rows  # noqa: E402
 from .scheduler import Scheduler  # noqa: E402
 
 __all__ = ["EmbeddingEngine", "DEFAULT_MODEL", "ranked", "split_pairs"]
@@ -197,6 +198,11 @@ class EmbeddingEngine:
         return self.model.spec.scores is not None
 
     @property
+    def sparse(self) -> bool:
+        """A SPLADE encoder: one weight per vocabulary entry, most of them zero; stored as (indices, values)."""
+        return self.model.spec.splade is not None
+
+    @property
     def normalizes(self) -> bool:
         return self.model.spec.normalize if self.options.normalize is None else self.options.normalize
 
@@ -286,6 +292,14 @@ class EmbeddingEngine:
         ids = self.tokenize(texts, prompt=prompt, prompt_name=prompt_name)
         skip = self.prompt_skip(prompt, prompt_name)
         return self.submit(ids, dimensions=dimensions, normalize=normalize, skip=skip).result()
+
+    def embed_sparse(self, texts: Sequence[str], *, prompt: str | None = None,
+                     prompt_name: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """A SPLADE model's vectors as each text's nonzero (indices, values), in index order (`embed` gives them
+        dense, vocabulary-wide)."""
+        if not self.sparse:
+            raise InputError(f"{self.model_id} is a dense model; sparse vectors come from a SPLADE model", "model")
+        return sparse_rows(self.embed(texts, prompt=prompt, prompt_name=prompt_name))
 
     def embed_images(self, images: Sequence[bytes | str | os.PathLike], *, dimensions: int | None = None,
                      normalize: bool | None = None) -> np.ndarray:
@@ -520,6 +534,9 @@ class EmbeddingEngine:
     def check_dimensions(self, dimensions: int | None) -> int | None:
         """The one check of `dimensions` (leading components kept, then re-normalized), wherever it comes from:
         the API, `--dimensions`, Ray."""
+        if dimensions is not None and self.sparse:
+            raise InputError(f"{self.model_id} is a sparse (SPLADE) model: its vectors weigh every vocabulary entry, "
+                             "so dimensions does not apply", "dimensions")
         if dimensions is not None and not 1 <= dimensions <= self.dim:
             raise InputError(f"dimensions must be between 1 and {self.dim} for this model, got {dimensions}",
                              "dimensions")

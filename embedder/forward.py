@@ -11,7 +11,7 @@ from .errors import ModelError
 from .images import ImageRow
 from .models.loading import LoadedModel
 from .native.build import native_build_env
-from .pooling import pool
+from .pooling import pool, splade
 
 
 @dataclass
@@ -48,6 +48,9 @@ class BatchForward:
         if model.spec.scores is not None:
             token_types = (np.arange(ids.shape[1])[None, :] >= np.array(splits)[:, None]).astype(np.int32)
             return model.forward(mx.array(ids), mx.array(mask), mx.array(token_types)).astype(mx.float32)
+        if (sparse := model.spec.splade) is not None:
+            return splade(model.forward(mx.array(ids), mx.array(mask)), lengths, model.module.mlm, sparse.strategy,
+                          twice=sparse.activation == "log1p_relu")
         pool_mask = mask.copy()
         for k, split in enumerate(splits):
             pool_mask[k, : min(split, lengths[k] - 1)] = 0

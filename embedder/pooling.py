@@ -1,5 +1,7 @@
 """Pooling of token states into one vector (MLX), and the post-processing of vectors (NumPy)."""
 
+from collections.abc import Callable
+
 import mlx.core as mx
 import numpy as np
 
@@ -47,6 +49,35 @@ def pool(hidden: mx.array, mask: mx.array, modes: tuple[str, ...]) -> mx.array:
         else:
             raise ModelError(f"unknown pooling mode {mode!r}")
     return out[0] if len(out) == 1 else mx.concatenate(out, axis=-1)
+
+
+SPLADE_CHUNK_TOKENS = 512  # tokens whose vocabulary logits exist at once: 512 x 30,522 floats is 62 MB
+
+
+def splade(hidden: mx.array, lengths: list[int], head: Callable[[mx.array], mx.array], strategy: str = "max",
+           twice: bool = False) -> mx.array:
+    """SPLADE weights (B, vocabulary) from (B, L, D) states: log(1 + relu(head(token))) (`twice`: a second log1p),
+    max- or sum-pooled over each row's real tokens, as sentence-transformers' SpladePooling.
+
+    The head runs on the real tokens alone, a few rows at a time: the logits of a whole padded batch would be
+    gigabytes. Weights are >= 0, so a row's pool over its own tokens equals SpladePooling's over the masked ones.
+    """
+    B, L, D = hidden.shape
+    flat = hidden.reshape(B * L, D)
+    reduce = mx.max if strategy == "max" else mx.sum
+    pooled, start = [], 0
+    while start < B:
+        end, tokens = start + 1, lengths[start]
+        while end < B and tokens + lengths[end] <= SPLADE_CHUNK_TOKENS:
+            tokens, end = tokens + lengths[end], end + 1
+        rows = np.concatenate([k * L + np.arange(lengths[k]) for k in range(start, end)])
+        weights = mx.log1p(mx.maximum(head(flat[mx.array(rows)]).astype(mx.float32), 0))
+        weights = mx.log1p(weights) if twice else weights
+        offsets = np.cumsum([0, *lengths[start:end]])
+        pooled += [reduce(weights[int(a):int(b)], axis=0) for a, b in zip(offsets[:-1], offsets[1:])]
+        mx.eval(pooled[-(end - start):])  # before the next chunk's logits exist
+        start = end
+    return mx.stack(pooled)
 
 
 def truncate_dims(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:

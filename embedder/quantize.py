@@ -2,7 +2,8 @@
 
 int8/uint8 map each dimension's range (min and max over calibration vectors) onto 256 buckets; binary/ubinary
 keep one sign bit per dimension, packed eight to a byte. The same calibration ranges must quantize a corpus and
-its queries, so a job takes them from a calibration file and writes them into the output's metadata.
+its queries, so a job takes them from a calibration file and writes them into the output's metadata. A SPLADE
+model's vectors are stored sparse instead: each row's nonzero indices and values.
 """
 
 from __future__ import annotations
@@ -77,3 +78,12 @@ def load_calibration(path: str) -> np.ndarray:
         raise InputError(f"{path}: calibration vectors must be a float matrix, got {vectors.dtype} "
                          f"{vectors.shape}", "calibration")
     return vectors.astype(np.float32)
+
+
+def sparse_rows(vectors: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each row's nonzero entries, (indices int32, values float32) in index order: a SPLADE vector as stored."""
+    out = []
+    for row in vectors:
+        indices = np.flatnonzero(row).astype(np.int32)
+        out.append((indices, row[indices].astype(np.float32)))
+    return out

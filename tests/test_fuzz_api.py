@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 from embedder import DEFAULT_MODEL, EmbeddingEngine  # noqa: E402
 
-TEI_PATHS = ("/embed", "/embed_all", "/", "/decode", "/info", "/similarity", "/predict", "/rerank",
+TEI_PATHS = ("/embed", "/embed_all", "/embed_sparse", "/", "/decode", "/info", "/similarity", "/predict", "/rerank",
              "/tokenize")  # /rerank and /tokenize: TEI's requests
 
 

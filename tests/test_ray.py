@@ -21,6 +21,9 @@ from embedder.errors import InputError  # noqa: E402
 from embedder.io.pipeline import EmbedOptions, run  # noqa: E402
 from embedder.ray import embed_dataset, run_job  # noqa: E402
 from reference import needs_f16, needs_int8  # noqa: E402
+from tiny_models import tiny_sparse_encoder  # noqa: E402
+
+from embedder import EmbeddingEngine  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +169,24 @@ def test_bad_input_keeps_the_other_files_parts_and_resume_redoes_only_what_chang
     kept = saved if fix == "replace" else saved & {"part-00000.parquet"}
     assert summary.resumed_files == len(kept)
     assert_same_rows(pq.read_table(tmp_path / "out"), single_machine(engine, tmp_path, inputs))
+
+
+def test_a_splade_model_writes_indices_and_values(local_ray, minilm_path, tmp_path):
+    """Both Ray paths store a sparse model's vectors as the single-machine run does: `indices` and `values`."""
+    splade = tiny_sparse_encoder("bert", minilm_path, tmp_path)
+    texts = ["a short one", "x", "a somewhat longer sentence about sparse retrieval"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    engine = EmbeddingEngine(str(splade))
+    want = engine.embed_sparse(texts)
+    engine.unload()
+    run_job(EmbedOptions(inputs=(str(tmp_path / "in.txt"),), output=str(tmp_path / "out"), model=str(splade)),
+            progress=False)
+    parts = pq.read_table(tmp_path / "out")
+    rows = embed_dataset(ray.data.from_items([{"text": t} for t in texts]), str(splade)).take_all()
+    for got in (parts.to_pylist(), sorted(rows, key=lambda row: texts.index(row["text"]))):
+        for row, (indices, values) in zip(got, want):
+            assert "embedding" not in row and row["indices"] == indices.tolist()
+            np.testing.assert_allclose(row["values"], values, rtol=1e-5)
 
 
 def test_an_actor_killed_mid_job_is_restarted_and_nothing_is_lost_or_doubled(engine, minilm_path, tmp_path):

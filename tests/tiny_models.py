@@ -178,3 +178,38 @@ def tiny_cross_encoder(kind: str, tokenizer_src: Path, work: Path, *, labels: in
 
         CrossEncoder(str(out), device="cpu").save(str(out))
     return out
+
+
+def tiny_sparse_encoder(kind: str, tokenizer_src: Path, work: Path, *, strategy: str = "max",
+                        activation: str = "relu", bare: bool = False) -> Path:
+    """A small random-weight *ForMaskedLM (BERT, DistilBERT or XLM-RoBERTa) saved as sentence-transformers 6's
+    SparseEncoder saves a SPLADE model (MLMTransformer + SpladePooling), or `bare`, as transformers alone saves it."""
+    require_oracle()
+    import torch
+    import transformers
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=30522, initializer_range=0.2)
+    if kind == "bert":
+        config = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=128, max_position_embeddings=128, **common)
+    elif kind == "distilbert":
+        config = transformers.DistilBertConfig(dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                                               max_position_embeddings=128, **common)
+    elif kind == "xlm-roberta":
+        config = transformers.XLMRobertaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                               intermediate_size=128, max_position_embeddings=130, pad_token_id=1,
+                                               type_vocab_size=1, layer_norm_eps=1e-5, **common)
+    else:
+        raise ValueError(kind)
+    hf = work / f"mlm-{kind}"
+    transformers.AutoModelForMaskedLM.from_config(config).eval().save_pretrained(str(hf), safe_serialization=True)
+    copy_tokenizer(tokenizer_src, hf)
+    if bare:
+        return hf
+    out = work / f"splade-{kind}-{strategy}-{activation}"
+    modules = [MLMTransformer(str(hf), max_seq_length=128), SpladePooling(strategy, activation)]
+    SparseEncoder(modules=modules, device="cpu").save(str(out))
+    return out

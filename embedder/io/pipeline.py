@@ -328,12 +328,15 @@ def output_spec(engine: EmbeddingEngine, options: EmbedOptions, path: str | None
                 settings: dict | None = None) -> OutputSpec:
     """How this job's rows are written: the width and type its precision stores, its ranges, its metadata."""
     dim = engine.check_dimensions(options.dimensions) or engine.dim
+    if engine.sparse and options.precision != "float32":
+        raise InputError(f"{engine.model_id} is a sparse (SPLADE) model, stored as indices and float32 values; "
+                         f"--precision {options.precision} does not apply", "precision")
     ranges = None
     if options.calibration is not None:
         ranges = quantization_ranges(load_calibration(options.calibration)[:, :dim])
     return OutputSpec(path=path, dim=dim, include_text=options.include_text, text_ids=text_ids,
                       metadata=file_metadata(engine, options, ranges), settings=settings or {},
-                      precision=options.precision, ranges=ranges)
+                      precision=options.precision, ranges=ranges, sparse=engine.sparse)
 
 
 def file_metadata(engine: EmbeddingEngine, options: EmbedOptions,

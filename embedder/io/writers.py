@@ -15,7 +15,7 @@ import numpy as np
 
 from embedder.errors import InputError
 from embedder.io.readers import RecordId
-from embedder.quantize import quantize, stored_dtype, stored_width
+from embedder.quantize import quantize, sparse_rows, stored_dtype, stored_width
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _STATE = "state.json"
@@ -46,6 +46,7 @@ class OutputSpec:
     settings: Mapping[str, object] = field(default_factory=dict)
     precision: str = "float32"  # `quantize.PRECISIONS`: how the vectors are stored
     ranges: Any = None  # int8/uint8: the (2, dim) calibration ranges
+    sparse: bool = False  # a SPLADE model's: each row's nonzero `indices` and their `values`, not `embedding`
 
 
 def output_format(path: str) -> str:
@@ -229,14 +230,16 @@ def parquet_options(schema) -> dict:
 
 
 def arrow_schema(spec: OutputSpec):
-    """id, embedding fixed_size_list<stored type>[stored width], tokens int32, optional text; the metadata rides on
-    the schema."""
+    """id, embedding fixed_size_list<stored type>[stored width] (a sparse model's: indices list<int32> and values
+    list<float32>), tokens int32, optional text; the metadata rides on the schema."""
     import pyarrow as pa
 
     stored = pa.from_numpy_dtype(np.dtype(stored_dtype(spec.precision)))
+    vectors = ([pa.field("indices", pa.list_(pa.int32())), pa.field("values", pa.list_(pa.float32()))] if spec.sparse
+               else [pa.field("embedding", pa.list_(stored, stored_width(spec.dim, spec.precision)))])
     fields = [
         pa.field("id", pa.string() if spec.text_ids else pa.int64()),
-        pa.field("embedding", pa.list_(stored, stored_width(spec.dim, spec.precision))),
+        *vectors,
         pa.field("tokens", pa.int32()),
     ]
     if spec.include_text:
@@ -249,10 +252,14 @@ def arrow_table(chunk: Chunk, spec: OutputSpec):
     import pyarrow as pa
 
     schema = arrow_schema(spec)
-    vectors = quantize(chunk.vectors, spec.precision, spec.ranges)
+    if spec.sparse:
+        vectors = sparse_arrays(chunk.vectors)
+    else:
+        stored = quantize(chunk.vectors, spec.precision, spec.ranges)
+        vectors = [pa.FixedSizeListArray.from_arrays(number_array(stored.reshape(-1)), stored.shape[1])]
     columns = [
         string_array([str(i) for i in chunk.ids]) if spec.text_ids else number_array(np.asarray(chunk.ids, np.int64)),
-        pa.FixedSizeListArray.from_arrays(number_array(vectors.reshape(-1)), vectors.shape[1]),
+        *vectors,
         number_array(np.asarray(chunk.tokens, np.int32)),
     ]
     if spec.include_text:
@@ -269,6 +276,17 @@ def number_array(values: np.ndarray):
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
+def sparse_arrays(vectors: np.ndarray) -> list:
+    """A SPLADE model's (rows, vocabulary) vectors as two Arrow columns: each row's nonzero `indices` (int32) and
+    their `values` (float32)."""
+    import pyarrow as pa
+
+    rows = sparse_rows(vectors)
+    offsets = number_array(np.cumsum([0, *(len(indices) for indices, _ in rows)], dtype=np.int32))
+    columns = ([np.zeros(0, np.int32), *(i for i, _ in rows)], [np.zeros(0, np.float32), *(v for _, v in rows)])
+    return [pa.ListArray.from_arrays(offsets, number_array(np.concatenate(parts))) for parts in columns]
+
+
 def string_array(values: Sequence[str]):
     import pyarrow as pa
 
@@ -283,11 +301,16 @@ def string_array(values: Sequence[str]):
 
 
 def _jsonl(chunk: Chunk, spec: OutputSpec) -> bytes:
-    """One JSON object per row: {"id", "embedding", "tokens"} (+ "text"), UTF-8, newline-terminated."""
-    vectors, tokens = quantize(chunk.vectors, spec.precision, spec.ranges).tolist(), chunk.tokens.tolist()
+    """One JSON object per row: {"id", "embedding", "tokens"} (a sparse model's "indices" and "values" for
+    "embedding") (+ "text"), UTF-8, newline-terminated."""
+    tokens = chunk.tokens.tolist()
+    if spec.sparse:
+        vectors = [{"indices": i.tolist(), "values": v.tolist()} for i, v in sparse_rows(chunk.vectors)]
+    else:
+        vectors = [{"embedding": v} for v in quantize(chunk.vectors, spec.precision, spec.ranges).tolist()]
     lines = []
     for row, record_id in enumerate(chunk.ids):
-        obj = {"id": str(record_id) if spec.text_ids else record_id, "embedding": vectors[row], "tokens": tokens[row]}
+        obj = {"id": str(record_id) if spec.text_ids else record_id, **vectors[row], "tokens": tokens[row]}
         if spec.include_text:
             obj["text"] = chunk.texts[row]
         lines.append(json.dumps(obj, ensure_ascii=False))

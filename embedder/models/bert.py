@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..errors import ModelError
 from ..native import fastmath, kernels
 from .base import BaseModelArgs, checkpoint_keys, fuse
 
@@ -224,3 +225,56 @@ class Classifier(Model):
     def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
         first = super().__call__(input_ids, attention_mask, token_types)[:, 0]
         return self.classifier(first if self.args.roberta_positions else self.pooler(first))
+
+
+class MaskedLMHead(nn.Module):
+    """The masked-LM head of BERT, RoBERTa and DistilBERT: a projection, its activation and LayerNorm, then one logit
+    per vocabulary entry (the decoder, tied to the word embeddings where the checkpoint keeps no copy)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.dense = nn.Linear(args.hidden_size, args.hidden_size)
+        self.act = fastmath.activation(args.hidden_act)
+        self.norm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.decoder = nn.Linear(args.hidden_size, args.vocab_size)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.decoder(self.norm(self.act(self.dense(x))))
+
+
+# transformers' masked-LM head names (BERT's, then the RoBERTa family's) -> `MaskedLMHead`'s, in order.
+_MLM_RENAMES = (
+    ("cls.predictions.transform.dense.", "mlm.dense."),
+    ("cls.predictions.transform.LayerNorm.", "mlm.norm."),
+    ("cls.predictions.decoder.", "mlm.decoder."),
+    ("cls.predictions.bias", "mlm.decoder.bias"),
+    ("lm_head.dense.", "mlm.dense."),
+    ("lm_head.layer_norm.", "mlm.norm."),
+    ("lm_head.decoder.", "mlm.decoder."),
+    ("lm_head.bias", "mlm.decoder.bias"),
+)
+
+
+def tie_decoder(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """The decoder's weight is the word embeddings' where the checkpoint ties them and so saves one copy. A
+    checkpoint with no head at all (a bare encoder) is refused by name."""
+    if "mlm.dense.weight" not in weights:
+        raise ModelError("the checkpoint has no masked-LM head (cls.predictions, lm_head or vocab_transform "
+                         "weights): SPLADE pooling needs a *ForMaskedLM checkpoint")
+    if "mlm.decoder.weight" not in weights and "embeddings.word_embeddings.weight" in weights:
+        weights["mlm.decoder.weight"] = weights["embeddings.word_embeddings.weight"]
+    return weights
+
+
+class MaskedLM(Model):
+    """*ForMaskedLM (SPLADE's sparse encoders): the last hidden state, and `mlm` to turn token states into
+    vocabulary logits."""
+
+    heads = ("pooler.", "classifier.")
+
+    def __init__(self, args: ModelArgs):
+        super().__init__(args)
+        self.mlm = MaskedLMHead(args)
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        return tie_decoder(super().sanitize(checkpoint_keys(weights, prefixes={}, renames=_MLM_RENAMES)))

@@ -53,3 +53,18 @@ class Model(bert.Model):
         renamed = checkpoint_keys(weights, prefixes={"distilbert.": ""}, drop=_HEADS, renames=_RENAMES)
         renamed["embeddings.token_type_embeddings.weight"] = mx.zeros((1, self.args.hidden_size))
         return super().sanitize(renamed)
+
+
+class MaskedLM(Model):
+    """DistilBertForMaskedLM (SPLADE encoders such as OpenSearch's): BERT's masked-LM head under DistilBERT's
+    names."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__(args)
+        self.mlm = bert.MaskedLMHead(self.args)
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        renames = (("vocab_transform.", "mlm.dense."), ("vocab_layer_norm.", "mlm.norm."),
+                   ("vocab_projector.", "mlm.decoder."))
+        named = checkpoint_keys(weights, prefixes={"distilbert.": ""}, renames=renames)
+        return bert.tie_decoder(super().sanitize(named))

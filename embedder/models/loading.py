@@ -19,7 +19,7 @@ from ..native import kernels
 from ..options import EngineOptions
 from ..tokenizer import TextTokenizer, load_tokenizer
 from .quantized import use_blas_for_quantized, use_packed_matmuls
-from .st_config import DenseSpec, PipelineSpec, pooling_modes, read_pipeline_spec
+from .st_config import DenseSpec, PipelineSpec, SpladeSpec, pooling_modes, read_pipeline_spec
 
 # model_type -> (package, module). Encoders are ours: they own speed, padding and exactness. Decoders run
 # mlx-lm's model code through one adapter; any other model_type mlx-lm implements takes the same path.
@@ -166,13 +166,19 @@ def load_weights(path: Path) -> dict[str, mx.array]:
     return weights
 
 
-def build_model(config: dict, path: Path, dtype: mx.Dtype | None, labels: int | None = None) -> nn.Module:
+def build_model(config: dict, path: Path, dtype: mx.Dtype | None, labels: int | None = None,
+                masked_lm: bool = False) -> nn.Module:
     """mlx-lm's chain: ModelArgs.from_dict -> Model -> sanitize -> quantize what is quantized -> strict load.
     Float weights are cast to `dtype`, or with None kept as stored. With `labels`, the architecture's `Classifier`
-    (a cross-encoder) instead of its `Model`."""
+    (a cross-encoder) instead of its `Model`; with `masked_lm`, its `MaskedLM` (a SPLADE encoder)."""
     arch = get_architecture(config)
     args = arch.ModelArgs.from_dict(config)
-    if labels is None:
+    if masked_lm:
+        if not hasattr(arch, "MaskedLM"):
+            raise ModelError(f"SPLADE pooling needs a masked-LM head, which embed runs for BERT, the RoBERTa family "
+                             f"and DistilBERT, not {config['model_type']!r}")
+        model = arch.MaskedLM(args)
+    elif labels is None:
         model = arch.Model(args)
     elif hasattr(arch, "Classifier"):
         model = arch.Classifier(args, labels)
@@ -239,10 +245,13 @@ def default_dtype(config: dict) -> str:
     return "bfloat16" if config.get("model_type") in BFLOAT16_ONLY else "float16"
 
 
-def pooling_override(pooling: str) -> tuple[str, ...]:
-    """`--pooling`: sentence-transformers' mode names, or candle-vllm's `last`; `+` joins several."""
+def with_pooling(spec: PipelineSpec, pooling: str) -> PipelineSpec:
+    """`--pooling`: sentence-transformers' mode names, or candle-vllm's `last`, `+` joining several; or `splade`
+    (TEI's), a masked-LM checkpoint's SPLADE weights, max-pooled."""
+    if pooling == "splade":
+        return dataclasses.replace(spec, pooling=("splade",), splade=SpladeSpec())
     modes = [POOLING_ALIASES.get(m, m) for m in pooling.split("+")]
-    return pooling_modes({"pooling_mode": modes})
+    return dataclasses.replace(spec, pooling=pooling_modes({"pooling_mode": modes}), splade=None)
 
 
 def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedModel:
@@ -258,7 +267,7 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
     # A bare causal LM has no Pooling module: mean over its tokens, as candle-vllm does.
     spec = read_pipeline_spec(path, default_pooling="mean", config=config)
     if pooling is not None and spec.scores is None:
-        spec = dataclasses.replace(spec, pooling=pooling_override(pooling))
+        spec = with_pooling(spec, pooling)
     dtype = options.dtype or default_dtype(config)
     on_cpu = mx.default_device() == mx.cpu
     packed = on_cpu and (dtype == INT8 or (dtype == "float16" and not config.get("quantization")
@@ -277,7 +286,8 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
                       RuntimeWarning, stacklevel=2)
     # Packed: the weights as stored (a bfloat16 decoder's are half its float32 size), each Linear's packed for our
     # kernel in turn, then the rest (embeddings, norms, biases) cast to float32, the activations' type.
-    module = build_model(config, path, None if packed else DTYPES[dtype], spec.scores.labels if spec.scores else None)
+    module = build_model(config, path, None if packed else DTYPES[dtype], spec.scores.labels if spec.scores else None,
+                         masked_lm=spec.splade is not None)
     if packed:
         use_packed_matmuls(module, config["model_type"], dtype)
         module.set_dtype(mx.float32)
@@ -312,6 +322,8 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
     dim = dense[-1].weight.shape[0] if dense else hidden * len(spec.pooling)
     if spec.scores is not None:  # a cross-encoder's output is its labels' scores
         dim = spec.scores.labels
+    if spec.splade is not None:  # a sparse encoder's, one weight per vocabulary entry
+        dim = module.args.vocab_size
     return LoadedModel(
         model_id=canonical_id(model),
         path=path,

@@ -45,6 +45,18 @@ class ScoreSpec:
 
 
 @dataclass(frozen=True)
+class SpladeSpec:
+    """sentence-transformers' SpladePooling: log(1 + relu(MLM logits)) (`log1p_relu`: a second log1p, as
+    OpenSearch's models), then the max (SPLADE v2 on) or the sum over the tokens; one weight per vocabulary entry."""
+
+    strategy: str = "max"
+    activation: str = "relu"
+
+
+SPLADE_STRATEGIES, SPLADE_ACTIVATIONS = ("max", "sum"), ("relu", "log1p_relu")
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     """What happens after the encoder: pooling modes, Dense layers, normalization, limits, prompts."""
 
@@ -58,6 +70,7 @@ class PipelineSpec:
     default_prompt_name: str | None = None
     has_st_files: bool = False
     scores: ScoreSpec | None = None  # a cross-encoder: the model scores text pairs instead of embedding texts
+    splade: SpladeSpec | None = None  # a sparse encoder: vocabulary weights from its masked-LM head, pooled
 
 
 def _read_json(path: Path) -> dict | list:
@@ -86,6 +99,15 @@ def pooling_modes(config: dict) -> tuple[str, ...]:
             raise ModelError(f"unsupported pooling mode {m!r}; supported: {', '.join(POOLING_MODES)}")
     # sentence-transformers concatenates in its own fixed order.
     return tuple(m for m in POOLING_MODES if m in modes)
+
+
+def splade_spec(config: dict) -> SpladeSpec:
+    """A SpladePooling module's config.json, checked."""
+    spec = SpladeSpec(config.get("pooling_strategy", "max"), config.get("activation_function", "relu"))
+    if spec.strategy not in SPLADE_STRATEGIES or spec.activation not in SPLADE_ACTIVATIONS:
+        raise ModelError(f"unsupported SpladePooling {spec.strategy!r} with {spec.activation!r}; supported: "
+                         f"{' or '.join(SPLADE_STRATEGIES)} with {' or '.join(SPLADE_ACTIVATIONS)}")
+    return spec
 
 
 def _dense(path: Path) -> DenseSpec:
@@ -169,7 +191,7 @@ def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean", config: d
     if not modules_file.exists():
         return PipelineSpec(pooling=(default_pooling,), **common)
 
-    pooling, include_prompt, dense, normalize = None, True, [], False
+    pooling, include_prompt, dense, normalize, splade = None, True, [], False, None
     for module in sorted(_read_json(modules_file), key=lambda m: m.get("idx", 0)):
         kind = module_kind(module["type"])
         path = model_dir / module.get("path", "")
@@ -184,6 +206,8 @@ def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean", config: d
             dense.append(_dense(path))
         elif kind == "Normalize":
             normalize = True
+        elif kind == "SpladePooling":
+            pooling, splade = ("splade",), splade_spec(_read_json(path / "config.json"))
         else:
             raise ModelError(f"unsupported sentence-transformers module {module['type']} ({module.get('path')})")
     if pooling is None:
@@ -193,6 +217,7 @@ def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean", config: d
         include_prompt=include_prompt,
         dense=tuple(dense),
         normalize=normalize,
+        splade=splade,
         has_st_files=True,
         **common,
     )

@@ -6,13 +6,15 @@ import numpy as np
 
 from embedder.errors import EmbedError, InputError
 from embedder.hub import DEFAULT_MODEL
+from embedder.io.writers import sparse_arrays
 
 
 def embed_dataset(ds, model: str = DEFAULT_MODEL, text_column: str = "text", *, prompt: str | None = None,
                   prompt_name: str | None = None, dimensions: int | None = None, normalize: bool = True,
                   batch_size: int = 1024, concurrency: int | None = None, num_cpus: float | None = None,
                   num_gpus: float | None = None, **engine_options):
-    """`ds` with two more columns: `embedding` (fixed_size_list<float32>[dim]) and `tokens` (int32).
+    """`ds` with two more columns: `embedding` (fixed_size_list<float32>[dim]) and `tokens` (int32); a SPLADE
+    model's vectors as `indices` (list<int32>) and `values` (list<float32>) instead of `embedding`.
 
     Each actor loads the model once; the rows Ray hands it (`batch_size` at a time) go through the engine's
     planner (length-sorted, token-budget batches, lanes), never padded to Ray's batch. By default one actor per
@@ -90,7 +92,11 @@ class BatchEmbedder:
         skip = engine.prompt_skip(self.prompt, self.prompt_name)
         vectors = engine.submit(ids, dimensions=self.dimensions, normalize=None if self.normalize else False,
                                 skip=skip).result()
-        dim = vectors.shape[1] if vectors.ndim == 2 else (self.dimensions or engine.dim)
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
-        tokens = pa.array(np.array([len(row) for row in ids], np.int32))
-        return table.append_column("embedding", embedding).append_column("tokens", tokens)
+        if engine.sparse:
+            indices, values = sparse_arrays(vectors.reshape(-1, engine.dim))
+            table = table.append_column("indices", indices).append_column("values", values)
+        else:
+            dim = vectors.shape[1] if vectors.ndim == 2 else (self.dimensions or engine.dim)
+            embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
+            table = table.append_column("embedding", embedding)
+        return table.append_column("tokens", pa.array(np.array([len(row) for row in ids], np.int32)))

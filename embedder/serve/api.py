@@ -1,6 +1,6 @@
 """The wire formats: OpenAI's embeddings, Cohere's and Jina's rerank, vLLM's /score, /classify, /tokenize and
-/detokenize, Text Embeddings Inference's /embed, /embed_all, /rerank, /predict, /tokenize and /decode, and the input
-kinds a request may carry."""
+/detokenize, Text Embeddings Inference's /embed, /embed_all, /embed_sparse, /rerank, /predict, /tokenize and
+/decode, and the input kinds a request may carry."""
 
 import base64
 from dataclasses import dataclass
@@ -108,6 +108,7 @@ class TEITextOptions(BaseModel):
     truncate: bool | None = None
     truncation_direction: TruncationDirection = "Right"  # "Left" keeps each input's last tokens
     prompt_name: str | None = None
+    model: str | None = None  # embed's: which served model, where several are (TEI serves one)
 
     @property
     def keep_last(self) -> int | None:
@@ -138,7 +139,6 @@ class PredictRequest(TEITextOptions):
 
     inputs: str | TextOrPair | Annotated[list[TextOrPair], Field(min_length=1)]
     raw_scores: bool = False  # the logits, before the softmax (or sigmoid)
-    model: str | None = None  # embed's: which served model, where several are
 
 
 class Prediction(BaseModel):  # TEI's
@@ -171,6 +171,11 @@ class ClassificationResponse(BaseModel):  # vLLM's
     model: str
     data: list[ClassificationData]
     usage: Usage
+
+
+class SparseValue(BaseModel):  # TEI's
+    index: int
+    value: float
 
 
 class Pooled(BaseModel):

@@ -1,6 +1,6 @@
 """The OpenAI-compatible server's routes: /v1/embeddings, /v1/rerank, /v1/models, /health and /metrics over served
-engines; Text Embeddings Inference's /embed, /embed_all, /rerank, /predict, /info, /tokenize and /decode; vLLM's /score,
-/classify, /tokenize and /detokenize. `front.Front` stands before them."""
+engines; Text Embeddings Inference's /embed, /embed_all, /embed_sparse, /rerank, /predict, /info, /tokenize and
+/decode; vLLM's /score, /classify, /tokenize and /detokenize. `front.Front` stands before them."""
 
 import asyncio
 import contextlib
@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive
 from ..engine import EmbeddingEngine, ranked, split_pairs
 from ..errors import EmbedError, EmptyInput, InputError, ModelNotFound, Overloaded
 from ..images import DATA_URI_PREFIX, decode_data_uri
-from ..quantize import CALIBRATED, quantize
+from ..quantize import CALIBRATED, quantize, sparse_rows
 from .access_log import AccessLog
 from .api import (
     ClassificationData,
@@ -53,6 +53,7 @@ from .api import (
     Score,
     ScoreRequest,
     ScoreResponse,
+    SparseValue,
     TEIEmbedAllRequest,
     TEIEmbedRequest,
     TEIRank,
@@ -134,10 +135,12 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         app.add_exception_handler(exc_type, _handle)
 
     async def embed(body: EmbeddingRequest, receive: Receive, normalize: bool | None = None, field: str = "input",
-                    refuse_long: bool = False, per_token: bool = False) -> tuple[ServedModel, Any, int] | None:
+                    refuse_long: bool = False, per_token: bool = False, sparse: bool = False
+                    ) -> tuple[ServedModel, Any, int] | None:
         """The served model, the request's vectors and their tokens; None if the client hung up first.
         `refuse_long`: a text over the model's length is refused, though the server would cut it (TEI's
-        `truncate: false`); `per_token`: each input's token vectors (a list of arrays), not one pooled vector."""
+        `truncate: false`); `per_token`: each input's token vectors (a list of arrays), not one pooled vector;
+        `sparse`: a SPLADE model's vectors are asked for (the dense routes refuse them)."""
         served = registry.resolve(body.model)
         given = body.input
         if isinstance(given, str) or (len(given) <= INLINE_TEXTS and all(isinstance(t, str) for t in given)):
@@ -153,6 +156,11 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         with admission.admit(len(inputs)):
             engine = await _engine(registry, served)
             engine.check_embeds(_client_name(served, body.model))
+            if engine.sparse != sparse and not per_token:
+                raise InputError(f"{_client_name(served, body.model)} is a sparse (SPLADE) model, one weight per "
+                                 "vocabulary entry: ask /embed_sparse for its vectors" if engine.sparse else
+                                 f"{_client_name(served, body.model)} is a dense model; /embed_sparse needs a SPLADE "
+                                 "model", "model")
             if refuse_long and inputs.texts is not None:
                 await run_in_threadpool(_refuse_long, engine, inputs.texts, body.prompt_name)
             dimensions = engine.check_dimensions(body.dimensions)
@@ -212,13 +220,13 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         return Response(reply.model_dump_json(), media_type="application/json")
 
     async def tei_vectors(body: TEITextOptions, inputs: str | list, request: Request, normalize: bool = True,
-                          dimensions: int | None = None, per_token: bool = False
+                          dimensions: int | None = None, per_token: bool = False, sparse: bool = False
                           ) -> tuple[ServedModel, Any, int] | None:
         """`embed` for TEI's requests: their texts' options as OpenAI's and vLLM's fields say them."""
-        asked = EmbeddingRequest(input=inputs, dimensions=dimensions, prompt_name=body.prompt_name,
+        asked = EmbeddingRequest(input=inputs, model=body.model, dimensions=dimensions, prompt_name=body.prompt_name,
                                  truncate_prompt_tokens=body.keep_last)
         return await embed(asked, request.receive, normalize=normalize, field="inputs",
-                           refuse_long=body.truncate is False, per_token=per_token)
+                           refuse_long=body.truncate is False, per_token=per_token, sparse=sparse)
 
     @app.post("/embed", response_model=list[list[float]])
     async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
@@ -237,6 +245,16 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             return Response(status_code=CLIENT_CLOSED)
         return Response(json.dumps([tokens.tolist() for tokens in answer[1]]), media_type="application/json")
 
+    @app.post("/embed_sparse", response_model=list[list[SparseValue]])
+    async def tei_embed_sparse(body: TEIEmbedAllRequest, request: Request) -> Response:
+        """Text Embeddings Inference's /embed_sparse: a SPLADE model's nonzero vocabulary weights of each input."""
+        answer = await tei_vectors(body, body.inputs, request, normalize=False, sparse=True)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        rows = [[{"index": i, "value": v} for i, v in zip(indices.tolist(), values.tolist())]
+                for indices, values in sparse_rows(answer[1])]
+        return Response(json.dumps(rows), media_type="application/json")
+
     @app.post("/similarity", response_model=list[float])
     async def similarity(body: TEISimilarityRequest, request: Request) -> Response:
         """Text Embeddings Inference's /similarity: the cosine similarity of the source sentence to each sentence."""
@@ -252,8 +270,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     async def tei_root(request: Request) -> Response:
         """TEI's root route, where huggingface_hub's InferenceClient(base_url=...) posts. TEI answers there as the
         model it serves: a reranker's rerank (a body with "query"), a sentence similarity (`inputs` as
-        {"source_sentence", "sentences"}), a classifier's /predict, else /embed; each refused as its route
-        refuses it."""
+        {"source_sentence", "sentences"}), a classifier's /predict, a SPLADE model's /embed_sparse, else /embed;
+        each refused as its route refuses it."""
         try:
             body = json.loads(await request.body())
         except ValueError as exc:
@@ -262,10 +280,11 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             route, shape = rerank, RerankRequest
         elif isinstance(body, dict) and isinstance(body.get("inputs"), dict):
             route, shape = similarity, TEISimilarityRequest
-        elif registry.resolve(body.get("model") if isinstance(body, dict) else None).cross_encoder:
-            route, shape = predict, PredictRequest
         else:
-            route, shape = tei_embed, TEIEmbedRequest
+            served = registry.resolve(body.get("model") if isinstance(body, dict) else None)
+            engine = await _engine(registry, served)
+            route, shape = ((predict, PredictRequest) if engine.cross_encoder else
+                            (tei_embed_sparse, TEIEmbedAllRequest) if engine.sparse else (tei_embed, TEIEmbedRequest))
         try:
             parsed = shape.model_validate(body)
         except ValidationError as exc:

@@ -138,7 +138,7 @@ def _header(scope: Scope, name: bytes) -> str:
 
 
 # Text Embeddings Inference's alone; /rerank and /tokenize are shared.
-TEI_PATHS = ("/embed", "/embed_all", "/", "/decode", "/info", "/similarity", "/predict")
+TEI_PATHS = ("/embed", "/embed_all", "/embed_sparse", "/", "/decode", "/info", "/similarity", "/predict")
 
 
 def speaks_tei(scope: Scope) -> bool:

@@ -9,8 +9,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 INPUT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 EMBEDDING_PATHS = frozenset({"/v1/embeddings", "/embeddings", "/embed", "/"})  # OpenAI's, infinity's, TEI's two
 # The API's paths, each counted by name; any other path counts as "other" (a scanner's paths would grow the table).
-PATHS = EMBEDDING_PATHS | {"/embed_all", "/pooling", "/v1/rerank", "/rerank", "/v2/rerank", "/score", "/v1/score",
-                           "/predict", "/classify", "/v1/classify", "/tokenize",
+PATHS = EMBEDDING_PATHS | {"/embed_all", "/embed_sparse", "/pooling", "/v1/rerank", "/rerank", "/v2/rerank",
+                           "/score", "/v1/score", "/predict", "/classify", "/v1/classify", "/tokenize",
                            "/detokenize", "/decode", "/similarity", "/info", "/v1/models", "/models", "/health",
                            "/metrics"}
 

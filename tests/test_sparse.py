@@ -1,0 +1,137 @@
+"""SPLADE sparse vectors: tiny random masked-LM encoders built by the tests against sentence-transformers'
+SparseEncoder, through the engine, the real `embed` command (Parquet and JSONL read back) and TEI's /embed_sparse on
+the real `embed serve`."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from reference import require_oracle
+from test_server import running_server
+from tiny_models import tiny_sparse_encoder
+
+from embedder import EmbeddingEngine
+from embedder.errors import InputError
+from embedder.io.pipeline import EmbedOptions, run
+
+TEXTS = ["a", "The quick brown fox jumps over the lazy dog.", "中文句子，还有一些日本語のテキスト。", "",
+         "Emoji 🎉 and accents: café, naïve, e\u0301", "long " * 300]
+EMBED = [sys.executable, "-m", "cli"]
+
+
+def sparse_encoder_vectors(path, texts) -> np.ndarray:
+    """SparseEncoder's vectors, dense: one weight per vocabulary entry."""
+    require_oracle()
+    from sentence_transformers import SparseEncoder
+
+    encoder = SparseEncoder(str(path), device="cpu")
+    return encoder.encode(texts, batch_size=4, convert_to_sparse_tensor=False).numpy()
+
+
+def assert_same_sparse(got: np.ndarray, want: np.ndarray) -> None:
+    """The same nonzero entries (but a few at the edge of zero), their weights within float32 error."""
+    assert got.shape == want.shape and np.isfinite(got).all() and (got >= 0).all()
+    differs = (got > 0) != (want > 0)
+    assert differs.sum() <= 1e-4 * want.size and np.abs(want[differs]).max(initial=0) < 1e-5
+    np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("sparse")
+
+
+@pytest.fixture(scope="module")
+def splade(work, minilm_path):
+    return tiny_sparse_encoder("bert", minilm_path, work)
+
+
+@pytest.mark.parametrize("kind, strategy, activation", [("bert", "max", "relu"), ("distilbert", "max", "log1p_relu"),
+                                                        ("xlm-roberta", "sum", "relu")])
+def test_vectors_equal_sparse_encoder(work, minilm_path, kind, strategy, activation):
+    path = tiny_sparse_encoder(kind, minilm_path, work, strategy=strategy, activation=activation)
+    engine = EmbeddingEngine(str(path), batch_tokens=256)  # several batches, mixed lengths in each
+    got = engine.embed(TEXTS)
+    assert engine.sparse and engine.dim == 30522 and engine.info()["pooling"] == "splade"
+    assert_same_sparse(got, sparse_encoder_vectors(path, TEXTS))
+    for (indices, values), row in zip(engine.embed_sparse(TEXTS), got):
+        assert indices.dtype == np.int32 and (np.diff(indices) > 0).all()
+        np.testing.assert_array_equal(values, row[indices])
+        assert (values > 0).all() and np.count_nonzero(row) == len(indices)
+    engine.unload()
+
+
+def test_a_bare_masked_lm_with_splade_pooling(work, minilm_path, splade):
+    """TEI's `--pooling splade` over a transformers checkpoint: SpladePooling's default (max of log1p(relu))."""
+    bare = tiny_sparse_encoder("bert", minilm_path, work, bare=True)
+    engine = EmbeddingEngine(str(bare), pooling="splade")
+    assert_same_sparse(engine.embed(TEXTS), sparse_encoder_vectors(splade, TEXTS))
+    engine.unload()
+    with pytest.raises(Exception, match="masked-LM head"):
+        EmbeddingEngine(str(minilm_path), pooling="splade").load()
+
+
+def test_refusals(splade, engine):
+    sparse = EmbeddingEngine(str(splade))
+    with pytest.raises(InputError, match="sparse .SPLADE. model.*dimensions does not apply"):
+        sparse.embed(["a"], dimensions=64)
+    sparse.unload()
+    with pytest.raises(InputError, match="is a dense model"):
+        engine.embed_sparse(["a"])
+
+
+def test_cli_writes_indices_and_values(tmp_path, splade):
+    source = tmp_path / "in.txt"
+    texts = [t for t in TEXTS if t]
+    source.write_text("\n".join(texts) + "\n")
+    engine = EmbeddingEngine(str(splade))
+    want = engine.embed_sparse(texts)
+    done = subprocess.run([*EMBED, str(source), "-o", str(tmp_path / "out.parquet"), "-m", str(splade)],
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column_names == ["id", "indices", "values", "tokens"]
+    assert table["tokens"].to_pylist() == engine.tokens_per_text(texts)
+    for (indices, values), got_indices, got_values in zip(want, table["indices"].to_pylist(),
+                                                          table["values"].to_pylist()):
+        assert got_indices == indices.tolist()
+        np.testing.assert_allclose(got_values, values, rtol=1e-5)
+    lines = subprocess.run([*EMBED, str(source), "-m", str(splade)], capture_output=True, timeout=120).stdout
+    rows = [json.loads(line) for line in lines.decode().splitlines()]
+    assert set(rows[0]) == {"id", "indices", "values", "tokens"} and rows[1]["indices"] == want[1][0].tolist()
+    refused = run_refused(tmp_path, splade, precision="int8", calibration=str(tmp_path / "out.parquet"))
+    assert "--precision int8 does not apply" in refused
+    engine.unload()
+
+
+def run_refused(tmp_path, model, **options) -> str:
+    with pytest.raises(InputError) as refused:
+        run(EmbedOptions(inputs=(str(tmp_path / "in.txt"),), output=str(tmp_path / "refused.parquet"),
+                         model=str(model), **options))
+    return str(refused.value)
+
+
+def test_tei_embed_sparse(splade):
+    import httpx
+
+    engine = EmbeddingEngine(str(splade))
+    want = engine.embed_sparse(TEXTS[:3])
+    engine.unload()
+    with running_server(str(splade), "all-MiniLM-L6-v2") as url, httpx.Client(base_url=url, timeout=60) as http:
+        name = str(splade)
+        got = http.post("/embed_sparse", json={"inputs": TEXTS[:3], "model": name})
+        dense = http.post("/v1/embeddings", json={"input": "a", "model": name})
+        unnamed = http.post("/embed_sparse", json={"inputs": "a"})  # the first model served: the SPLADE one
+        root = http.post("/", json={"inputs": ["a"]})  # TEI answers its root as /embed_sparse for a SPLADE model
+        wrong = http.post("/embed_sparse", json={"inputs": "a", "model": "all-MiniLM-L6-v2"})
+    assert got.status_code == 200, got.text
+    for row, (indices, values) in zip(got.json(), want):
+        assert [v["index"] for v in row] == indices.tolist()
+        np.testing.assert_allclose([v["value"] for v in row], values, rtol=1e-5)
+    assert unnamed.status_code == 200 and len(unnamed.json()) == 1
+    assert root.status_code == 200 and root.json() == unnamed.json()
+    assert dense.status_code == 400 and "ask /embed_sparse" in dense.json()["error"]["message"]
+    assert wrong.status_code == 413 and "is a dense model" in wrong.json()["error"]
