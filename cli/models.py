@@ -19,12 +19,13 @@ def models(
     with reported_errors():
         if model is None:
             from embedder.models.gguf import ARCHITECTURES as GGUF
-            from embedder.models.loading import cross_encoder_architectures, own_encoders, supported_architectures
+            from embedder.models.loading import architectures_with, own_encoders, supported_architectures
 
             info = {
                 "architectures": supported_architectures(),
                 "own_encoders": own_encoders(),
-                "rerankers": cross_encoder_architectures(),
+                "rerankers": architectures_with("Classifier"),
+                "sparse": architectures_with("MaskedLM"),
                 "causal_lm": "any other model_type that the installed mlx-lm implements (pooling mean, last or cls)",
                 "gguf": sorted(set(GGUF.values())),  # the model types GGUF files of llama.cpp load as
             }
@@ -71,13 +72,13 @@ def _supported_table(info: dict):
     from rich.table import Table
 
     table = Table(title="Architectures embed runs", title_justify="left")
-    for column in ("architecture", "runs on", "GGUF", "rerank", "for example"):
+    for column in ("architecture", "runs on", "GGUF", "rerank", "sparse", "for example"):
         table.add_column(column)
     for arch in info["architectures"]:
         runs_on = RUNS_ON.get(arch) or ("embed's MLX encoder" if arch in info["own_encoders"]
                                         else "mlx-lm (the llm extra), pooled")
-        table.add_row(arch, runs_on, "yes" if arch in info["gguf"] else "", "yes" if arch in info["rerankers"] else "",
-                      EXAMPLES.get(arch, ""))
+        marks = ["yes" if arch in info[key] else "" for key in ("gguf", "rerankers", "sparse")]
+        table.add_row(arch, runs_on, *marks, EXAMPLES.get(arch, ""))
     table.caption = f"and {info['causal_lm']}"
     return table
 

@@ -70,11 +70,12 @@ def test_models_lists_and_describes(minilm_path):
     assert {"bert", "mpnet", "distilbert"} <= set(supported["own_encoders"])
     assert "qwen3" not in supported["own_encoders"]
     assert {"bert", "xlm-roberta", "modernbert"} <= set(supported["rerankers"]) and "mpnet" not in supported["rerankers"]
-    table = CliRunner().invoke(models_app, [], env={"COLUMNS": "200"})
+    assert {"bert", "xlm-roberta", "distilbert"} <= set(supported["sparse"]) and "mpnet" not in supported["sparse"]
+    table = CliRunner().invoke(models_app, [], env={"COLUMNS": "220"})
     rows = {cells[0]: cells[1:] for line in table.stdout.splitlines()
-            if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) == 5}
+            if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) == 6}
     assert rows["mpnet"][0] == "embed's MLX encoder" and rows["qwen3"][:2] == ["mlx-lm (the llm extra), pooled", "yes"]
-    assert rows["bert"][1:3] == ["yes", "yes"] and rows["siglip"][0] == "mlx-embeddings (the images extra)"
+    assert rows["bert"][1:4] == ["yes", "yes", "yes"] and rows["siglip"][0] == "mlx-embeddings (the images extra)"
     described = CliRunner().invoke(models_app, [str(minilm_path)], env={"COLUMNS": "160"})
     assert described.exit_code == 0
     lines = {cells[0]: cells[1] for line in described.stdout.splitlines()

@@ -100,9 +100,10 @@ def supported_architectures() -> list[str]:
     return sorted(ARCHITECTURES)
 
 
-def cross_encoder_architectures() -> list[str]:
-    """The architectures whose sequence classifiers (rerankers) embed runs."""
-    return sorted(arch for arch in own_encoders() if hasattr(get_architecture({"model_type": arch}), "Classifier"))
+def architectures_with(head: str) -> list[str]:
+    """The architectures of embed's own encoders that have `head`: `Classifier` (sequence classifiers: rerankers)
+    or `MaskedLM` (SPLADE's sparse encoders)."""
+    return sorted(arch for arch in own_encoders() if hasattr(get_architecture({"model_type": arch}), head))
 
 
 def own_encoders() -> list[str]:
@@ -175,8 +176,8 @@ def build_model(config: dict, path: Path, dtype: mx.Dtype | None, labels: int | 
     args = arch.ModelArgs.from_dict(config)
     if masked_lm:
         if not hasattr(arch, "MaskedLM"):
-            raise ModelError(f"SPLADE pooling needs a masked-LM head, which embed runs for BERT, the RoBERTa family "
-                             f"and DistilBERT, not {config['model_type']!r}")
+            raise ModelError(f"SPLADE pooling needs a masked-LM head, which embed runs for "
+                             f"{', '.join(architectures_with('MaskedLM'))}, not {config['model_type']!r}")
         model = arch.MaskedLM(args)
     elif labels is None:
         model = arch.Model(args)
@@ -184,7 +185,7 @@ def build_model(config: dict, path: Path, dtype: mx.Dtype | None, labels: int | 
         model = arch.Classifier(args, labels)
     else:
         raise ModelError(f"cross-encoders (sequence classifiers) of architecture {config['model_type']!r} are not "
-                         f"supported; supported: {', '.join(cross_encoder_architectures())}")
+                         f"supported; supported: {', '.join(architectures_with('Classifier'))}")
     weights = load_weights(path)
     if hasattr(model, "sanitize"):
         weights = model.sanitize(weights)
