@@ -87,6 +87,7 @@ PromptNameOpt = Annotated[str | None, typer.Option(
     help="A prompt named in the model's config_sentence_transformers.json, e.g. query or document.",
     show_default=False)]
 PoolingOpt = Annotated[str | None, typer.Option(
-    help="Override the model's pooling: mean, cls, last, max (for causal LMs: mean by default).",
+    help="Override the model's pooling: mean, cls, last, max (for causal LMs: mean by default); splade for a "
+         "masked-LM checkpoint's sparse vectors.",
     show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary line.")]
