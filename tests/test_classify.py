@@ -172,6 +172,8 @@ def test_vllm_classify(http, three_labels, path):
     engine.unload()
     last = http.post(path, json={"input": "terrible " * 200, "truncate_prompt_tokens": 10}).json()
     assert last["usage"]["prompt_tokens"] == 10
+    pooled = http.post("/pooling", json={"model": "sentiment", "input": texts}).json()  # a classifier's own task
+    np.testing.assert_allclose([d["data"] for d in pooled["data"]], want, atol=1e-5)
     for bad, message in (({"input": []}, "'input' must hold 1 to"), ({"input": [1]}, "input")):
         refused = http.post(path, json=bad)
         assert refused.status_code == 400 and message in refused.json()["error"]["message"], refused.text

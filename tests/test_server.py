@@ -505,3 +505,23 @@ def test_pooling_as_vllm(http: httpx.Client, engine: EmbeddingEngine) -> None:
     assert_close([np.frombuffer(base64.b64decode(packed), "<f4")], engine.embed(TEXTS[:1]))
     refused = http.post("/pooling", json={"input": []})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "input"
+
+
+def test_pooling_tasks_as_vllm(http: httpx.Client, engine: EmbeddingEngine) -> None:
+    """vLLM's /pooling `task`: token_embed gives each token's vector, L2-normalized per token (raw with
+    use_activation false); a task embed does not run is refused, naming the field."""
+    tokens = http.post("/pooling", json={"input": TEXTS[:2], "task": "token_embed"})
+    assert tokens.status_code == 200, tokens.text
+    want = engine.token_embeddings(TEXTS[:2])
+    for got, w in zip([d["data"] for d in tokens.json()["data"]], want):
+        np.testing.assert_allclose(got, w / np.linalg.norm(w, axis=1, keepdims=True), atol=1e-5)
+    assert tokens.json()["usage"]["total_tokens"] == sum(map(len, want))
+    raw = http.post("/pooling", json={"input": TEXTS[:1], "task": "token_embed", "use_activation": False,
+                                      "encoding_format": "base64"}).json()["data"][0]["data"]
+    np.testing.assert_allclose(np.frombuffer(base64.b64decode(raw), "<f4").reshape(want[0].shape), want[0], atol=1e-5)
+    embedded = http.post("/pooling", json={"input": TEXTS[:1], "task": "embed"}).json()["data"][0]["data"]
+    assert_close([embedded], engine.embed(TEXTS[:1]))
+    for body, message in (({"input": "a", "task": "token_classify"}, "'task'"),
+                          ({"input": "a", "task": "classify"}, "is an embedding model, with no labels")):
+        refused = http.post("/pooling", json=body)
+        assert refused.status_code == 400 and message in refused.json()["error"]["message"], refused.text

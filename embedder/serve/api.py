@@ -37,6 +37,14 @@ class EmbeddingRequest(BaseModel):
     endianness: Literal["native", "little", "big"] | None = None
 
 
+class PoolingRequest(EmbeddingRequest):
+    """vLLM's /pooling: an embeddings request with the pooling `task` to run (absent: a classifier's classify, an
+    embedding model's embed); `use_activation` false gives classify's logits and token_embed's vectors unnormalized."""
+
+    task: Literal["embed", "classify", "token_embed"] | None = None
+    use_activation: bool | None = None
+
+
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
@@ -181,7 +189,7 @@ class SparseValue(BaseModel):  # TEI's
 class Pooled(BaseModel):
     index: int
     object: Literal["pooling"] = "pooling"
-    data: list[int] | list[float] | str
+    data: list[int] | list[float] | list[list[float]] | str
 
 
 class PoolingResponse(BaseModel):  # vLLM's /pooling

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive
 from ..engine import EmbeddingEngine, ranked, split_pairs
 from ..errors import EmbedError, EmptyInput, InputError, ModelNotFound, Overloaded
 from ..images import DATA_URI_PREFIX, decode_data_uri
+from ..pooling import normalize as l2_normalize
 from ..quantize import CALIBRATED, quantize, sparse_rows
 from .access_log import AccessLog
 from .api import (
@@ -43,6 +44,7 @@ from .api import (
     ModelCard,
     ModelList,
     Pooled,
+    PoolingRequest,
     PoolingResponse,
     Prediction,
     PredictRequest,
@@ -207,16 +209,35 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     app.post("/embeddings", response_model=EmbeddingResponse, include_in_schema=False)(embeddings)  # infinity's
 
     @app.post("/pooling", response_model=PoolingResponse)
-    async def pooling(body: EmbeddingRequest, request: Request) -> Response:
-        """vLLM's /pooling: an embeddings request answered in vLLM's pooling shape (the pooled vector of each
-        input, as `data`)."""
-        answer = await encoded(body, request.receive)
-        if answer is None:
+    async def pooling(body: PoolingRequest, request: Request) -> Response:
+        """vLLM's /pooling: each input's `task` output as `data`: its pooled vector (embed), its probability per
+        label (classify), or each token's vector, L2-normalized per token as vLLM does (token_embed)."""
+        served = registry.resolve(body.model)
+        task = body.task or ("classify" if served.cross_encoder else "embed")
+        if task == "classify":
+            texts = parse_input(body.input, options.max_inputs).texts
+            if texts is None:
+                raise InputError("task classify takes texts, not token ids", "input")
+            answer = await classes(body.model, texts, request, raw=body.use_activation is False,
+                                   keep_last=body.truncate_prompt_tokens)
+            rows = None if answer is None else (answer[0], list(answer[2]), answer[3])
+        elif task == "token_embed":
+            rows = await embed(body, request.receive, per_token=True)
+            if rows is not None and body.use_activation is not False:
+                rows = (rows[0], [l2_normalize(tokens) for tokens in rows[1]], rows[2])
+        else:
+            rows = await embed(body, request.receive)
+            rows = None if rows is None else (rows[0], list(quantize(rows[1], body.precision or "float32")), rows[2])
+        if rows is None:
             return Response(status_code=CLIENT_CLOSED)
-        served, vectors, usage = answer
+        served, outputs, tokens = rows
+        nested = task == "token_embed" and body.encoding_format != "base64"  # base64: the tokens' bytes in a row
+        data = [Pooled.model_construct(index=i, data=out.tolist() if nested else encode_vectors(
+                    out.reshape(1, -1), body.encoding_format, body.embed_dtype, body.endianness)[0])
+                for i, out in enumerate(outputs)]
         reply = PoolingResponse.model_construct(
             id=f"pool-{secrets.token_hex(12)}", created=int(time.time()), model=_client_name(served, body.model),
-            data=[Pooled.model_construct(index=i, data=v) for i, v in enumerate(vectors)], usage=usage)
+            data=data, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
         return Response(reply.model_dump_json(), media_type="application/json")
 
     async def tei_vectors(body: TEITextOptions, inputs: str | list, request: Request, normalize: bool = True,
