@@ -21,7 +21,7 @@ from .forward import BatchForward  # noqa: E402
 from .hub import DEFAULT_MODEL, canonical_id  # noqa: E402
 from .images import ImageRow  # noqa: E402
 from .io.readers import read_bytes  # noqa: E402
-from .long_inputs import Windows, combine  # noqa: E402
+from .long_inputs import Windows, combine, combine_max  # noqa: E402
 from .models.loading import ACTIVATIONS, LoadedModel, load_model  # noqa: E402
 from .options import EngineOptions  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402
@@ -368,8 +368,12 @@ class EmbeddingEngine:
         windows = [w for piece in pieces for w in piece]
         skips = [skip if k == 0 else 0 for piece in pieces for k in range(len(piece))]  # a prompt leads window 1
 
+        max_pooled = model.spec.splade is not None and model.spec.splade.strategy == "max"
+
         def finish(out: np.ndarray) -> np.ndarray:
-            if len(windows) != len(rows):
+            if len(windows) != len(rows) and max_pooled:
+                out = combine_max(out, [len(piece) for piece in pieces])
+            elif len(windows) != len(rows):
                 out = combine(out, [len(piece) for piece in pieces], [len(w) for w in windows])
             out = truncate_dims(out, dimensions)
             out = l2_normalize(out) if unit else np.ascontiguousarray(out)

@@ -53,6 +53,13 @@ class Windows:
             start += width - self.overlap
 
 
+def combine_max(vectors: np.ndarray, windows_per_input: Sequence[int]) -> np.ndarray:
+    """Each input's window vectors, their element-wise max: a max-pooled SPLADE vector's own pooling, so the
+    whole text's vector is the max over all its tokens, whichever window holds them."""
+    ends = np.cumsum(windows_per_input)
+    return np.stack([vectors[end - n: end].max(0) for n, end in zip(windows_per_input, ends)])
+
+
 def combine(vectors: np.ndarray, windows_per_input: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
     """Each input's window vectors, averaged with each window's token count as its weight."""
     weights = np.asarray(tokens, np.float32)[:, None]

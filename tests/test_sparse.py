@@ -74,6 +74,18 @@ def test_a_bare_masked_lm_with_splade_pooling(work, minilm_path, splade):
         EmbeddingEngine(str(minilm_path), pooling="splade").load()
 
 
+def test_a_long_text_in_windows_takes_the_max_over_them(splade):
+    """--long-input chunk on a max-pooled SPLADE model: the max over every window's tokens, not their mean."""
+    chunked = EmbeddingEngine(str(splade), long_input="chunk", chunk_overlap=16)
+    text = " ".join(f"word{i % 97} token{i % 13}" for i in range(300))
+    row = chunked.tokenize([text])[0]
+    windows = chunked._windows.split(row)
+    assert len(windows) > 2
+    whole = chunked.embed([text])[0]
+    np.testing.assert_allclose(whole, chunked.embed_tokens(windows).max(0), atol=1e-6)
+    chunked.unload()
+
+
 def test_refusals(splade, engine):
     sparse = EmbeddingEngine(str(splade))
     with pytest.raises(InputError, match="sparse .SPLADE. model.*dimensions does not apply"):
