@@ -67,7 +67,13 @@ def main() -> None:
     systems = {}
     if args.only != "st":
         systems["embed"] = engine.embed
-    if args.only != "embed":
+    if args.only != "embed" and engine.sparse:  # a SPLADE model: SparseEncoder, its vectors dense as the engine's
+        from sentence_transformers import SparseEncoder
+
+        model = SparseEncoder(str(path), device=args.device)
+        systems["sentence-transformers"] = lambda texts: model.encode(texts, batch_size=32,
+                                                                      convert_to_sparse_tensor=False).cpu().numpy()
+    elif args.only != "embed":
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(str(path), device=args.device)
