@@ -225,6 +225,7 @@ class EmbeddingEngine:
             "device": str(mx.default_device()),
             "long_input": self.options.long_input_mode,  # a chunked file's vectors are windows' means, not cuts
             "chunk_overlap": self.options.chunk_overlap,
+            **({"labels": list(self.labels)} if self.cross_encoder else {}),
         }
 
     def stats(self) -> dict:
@@ -517,9 +518,20 @@ class EmbeddingEngine:
             rows[i], splits[i] = row, len(row)
         for i, row, split in zip(pairs, encoded.ids, encoded.splits):
             rows[i], splits[i] = row, split
+        return self._submit_classes(rows, splits, raw), sum(map(len, rows))
+
+    def submit_class_rows(self, rows: Sequence[Sequence[int]], raw: bool = False) -> Future:
+        """Queue texts already tokenized (`tokenize`, `input_rows`) for `classify`: a batch job's rows."""
+        self.check_classifies()
+        rows = self._validate(rows, None)
+        if not rows:
+            return _resolved(np.zeros((0, self.dim), np.float32))
+        return self._submit_classes(rows, [len(row) for row in rows], raw)
+
+    def _submit_classes(self, rows: list[list[int]], splits: list[int], raw: bool) -> Future:
         problem_type = self.model.spec.scores.problem_type
         finish = (lambda logits: logits) if raw else (lambda logits: class_scores(logits, problem_type))
-        return self._scheduler.submit(rows, splits, finish), sum(map(len, rows))
+        return self._scheduler.submit(rows, splits, finish)
 
     def embedded_tokens(self, ids: Sequence[Sequence[int] | ImageRow]) -> list[int]:
         """Tokens each row puts through the model: its length, or its windows' when long inputs are chunked; an
@@ -532,12 +544,16 @@ class EmbeddingEngine:
     def check_embeds(self, name: str | None = None) -> None:
         """Refuse to embed with a cross-encoder, naming it `name` (a server's name for it) or its model id."""
         if self.cross_encoder:
-            raise InputError(f"{name or self.model.model_id} is a cross-encoder (a reranker): it scores (query, "
-                             "document) pairs with rerank, and embeds nothing", "model")
+            raise InputError(f"{name or self.model.model_id} is a cross-encoder (a sequence classifier): it scores "
+                             "texts and (query, document) pairs with classify and rerank, and embeds nothing",
+                             "model")
 
     def check_dimensions(self, dimensions: int | None) -> int | None:
         """The one check of `dimensions` (leading components kept, then re-normalized), wherever it comes from:
         the API, `--dimensions`, Ray."""
+        if dimensions is not None and self.cross_encoder:
+            raise InputError(f"{self.model_id} is a sequence classifier: it scores each of its {self.dim} labels, so "
+                             "dimensions does not apply", "dimensions")
         if dimensions is not None and self.sparse:
             raise InputError(f"{self.model_id} is a sparse (SPLADE) model: its vectors weigh every vocabulary entry, "
                              "so dimensions does not apply", "dimensions")

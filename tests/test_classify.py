@@ -2,8 +2,11 @@
 pipeline, through the engine and the real `embed serve` (TEI's /predict, vLLM's /classify)."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from reference import require_oracle
 from test_server import running_server
@@ -14,6 +17,7 @@ from embedder.errors import InputError, InputTooLong
 
 LABELS = {"0": "negative", "1": "neutral", "2": "positive"}
 LABEL_IDS = {v: int(k) for k, v in LABELS.items()}
+EMBED = [sys.executable, "-m", "cli"]
 # One over the 128-token window: cut, as transformers cuts it.
 TEXTS = ["I loved every minute of it.", "", "The package arrived on Tuesday.", "東京の猫はよく眠ります。🐈",
          "terrible " * 200, "Worst service I have had in years."]
@@ -86,6 +90,39 @@ def test_raw_scores_are_the_logits_and_errors_name_the_input(three_labels):
 def test_an_embedding_model_has_no_labels(engine):
     with pytest.raises(InputError, match="is an embedding model, with no labels to classify into"):
         engine.classify(["a text"])
+
+
+# ---- the batch job -------------------------------------------------------------------------------------------
+
+
+def test_embed_with_a_classifier_writes_labels(tmp_path, three_labels):
+    """`embed FILE -m CLASSIFIER`: each record's best label, its score and every label's, as Parquet and JSONL;
+    an empty text kept by --on-empty zero has no label."""
+    texts = [TEXTS[0], TEXTS[2], "", TEXTS[5]]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"text": t, "key": f"r{i}"}) + "\n" for i, t in enumerate(texts)))
+    engine = EmbeddingEngine(str(three_labels))
+    want = engine.classify([t for t in texts if t])
+    args = [str(source), "-m", str(three_labels), "--id-field", "key", "--on-empty", "zero"]
+    done = subprocess.run([*EMBED, *args, "-o", str(tmp_path / "out.parquet")], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column_names == ["id", "label", "score", "scores", "tokens"]
+    assert json.loads(table.schema.metadata[b"labels"]) == list(LABELS.values())
+    kept = [0, 1, 3]
+    np.testing.assert_allclose(np.array(table["scores"].to_pylist())[kept], want, atol=1e-5)
+    assert table["label"].to_pylist() == [LABELS[str(int(np.argmax(r)))] if i in kept else ""
+                                          for i, r in enumerate(np.array(table["scores"].to_pylist()))]
+    np.testing.assert_allclose(np.array(table["score"].to_pylist())[kept], want.max(1), atol=1e-5)
+    assert table["id"].to_pylist() == ["r0", "r1", "r2", "r3"] and table["tokens"].to_pylist()[2] == 0
+    lines = subprocess.run([*EMBED, *args], capture_output=True, timeout=120).stdout.decode().splitlines()
+    first = json.loads(lines[0])
+    assert set(first) == {"id", "label", "score", "scores", "tokens"} and first["label"] == table["label"][0].as_py()
+    for flags, message in ((["--precision", "binary"], "--precision binary does not apply"),
+                           (["--dimensions", "2"], "dimensions does not apply")):
+        refused = subprocess.run([*EMBED, *args, *flags], capture_output=True, timeout=120)
+        assert refused.returncode == 2 and message in refused.stderr.decode(), refused.stderr
+    engine.unload()
 
 
 # ---- the server ---------------------------------------------------------------------------------------------

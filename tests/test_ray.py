@@ -21,9 +21,7 @@ from embedder.errors import InputError  # noqa: E402
 from embedder.io.pipeline import EmbedOptions, run  # noqa: E402
 from embedder.ray import embed_dataset, run_job  # noqa: E402
 from reference import needs_f16, needs_int8  # noqa: E402
-from tiny_models import tiny_sparse_encoder  # noqa: E402
-
-from embedder import EmbeddingEngine  # noqa: E402
+from tiny_models import tiny_cross_encoder, tiny_sparse_encoder  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,22 +169,26 @@ def test_bad_input_keeps_the_other_files_parts_and_resume_redoes_only_what_chang
     assert_same_rows(pq.read_table(tmp_path / "out"), single_machine(engine, tmp_path, inputs))
 
 
-def test_a_splade_model_writes_indices_and_values(local_ray, minilm_path, tmp_path):
-    """Both Ray paths store a sparse model's vectors as the single-machine run does: `indices` and `values`."""
-    splade = tiny_sparse_encoder("bert", minilm_path, tmp_path)
+@pytest.mark.parametrize("kind", ["splade", "classifier"])
+def test_sparse_and_classifier_outputs_equal_the_single_machine_run(local_ray, minilm_path, tmp_path, kind):
+    """Both Ray paths write a SPLADE model's `indices` and `values`, and a classifier's `label`, `score` and
+    `scores`, as the single-machine run does."""
+    model = (tiny_sparse_encoder("bert", minilm_path, tmp_path) if kind == "splade" else
+             tiny_cross_encoder("bert", minilm_path, tmp_path, labels=3))
     texts = ["a short one", "x", "a somewhat longer sentence about sparse retrieval"]
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
-    engine = EmbeddingEngine(str(splade))
-    want = engine.embed_sparse(texts)
-    engine.unload()
-    run_job(EmbedOptions(inputs=(str(tmp_path / "in.txt"),), output=str(tmp_path / "out"), model=str(splade)),
-            progress=False)
-    parts = pq.read_table(tmp_path / "out")
-    rows = embed_dataset(ray.data.from_items([{"text": t} for t in texts]), str(splade)).take_all()
-    for got in (parts.to_pylist(), sorted(rows, key=lambda row: texts.index(row["text"]))):
-        for row, (indices, values) in zip(got, want):
-            assert "embedding" not in row and row["indices"] == indices.tolist()
-            np.testing.assert_allclose(row["values"], values, rtol=1e-5)
+    run(EmbedOptions(inputs=(str(tmp_path / "in.txt"),), output=str(tmp_path / "single.parquet"), model=str(model)))
+    want = pq.read_table(tmp_path / "single.parquet").to_pylist()
+    got = on_ray(model, tmp_path, [tmp_path / "in.txt"]).to_pylist()
+    rows = embed_dataset(ray.data.from_items([{"text": t} for t in texts]), str(model)).take_all()
+    rows = sorted(rows, key=lambda row: texts.index(row["text"]))
+    for w, g, r in zip(want, got, rows):
+        for name, value in w.items():
+            if name in ("values", "score", "scores"):
+                np.testing.assert_allclose(g[name], value, rtol=1e-5)
+                np.testing.assert_allclose(r[name], value, rtol=1e-5)
+            elif name != "id":
+                assert g[name] == r[name] == value, name
 
 
 def test_an_actor_killed_mid_job_is_restarted_and_nothing_is_lost_or_doubled(engine, minilm_path, tmp_path):

@@ -251,7 +251,9 @@ def _produce(records: Iterator[Record], engine: EmbeddingEngine, options: EmbedO
         while batch := list(itertools.islice(records, options.chunk_rows)):
             window, ids = _tokenized(batch, engine, options)
             window.digest = "" if digest is None else digest.hexdigest()
-            if ids:
+            if ids and engine.cross_encoder:  # a sequence classifier: each text's score per label
+                window.future = engine.submit_class_rows(ids)
+            elif ids:
                 window.future = engine.submit(ids, dimensions=options.dimensions, normalize=normalize, skip=skip)
             if not _put(windows, window, stop):
                 return
@@ -328,15 +330,17 @@ def output_spec(engine: EmbeddingEngine, options: EmbedOptions, path: str | None
                 settings: dict | None = None) -> OutputSpec:
     """How this job's rows are written: the width and type its precision stores, its ranges, its metadata."""
     dim = engine.check_dimensions(options.dimensions) or engine.dim
-    if engine.sparse and options.precision != "float32":
-        raise InputError(f"{engine.model_id} is a sparse (SPLADE) model, stored as indices and float32 values; "
-                         f"--precision {options.precision} does not apply", "precision")
+    if (engine.sparse or engine.cross_encoder) and options.precision != "float32":
+        kind = "a sparse (SPLADE) model, stored as" if engine.sparse else "a sequence classifier, its labels stored with"
+        raise InputError(f"{engine.model_id} is {kind} float32 values; --precision {options.precision} does not apply",
+                         "precision")
     ranges = None
     if options.calibration is not None:
         ranges = quantization_ranges(load_calibration(options.calibration)[:, :dim])
     return OutputSpec(path=path, dim=dim, include_text=options.include_text, text_ids=text_ids,
                       metadata=file_metadata(engine, options, ranges), settings=settings or {},
-                      precision=options.precision, ranges=ranges, sparse=engine.sparse)
+                      precision=options.precision, ranges=ranges, sparse=engine.sparse,
+                      labels=engine.labels if engine.cross_encoder else ())
 
 
 def file_metadata(engine: EmbeddingEngine, options: EmbedOptions,

@@ -47,6 +47,7 @@ class OutputSpec:
     precision: str = "float32"  # `quantize.PRECISIONS`: how the vectors are stored
     ranges: Any = None  # int8/uint8: the (2, dim) calibration ranges
     sparse: bool = False  # a SPLADE model's: each row's nonzero `indices` and their `values`, not `embedding`
+    labels: tuple[str, ...] = ()  # a classifier's: each row's best `label`, its `score` and every label's `scores`
 
 
 def output_format(path: str) -> str:
@@ -231,12 +232,18 @@ def parquet_options(schema) -> dict:
 
 def arrow_schema(spec: OutputSpec):
     """id, embedding fixed_size_list<stored type>[stored width] (a sparse model's: indices list<int32> and values
-    list<float32>), tokens int32, optional text; the metadata rides on the schema."""
+    list<float32>; a classifier's: label string, score float32 and scores fixed_size_list<float32>[labels]), tokens
+    int32, optional text; the metadata rides on the schema."""
     import pyarrow as pa
 
     stored = pa.from_numpy_dtype(np.dtype(stored_dtype(spec.precision)))
-    vectors = ([pa.field("indices", pa.list_(pa.int32())), pa.field("values", pa.list_(pa.float32()))] if spec.sparse
-               else [pa.field("embedding", pa.list_(stored, stored_width(spec.dim, spec.precision)))])
+    if spec.sparse:
+        vectors = [pa.field("indices", pa.list_(pa.int32())), pa.field("values", pa.list_(pa.float32()))]
+    elif spec.labels:
+        vectors = [pa.field("label", pa.string()), pa.field("score", pa.float32()),
+                   pa.field("scores", pa.list_(pa.float32(), len(spec.labels)))]
+    else:
+        vectors = [pa.field("embedding", pa.list_(stored, stored_width(spec.dim, spec.precision)))]
     fields = [
         pa.field("id", pa.string() if spec.text_ids else pa.int64()),
         *vectors,
@@ -252,14 +259,9 @@ def arrow_table(chunk: Chunk, spec: OutputSpec):
     import pyarrow as pa
 
     schema = arrow_schema(spec)
-    if spec.sparse:
-        vectors = sparse_arrays(chunk.vectors)
-    else:
-        stored = quantize(chunk.vectors, spec.precision, spec.ranges)
-        vectors = [pa.FixedSizeListArray.from_arrays(number_array(stored.reshape(-1)), stored.shape[1])]
     columns = [
         string_array([str(i) for i in chunk.ids]) if spec.text_ids else number_array(np.asarray(chunk.ids, np.int64)),
-        *vectors,
+        *output_arrays(chunk.vectors, chunk.tokens, spec),
         number_array(np.asarray(chunk.tokens, np.int32)),
     ]
     if spec.include_text:
@@ -276,15 +278,30 @@ def number_array(values: np.ndarray):
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
-def sparse_arrays(vectors: np.ndarray) -> list:
-    """A SPLADE model's (rows, vocabulary) vectors as two Arrow columns: each row's nonzero `indices` (int32) and
-    their `values` (float32)."""
+def output_arrays(vectors: np.ndarray, tokens: np.ndarray, spec: OutputSpec) -> list:
+    """The columns the engine's output fills, as `arrow_schema` names them for the model's kind: `embedding` at the
+    spec's precision; a SPLADE model's `indices` and `values`; a classifier's `label`, `score` and `scores`."""
     import pyarrow as pa
 
-    rows = sparse_rows(vectors)
-    offsets = number_array(np.cumsum([0, *(len(indices) for indices, _ in rows)], dtype=np.int32))
-    columns = ([np.zeros(0, np.int32), *(i for i, _ in rows)], [np.zeros(0, np.float32), *(v for _, v in rows)])
-    return [pa.ListArray.from_arrays(offsets, number_array(np.concatenate(parts))) for parts in columns]
+    if spec.sparse:
+        rows = sparse_rows(vectors)
+        offsets = number_array(np.cumsum([0, *(len(indices) for indices, _ in rows)], dtype=np.int32))
+        parts = ([np.zeros(0, np.int32), *(i for i, _ in rows)], [np.zeros(0, np.float32), *(v for _, v in rows)])
+        return [pa.ListArray.from_arrays(offsets, number_array(np.concatenate(part))) for part in parts]
+    if spec.labels:
+        labels, scores = best_labels(vectors, tokens, spec.labels)
+        return [string_array(labels), number_array(scores),
+                pa.FixedSizeListArray.from_arrays(number_array(vectors.reshape(-1)), len(spec.labels))]
+    stored = quantize(vectors, spec.precision, spec.ranges)
+    return [pa.FixedSizeListArray.from_arrays(number_array(stored.reshape(-1)), stored.shape[1])]
+
+
+def best_labels(scores: np.ndarray, tokens: np.ndarray, names: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Each row's most probable label and its score; "" and 0 for a row with no tokens (`--on-empty zero`)."""
+    best = scores.argmax(axis=1)
+    kept = np.asarray(tokens) > 0
+    return ([names[b] if k else "" for b, k in zip(best.tolist(), kept)],
+            np.where(kept, scores[np.arange(len(scores)), best], 0).astype(np.float32))
 
 
 def string_array(values: Sequence[str]):
@@ -301,11 +318,15 @@ def string_array(values: Sequence[str]):
 
 
 def _jsonl(chunk: Chunk, spec: OutputSpec) -> bytes:
-    """One JSON object per row: {"id", "embedding", "tokens"} (a sparse model's "indices" and "values" for
-    "embedding") (+ "text"), UTF-8, newline-terminated."""
+    """One JSON object per row: {"id", "embedding", "tokens"} (a sparse model's "indices" and "values", a
+    classifier's "label", "score" and "scores" for "embedding") (+ "text"), UTF-8, newline-terminated."""
     tokens = chunk.tokens.tolist()
     if spec.sparse:
         vectors = [{"indices": i.tolist(), "values": v.tolist()} for i, v in sparse_rows(chunk.vectors)]
+    elif spec.labels:
+        labels, scores = best_labels(chunk.vectors, chunk.tokens, spec.labels)
+        vectors = [{"label": label, "score": score, "scores": row}
+                   for label, score, row in zip(labels, scores.tolist(), chunk.vectors.tolist())]
     else:
         vectors = [{"embedding": v} for v in quantize(chunk.vectors, spec.precision, spec.ranges).tolist()]
     lines = []

@@ -6,7 +6,7 @@ import numpy as np
 
 from embedder.errors import EmbedError, InputError
 from embedder.hub import DEFAULT_MODEL
-from embedder.io.writers import sparse_arrays
+from embedder.io.writers import OutputSpec, arrow_schema, output_arrays
 
 
 def embed_dataset(ds, model: str = DEFAULT_MODEL, text_column: str = "text", *, prompt: str | None = None,
@@ -14,7 +14,8 @@ def embed_dataset(ds, model: str = DEFAULT_MODEL, text_column: str = "text", *, 
                   batch_size: int = 1024, concurrency: int | None = None, num_cpus: float | None = None,
                   num_gpus: float | None = None, **engine_options):
     """`ds` with two more columns: `embedding` (fixed_size_list<float32>[dim]) and `tokens` (int32); a SPLADE
-    model's vectors as `indices` (list<int32>) and `values` (list<float32>) instead of `embedding`.
+    model's vectors as `indices` (list<int32>) and `values` (list<float32>) instead of `embedding`, a sequence
+    classifier's `label`, `score` and `scores` (each label's probability).
 
     Each actor loads the model once; the rows Ray hands it (`batch_size` at a time) go through the engine's
     planner (length-sorted, token-budget batches, lanes), never padded to Ray's batch. By default one actor per
@@ -70,11 +71,13 @@ class BatchEmbedder:
                  dimensions: int | None, normalize: bool, engine_options: dict):
         from embedder.engine import EmbeddingEngine
 
-        self.engine = EmbeddingEngine(model, **engine_options)
-        self.engine.load()
+        engine = self.engine = EmbeddingEngine(model, **engine_options)
+        engine.load()
         self.text_column, self.prompt, self.prompt_name = text_column, prompt, prompt_name
         self.dimensions, self.normalize = dimensions, normalize
-        self.engine.check_dimensions(dimensions)
+        dim = engine.check_dimensions(dimensions) or engine.dim
+        self.spec = OutputSpec(None, dim, sparse=engine.sparse, labels=engine.labels if engine.cross_encoder else ())
+        self.fields = arrow_schema(self.spec).names[1:-1]  # the output's own columns, between id and tokens
 
     def __call__(self, table):
         import pyarrow as pa
@@ -90,13 +93,13 @@ class BatchEmbedder:
         engine = self.engine
         ids = engine.tokenize(texts, prompt=self.prompt, prompt_name=self.prompt_name)
         skip = engine.prompt_skip(self.prompt, self.prompt_name)
-        vectors = engine.submit(ids, dimensions=self.dimensions, normalize=None if self.normalize else False,
-                                skip=skip).result()
-        if engine.sparse:
-            indices, values = sparse_arrays(vectors.reshape(-1, engine.dim))
-            table = table.append_column("indices", indices).append_column("values", values)
+        if engine.cross_encoder:
+            vectors = engine.submit_class_rows(ids).result()
         else:
-            dim = vectors.shape[1] if vectors.ndim == 2 else (self.dimensions or engine.dim)
-            embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
-            table = table.append_column("embedding", embedding)
-        return table.append_column("tokens", pa.array(np.array([len(row) for row in ids], np.int32)))
+            vectors = engine.submit(ids, dimensions=self.dimensions, normalize=None if self.normalize else False,
+                                    skip=skip).result()
+        tokens = np.array([len(row) for row in ids], np.int32)
+        vectors = vectors.reshape(len(ids), self.spec.dim)
+        for field, column in zip(self.fields, output_arrays(vectors, tokens, self.spec)):
+            table = table.append_column(field, column)
+        return table.append_column("tokens", pa.array(tokens))
