@@ -194,7 +194,8 @@ class EmbeddingEngine:
 
     @property
     def cross_encoder(self) -> bool:
-        """A sequence classifier (a reranker): it scores text pairs and embeds nothing."""
+        """A sequence classifier (a reranker, or a classifier of texts): it scores texts and pairs, and embeds
+        nothing."""
         return self.model.spec.scores is not None
 
     @property
@@ -529,6 +530,7 @@ class EmbeddingEngine:
         return self._submit_classes(rows, [len(row) for row in rows], raw)
 
     def _submit_classes(self, rows: list[list[int]], splits: list[int], raw: bool) -> Future:
+        """Queue classifier rows (`splits`: where each pair's second text starts); logits, or `class_scores`."""
         problem_type = self.model.spec.scores.problem_type
         finish = (lambda logits: logits) if raw else (lambda logits: class_scores(logits, problem_type))
         return self._scheduler.submit(rows, splits, finish)
