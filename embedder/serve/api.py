@@ -172,13 +172,19 @@ class ClassificationData(BaseModel):
     num_classes: int
 
 
-class ClassificationResponse(BaseModel):  # vLLM's
+class VLLMList(BaseModel):
+    """The envelope of vLLM's /pooling, /score and /classify replies; each names its `data`'s type."""
+
     id: str
     object: Literal["list"] = "list"
     created: int
     model: str
-    data: list[ClassificationData]
+    data: list
     usage: Usage
+
+
+class ClassificationResponse(VLLMList):
+    data: list[ClassificationData]
 
 
 class SparseValue(BaseModel):  # TEI's
@@ -192,13 +198,8 @@ class Pooled(BaseModel):
     data: list[int] | list[float] | list[list[float]] | str
 
 
-class PoolingResponse(BaseModel):  # vLLM's /pooling
-    id: str
-    object: Literal["list"] = "list"
-    created: int
-    model: str
+class PoolingResponse(VLLMList):
     data: list[Pooled]
-    usage: Usage
 
 
 class ScoreRequest(BaseModel):
@@ -217,13 +218,8 @@ class Score(BaseModel):
     score: float
 
 
-class ScoreResponse(BaseModel):
-    id: str
-    object: Literal["list"] = "list"
-    created: int
-    model: str
+class ScoreResponse(VLLMList):
     data: list[Score]
-    usage: Usage
 
 
 class TokenizeRequest(BaseModel):

@@ -65,6 +65,7 @@ from .api import (
     TokenizeRequest,
     TokenizeResponse,
     Usage,
+    VLLMList,
     check_token_ids,
     encode_vectors,
     parse_input,
@@ -235,10 +236,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         data = [Pooled.model_construct(index=i, data=out.tolist() if nested else encode_vectors(
                     out.reshape(1, -1), body.encoding_format, body.embed_dtype, body.endianness)[0])
                 for i, out in enumerate(outputs)]
-        reply = PoolingResponse.model_construct(
-            id=f"pool-{secrets.token_hex(12)}", created=int(time.time()), model=_client_name(served, body.model),
-            data=data, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
-        return Response(reply.model_dump_json(), media_type="application/json")
+        return _vllm_reply(PoolingResponse, "pool", _client_name(served, body.model), data, tokens)
 
     async def tei_vectors(body: TEITextOptions, inputs: str | list, request: Request, normalize: bool = True,
                           dimensions: int | None = None, per_token: bool = False, sparse: bool = False
@@ -375,11 +373,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             scores = await _result(future, request.receive)
         if scores is None:
             return Response(status_code=CLIENT_CLOSED)
-        reply = ScoreResponse(id=f"score-{secrets.token_hex(12)}", created=int(time.time()),
-                              model=_client_name(served, body.model),
-                              data=[Score(index=i, score=float(s)) for i, s in enumerate(scores)],
-                              usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
-        return Response(reply.model_dump_json(), media_type="application/json")
+        return _vllm_reply(ScoreResponse, "score", _client_name(served, body.model),
+                           [Score(index=i, score=float(s)) for i, s in enumerate(scores)], tokens)
 
     for path in ("/score", "/v1/score"):  # vLLM's two spellings
         app.post(path, response_model=ScoreResponse)(score)
@@ -426,10 +421,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         served, engine, probs, tokens = answer
         data = [ClassificationData(index=i, label=engine.labels[int(np.argmax(row))], probs=row.tolist(),
                                    num_classes=len(row)) for i, row in enumerate(probs)]
-        reply = ClassificationResponse(id=f"classify-{secrets.token_hex(12)}", created=int(time.time()),
-                                       model=_client_name(served, body.model), data=data,
-                                       usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
-        return Response(reply.model_dump_json(), media_type="application/json")
+        return _vllm_reply(ClassificationResponse, "classify", _client_name(served, body.model), data, tokens)
 
     for path in ("/classify", "/v1/classify"):  # vLLM's two spellings
         app.post(path, response_model=ClassificationResponse)(classify)
@@ -520,6 +512,14 @@ async def _engine(registry: ModelRegistry, served: ServedModel) -> EmbeddingEngi
 def _client_name(served: ServedModel, asked: str | None) -> str:
     """The model name to answer with: the one the client used, or the served model's public name."""
     return served.public_name if asked in (None, DEFAULT_NAME) else asked
+
+
+def _vllm_reply(shape: type[VLLMList], kind: str, model: str, data: list, tokens: int) -> Response:
+    """A vLLM reply: `data` in its envelope, with an id of `kind` and the tokens' usage. Built without validation:
+    the values are the engine's own (the pooled vectors' floats were most of a reply's cost)."""
+    reply = shape.model_construct(id=f"{kind}-{secrets.token_hex(12)}", created=int(time.time()), model=model,
+                                  data=data, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+    return Response(reply.model_dump_json(), media_type="application/json")
 
 
 def _characters(inputs: Inputs) -> int:
