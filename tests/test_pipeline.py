@@ -110,6 +110,21 @@ def test_bad_input_keeps_the_records_before_it_and_resumes_once_fixed(tmp_path, 
     np.testing.assert_allclose(vectors, reference_vectors, atol=1e-6)
 
 
+def test_a_checkpoint_without_a_record_digest_is_refused(tmp_path, engine):
+    """A checkpoint an older embed wrote holds no digest to check the records by: refused, never trusted."""
+    def interrupt_after_first_window(progress):
+        if progress.rows >= 3:
+            raise KeyboardInterrupt
+
+    opts = options(tmp_path, TEXTS)
+    with pytest.raises(KeyboardInterrupt):
+        run(opts, interrupt_after_first_window, engine=engine)
+    state = partial_dir(opts.output) / "state.json"
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "digest"}))
+    with pytest.raises(InputError, match="older embed, which kept no digest"):
+        run(EmbedOptions(**{**opts.__dict__, "resume": True}), engine=engine)
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t[:2] + ["record 2, edited"] + t[3:], "the input's first 6 records changed since"),
     (lambda t: t[:4], "the input now holds 4 records, fewer than the 6 that"),

@@ -41,6 +41,9 @@ class RecordDigest:
     def resume(self, records: Iterator[Record], start: int, expected: str, where: str) -> Iterator[Record]:
         """Read and hash the first `start` records now, refusing the resume unless they hash to `expected` (the
         checkpoint at `where`); then the records after them, hashed as they pass."""
+        if start and not expected:
+            raise InputError(f"{where} was written by an older embed, which kept no digest of its records to check "
+                             "them by; run without --resume to start over")
         for record in itertools.islice(records, start):
             self.add(record)
         if self.records < start:
