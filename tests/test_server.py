@@ -522,6 +522,7 @@ def test_pooling_tasks_as_vllm(http: httpx.Client, engine: EmbeddingEngine) -> N
     embedded = http.post("/pooling", json={"input": TEXTS[:1], "task": "embed"}).json()["data"][0]["data"]
     assert_close([embedded], engine.embed(TEXTS[:1]))
     for body, message in (({"input": "a", "task": "token_classify"}, "'task'"),
+                          ({"input": "a", "task": "token_embed", "dimensions": 8}, "'dimensions' applies to pooled"),
                           ({"input": "a", "task": "classify"}, "is an embedding model, with no labels")):
         refused = http.post("/pooling", json=body)
         assert refused.status_code == 400 and message in refused.json()["error"]["message"], refused.text

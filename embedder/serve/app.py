@@ -215,6 +215,9 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         label (classify), or each token's vector, L2-normalized per token as vLLM does (token_embed)."""
         served = registry.resolve(body.model)
         task = body.task or ("classify" if served.cross_encoder else "embed")
+        for field in ("dimensions", "precision") if task != "embed" else ():
+            if getattr(body, field) is not None:
+                raise InputError(f"'{field}' applies to pooled vectors (task embed), not to task {task}", field)
         if task == "classify":
             texts = parse_input(body.input, options.max_inputs).texts
             if texts is None:
