@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from cli._errors import reported_errors
-from cli._options import BatchTokensOpt, ChunkOverlapOpt, DtypeOpt, LanesOpt, LongInputOpt
+from cli._options import BatchTokensOpt, ChunkOverlapOpt, DtypeOpt, LanesOpt, LongInputOpt, PoolingOpt
 
 
 def serve(
@@ -50,6 +50,7 @@ def serve(
     batch_tokens: BatchTokensOpt = None,
     lanes: LanesOpt = None,
     dtype: DtypeOpt = None,
+    pooling: PoolingOpt = None,
 ) -> None:
     """Serve embeddings at http://HOST:PORT/v1/embeddings, as OpenAI's API does.
 
@@ -72,7 +73,8 @@ def serve(
             models or [], embedding_model=embedding_model, served_model_names=served_model_name or (), preload=preload,
             options=EngineOptions(truncate=not no_truncate, batch_tokens=batch_tokens, lanes=lanes,
                                   dtype=dtype.value if dtype else None,
-                                  long_input=long_input.value if long_input else None, chunk_overlap=chunk_overlap),
+                                  long_input=long_input.value if long_input else None, chunk_overlap=chunk_overlap,
+                                  pooling=pooling),
         )
         uvicorn.run(create_app(registry, options), host=host, port=port, log_level="info", access_log=False)
 

@@ -147,3 +147,17 @@ def test_tei_embed_sparse(splade):
     assert root.status_code == 200 and root.json() == unnamed.json()
     assert dense.status_code == 400 and "ask /embed_sparse" in dense.json()["error"]["message"]
     assert wrong.status_code == 413 and "is a dense model" in wrong.json()["error"]
+
+
+def test_serve_a_masked_lm_with_splade_pooling(work, minilm_path, splade):
+    """`embed serve MODEL --pooling splade`, as TEI's flag: a bare masked-LM checkpoint served as SPLADE."""
+    import httpx
+
+    bare = tiny_sparse_encoder("bert", minilm_path, work, bare=True)
+    engine = EmbeddingEngine(str(splade))
+    want = engine.embed_sparse(TEXTS[:2])
+    engine.unload()
+    with running_server(str(bare), "--pooling", "splade") as url:
+        got = httpx.post(f"{url}/embed_sparse", json={"inputs": TEXTS[:2]}, timeout=60)
+    assert got.status_code == 200, got.text
+    assert [[v["index"] for v in row] for row in got.json()] == [indices.tolist() for indices, _ in want]
