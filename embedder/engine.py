@@ -29,7 +29,7 @@ from .pooling import truncate_dims  # noqa: E402
 from .quantize import sparse_rows  # noqa: E402
 from .scheduler import Scheduler  # noqa: E402
 
-__all__ = ["EmbeddingEngine", "DEFAULT_MODEL", "ranked", "split_pairs"]
+__all__ = ["EmbeddingEngine", "DEFAULT_MODEL", "class_scores", "ranked", "split_pairs"]
 
 
 _LIVE_ENGINES: "weakref.WeakSet[EmbeddingEngine]" = weakref.WeakSet()

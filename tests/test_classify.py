@@ -176,6 +176,22 @@ def test_a_classifier_served_alone_answers_on_teis_root_and_info(three_labels, m
     assert rerank.status_code == 413 and "gives 3 scores per pair" in rerank.json()["error"]
 
 
+def test_tei_predict_scores_as_tei_whatever_the_problem_type(work, minilm_path):
+    """TEI's /predict ignores problem_type: a one-label regression head gets a sigmoid there, its logit on
+    vLLM's /classify (as transformers' pipeline)."""
+    import httpx
+
+    path = classifier(work, minilm_path, "bert", 1, "regression")
+    engine = EmbeddingEngine(str(path))
+    logit = engine.classify([TEXTS[0]], raw=True)[0, 0]
+    engine.unload()
+    with running_server(str(path)) as url:
+        predicted = httpx.post(f"{url}/predict", json={"inputs": TEXTS[0]}, timeout=60).json()
+        classified = httpx.post(f"{url}/classify", json={"input": TEXTS[0]}, timeout=60).json()
+    assert abs(predicted[0]["score"] - 1 / (1 + np.exp(-logit))) < 1e-5
+    assert abs(classified["data"][0]["probs"][0] - logit) < 1e-5
+
+
 @pytest.mark.parametrize("body, status, message", [
     ({"inputs": []}, 422, "'inputs'"),
     ({"inputs": ["a", "b", "c"]}, 422, "'inputs'"),

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive
 
-from ..engine import EmbeddingEngine, ranked, split_pairs
+from ..engine import EmbeddingEngine, class_scores, ranked, split_pairs
 from ..errors import EmbedError, EmptyInput, InputError, ModelNotFound, Overloaded
 from ..images import DATA_URI_PREFIX, decode_data_uri
 from ..pooling import normalize as l2_normalize
@@ -402,12 +402,14 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     @app.post("/predict", response_model=list[Prediction] | list[list[Prediction]])
     async def predict(body: PredictRequest, request: Request) -> Response:
         """Text Embeddings Inference's /predict: every label's score for each input, best first; a batch gets a
-        list per input."""
+        list per input. Scored as TEI scores them, whatever the model's problem_type: a softmax over several labels,
+        a sigmoid for one."""
         inputs, batch = parse_predict(body.inputs, options.max_inputs)
-        answer = await classes(body.model, inputs, request, body.raw_scores, body.keep_last, body.truncate is False)
+        answer = await classes(body.model, inputs, request, True, body.keep_last, body.truncate is False)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
-        _, engine, scores, _ = answer
+        _, engine, logits, _ = answer
+        scores = logits if body.raw_scores else class_scores(logits)
         predictions = [[Prediction(score=float(row[k]), label=engine.labels[k])
                         for k in np.argsort(-row, kind="stable")] for row in scores]
         shape = TypeAdapter(list[list[Prediction]] if batch else list[Prediction])
