@@ -411,7 +411,8 @@ class EmbeddingEngine:
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Each (first, second) text pair's score: a cross-encoder's, equal to sentence-transformers'
         CrossEncoder.predict ((pairs,) for one label, (pairs, labels) for several); for an embedding model the cosine
-        similarity of the two texts' vectors (vLLM's score for embedding models)."""
+        similarity of the two texts' vectors (vLLM's score for embedding models); for a SPLADE model their dot
+        product (SparseEncoder's similarity)."""
         future, _ = self.submit_scores([p[0] for p in pairs], [p[1] for p in pairs])
         return future.result()
 
@@ -431,7 +432,7 @@ class EmbeddingEngine:
     def submit_scores(self, firsts: Sequence[str], seconds: Sequence[str], raw: bool = False) -> tuple[Future, int]:
         """Queue text pairs for `score`; returns the future of their scores and the tokens they put through the
         model. `raw`: a cross-encoder's logits, before its activation (TEI's raw_scores). An embedding model embeds
-        each distinct text once; its scores are cosines either way."""
+        each distinct text once; its scores are cosines either way (a SPLADE model's, dot products)."""
         if len(firsts) != len(seconds):
             raise InputError(f"{len(firsts)} first texts for {len(seconds)} second texts; pair them one to one")
         if not firsts:
@@ -450,10 +451,11 @@ class EmbeddingEngine:
                 pair = seconds.index(text) if text in seconds else firsts.index(text)
                 raise e.about(f"input {pair}", pair) from e
 
-            def cosines(vectors: np.ndarray) -> np.ndarray:
+            def similarities(vectors: np.ndarray) -> np.ndarray:
                 return np.einsum("ij,ij->i", vectors[left], vectors[right])
 
-            return self.submit(ids, normalize=True, then=cosines), sum(self.embedded_tokens(ids))
+            return (self.submit(ids, normalize=not self.sparse, then=similarities),
+                    sum(self.embedded_tokens(ids)))
         pairs = model.tokenizer.encode_pairs(firsts, seconds)
         labels, activation = model.spec.scores.labels, ACTIVATIONS[model.spec.scores.activation]
 

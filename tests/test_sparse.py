@@ -86,6 +86,20 @@ def test_a_long_text_in_windows_takes_the_max_over_them(splade):
     chunked.unload()
 
 
+def test_a_splade_model_ranks_by_dot_product(splade):
+    """Rerank and score with a SPLADE model use SparseEncoder's similarity, the dot product of the sparse vectors."""
+    require_oracle()
+    from sentence_transformers import SparseEncoder
+
+    documents = ["The quick brown fox.", "a", "Emoji 🎉 and accents: café", "long " * 50]
+    encoder = SparseEncoder(str(splade), device="cpu")
+    want = encoder.similarity(encoder.encode_query(["quick fox"]), encoder.encode_document(documents))[0].numpy()
+    engine = EmbeddingEngine(str(splade))
+    np.testing.assert_allclose(engine.score([("quick fox", d) for d in documents]), want, rtol=1e-4)
+    assert [i for i, _ in engine.rerank("quick fox", documents)] == list(np.argsort(-want, kind="stable"))
+    engine.unload()
+
+
 def test_refusals(splade, engine):
     sparse = EmbeddingEngine(str(splade))
     with pytest.raises(InputError, match="sparse .SPLADE. model.*dimensions does not apply"):
