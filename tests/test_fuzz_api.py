@@ -8,6 +8,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from test_server import API_KEY, assert_close, running_server
+from tiny_models import tiny_cross_encoder, tiny_sparse_encoder
 
 schemathesis = pytest.importorskip("schemathesis")
 pytestmark = pytest.mark.slow
@@ -26,11 +27,49 @@ def server() -> Iterator[str]:
 
 def test_no_case_breaks_the_server(server: str, engine: EmbeddingEngine) -> None:
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = api_operations(server)
     assert {op.label for op in operations} >= {"POST /v1/embeddings", "GET /v1/models"}
     want = engine.embed(["still right", "after that"])
 
+    def still_right() -> None:
+        good = httpx.post(f"{server}/v1/embeddings", json={"input": ["still right", "after that"]},
+                          headers=headers, timeout=120)
+        assert good.status_code == 200, good.text
+        assert_close([d["embedding"] for d in good.json()["data"]], want)
+
+    fuzz(server, operations, headers, still_right)
+
+
+# The routes of the other model kinds, fuzzed on a server whose models are a classifier and a SPLADE encoder.
+KIND_PATHS = ("/", "/predict", "/classify", "/v1/classify", "/embed_sparse", "/embed_all", "/pooling", "/rerank",
+              "/score")
+
+
+def test_no_case_breaks_a_classifier_and_a_sparse_model(tmp_path_factory, minilm_path) -> None:
+    work = tmp_path_factory.mktemp("fuzz")
+    classifier = tiny_cross_encoder("bert", minilm_path, work, labels=3)
+    splade = tiny_sparse_encoder("bert", minilm_path, work)
+    with running_server(f"sentiment={classifier}", f"splade={splade}", "--max-inputs", "64") as url:
+        operations = [op for op in api_operations(url) if op.path in KIND_PATHS and op.method == "post"]
+        assert {op.path for op in operations} >= {"/predict", "/embed_sparse", "/classify"}
+        first = httpx.post(f"{url}/embed_sparse", json={"inputs": "still right"}, timeout=60).json()
+
+        def still_right() -> None:
+            good = httpx.post(f"{url}/embed_sparse", json={"inputs": "still right"}, timeout=120)
+            assert good.status_code == 200 and good.json() == first, good.text
+            assert httpx.post(f"{url}/predict", json={"inputs": "still right"}, timeout=120).status_code == 200
+
+        fuzz(url, operations, {}, still_right)
+
+
+def api_operations(server: str) -> list:
+    schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
+    return [result.ok() for result in schema.get_all_operations()]
+
+
+def fuzz(server: str, operations: list, headers: dict, still_right) -> None:
+    """Each operation's generated cases: no 5xx, every refusal in OpenAI's error shape (TEI's on its routes), and
+    a good request still answered right after each one."""
     for operation in operations:
         @given(case=operation.as_strategy())
         @settings(max_examples=60 if operation.method == "post" else 10, deadline=None,
@@ -38,15 +77,12 @@ def test_no_case_breaks_the_server(server: str, engine: EmbeddingEngine) -> None
         def no_5xx_then_still_right(case) -> None:
             response = case.call(base_url=server, headers=headers, timeout=120)
             assert response.status_code < 500, (case.as_curl_command(), response.text)
-            if response.status_code >= 400:  # OpenAI's error shape, or TEI's on its routes
+            if response.status_code >= 400:
                 body = response.json()
                 if set(body) == {"error", "error_type"}:
                     assert operation.path in TEI_PATHS and body["error"], response.text
                 else:
                     assert set(body) == {"error"} and body["error"]["message"], response.text
-            good = httpx.post(f"{server}/v1/embeddings", json={"input": ["still right", "after that"]},
-                              headers=headers, timeout=120)
-            assert good.status_code == 200, good.text
-            assert_close([d["embedding"] for d in good.json()["data"]], want)
+            still_right()
 
         no_5xx_then_still_right()
