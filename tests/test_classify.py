@@ -4,6 +4,7 @@ pipeline, through the engine and the real `embed serve` (TEI's /predict, vLLM's 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -26,7 +27,8 @@ PAIRS = [("A man is eating.", "Someone eats."), ("word " * 150, "a short hypothe
 # (kind, labels, problem_type): softmax over several labels; a sigmoid for one label or multi-label; logits for
 # a regression.
 CLASSIFIERS = [("bert", 3, None), ("xlm-roberta", 3, "single_label_classification"), ("modernbert", 3, None),
-               ("bert", 1, None), ("bert", 3, "multi_label_classification"), ("bert", 1, "regression")]
+               ("bert", 1, None), ("bert", 3, "multi_label_classification"), ("bert", 1, "regression"),
+               ("qwen2", 3, None), ("llama", 1, None)]  # decoders: the `score` of each row's last token
 
 
 def classifier(work, minilm_path, kind, labels, problem_type=None):
@@ -44,7 +46,13 @@ def pipeline_scores(path, inputs, max_length=128) -> tuple[np.ndarray, list[str]
     require_oracle()
     import transformers
 
-    pipe = transformers.pipeline("text-classification", model=str(path), device="cpu", top_k=None)
+    # The decoders' tiny checkpoints carry BERT's tokenizer.json, which transformers would trade for their family's
+    # own tokenizer class: the file itself is what they and embed read.
+    decoder = json.loads((Path(path) / "config.json").read_text())["model_type"] in ("qwen2", "llama")
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(Path(path) / "tokenizer.json")) if decoder \
+        else None
+    pipe = transformers.pipeline("text-classification", model=str(path), tokenizer=tokenizer, device="cpu",
+                                 top_k=None)
     asked = [x if isinstance(x, str) else {"text": x[0], "text_pair": x[1]} for x in inputs]
     names = [pipe.model.config.id2label[i] for i in range(pipe.model.config.num_labels)]
     rows = [{p["label"]: p["score"] for p in out} for out in pipe(asked, truncation=True, max_length=max_length)]

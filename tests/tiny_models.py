@@ -139,8 +139,8 @@ def save_with_noisy_norms(model, out: Path, tokenizer_src: Path) -> Path:
 
 def tiny_cross_encoder(kind: str, tokenizer_src: Path, work: Path, *, labels: int = 1, saved_by: str = "hf",
                        **config_overrides) -> Path:
-    """A small random-weight *ForSequenceClassification (BERT, XLM-RoBERTa or ModernBERT), saved as a reranker on
-    the Hub is: by transformers alone (`saved_by="hf"`, as ms-marco-MiniLM and bge-reranker ship), or by
+    """A small random-weight *ForSequenceClassification (BERT, XLM-RoBERTa, ModernBERT, a TINY decoder), saved as
+    a reranker on the Hub is: by transformers alone (`saved_by="hf"`, as ms-marco-MiniLM and bge-reranker ship), or by
     sentence-transformers 6's CrossEncoder.save (`"st"`). XLM-RoBERTa gets RoBERTa's pair template (`<s> A </s></s> B
     </s>`, every token type 0) and the tokenizer's limit inside its position table. Weights are drawn wide, so scores spread instead of sitting at sigmoid(0)."""
     require_oracle()
@@ -155,8 +155,10 @@ def tiny_cross_encoder(kind: str, tokenizer_src: Path, work: Path, *, labels: in
     elif kind == "xlm-roberta":
         config = transformers.XLMRobertaConfig(max_position_embeddings=130, pad_token_id=1, type_vocab_size=1,
                                                layer_norm_eps=1e-5, **common)
-    elif kind == "modernbert":
-        config = transformers.ModernBertConfig(**dict(TINY["modernbert"][1], **common))
+    elif kind in TINY:  # ModernBERT, or a decoder's *ForSequenceClassification (its `score` head)
+        class_name, overrides = TINY[kind]
+        config = getattr(transformers, class_name)(**{k: v for k, v in {**overrides, **common}.items()
+                                                      if v is not None})
     else:
         raise ValueError(kind)
     model = transformers.AutoModelForSequenceClassification.from_config(config).eval()

@@ -78,3 +78,23 @@ class Model(nn.Module):
             weights = {f"model.{k}": v for k, v in weights.items()}
         weights = self._lm_sanitize(dict(weights))
         return {k: v for k, v in weights.items() if k.startswith("model.") and not k.endswith("rotary_emb.inv_freq")}
+
+
+class Classifier(Model):
+    """*ForSequenceClassification of a causal LM (Qwen2's, Llama's...: reward models, classifiers): the `score`
+    projection of each row's last real token, as transformers reads it."""
+
+    def __init__(self, args: ModelArgs, labels: int):
+        super().__init__(args)
+        self.score = nn.Linear(args.config["hidden_size"], labels, bias=False)
+
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_types: mx.array | None = None) -> mx.array:
+        """Logits (B, labels) at each row's last real token: transformers' last non-pad token, the padding being on
+        the right and a row's own tokens never counted as padding (a pad id equal to its eos would be, there)."""
+        hidden = self.model(input_ids)
+        last = attention_mask.astype(mx.int32).sum(axis=1) - 1
+        return self.score(mx.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0])
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        score = {k: v for k, v in weights.items() if k.startswith("score.")}
+        return {**super().sanitize({k: v for k, v in weights.items() if k not in score}), **score}
