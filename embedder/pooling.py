@@ -61,20 +61,30 @@ def splade(hidden: mx.array, lengths: list[int], head: Callable[[mx.array], mx.a
 
     The head runs on the real tokens alone, a few rows at a time: the logits of a whole padded batch would be
     gigabytes. Weights are >= 0, so a row's pool over its own tokens equals SpladePooling's over the masked ones.
+    log1p(relu(x)) never decreases as x grows, so the max of the weights is the weight of the max logit: max
+    pooling takes the logits' max first and transforms one value per vocabulary entry, not one per token.
     """
     B, L, D = hidden.shape
     flat = hidden.reshape(B * L, D)
-    reduce = mx.max if strategy == "max" else mx.sum
+
+    def weights(logits: mx.array) -> mx.array:
+        out = mx.log1p(mx.maximum(logits, 0))
+        return mx.log1p(out) if twice else out
+
     pooled, start = [], 0
     while start < B:
         end, tokens = start + 1, lengths[start]
         while end < B and tokens + lengths[end] <= SPLADE_CHUNK_TOKENS:
             tokens, end = tokens + lengths[end], end + 1
         rows = np.concatenate([k * L + np.arange(lengths[k]) for k in range(start, end)])
-        weights = mx.log1p(mx.maximum(head(flat[mx.array(rows)]).astype(mx.float32), 0))
-        weights = mx.log1p(weights) if twice else weights
+        logits = head(flat[mx.array(rows)]).astype(mx.float32)
         offsets = np.cumsum([0, *lengths[start:end]])
-        pooled += [reduce(weights[int(a):int(b)], axis=0) for a, b in zip(offsets[:-1], offsets[1:])]
+        spans = [(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+        if strategy == "max":
+            pooled += [weights(logits[a:b].max(axis=0)) for a, b in spans]
+        else:
+            summed = weights(logits)
+            pooled += [summed[a:b].sum(axis=0) for a, b in spans]
         mx.eval(pooled[-(end - start):])  # before the next chunk's logits exist
         start = end
     return mx.stack(pooled)
