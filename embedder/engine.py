@@ -148,8 +148,8 @@ class EmbeddingEngine:
                            budget_given=self.options.batch_tokens is not None)
         forward = BatchForward(model)
         if model.spec.scores is not None and self.options.long_input_mode == "chunk":
-            raise ModelError(f"{model.model_id} is a cross-encoder: it scores text pairs, which are cut (longest text "
-                             "first) or refused, never chunked; use long_input truncate or error", "long_input")
+            raise ModelError(f"{model.model_id} is a cross-encoder: it scores texts and pairs, which are cut (a pair's "
+                             "longest text first) or refused, never chunked; use long_input truncate or error", "long_input")
         if self.options.long_input_mode == "chunk":
             self._windows = Windows(*model.tokenizer.special_tokens(), model.max_length, self.options.chunk_overlap)
         if mx.default_device() == mx.cpu:
