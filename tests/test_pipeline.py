@@ -37,6 +37,12 @@ def read_parquet(path):
     return table, vectors
 
 
+def interrupt_after_first_window(progress):
+    """A progress callback: Ctrl-C once the first window (3 rows) is written."""
+    if progress.rows >= 3:
+        raise KeyboardInterrupt
+
+
 def options(tmp_path, lines, name="out.parquet", **kw):
     source = tmp_path / "in.txt"
     source.write_text("\n".join(lines) + "\n")
@@ -112,10 +118,6 @@ def test_bad_input_keeps_the_records_before_it_and_resumes_once_fixed(tmp_path, 
 
 def test_a_checkpoint_without_a_record_digest_is_refused(tmp_path, engine):
     """A checkpoint an older embed wrote holds no digest to check the records by: refused, never trusted."""
-    def interrupt_after_first_window(progress):
-        if progress.rows >= 3:
-            raise KeyboardInterrupt
-
     opts = options(tmp_path, TEXTS)
     with pytest.raises(KeyboardInterrupt):
         run(opts, interrupt_after_first_window, engine=engine)
@@ -144,10 +146,6 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path, engine):
     whole = options(tmp_path, TEXTS, name="whole.parquet")
     run(whole, engine=engine)
 
-    def interrupt_after_first_window(progress):
-        if progress.rows >= 3:
-            raise KeyboardInterrupt
-
     opts = options(tmp_path, TEXTS)
     with pytest.raises(KeyboardInterrupt):
         run(opts, interrupt_after_first_window, engine=engine)
@@ -172,10 +170,6 @@ def test_a_glob_resumes_only_when_its_done_records_are_unchanged(tmp_path, engin
     folder.mkdir()
     for i in range(8):
         (folder / f"f{i:02d}.md").write_text(f"document {i}")
-
-    def interrupt_after_first_window(progress):
-        if progress.rows >= 3:
-            raise KeyboardInterrupt
 
     opts = EmbedOptions(inputs=(str(folder / "*.md"),), output=str(tmp_path / "out.parquet"), chunk_rows=3)
     with pytest.raises(KeyboardInterrupt):
@@ -210,10 +204,6 @@ def test_a_glob_resumes_only_when_its_done_records_are_unchanged(tmp_path, engin
 def test_a_damaged_checkpoint_is_refused_before_any_work(tmp_path, engine, name, damage, message):
     """A checkpoint whose files were cut or lost since: --resume says so at once, rather than fail at the end or
     pad a JSONL with zeros."""
-    def interrupt_after_first_window(progress):
-        if progress.rows >= 3:
-            raise KeyboardInterrupt
-
     opts = options(tmp_path, TEXTS, name=name)
     with pytest.raises(KeyboardInterrupt):
         run(opts, interrupt_after_first_window, engine=engine)
