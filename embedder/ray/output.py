@@ -33,8 +33,7 @@ class OutputDir:
         fs, base = self._fs_path
         if fs.get_file_info(base).type != pafs.FileType.Directory:
             return set()
-        numbers = (_part_number(f.base_name) for f in fs.get_file_info(pafs.FileSelector(base)))
-        return {n for n in numbers if n is not None}
+        return _part_numbers(fs.get_file_info(pafs.FileSelector(base)))
 
     def check(self, *, resume: bool, overwrite: bool) -> None:
         """Refuse, before any work, a file in the folder's place or a folder of embed's that the job would replace
@@ -63,7 +62,8 @@ class OutputDir:
             raise InputError(f"{self.uri} was started with other inputs or settings; "
                              "run without --resume (and with --overwrite) to start over")
         before = stored.get("inputs", []) if stored is not None else []
-        keep = {k for k in self.done() if k < min(len(before), len(inputs)) and before[k] == manifest["inputs"][k]}
+        keep = {k for k in _part_numbers(entries)
+                if k < min(len(before), len(inputs)) and before[k] == manifest["inputs"][k]}
         for entry in entries:  # what a dead attempt was writing, parts of changed inputs, or an overwritten job
             name = entry.base_name
             own = name == MANIFEST or name.startswith(("part-", ".part-"))
@@ -100,6 +100,12 @@ class OutputDir:
                 return json.loads(f.read())
         except (OSError, ValueError):
             return None
+
+
+def _part_numbers(entries: Iterable) -> set[int]:
+    """The input file numbers of the complete parts among a folder listing's entries."""
+    numbers = (_part_number(entry.base_name) for entry in entries)
+    return {n for n in numbers if n is not None}
 
 
 def _part_number(name: str) -> int | None:
