@@ -11,6 +11,10 @@ class EmbedError(Exception):
         super().__init__(message)
         self.param = param
 
+    def advise(self, advice: str) -> None:
+        """Add what to do next to the message, after a semicolon; the error keeps its type, field and place."""
+        self.args = (f"{self}; {advice}",)
+
 
 class InputError(EmbedError):
     """Bad input: unreadable file, invalid JSON at line N, missing or non-string field. `index`: the input of a

@@ -155,8 +155,8 @@ def run(options: EmbedOptions, on_progress: ProgressCallback | None = None,
         if writer.start_index == 0:
             writer.discard()
         elif options.output is not None:
-            e.args = (f"{e}; the first {writer.start_index:,} records are saved in {writer.checkpoint}: fix the input "
-                      "and run again with --resume to go on from there",)
+            e.advise(f"the first {writer.start_index:,} records are saved in {writer.checkpoint}: fix the input and run "
+                     "again with --resume to go on from there")
         raise
     # Ctrl-C and other exits skip the release: it would wait for every batch the engine has already taken.
     _release(engine, own_engine)

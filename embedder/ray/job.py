@@ -46,8 +46,8 @@ def run_job(options: EmbedOptions, address: str | None = None, progress: bool = 
         results = _embed(files, done, options, out, text_ids)
     except EmbedError as e:
         if saved := len(out.done()):
-            e.args = (f"{e}; the parts of {saved:,} input files are saved in {out.uri}: fix the input and run again "
-                      "with --resume to embed only the rest",)
+            e.advise(f"the parts of {saved:,} input files are saved in {out.uri}: fix the input and run again with "
+                     "--resume to embed only the rest")
         raise
     return Summary(rows=sum(r["rows"] for r in results), tokens=sum(r["tokens"] for r in results),
                    seconds=time.perf_counter() - start, skipped=sum(r["skipped"] for r in results),
