@@ -418,8 +418,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     async def classify(body: ClassifyRequest, request: Request) -> Response:
         """vLLM's /classify: each text's probability per label, and its most probable label."""
         texts = [body.input] if isinstance(body.input, str) else body.input
-        if not texts or len(texts) > options.max_inputs:
-            raise InputError(f"'input' must hold 1 to {options.max_inputs} texts", "input")
+        _check_count(texts, options.max_inputs, "input")
         answer = await classes(body.model, texts, request, keep_last=body.truncate_prompt_tokens)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
@@ -440,8 +439,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
                              "prompt" if body.inputs is None else "inputs")
         field, given = ("prompt", body.prompt) if body.prompt is not None else ("inputs", body.inputs)
         texts = [given] if isinstance(given, str) else given
-        if not texts or len(texts) > options.max_inputs:
-            raise InputError(f"'{field}' must hold 1 to {options.max_inputs} texts", field)
+        _check_count(texts, options.max_inputs, field)
         engine = await _engine(registry, registry.resolve(body.model))
         found = await run_in_threadpool(engine.model.tokenizer.whole_tokens, texts, body.add_special_tokens)
         if body.prompt is not None:
@@ -464,8 +462,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     async def decode(body: DecodeRequest) -> list[str]:
         """TEI's /decode: each list of ids back to text."""
         rows = [body.ids] if body.ids and isinstance(body.ids[0], int) else body.ids
-        if not rows or len(rows) > options.max_inputs:
-            raise InputError(f"'ids' must hold 1 to {options.max_inputs} lists of token ids", "ids")
+        _check_count(rows, options.max_inputs, "ids", "lists of token ids")
         tokenizer = (await _engine(registry, registry.resolve(None))).model.tokenizer
         return await run_in_threadpool(lambda: [tokenizer.text_of(row, body.skip_special_tokens) for row in rows])
 
@@ -525,6 +522,12 @@ def _vllm_reply(shape: type[VLLMList], kind: str, model: str, data: list, tokens
     reply = shape.model_construct(id=f"{kind}-{secrets.token_hex(12)}", created=int(time.time()), model=model,
                                   data=data, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
     return Response(reply.model_dump_json(), media_type="application/json")
+
+
+def _check_count(items: list, limit: int, field: str, what: str = "texts") -> None:
+    """Refuse a request field holding none of `what`, or more than the server's limit per request."""
+    if not items or len(items) > limit:
+        raise InputError(f"'{field}' must hold 1 to {limit} {what}", field)
 
 
 def _characters(inputs: Inputs) -> int:
