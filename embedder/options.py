@@ -9,7 +9,7 @@ from .errors import InputError
 from .hub import DEFAULT_MODEL
 from .long_inputs import LONG_INPUT_MODES
 
-MODEL_DTYPES = ("float32", "float16", "bfloat16", "int8")  # int8, and float16 on AVX512-FP16: CPU matmuls in them
+MODEL_DTYPES = ("float32", "float16", "bfloat16", "int8")  # the last three: CPU matmuls in them, given the instructions
 
 
 @dataclass(frozen=True)

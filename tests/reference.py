@@ -14,6 +14,7 @@ def _kernels():
 
 needs_int8 = pytest.mark.skipif(not _kernels().int8_available(), reason="no AVX512-VNNI int8 kernel on this CPU")
 needs_f16 = pytest.mark.skipif(not _kernels().f16_available(), reason="no AVX512-FP16 float16 kernel on this CPU")
+needs_bf16 = pytest.mark.skipif(not _kernels().bf16_available(), reason="no AVX512-BF16 bfloat16 kernel on this CPU")
 
 
 def require_oracle() -> None:
@@ -41,7 +42,7 @@ def st_reference(path, texts: list[str], prompt_name: str | None = None) -> tupl
 # The least cosine to the same model's float32 vectors each packed CPU dtype keeps on tiny random models, whose
 # untrained weights carry its error further than a real model's (all-MiniLM-L6-v2 on the golden texts: int8
 # 0.9918, float16 0.999994; bench/README.md; tiny GTE in float16: 0.99990).
-PACKED_DTYPE_FIDELITY = {"int8": 0.99, "float16": 0.9995}
+PACKED_DTYPE_FIDELITY = {"int8": 0.99, "float16": 0.9995, "bfloat16": 0.999}
 
 
 def assert_packed_near_float32(path, texts: list[str], dtype: str = "int8") -> None:

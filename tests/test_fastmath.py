@@ -7,7 +7,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_map
-from reference import needs_f16, needs_int8
+from reference import needs_bf16, needs_f16, needs_int8
 
 from embedder.native import fastmath, kernels
 
@@ -298,13 +298,14 @@ def _bert_layer(rng, hidden: int, heads: int, act: str = "gelu", family: str = "
 
 
 @pytest.mark.parametrize("dtype", ["float32", pytest.param("int8", marks=needs_int8),
-                                   pytest.param("float16", marks=needs_f16)])
+                                   pytest.param("float16", marks=needs_f16),
+                                   pytest.param("bfloat16", marks=needs_bf16)])
 @pytest.mark.parametrize("act, family, count", [("gelu", "bert", 1), ("gelu", "bert", 3), ("relu", "bert", 2),
                                                 ("gelu", "mpnet", 2)])
 def test_layers_on_packed_rows_equal_the_padded_layers(dtype, act, family, count):
     """BERT's and MPNet's layers over packed rows (all in one native call with GELU, MPNet's position bias
     included; kernel by kernel with another activation) give what the padded MLX batch gives at its real tokens,
-    for one layer and stacks of them; int8 and float16 projections too."""
+    for one layer and stacks of them; int8, float16 and bfloat16 projections too."""
     _native_or_skip()
     rng = np.random.default_rng(7)
     layers = [_bert_layer(rng, 64, 4, act, family) for _ in range(count)]
@@ -354,7 +355,8 @@ def _gated_layer(rng, family: str, gate: str):
 
 
 @pytest.mark.parametrize("dtype", ["float32", pytest.param("int8", marks=needs_int8),
-                                   pytest.param("float16", marks=needs_f16)])
+                                   pytest.param("float16", marks=needs_f16),
+                                   pytest.param("bfloat16", marks=needs_bf16)])
 @pytest.mark.parametrize("family, gate, native", [("nomic_bert", "swiglu", True), ("nomic_bert", "geglu", True),
                                                   ("nomic_bert", "glu", True), ("gte", "gelu", True),
                                                   ("gte", "gelu_new", False)])

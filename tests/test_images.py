@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from reference import PACKED_DTYPE_FIDELITY, cosine, needs_f16, require_oracle
+from reference import PACKED_DTYPE_FIDELITY, cosine, needs_bf16, needs_f16, require_oracle
 from tiny_models import copy_tokenizer
 
 from embedder import EmbeddingEngine
@@ -143,9 +143,11 @@ def test_server_takes_images_as_data_uris_beside_texts(siglip, pictures):
             assert answer.status_code == 400 and "input 0" in answer.json()["error"]["message"], answer.text
 
 
-@needs_f16
-def test_both_towers_in_float16_stay_near_float32(siglip, pictures):
-    """`dtype="float16"` on an AVX512-FP16 CPU runs both towers' Linear layers in the float16 kernel."""
-    full, half = (EmbeddingEngine(str(siglip), dtype=d) for d in ("float32", "float16"))
-    assert cosine(half.embed(TEXTS), full.embed(TEXTS)).min() >= PACKED_DTYPE_FIDELITY["float16"]
-    assert cosine(half.embed_images(pictures), full.embed_images(pictures)).min() >= PACKED_DTYPE_FIDELITY["float16"]
+@pytest.mark.parametrize("dtype", [pytest.param("float16", marks=needs_f16),
+                                   pytest.param("bfloat16", marks=needs_bf16)])
+def test_both_towers_in_16_bits_stay_near_float32(siglip, pictures, dtype):
+    """`dtype="float16"` on an AVX512-FP16 CPU, or `"bfloat16"` on an AVX512-BF16 one, runs both towers' Linear
+    layers in its kernel."""
+    full, half = (EmbeddingEngine(str(siglip), dtype=d) for d in ("float32", dtype))
+    assert cosine(half.embed(TEXTS), full.embed(TEXTS)).min() >= PACKED_DTYPE_FIDELITY[dtype]
+    assert cosine(half.embed_images(pictures), full.embed_images(pictures)).min() >= PACKED_DTYPE_FIDELITY[dtype]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reference import (assert_one_call_on_real_tokens, assert_packed_near_float32, cosine, needs_f16, needs_int8,
-                       require_oracle, st_reference)
+from reference import (assert_one_call_on_real_tokens, assert_packed_near_float32, cosine, needs_bf16, needs_f16,
+                       needs_int8, require_oracle, st_reference)
 from test_models_encoders import TEXTS  # short next to long (past max_seq_length): every batch pads, some truncate
 from tiny_models import save_sentence_transformer, save_with_noisy_norms
 
@@ -164,7 +164,8 @@ def test_layers_run_in_one_native_call_on_real_tokens(tmp_path, minilm_path, mon
     assert_one_call_on_real_tokens(path, TEXTS, monkeypatch)
 
 
-@pytest.mark.parametrize("dtype", [pytest.param("int8", marks=needs_int8), pytest.param("float16", marks=needs_f16)])
+@pytest.mark.parametrize("dtype", [pytest.param("int8", marks=needs_int8), pytest.param("float16", marks=needs_f16),
+                                   pytest.param("bfloat16", marks=needs_bf16)])
 @pytest.mark.parametrize("kind", ["nomic_bert", "gte"])
 def test_port_in_packed_dtypes_stays_near_float32(tmp_path, minilm_path, kind, dtype):
     hf, _ = tiny_port(kind, minilm_path, tmp_path)

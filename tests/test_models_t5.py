@@ -7,8 +7,8 @@ import random
 
 import numpy as np
 import pytest
-from reference import (assert_one_call_on_real_tokens, assert_packed_near_float32, cosine, needs_f16, needs_int8,
-                       require_oracle, st_reference)
+from reference import (assert_one_call_on_real_tokens, assert_packed_near_float32, cosine, needs_bf16, needs_f16,
+                       needs_int8, require_oracle, st_reference)
 from test_models_encoders import TEXTS as ENCODER_TEXTS
 from tiny_models import save_sentence_transformer
 
@@ -158,7 +158,8 @@ def test_embed_models_describes_t5(tmp_path, t5_tokenizer):
     assert {"t5", "mt5"} <= set(json.loads(listing.stdout)["own_encoders"])
 
 
-@pytest.mark.parametrize("dtype", [pytest.param("int8", marks=needs_int8), pytest.param("float16", marks=needs_f16)])
+@pytest.mark.parametrize("dtype", [pytest.param("int8", marks=needs_int8), pytest.param("float16", marks=needs_f16),
+                                   pytest.param("bfloat16", marks=needs_bf16)])
 @pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu"])
 def test_sentence_t5_in_packed_dtypes_stays_near_float32(tmp_path, t5_tokenizer, feed_forward_proj, dtype):
     assert_packed_near_float32(sentence_t5(t5_tokenizer, tmp_path, feed_forward_proj), TEXTS, dtype)

@@ -15,10 +15,9 @@ from mlx.utils import tree_flatten
 from ..errors import InputError, ModelError
 from ..hub import canonical_id, resolve_model_path
 from ..images import ImageProcessor, read_image_processor
-from ..native import kernels
 from ..options import EngineOptions
 from ..tokenizer import TextTokenizer, load_tokenizer
-from .quantized import use_blas_for_quantized, use_packed_matmuls
+from .quantized import PACKED_DTYPES, kernel_runs, use_blas_for_quantized, use_packed_matmuls
 from .st_config import DenseSpec, PipelineSpec, SpladeSpec, pooling_modes, read_pipeline_spec
 
 # model_type -> (package, module). Encoders are ours: they own speed, padding and exactness. Decoders run
@@ -271,8 +270,7 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
         spec = with_pooling(spec, pooling)
     dtype = options.dtype or default_dtype(config)
     on_cpu = mx.default_device() == mx.cpu
-    packed = on_cpu and (dtype == INT8 or (dtype == "float16" and not config.get("quantization")
-                                           and kernels.f16_available()))
+    packed = on_cpu and (dtype == INT8 or (not config.get("quantization") and kernel_runs(dtype)))
     if dtype not in DTYPES and dtype != INT8:
         raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join((*DTYPES, INT8))}")
     if dtype == INT8 and not on_cpu:
@@ -280,11 +278,11 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
     if dtype == INT8 and config.get("quantization"):
         raise ModelError("dtype int8 quantizes a float checkpoint; this one is already quantized")
     if dtype in ("float16", "bfloat16") and on_cpu and not packed:
-        why = ("" if dtype == "bfloat16" else " (a quantized checkpoint)" if config.get("quantization")
-               else " (no AVX512-FP16 float16 kernel here)")
-        warnings.warn(f"dtype {dtype} on the CPU runs MLX's generic kernels{why}, ~30x slower than float32 (which "
-                      "is exact); for speed on the CPU use int8, or float16 on a CPU with AVX512-FP16",
-                      RuntimeWarning, stacklevel=2)
+        why = ("a quantized checkpoint" if config.get("quantization")
+               else f"no {PACKED_DTYPES[dtype][2]} {dtype} kernel here")
+        warnings.warn(f"dtype {dtype} on the CPU runs MLX's generic kernels ({why}), ~30x slower than float32 (which "
+                      "is exact); for speed on the CPU use int8, float16 on a CPU with AVX512-FP16 or bfloat16 on one "
+                      "with AVX512-BF16", RuntimeWarning, stacklevel=2)
     # Packed: the weights as stored (a bfloat16 decoder's are half its float32 size), each Linear's packed for our
     # kernel in turn, then the rest (embeddings, norms, biases) cast to float32, the activations' type.
     module = build_model(config, path, None if packed else DTYPES[dtype], spec.scores.labels if spec.scores else None,

@@ -271,7 +271,7 @@ class Linear(nn.Linear):
 
 
 class PackedLinear(nn.Module):
-    """A float32 `Linear` whose matmul runs on a weight packed once for our int8 or float16 kernel
+    """A float32 `Linear` whose matmul runs on a weight packed once for our int8, float16 or bfloat16 kernel
     (`kernels.packed_matmul`: weights per output channel, activations per row); float32 in and out, so everything
     around it is unchanged. Made from a loaded `Linear` by `from_linear`; the packed weight is not a parameter
     (nothing saves or loads it)."""
@@ -291,14 +291,14 @@ class PackedLinear(nn.Module):
 
     @property
     def weight(self) -> mx.array:
-        """A float16 weight as the kernel multiplies it, for model code that reads a Linear's weight instead of
-        calling it (mlx-embeddings' SigLIP pooling head splits its fused projection), unpacked at the first read;
-        int8 layers, only ever our own encoders', keep none."""
-        if not isinstance(self.packed, kernels.F16Weight):
+        """A float16 or bfloat16 weight as the kernel multiplies it, for model code that reads a Linear's weight
+        instead of calling it (mlx-embeddings' SigLIP pooling head splits its fused projection), unpacked at the
+        first read; int8 layers, only ever our own encoders', keep none."""
+        if isinstance(self.packed, kernels.Int8Weight):
             raise AttributeError("an int8 layer keeps no float weight")
         cached = self.__dict__.get("_unpacked")
         if cached is None or cached[0] is not self.packed:  # unpacked once, not on every batch that reads it
-            cached = (self.packed, kernels.unpack_f16(self.packed))
+            cached = (self.packed, kernels.unpack(self.packed))
             object.__setattr__(self, "_unpacked", cached)  # not a parameter: nothing saves or loads it
         return cached[1]
 

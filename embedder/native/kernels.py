@@ -6,7 +6,7 @@ itself makes and that nothing else holds (a matmul's output, or a new zeroed arr
 memory (NumPy views of an evaluated MLX array share it, as MLX documents), so no other array can see the write
 and nothing is copied back. A kernel reports failure (an exception inside it, no kernel for a head size, a NaN
 where int8 or float16 must round) as a status, raised here as ModelError. float32 on the CPU only; `available()`,
-`int8_available()` and `f16_available()` say whether the kernels built here.
+`int8_available()`, `f16_available()` and `bf16_available()` say whether the kernels built here.
 
 `encoder_layers` runs a stack of encoder layers (post-LN or pre-LN) in one call (csrc/encoder_layer.cpp: the
 kernels above and the loaded BLAS's sgemm, by function pointer) and returns NumPy.
@@ -81,6 +81,15 @@ def _f16_kernels() -> ctypes.CDLL | None:
 
 
 @functools.cache
+def _bf16_kernels() -> ctypes.CDLL | None:
+    return _typed_library("bf16_matmul", "embed_bf16_supported", {
+        "embed_bf16_packed_halves": ([_INT, _INT], ctypes.c_long),
+        "embed_bf16_pack": ([_PTR, _INT, _INT, _PTR], _INT),
+        "embed_bf16_matmul": ([_PTR, _INT, _INT, _PTR, _PTR, _INT, _PTR], _INT),
+    })
+
+
+@functools.cache
 def _f32_kernels() -> ctypes.CDLL | None:
     return _typed_library("f32_matmul", "embed_f32_supported", {
         "embed_f32_packed_floats": ([_INT, _INT], ctypes.c_long),
@@ -90,12 +99,13 @@ def _f32_kernels() -> ctypes.CDLL | None:
 
 
 class _LayerKernels(ctypes.Structure):  # csrc/encoder_layer.cpp's EmbedKernels
-    _fields_ = [(name, _PTR) for name in ("sgemm", "int8_matmul", "f16_matmul", "f32_matmul", "attention",
-                                          "bias_gelu", "bias_glu", "act_times", "add_layer_norm")]
+    _fields_ = [(name, _PTR) for name in ("sgemm", "int8_matmul", "f16_matmul", "bf16_matmul", "f32_matmul",
+                                          "attention", "bias_gelu", "bias_glu", "act_times", "add_layer_norm")]
 
 
 class _Projection(ctypes.Structure):  # EmbedProjection
-    _fields_ = [*((name, _PTR) for name in ("weight", "f32_packed", "packed", "f16_packed", "scales", "sums", "bias")),
+    _fields_ = [*((name, _PTR) for name in ("weight", "f32_packed", "packed", "f16_packed", "bf16_packed", "scales",
+                                            "sums", "bias")),
                 ("n", _INT), ("k", _INT)]
 
 
@@ -126,10 +136,11 @@ def _layer_kernel() -> tuple[ctypes._CFuncPtr, _LayerKernels] | None:
     library, kernels, blas_sgemm = native_library("encoder_layer"), _kernels(), sgemm()
     if library is None or kernels is None or blas_sgemm is None:
         return None
-    int8, f16, f32 = _int8_kernels(), _f16_kernels(), _f32_kernels()
+    int8, f16, bf16, f32 = _int8_kernels(), _f16_kernels(), _bf16_kernels(), _f32_kernels()
     table = _LayerKernels(*(None if f is None else ctypes.cast(f, _PTR).value for f in (
-        blas_sgemm, int8 and int8.embed_int8_matmul, f16 and f16.embed_f16_matmul, f32 and f32.embed_f32_matmul,
-        kernels.attention, kernels.bias_gelu, kernels.bias_glu, kernels.act_times, kernels.add_layer_norm)))
+        blas_sgemm, int8 and int8.embed_int8_matmul, f16 and f16.embed_f16_matmul, bf16 and bf16.embed_bf16_matmul,
+        f32 and f32.embed_f32_matmul, kernels.attention, kernels.bias_gelu, kernels.bias_glu, kernels.act_times,
+        kernels.add_layer_norm)))
     layers = library.embed_encoder_layers
     layers.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _PTR, _INT, _INT, _INT, _FLOAT, _PTR]
     layers.restype = _INT
@@ -148,6 +159,12 @@ def int8_available() -> bool:
 def f16_available() -> bool:
     """Whether the float16 matmul runs here: the kernels built, for a CPU with AVX512-FP16."""
     return available() and _f16_kernels() is not None
+
+
+def bf16_available() -> bool:
+    """Whether the bfloat16 matmul runs here: the kernels built, for a CPU with AVX512-BF16 (Intel since Cooper
+    Lake, AMD since Zen 4)."""
+    return available() and _bf16_kernels() is not None
 
 
 @dataclass(frozen=True)
@@ -170,7 +187,16 @@ class F16Weight:
     shape: tuple[int, int]
 
 
-PackedWeight = Int8Weight | F16Weight
+@dataclass(frozen=True)
+class BF16Weight:
+    """A Linear's (out, in) weight rounded to bfloat16, packed for `packed_matmul`: no scales, bfloat16 has
+    float32's range."""
+
+    packed: np.ndarray  # uint16 (bfloat16 bits), 64 output channels by the whole depth, two inputs a lane
+    shape: tuple[int, int]
+
+
+PackedWeight = Int8Weight | F16Weight | BF16Weight
 
 
 def pack_int8(weight: mx.array) -> Int8Weight:
@@ -196,6 +222,15 @@ def pack_f16(weight: mx.array) -> F16Weight:
     return packed
 
 
+def pack_bf16(weight: mx.array) -> BF16Weight:
+    """`weight` (out, in), any float type, rounded to bfloat16 and packed once, at load."""
+    n, k = weight.shape
+    data = _buffer(_float32(weight), (n, k), mx.float32, "weight")
+    packed = BF16Weight(np.empty(_bf16_kernels().embed_bf16_packed_halves(n, k), np.uint16), (n, k))
+    _check(_bf16_kernels().embed_bf16_pack(data.ctypes.data, n, k, packed.packed.ctypes.data), "bfloat16 pack")
+    return packed
+
+
 def _float32(weight: mx.array) -> mx.array:
     """A weight as stored (a bfloat16 or float16 checkpoint's too) in float32, for packing: only one layer's is
     ever made at a time."""
@@ -203,18 +238,20 @@ def _float32(weight: mx.array) -> mx.array:
     return weight.astype(mx.float32) if narrower else weight
 
 
-def unpack_f16(weight: F16Weight) -> mx.array:
-    """The (out, in) float32 weight `pack_f16` packed, as its float16 rounding left it."""
+def unpack(weight: F16Weight | BF16Weight) -> mx.array:
+    """The (out, in) float32 weight `pack_f16` or `pack_bf16` packed, as its rounding left it."""
     (n, k), depth = weight.shape, -(-weight.shape[1] // 2) * 2
-    panels = weight.packed.reshape(-1, depth // 2, 4, 16, 2).transpose(0, 2, 3, 1, 4).reshape(-1, depth)
-    return mx.array(panels[:n, :k].view(np.float16).astype(np.float32) * weight.scales[:n, None])
+    panels = weight.packed.reshape(-1, depth // 2, 4, 16, 2).transpose(0, 2, 3, 1, 4).reshape(-1, depth)[:n, :k]
+    if isinstance(weight, BF16Weight):
+        return mx.array((panels.astype(np.uint32) << 16).view(np.float32))
+    return mx.array(panels.view(np.float16).astype(np.float32) * weight.scales[:n, None])
 
 
 def packed_matmul(x: mx.array, weight: PackedWeight, bias: mx.array | None = None) -> tuple[mx.array, np.ndarray]:
-    """x @ weight.T (+ bias) on a weight packed at load: int8 multiplies (x quantized per row, asymmetric) or
-    float16 ones (x scaled per row); a new float32 array, and a writable view of its memory. The kernel writes into
-    memory MLX allocated (from its buffer cache): a NumPy buffer handed to MLX afterwards would be copied, and that
-    copy took ~17% of a sentence batch's time."""
+    """x @ weight.T (+ bias) on a weight packed at load: int8 multiplies (x quantized per row, asymmetric),
+    float16 ones (x scaled per row) or bfloat16 ones (x rounded); a new float32 array, and a writable view of its
+    memory. The kernel writes into memory MLX allocated (from its buffer cache): a NumPy buffer handed to MLX
+    afterwards would be copied, and that copy took ~17% of a sentence batch's time."""
     n, k = weight.shape
     if x.dtype != mx.float32 or x.shape[-1] != k:
         raise ModelError(f"packed matmul: x is {_described(x.dtype, x.shape)}, the weight takes {k} float32 inputs")
@@ -226,6 +263,9 @@ def packed_matmul(x: mx.array, weight: PackedWeight, bias: mx.array | None = Non
         _check(_int8_kernels().embed_int8_matmul(data.ctypes.data, rows, k, weight.packed.ctypes.data,
                                                   weight.scales.ctypes.data, weight.sums.ctypes.data, bias_address, n,
                                                   out.ctypes.data), "int8 matmul")
+    elif isinstance(weight, BF16Weight):
+        _check(_bf16_kernels().embed_bf16_matmul(data.ctypes.data, rows, k, weight.packed.ctypes.data, bias_address,
+                                                  n, out.ctypes.data), "bfloat16 matmul")
     else:
         _check(_f16_kernels().embed_f16_matmul(data.ctypes.data, rows, k, weight.packed.ctypes.data,
                                                 weight.scales.ctypes.data, bias_address, n, out.ctypes.data),
@@ -256,8 +296,8 @@ def layers_available() -> bool:
 
 @dataclass(frozen=True)
 class Projection:
-    """One of a layer's x @ weight.T + bias, float32, int8 or float16; for a batch under `SMALL_BATCH_ROWS` rows a
-    float32 weight may come packed too (`pack_f32`), and runs so."""
+    """One of a layer's x @ weight.T + bias, float32, int8, float16 or bfloat16; for a batch under
+    `SMALL_BATCH_ROWS` rows a float32 weight may come packed too (`pack_f32`), and runs so."""
 
     weight: mx.array | PackedWeight
     bias: mx.array | None
@@ -329,11 +369,14 @@ def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, la
         (n, k), w = p.weight.shape, p.weight
         bias = address(_vector(p.bias, n, "bias"))
         if isinstance(w, Int8Weight):
-            return _Projection(None, None, address(w.packed), None, address(w.scales), address(w.sums), bias, n, k)
+            return _Projection(packed=address(w.packed), scales=address(w.scales), sums=address(w.sums), bias=bias,
+                               n=n, k=k)
         if isinstance(w, F16Weight):
-            return _Projection(None, None, None, address(w.packed), address(w.scales), None, bias, n, k)
-        return _Projection(address(_buffer(w, (n, k), mx.float32, "weight")), address(p.small_batches),
-                           None, None, None, None, bias, n, k)
+            return _Projection(f16_packed=address(w.packed), scales=address(w.scales), bias=bias, n=n, k=k)
+        if isinstance(w, BF16Weight):
+            return _Projection(bf16_packed=address(w.packed), bias=bias, n=n, k=k)
+        return _Projection(weight=address(_buffer(w, (n, k), mx.float32, "weight")),
+                           f32_packed=address(p.small_batches), bias=bias, n=n, k=k)
 
     def norm(p: Norm | None, dim: int) -> _Norm:
         if p is None:

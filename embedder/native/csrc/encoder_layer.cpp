@@ -19,6 +19,7 @@ using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, c
 using Int8Matmul = int (*)(const float*, int, int, const int8_t*, const float*, const int32_t*, const float*, int,
                            float*);
 using F16Matmul = int (*)(const float*, int, int, const uint16_t*, const float*, const float*, int, float*);
+using BF16Matmul = int (*)(const float*, int, int, const uint16_t*, const float*, int, float*);
 using F32Matmul = int (*)(const float*, int, int, const float*, const float*, int, float*);
 struct EmbedRotary;  // attention.cpp's
 using Attention = int (*)(const float*, const uint8_t*, const int*, const float*, const EmbedRotary*, int, float*, int,
@@ -36,6 +37,7 @@ struct EmbedKernels {
   Sgemm sgemm;
   Int8Matmul int8_matmul;  // null where the int8 kernel did not build
   F16Matmul f16_matmul;    // null where the float16 kernel did not build
+  BF16Matmul bf16_matmul;  // null where the bfloat16 kernel did not build
   F32Matmul f32_matmul;    // null where the packed float32 kernel did not build
   Attention attention;
   BiasGelu bias_gelu;
@@ -45,12 +47,14 @@ struct EmbedKernels {
 };
 
 // y (m, n) = x (m, k) @ W.T + bias: `weight` float32 (n, k) row-major, run in the BLAS, or `f32_packed` (a small
-// batch's, f32_matmul.cpp), or int8 `packed` with its scales and sums, or float16 `f16_packed` with its scales.
+// batch's, f32_matmul.cpp), or int8 `packed` with its scales and sums, or float16 `f16_packed` with its scales,
+// or bfloat16 `bf16_packed`.
 struct EmbedProjection {
   const float* weight;
   const float* f32_packed;  // may be null
   const int8_t* packed;
   const uint16_t* f16_packed;
+  const uint16_t* bf16_packed;
   const float* scales;
   const int32_t* sums;
   const float* bias;  // may be null
@@ -98,6 +102,10 @@ int project(const EmbedKernels& f, const EmbedProjection& p, const float* x, int
   if (p.f16_packed) {
     if (!f.f16_matmul) return boundary::NO_KERNEL;
     return f.f16_matmul(x, m, p.k, p.f16_packed, p.scales, bias, p.n, y);
+  }
+  if (p.bf16_packed) {
+    if (!f.bf16_matmul) return boundary::NO_KERNEL;
+    return f.bf16_matmul(x, m, p.k, p.bf16_packed, bias, p.n, y);
   }
   if (p.f32_packed && f.f32_matmul) return f.f32_matmul(x, m, p.k, p.f32_packed, bias, p.n, y);
   if (bias)

@@ -1,8 +1,8 @@
-"""dtype float16 on a CPU with AVX512-FP16: the native float16 matmul against the same rounding done in NumPy, its
-stated fidelity to float32 on the real all-MiniLM-L6-v2 (golden texts), its inputs that float16 alone could not
-hold, and the fronts and model families running it (a cross-encoder and `embed serve` with int8 too); where the
-kernel cannot run, MLX's own float16. The kernel's tests are skipped on CPUs without AVX512-FP16 (AMD Zen 4 among
-them), where it is not built."""
+"""dtype float16 on a CPU with AVX512-FP16 and bfloat16 on one with AVX512-BF16: each native matmul against the
+same rounding done in NumPy, its stated fidelity to float32 on the real all-MiniLM-L6-v2 (golden texts), the
+inputs float16 alone could not hold, and the fronts and model families running them (a cross-encoder and `embed
+serve` with int8 too); where a kernel cannot run, MLX's own type. A kernel's tests are skipped on CPUs without its
+instructions (AMD Zen 4 has AVX512-BF16 and no AVX512-FP16), where it is not built."""
 
 import json
 import subprocess
@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from mlx.utils import tree_flatten
-from reference import PACKED_DTYPE_FIDELITY, cosine, needs_f16, needs_int8
+from reference import PACKED_DTYPE_FIDELITY, cosine, needs_bf16, needs_f16, needs_int8
 from test_server import running_server
 from tiny_models import tiny_cross_encoder, tiny_encoder, tiny_transformer
 
@@ -25,6 +25,19 @@ from embedder.native import fastmath, kernels
 
 GOLDEN = Path(__file__).parent / "golden"
 BLOCK = 32  # depth pairs a float16 sum takes in csrc/f16_matmul.cpp
+PACKERS = {"float16": kernels.pack_f16, "bfloat16": kernels.pack_bf16}
+needs = {"float16": needs_f16, "bfloat16": needs_bf16, "int8": needs_int8}
+
+
+def _dtypes(*names: str) -> list:
+    """`names` as parameters, each skipped where its kernel does not run here."""
+    return [pytest.param(name, marks=needs[name]) for name in names]
+
+
+def _bfloat16(a: np.ndarray) -> np.ndarray:
+    """`a` rounded to bfloat16 (nearest even), as float32: the top 16 bits of each float32 kept."""
+    bits = a.astype(np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
 
 
 def _unit(peak: np.ndarray) -> np.ndarray:
@@ -73,15 +86,46 @@ def test_kernel_equals_the_same_rounding_in_numpy(m, k, n):
     assert np.linalg.norm(got - bias - exact) <= 2e-3 * np.linalg.norm(exact)  # float16's own error, no more
 
 
-@needs_f16
-def test_a_packed_layer_reads_back_its_weight_as_float16_rounded_it():
+@needs_bf16
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (7, 5, 3), (6, 64, 64), (13, 97, 130), (200, 70, 65)])
+def test_bfloat16_kernel_equals_the_same_rounding_in_numpy(m, k, n):
+    """x and w rounded to bfloat16, their products (exact in float32) summed in float32: the same tails as above,
+    and values float16 could not hold, which bfloat16's float32 range takes unscaled."""
+    rng = np.random.default_rng(m * 1000 + k + n)
+    x = rng.standard_normal((m, k)).astype(np.float32) * np.float32(1e30) ** rng.uniform(-1, 1, (m, 1))
+    w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
+    x[-1], w[0] = 0, 0
+    bias = rng.standard_normal(n).astype(np.float32)
+    got = np.asarray(kernels.packed_matmul(mx.array(x), kernels.pack_bf16(mx.array(w)), mx.array(bias))[0])
+    want = _bfloat16(x).astype(np.float64) @ _bfloat16(w).T.astype(np.float64) + bias
+    scale = np.abs(x).max(1, keepdims=True) * np.abs(w).max() * k + np.abs(bias)
+    assert (np.abs(got - want) <= 1e-6 * scale).all()
+    exact = x.astype(np.float64) @ w.T.astype(np.float64)
+    assert np.linalg.norm(got - bias - exact) <= 1e-2 * np.linalg.norm(exact)  # bfloat16's own error, no more
+
+
+@needs_bf16
+def test_bfloat16_passes_nan_and_infinity_on_as_float32_does():
+    """bfloat16 has float32's exponent: an infinite or NaN input is not rounded away, it reaches the output (where
+    the engine refuses the batch by name), as a float32 matmul's would."""
+    w = np.ones((4, 8), np.float32)
+    x = np.ones((3, 8), np.float32)
+    x[1, 5], x[2, 0] = np.nan, np.inf
+    got = np.asarray(kernels.packed_matmul(mx.array(x), kernels.pack_bf16(mx.array(w)))[0])
+    np.testing.assert_array_equal(got[0], 8)
+    assert np.isnan(got[1]).all() and np.isinf(got[2]).all()
+
+
+@pytest.mark.parametrize("dtype", _dtypes("float16", "bfloat16"))
+def test_a_packed_layer_reads_back_its_weight_as_its_dtype_rounded_it(dtype):
     """For model code that reads a Linear's weight rather than calling it (mlx-embeddings' SigLIP)."""
     w = np.random.default_rng(5).standard_normal((70, 33)).astype(np.float32)
     w[3] = 0
-    layer = fastmath.PackedLinear.from_linear(nn.Linear(33, 70), kernels.pack_f16)
-    layer.packed = kernels.pack_f16(mx.array(w))
+    layer = fastmath.PackedLinear.from_linear(nn.Linear(33, 70), PACKERS[dtype])
+    layer.packed = PACKERS[dtype](mx.array(w))
     scale = _unit(np.abs(w).max(1))[:, None]
-    want = (w * np.divide(1, scale, out=np.zeros_like(scale), where=scale > 0)).astype(np.float16) * scale
+    want = (_bfloat16(w) if dtype == "bfloat16"
+            else (w * np.divide(1, scale, out=np.zeros_like(scale), where=scale > 0)).astype(np.float16) * scale)
     np.testing.assert_allclose(np.asarray(layer.weight), want, rtol=1e-6)
     assert layer.weight.shape == (70, 33) and layer.weight is layer.weight  # unpacked once
     assert "_unpacked" not in dict(layer.items())
@@ -130,6 +174,7 @@ def test_non_finite_weights_and_activations_are_errors():
 @pytest.mark.parametrize("dtype, least, mean, alone_least", [
     pytest.param("int8", 0.99, 0.997, 0.99999, marks=needs_int8),  # measured 0.9918 min, 0.9982 mean
     pytest.param("float16", 0.99999, 0.999995, 0.999999, marks=needs_f16),  # measured 0.999994 min
+    pytest.param("bfloat16", 0.9999, 0.99995, 0.999999, marks=needs_bf16),  # measured 0.99995 min, 0.99999 mean
 ])
 def test_minilm_packed_dtype_fidelity_on_the_golden_texts(minilm_path, dtype, least, mean, alone_least):
     """The figures bench/README.md states, against sentence-transformers' float32; tokens exact, and a text's
@@ -148,12 +193,13 @@ def test_minilm_packed_dtype_fidelity_on_the_golden_texts(minilm_path, dtype, le
     engine.unload()
 
 
-@needs_f16
-def test_cli_dtype_float16_writes_its_dtype_and_near_exact_vectors(tmp_path, minilm_path):
+@pytest.mark.parametrize("dtype, least", [pytest.param("float16", 0.99999, marks=needs_f16),
+                                          pytest.param("bfloat16", 0.9999, marks=needs_bf16)])
+def test_cli_16_bit_dtypes_write_their_dtype_and_near_exact_vectors(tmp_path, minilm_path, dtype, least):
     source = tmp_path / "in.txt"
     source.write_text("The quick brown fox.\nTout le monde.\n中文句子\n" + "long " * 300 + "\n", encoding="utf-8")
     vectors = {}
-    for dtype in ("float32", "float16"):
+    for dtype in ("float32", dtype):
         out = tmp_path / f"{dtype}.parquet"
         done = subprocess.run([sys.executable, "-m", "cli", str(source), "-o", str(out), "-m", str(minilm_path),
                                "--dtype", dtype, "--quiet"], capture_output=True, text=True, timeout=300)
@@ -161,11 +207,12 @@ def test_cli_dtype_float16_writes_its_dtype_and_near_exact_vectors(tmp_path, min
         assert "RuntimeWarning" not in done.stderr  # the fast path: no slow-kernel warning
         assert pq.read_metadata(out).metadata[b"dtype"] == dtype.encode()
         vectors[dtype] = np.stack(pq.read_table(out)["embedding"].to_numpy(zero_copy_only=False))
-    assert cosine(vectors["float16"], vectors["float32"]).min() >= 0.99999
+    assert cosine(vectors[dtype], vectors["float32"]).min() >= least
 
 
 @pytest.mark.parametrize("dtype, atol", [pytest.param("int8", 0.02, marks=needs_int8),
-                                         pytest.param("float16", 0.01, marks=needs_f16)])
+                                         pytest.param("float16", 0.01, marks=needs_f16),
+                                         pytest.param("bfloat16", 0.02, marks=needs_bf16)])
 def test_cross_encoder_scores_in_packed_dtypes(tmp_path, minilm_path, dtype, atol):
     """Untrained weights carry the error further than a real model's: measured 0.006 in float16 here."""
     path = tiny_cross_encoder("bert", minilm_path, tmp_path, saved_by="st")
@@ -178,7 +225,8 @@ def test_cross_encoder_scores_in_packed_dtypes(tmp_path, minilm_path, dtype, ato
 
 
 @pytest.mark.parametrize("dtype, least", [pytest.param("int8", 0.99, marks=needs_int8),
-                                          pytest.param("float16", 0.99999, marks=needs_f16)])
+                                          pytest.param("float16", 0.99999, marks=needs_f16),
+                                          pytest.param("bfloat16", 0.9999, marks=needs_bf16)])
 def test_server_serves_packed_dtypes_to_the_openai_client(minilm_path, dtype, least):
     import openai
 
@@ -192,12 +240,13 @@ def test_server_serves_packed_dtypes_to_the_openai_client(minilm_path, dtype, le
 
 
 @pytest.mark.parametrize("dtype, stored", [pytest.param("float16", "bfloat16", marks=needs_f16),
-                                           pytest.param("int8", "float16", marks=needs_int8)])
+                                           pytest.param("int8", "float16", marks=needs_int8),
+                                           pytest.param("bfloat16", "bfloat16", marks=needs_bf16)])
 def test_a_checkpoint_stored_in_16_bits_is_packed_as_stored(tmp_path, minilm_path, dtype, stored):
     """Packed dtypes build the model in the checkpoint's own type (a bfloat16 decoder is half its float32 size),
     pack each Linear in turn, then compute everything else in float32."""
-    path = (tiny_transformer("qwen3", minilm_path, tmp_path) if dtype == "float16"
-            else tiny_encoder("bert", minilm_path, tmp_path))
+    path = (tiny_encoder("bert", minilm_path, tmp_path) if dtype == "int8"
+            else tiny_transformer("qwen3", minilm_path, tmp_path))
     weights = mx.load(str(path / "model.safetensors"))
     mx.save_safetensors(str(path / "model.safetensors"), {k: v.astype(getattr(mx, stored)) for k, v in weights.items()})
     texts = ["a short text", "and a longer one, with more words in it"]
@@ -209,29 +258,32 @@ def test_a_checkpoint_stored_in_16_bits_is_packed_as_stored(tmp_path, minilm_pat
     assert cosine(got, want).min() >= PACKED_DTYPE_FIDELITY[dtype]
 
 
-def test_without_the_kernel_float16_runs_mlx_float16_and_says_it_is_slow(minilm_path, monkeypatch):
-    """A CPU without AVX512-FP16 (or the kernels off) keeps MLX's generic float16, with its warning."""
-    monkeypatch.setattr(kernels, "f16_available", lambda: False)
-    engine = EmbeddingEngine(str(minilm_path), dtype="float16")
-    with pytest.warns(RuntimeWarning, match="generic kernels"):
+@pytest.mark.parametrize("dtype, probe, instructions", [("float16", "f16_available", "AVX512-FP16"),
+                                                        ("bfloat16", "bf16_available", "AVX512-BF16")])
+def test_without_the_kernel_16_bit_dtypes_run_mlx_and_say_it_is_slow(minilm_path, monkeypatch, dtype, probe,
+                                                                     instructions):
+    """A CPU without the instructions (or the kernels off) keeps MLX's generic type, with its warning."""
+    monkeypatch.setattr(kernels, probe, lambda: False)
+    engine = EmbeddingEngine(str(minilm_path), dtype=dtype)
+    with pytest.warns(RuntimeWarning, match=f"generic kernels \\(no {instructions} {dtype} kernel here\\)"):
         got = engine.embed(["A sentence to embed.", "Another one"])
     want = EmbeddingEngine(str(minilm_path)).embed(["A sentence to embed.", "Another one"])
     assert cosine(got, want).min() >= 0.999
     engine.unload()
 
 
-@needs_f16
+@pytest.mark.parametrize("dtype", _dtypes("float16", "bfloat16"))
 @pytest.mark.parametrize("kind", ["llama", "phi3", "gemma2", "gemma3_text", "embeddinggemma", "qwen2", "glm4", "qwen3",
                                   "qwen3_moe"])
-def test_decoders_in_float16_run_every_linear_in_the_kernel(tmp_path, minilm_path, kind):
-    """An mlx-lm decoder (or our Gemma 3) in float16: each Linear, attention's, the MLP's and a mixture of experts'
-    router, multiplies in the kernel on float32 activations, near the same model in float32."""
+def test_decoders_in_16_bits_run_every_linear_in_the_kernel(tmp_path, minilm_path, kind, dtype):
+    """An mlx-lm decoder (or our Gemma 3) in float16 or bfloat16: each Linear, attention's, the MLP's and a mixture
+    of experts' router, multiplies in the kernel on float32 activations, near the same model in float32."""
     path = tiny_transformer(kind, minilm_path, tmp_path)
     texts = ["a short text", "and a longer one, with more words in it", "中文 and emoji 🎉"]
-    half = EmbeddingEngine(str(path), dtype="float16", max_length=64)
+    half = EmbeddingEngine(str(path), dtype=dtype, max_length=64)
     got = half.embed(texts)
     linears = [m for _, m in half.model.module.named_modules() if isinstance(m, nn.Linear)]
     assert not linears and any(isinstance(m, fastmath.PackedLinear) for _, m in half.model.module.named_modules())
     want = EmbeddingEngine(str(path), dtype="float32", max_length=64).embed(texts)
     assert got.dtype == np.float32 and np.isfinite(got).all()
-    assert cosine(got, want).min() >= PACKED_DTYPE_FIDELITY["float16"]
+    assert cosine(got, want).min() >= PACKED_DTYPE_FIDELITY[dtype]

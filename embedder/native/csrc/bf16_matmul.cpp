@@ -1,0 +1,143 @@
+// y = x @ w.T with bfloat16 multiplies and float32 sums (AVX512-BF16 `vdpbf16ps`: 32 products an instruction,
+// two depths a lane, added straight into float32). bfloat16 has float32's exponent range, so unlike float16 no
+// scaling is needed: weights are rounded once at load, each call rounds x (nearest even), and every product of two
+// bfloat16 values is exact in float32. The instruction treats subnormal inputs as zero and flushes subnormal sums
+// (products under 1e-38, where float32 would keep them). NaN and infinity pass through as in a float32 matmul.
+// AMD Zen 4 has this instruction and no AVX512-FP16; the packed layout, pairs of depths in each 32-bit lane, is
+// also what AMX's bf16 tiles read. Built by embedder/native/build.py with -march=native; without AVX512-BF16
+// every entry returns NO_KERNEL.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "boundary.h"
+#include "packing.h"
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define EMBED_BF16 1
+#endif
+
+namespace {
+
+using packing::lanes;
+using packing::round_up;
+
+constexpr int VECTORS = 4;           // vectors a depth pair of a panel takes: 16 columns x 2 depths each
+constexpr int PANEL = 16 * VECTORS;  // output columns a packed panel holds
+constexpr int ROWS = 6;              // rows of x one tile multiplies: 6 x 4 float32 sums, 4 weight vectors
+constexpr int CHUNK = 192;           // rows of x converted per pass, their bfloat16 copy small enough to stay in L2
+
+}  // namespace
+
+extern "C" int embed_bf16_supported() {
+#ifdef EMBED_BF16
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// The packed size, in bfloat16 values (2 bytes each), of an (n, k) weight.
+extern "C" long embed_bf16_packed_halves(int n, int k) { return round_up(n, PANEL) * round_up(k, 2); }
+
+#ifdef EMBED_BF16
+namespace {
+
+// `count` floats as bfloat16 (round to nearest even), into out.
+void to_bf16(const float* x, int count, uint16_t* out) {
+  for (int i = 0; i < count; i += 16) {
+    const __mmask16 m = lanes(count - i);
+    const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i));
+    _mm256_mask_storeu_epi16(out + i, m, reinterpret_cast<const __m256i&>(h));
+  }
+}
+
+// y[r][column + c] for r < R rows of `a` (bfloat16, `pairs` depth pairs each) and the 64 columns of one panel.
+template <int R>
+void tile(const uint16_t* a, long pairs, const uint16_t* panel, const float* bias, int column, int n, float* y) {
+  __m512 acc[R][VECTORS];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+    for (int v = 0; v < VECTORS; v++) acc[r][v] = _mm512_setzero_ps();
+  for (long p = 0; p < pairs; p++) {
+    const uint16_t* w = panel + p * 2 * PANEL;
+    __m512bh b[VECTORS];
+#pragma GCC unroll 8
+    for (int v = 0; v < VECTORS; v++) b[v] = (__m512bh)_mm512_loadu_si512(w + 32 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * 2 * pairs + 2 * p, 4);
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 8
+      for (int v = 0; v < VECTORS; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, b[v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+    for (int v = 0; v < VECTORS; v++) {
+      const int c = column + v * 16;
+      if (c >= n) break;
+      const __mmask16 m = lanes(n - c);
+      const __m512 add = bias ? _mm512_maskz_loadu_ps(m, bias + c) : _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(y + static_cast<long>(r) * n + c, m, _mm512_add_ps(acc[r][v], add));
+    }
+}
+
+using Tile = void (*)(const uint16_t*, long, const uint16_t*, const float*, int, int, float*);
+constexpr Tile TILES[ROWS + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
+
+}  // namespace
+#endif
+
+// w (n, k) float32, row-major (a Linear's weight) -> packed[n / 64][k / 2][4][16][2] bfloat16: lane c of a depth
+// pair's vector v holds column 16 v + c's two depths. Padding columns and depth are zeros.
+extern "C" int embed_bf16_pack(const float* w, int n, int k, uint16_t* packed) {
+#ifdef EMBED_BF16
+  return boundary::guarded([&] {
+    const long depth = round_up(k, 2), columns = round_up(n, PANEL);
+    std::memset(packed, 0, sizeof(uint16_t) * columns * depth);
+    std::vector<uint16_t> row(k);
+    for (long j = 0; j < n; j++) {
+      to_bf16(w + j * k, k, row.data());
+      uint16_t* panel = packed + (j / PANEL) * PANEL * depth;
+      const long lane = (j % PANEL) / 16 * 32 + (j % 16) * 2;  // within a depth pair's 64 values
+      for (int i = 0; i < k; i++) panel[(i / 2) * 2 * PANEL + lane + i % 2] = row[i];
+    }
+    return boundary::OK;
+  });
+#else
+  return boundary::NO_KERNEL;
+#endif
+}
+
+// y (m, n) = x (m, k) @ w.T + bias for a weight packed by embed_bf16_pack; bias (n) may be null.
+extern "C" int embed_bf16_matmul(const float* x, int m, int k, const uint16_t* packed, const float* bias, int n,
+                                 float* y) {
+#ifdef EMBED_BF16
+  return boundary::guarded([&] {
+    const long depth = round_up(k, 2), pairs = depth / 2;
+    static thread_local std::vector<uint16_t> a;  // faulting fresh pages in on every call costs more than the copy
+    if (a.size() < static_cast<size_t>(CHUNK * depth)) a.resize(CHUNK * depth);
+    for (long start = 0; start < m; start += CHUNK) {
+      const int rows = static_cast<int>(std::min<long>(CHUNK, m - start));
+      for (int r = 0; r < rows; r++) {
+        to_bf16(x + (start + r) * k, k, &a[r * depth]);
+        if (depth > k) a[r * depth + k] = 0;
+      }
+      for (int column = 0; column < n; column += PANEL) {
+        const uint16_t* panel = packed + static_cast<long>(column) * depth;
+        for (int r = 0; r < rows; r += ROWS)
+          TILES[std::min(ROWS, rows - r)](&a[r * depth], pairs, panel, bias, column, n,
+                                          y + (start + r) * static_cast<long>(n));
+      }
+    }
+    return boundary::OK;
+  });
+#else
+  return boundary::NO_KERNEL;
+#endif
+}
