@@ -57,8 +57,9 @@ class ModelDtype(str, Enum):
 DtypeOpt = Annotated[ModelDtype | None, typer.Option(
     "--dtype", show_default=False,
     help="The model's compute precision [default: float32 on a CPU, float16 on a GPU]. On a CPU, float16 "
-         "(AVX512-FP16) runs the model's matmuls in float16, ~1.4x faster, cosine to float32 0.99999; int8 "
-         "(AVX512-VNNI) an encoder's in 8-bit integers, ~2x faster, cosine 0.99+ (bench/README.md).")]
+         "(AVX512-FP16) runs the model's matmuls in float16, ~1.4x faster, cosine to float32 0.99999; bfloat16 "
+         "(AVX512-BF16) in bfloat16, cosine 0.99995; int8 (AVX512-VNNI) an encoder's in 8-bit integers, ~2x "
+         "faster, cosine 0.99+ (bench/README.md).")]
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", envvar="EMBED_MODEL", show_default=False,

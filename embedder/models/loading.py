@@ -42,7 +42,8 @@ ARCHITECTURES = {
 }
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 INT8 = "int8"  # float32 weights and activations, the encoder's matmuls in int8 (CPU; models/quantized.py)
-# float16 on a CPU with AVX512-FP16 runs the same way, every Linear's matmul in float16 (elsewhere, MLX's float16)
+# float16 on a CPU with AVX512-FP16 and bfloat16 on one with AVX512-BF16 run the same way, every Linear's matmul in
+# that type (elsewhere, MLX's own)
 # Activations that overflow float16 (Gemma's embedding scale and residual stream, T5's feed-forward, which
 # transformers keeps in float32): bfloat16 on GPU instead.
 BFLOAT16_ONLY = ("gemma", "gemma2", "gemma3_text", "t5", "mt5")  # T5's feed-forward outputs overflow float16 too
