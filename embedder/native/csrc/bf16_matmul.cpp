@@ -7,13 +7,13 @@
 // also what AMX's bf16 tiles read. Built by embedder/native/build.py with -march=native; without AVX512-BF16
 // every entry returns NO_KERNEL.
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "boundary.h"
 #include "packing.h"
+#include "pairs.h"
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 #include <immintrin.h>
@@ -24,11 +24,10 @@ namespace {
 
 using packing::lanes;
 using packing::round_up;
+using pairs::PANEL;
+using pairs::ROWS;
 
-constexpr int VECTORS = 4;           // vectors a depth pair of a panel takes: 16 columns x 2 depths each
-constexpr int PANEL = 16 * VECTORS;  // output columns a packed panel holds
-constexpr int ROWS = 6;              // rows of x one tile multiplies: 6 x 4 float32 sums, 4 weight vectors
-constexpr int CHUNK = 192;           // rows of x converted per pass, their bfloat16 copy small enough to stay in L2
+constexpr int VECTORS = PANEL / 16;  // vectors a depth pair of a panel takes: 16 columns x 2 depths each
 
 }  // namespace
 
@@ -41,7 +40,7 @@ extern "C" int embed_bf16_supported() {
 }
 
 // The packed size, in bfloat16 values (2 bytes each), of an (n, k) weight.
-extern "C" long embed_bf16_packed_halves(int n, int k) { return round_up(n, PANEL) * round_up(k, 2); }
+extern "C" long embed_bf16_packed_halves(int n, int k) { return pairs::packed_halves(n, k); }
 
 #ifdef EMBED_BF16
 namespace {
@@ -55,14 +54,14 @@ void to_bf16(const float* x, int count, uint16_t* out) {
   }
 }
 
-// y[r][column + c] for r < R rows of `a` (bfloat16, `pairs` depth pairs each) and the 64 columns of one panel.
+// y[r][column + c] for r < R rows of `a` (bfloat16, `depth_pairs` pairs each) and the 64 columns of one panel.
 template <int R>
-void tile(const uint16_t* a, long pairs, const uint16_t* panel, const float* bias, int column, int n, float* y) {
+void tile(const uint16_t* a, long depth_pairs, const uint16_t* panel, const float* bias, int column, int n, float* y) {
   __m512 acc[R][VECTORS];
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++)
     for (int v = 0; v < VECTORS; v++) acc[r][v] = _mm512_setzero_ps();
-  for (long p = 0; p < pairs; p++) {
+  for (long p = 0; p < depth_pairs; p++) {
     const uint16_t* w = panel + p * 2 * PANEL;
     __m512bh b[VECTORS];
 #pragma GCC unroll 8
@@ -70,7 +69,7 @@ void tile(const uint16_t* a, long pairs, const uint16_t* panel, const float* bia
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
       int32_t pair;
-      std::memcpy(&pair, a + r * 2 * pairs + 2 * p, 4);
+      std::memcpy(&pair, a + r * 2 * depth_pairs + 2 * p, 4);
       const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
 #pragma GCC unroll 8
       for (int v = 0; v < VECTORS; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, b[v]);
@@ -93,8 +92,8 @@ constexpr Tile TILES[ROWS + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, t
 }  // namespace
 #endif
 
-// w (n, k) float32, row-major (a Linear's weight) -> packed[n / 64][k / 2][4][16][2] bfloat16: lane c of a depth
-// pair's vector v holds column 16 v + c's two depths. Padding columns and depth are zeros.
+// w (n, k) float32, row-major (a Linear's weight) -> bfloat16 packed as pairs.h lays out; padding columns and
+// depth are zeros.
 extern "C" int embed_bf16_pack(const float* w, int n, int k, uint16_t* packed) {
 #ifdef EMBED_BF16
   return boundary::guarded([&] {
@@ -103,9 +102,7 @@ extern "C" int embed_bf16_pack(const float* w, int n, int k, uint16_t* packed) {
     std::vector<uint16_t> row(k);
     for (long j = 0; j < n; j++) {
       to_bf16(w + j * k, k, row.data());
-      uint16_t* panel = packed + (j / PANEL) * PANEL * depth;
-      const long lane = (j % PANEL) / 16 * 32 + (j % 16) * 2;  // within a depth pair's 64 values
-      for (int i = 0; i < k; i++) panel[(i / 2) * 2 * PANEL + lane + i % 2] = row[i];
+      pairs::place_row(row.data(), j, k, depth, packed);
     }
     return boundary::OK;
   });
@@ -119,23 +116,16 @@ extern "C" int embed_bf16_matmul(const float* x, int m, int k, const uint16_t* p
                                  float* y) {
 #ifdef EMBED_BF16
   return boundary::guarded([&] {
-    const long depth = round_up(k, 2), pairs = depth / 2;
-    static thread_local std::vector<uint16_t> a;  // faulting fresh pages in on every call costs more than the copy
-    if (a.size() < static_cast<size_t>(CHUNK * depth)) a.resize(CHUNK * depth);
-    for (long start = 0; start < m; start += CHUNK) {
-      const int rows = static_cast<int>(std::min<long>(CHUNK, m - start));
-      for (int r = 0; r < rows; r++) {
-        to_bf16(x + (start + r) * k, k, &a[r * depth]);
-        if (depth > k) a[r * depth + k] = 0;
-      }
-      for (int column = 0; column < n; column += PANEL) {
-        const uint16_t* panel = packed + static_cast<long>(column) * depth;
-        for (int r = 0; r < rows; r += ROWS)
-          TILES[std::min(ROWS, rows - r)](&a[r * depth], pairs, panel, bias, column, n,
-                                          y + (start + r) * static_cast<long>(n));
-      }
-    }
-    return boundary::OK;
+    const long depth = round_up(k, 2);
+    return pairs::matmul(
+        m, k, n,
+        [&](long row, int, uint16_t* out) {
+          to_bf16(x + row * k, k, out);
+          return boundary::OK;
+        },
+        [&](const uint16_t* a, int, int rows, int column, long y_row) {
+          TILES[rows](a, depth / 2, packed + column * depth, bias, column, n, y + y_row * n);
+        });
   });
 #else
   return boundary::NO_KERNEL;

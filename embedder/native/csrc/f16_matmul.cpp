@@ -7,7 +7,6 @@
 //   y[m][n] = sx[m] * sw[n] * sum_k hx[m][k] * hw[n][k].
 // Built by embedder/native/build.py with -march=native; without AVX512-FP16 every entry returns NO_KERNEL.
 
-#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -16,6 +15,7 @@
 
 #include "boundary.h"
 #include "packing.h"
+#include "pairs.h"
 
 #if defined(__AVX512FP16__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
 #include <immintrin.h>
@@ -26,14 +26,13 @@ namespace {
 
 using packing::lanes;
 using packing::round_up;
+using pairs::PANEL;
+using pairs::ROWS;
 
-constexpr int VECTORS = 4;           // float16 vectors a depth pair of a panel takes: 16 columns x 2 depths each
-constexpr int PANEL = 16 * VECTORS;  // output columns a packed panel holds
-constexpr int ROWS = 6;              // rows of x one tile multiplies: 6 x 4 float16 sums, 4 weight vectors
+constexpr int VECTORS = PANEL / 16;  // float16 vectors a depth pair of a panel takes: 16 columns x 2 depths each
 // Depth pairs a float16 sum takes before it is added into float32. all-MiniLM-L6-v2 with 16, 32 and 64: golden
 // texts' min cosine to float32 0.999997, 0.999994 and 0.999991; sentences at 1.27x, 1.37x and 1.48x float32.
 constexpr int BLOCK = 32;
-constexpr int CHUNK = 192;           // rows of x converted per pass, their float16 copy small enough to stay in L2
 
 }  // namespace
 
@@ -46,7 +45,7 @@ extern "C" int embed_f16_supported() {
 }
 
 // The packed size, in float16 values (2 bytes each), of an (n, k) weight.
-extern "C" long embed_f16_packed_halves(int n, int k) { return round_up(n, PANEL) * round_up(k, 2); }
+extern "C" long embed_f16_packed_halves(int n, int k) { return pairs::packed_halves(n, k); }
 
 #ifdef EMBED_F16
 namespace {
@@ -87,14 +86,14 @@ __m512 pair_sums(__m512 lo, __m512 hi) {
   return _mm512_add_ps(_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
 }
 
-// y[r][column + c] for r < R rows of `a` (float16, `pairs` depth pairs each) and the 64 columns of one panel.
+// y[r][column + c] for r < R rows of `a` (float16, `depth_pairs` pairs each) and the 64 columns of one panel.
 // The float16 sums (R x 4 registers) are added into float32 ones kept in L1 every BLOCK pairs.
 template <int R>
-void tile(const uint16_t* a, long pairs, const uint16_t* panel, const float* xs, const float* ws, const float* bias,
+void tile(const uint16_t* a, long depth_pairs, const uint16_t* panel, const float* xs, const float* ws, const float* bias,
           int column, int n, float* y) {
   alignas(64) float sums[R][VECTORS][32] = {};  // lanes 2c, 2c + 1: column c's two depths
-  for (long start = 0; start < pairs; start += BLOCK) {
-    const long end = std::min<long>(pairs, start + BLOCK);
+  for (long start = 0; start < depth_pairs; start += BLOCK) {
+    const long end = std::min<long>(depth_pairs, start + BLOCK);
     __m512h acc[R][VECTORS];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
@@ -107,7 +106,7 @@ void tile(const uint16_t* a, long pairs, const uint16_t* panel, const float* xs,
 #pragma GCC unroll 8
       for (int r = 0; r < R; r++) {
         int32_t pair;
-        std::memcpy(&pair, a + r * 2 * pairs + 2 * p, 4);
+        std::memcpy(&pair, a + r * 2 * depth_pairs + 2 * p, 4);
         const __m512h x = _mm512_castsi512_ph(_mm512_set1_epi32(pair));
 #pragma GCC unroll 8
         for (int v = 0; v < VECTORS; v++) acc[r][v] = _mm512_fmadd_ph(x, b[v], acc[r][v]);
@@ -161,9 +160,7 @@ extern "C" int embed_f16_pack(const float* w, int n, int k, uint16_t* packed, fl
       if (top < 0.0f) return boundary::NOT_FINITE;
       scales[j] = unit(top);
       to_half(w + j * k, k, scales[j] > 0.0f ? 1.0f / scales[j] : 0.0f, row.data());
-      uint16_t* panel = packed + (j / PANEL) * PANEL * depth;
-      const long lane = (j % PANEL) / 16 * 32 + (j % 16) * 2;  // within a depth pair's 64 halves
-      for (int i = 0; i < k; i++) panel[(i / 2) * 2 * PANEL + lane + i % 2] = row[i];
+      pairs::place_row(row.data(), j, k, depth, packed);
     }
     return boundary::OK;
   });
@@ -177,28 +174,20 @@ extern "C" int embed_f16_matmul(const float* x, int m, int k, const uint16_t* pa
                                 const float* bias, int n, float* y) {
 #ifdef EMBED_F16
   return boundary::guarded([&] {
-    const long depth = round_up(k, 2), pairs = depth / 2;
-    static thread_local std::vector<uint16_t> a;  // faulting fresh pages in on every call costs more than the copy
-    if (a.size() < static_cast<size_t>(CHUNK * depth)) a.resize(CHUNK * depth);
-    float xs[CHUNK];
-    for (long start = 0; start < m; start += CHUNK) {
-      const int rows = static_cast<int>(std::min<long>(CHUNK, m - start));
-      for (int r = 0; r < rows; r++) {
-        const float* row = x + (start + r) * k;
-        const float top = peak(row, k);
-        if (top < 0.0f) return boundary::NOT_FINITE;
-        xs[r] = unit(top);
-        to_half(row, k, xs[r] > 0.0f ? 1.0f / xs[r] : 0.0f, &a[r * depth]);
-        if (depth > k) a[r * depth + k] = 0;
-      }
-      for (int column = 0; column < n; column += PANEL) {
-        const uint16_t* panel = packed + static_cast<long>(column) * depth;
-        for (int r = 0; r < rows; r += ROWS)
-          TILES[std::min(ROWS, rows - r)](&a[r * depth], pairs, panel, xs + r, scales, bias, column, n,
-                                          y + (start + r) * static_cast<long>(n));
-      }
-    }
-    return boundary::OK;
+    const long depth = round_up(k, 2);
+    float xs[pairs::CHUNK];  // each converted row's scale
+    return pairs::matmul(
+        m, k, n,
+        [&](long row, int r, uint16_t* out) {
+          const float top = peak(x + row * k, k);
+          if (top < 0.0f) return boundary::NOT_FINITE;
+          xs[r] = unit(top);
+          to_half(x + row * k, k, xs[r] > 0.0f ? 1.0f / xs[r] : 0.0f, out);
+          return boundary::OK;
+        },
+        [&](const uint16_t* a, int r, int rows, int column, long y_row) {
+          TILES[rows](a, depth / 2, packed + column * depth, xs + r, scales, bias, column, n, y + y_row * n);
+        });
   });
 #else
   return boundary::NO_KERNEL;

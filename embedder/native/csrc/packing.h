@@ -1,4 +1,4 @@
-// What the matmul kernels on weights packed once (f32_matmul, int8_matmul, f16_matmul) share.
+// What the matmul kernels on weights packed once (f32_matmul, int8_matmul, f16_matmul, bf16_matmul) share.
 #pragma once
 
 namespace packing {
