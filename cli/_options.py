@@ -91,4 +91,7 @@ PoolingOpt = Annotated[str | None, typer.Option(
     help="Override the model's pooling: mean, cls, last, max (for causal LMs: mean by default); splade for a "
          "masked-LM checkpoint's sparse vectors.",
     show_default=False)]
+MaxActiveDimsOpt = Annotated[int | None, typer.Option(
+    min=1, help="A sparse (SPLADE) model's vectors keep only their N largest weights, as sentence-transformers' "
+                "max_active_dims [default: the model's, else all].", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary line.")]

@@ -17,6 +17,7 @@ from cli._options import (
     InputFormat,
     LanesOpt,
     LongInputOpt,
+    MaxActiveDimsOpt,
     MaxLengthOpt,
     ModelOpt,
     NoNormalizeOpt,
@@ -73,6 +74,7 @@ def embed(
     prompt: PromptOpt = None,
     prompt_name: PromptNameOpt = None,
     pooling: PoolingOpt = None,
+    max_active_dims: MaxActiveDimsOpt = None,
     include_text: Annotated[bool, typer.Option("--include-text", help="Write the input text beside its vector.")] = False,
     dtype: DtypeOpt = None,
     precision: Annotated[OutputDtype, typer.Option(
@@ -130,6 +132,7 @@ def embed(
         prompt=prompt,
         prompt_name=prompt_name,
         pooling=pooling,
+        max_active_dims=max_active_dims,
         include_text=include_text,
         dtype=dtype.value if dtype else None,
         precision=precision.value,

@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from cli._errors import reported_errors
-from cli._options import BatchTokensOpt, ChunkOverlapOpt, DtypeOpt, LanesOpt, LongInputOpt, PoolingOpt
+from cli._options import BatchTokensOpt, ChunkOverlapOpt, DtypeOpt, LanesOpt, LongInputOpt, MaxActiveDimsOpt, PoolingOpt
 
 
 def serve(
@@ -51,6 +51,7 @@ def serve(
     lanes: LanesOpt = None,
     dtype: DtypeOpt = None,
     pooling: PoolingOpt = None,
+    max_active_dims: MaxActiveDimsOpt = None,
 ) -> None:
     """Serve embeddings at http://HOST:PORT/v1/embeddings, as OpenAI's API does.
 
@@ -74,7 +75,7 @@ def serve(
             options=EngineOptions(truncate=not no_truncate, batch_tokens=batch_tokens, lanes=lanes,
                                   dtype=dtype.value if dtype else None,
                                   long_input=long_input.value if long_input else None, chunk_overlap=chunk_overlap,
-                                  pooling=pooling),
+                                  pooling=pooling, max_active_dims=max_active_dims),
         )
         uvicorn.run(create_app(registry, options), host=host, port=port, log_level="info", access_log=False)
 

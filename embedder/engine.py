@@ -25,7 +25,7 @@ from .long_inputs import Windows, combine, combine_max  # noqa: E402
 from .models.loading import ACTIVATIONS, LoadedModel, load_model  # noqa: E402
 from .options import EngineOptions  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402
-from .pooling import truncate_dims  # noqa: E402
+from .pooling import largest_only, truncate_dims  # noqa: E402
 from .quantize import sparse_rows  # noqa: E402
 from .scheduler import Scheduler  # noqa: E402
 
@@ -102,6 +102,7 @@ class EmbeddingEngine:
         dtype: str | None = None,
         normalize: bool | None = None,
         pooling: str | None = None,
+        max_active_dims: int | None = None,
         prompt: str | None = None,
         truncate: bool = True,
         lanes: int | None = None,
@@ -112,8 +113,8 @@ class EmbeddingEngine:
         """The settings as keywords, or `options` (an `EngineOptions`, as the CLI, server and pipeline pass)."""
         self.options = options or EngineOptions(
             model=model, max_length=max_length, batch_tokens=batch_tokens, max_batch_rows=max_batch_rows,
-            dtype=dtype, normalize=normalize, pooling=pooling, prompt=prompt, truncate=truncate, lanes=lanes,
-            long_input=long_input, chunk_overlap=chunk_overlap)
+            dtype=dtype, normalize=normalize, pooling=pooling, max_active_dims=max_active_dims, prompt=prompt,
+            truncate=truncate, lanes=lanes, long_input=long_input, chunk_overlap=chunk_overlap)
         self.model_name = self.options.model
         self.lanes = self.options.lanes or default_lanes()
         shape = GPU_BATCH if mx.default_device() == mx.gpu else CPU_BATCH
@@ -227,6 +228,7 @@ class EmbeddingEngine:
             "long_input": self.options.long_input_mode,  # a chunked file's vectors are windows' means, not cuts
             "chunk_overlap": self.options.chunk_overlap,
             **({"labels": list(self.labels)} if self.cross_encoder else {}),
+            **({"max_active_dims": m.spec.splade.max_active_dims} if self.sparse else {}),
         }
 
     def stats(self) -> dict:
@@ -370,13 +372,16 @@ class EmbeddingEngine:
         windows = [w for piece in pieces for w in piece]
         skips = [skip if k == 0 else 0 for piece in pieces for k in range(len(piece))]  # a prompt leads window 1
 
-        max_pooled = model.spec.splade is not None and model.spec.splade.strategy == "max"
+        sparse = model.spec.splade
+        max_pooled = sparse is not None and sparse.strategy == "max"
 
         def finish(out: np.ndarray) -> np.ndarray:
             if len(windows) != len(rows) and max_pooled:
                 out = combine_max(out, [len(piece) for piece in pieces])
             elif len(windows) != len(rows):
                 out = combine(out, [len(piece) for piece in pieces], [len(w) for w in windows])
+            if sparse is not None:  # after a long text's windows are combined: its own cap, not each window's
+                out = largest_only(out, sparse.max_active_dims)
             out = truncate_dims(out, dimensions)
             out = l2_normalize(out) if unit else np.ascontiguousarray(out)
             return then(out) if then else out

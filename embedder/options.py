@@ -23,6 +23,7 @@ class EngineOptions:
     dtype: str | None = None  # the model's compute dtype
     normalize: bool | None = None
     pooling: str | None = None  # sentence-transformers' mode names, or candle-vllm's `last`; `+` joins several
+    max_active_dims: int | None = None  # a sparse (SPLADE) model's nonzero weights a vector keeps at most
     prompt: str | None = None  # prepended to every text unless a request names another
     truncate: bool = True  # False: an input over max_length is an error, not cut (`long_input` "error")
     lanes: int | None = None  # batches in flight at once
@@ -30,7 +31,7 @@ class EngineOptions:
     chunk_overlap: int = 0  # "chunk": tokens consecutive windows share
 
     def __post_init__(self) -> None:
-        for name in ("max_length", "batch_tokens", "max_batch_rows", "lanes"):
+        for name in ("max_length", "batch_tokens", "max_batch_rows", "lanes", "max_active_dims"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise InputError(f"{name} must be a whole number of at least 1, got {value!r}", name)

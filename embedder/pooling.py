@@ -95,6 +95,17 @@ def truncate_dims(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
     return vectors if dimensions is None else vectors[:, :dimensions]
 
 
+def largest_only(weights: np.ndarray, k: int | None) -> np.ndarray:
+    """Each row's k largest weights (SPLADE's are >= 0), the others zeroed: sentence-transformers'
+    `max_active_dims`; None keeps all."""
+    if k is None or k >= weights.shape[1]:
+        return weights
+    top = np.argpartition(-weights, k - 1, axis=1)[:, :k]
+    kept = np.zeros_like(weights)
+    np.put_along_axis(kept, top, np.take_along_axis(weights, top, axis=1), axis=1)
+    return kept
+
+
 def normalize(vectors: np.ndarray) -> np.ndarray:
     """L2-normalize rows; a zero row stays zero instead of becoming NaN."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -100,6 +100,35 @@ def test_a_splade_model_ranks_by_dot_product(splade):
     engine.unload()
 
 
+def test_max_active_dims_keeps_each_vectors_largest_weights(work, minilm_path, splade):
+    """sentence-transformers' `max_active_dims`: saved in config_sentence_transformers.json it applies to every
+    vector, as SparseEncoder applies it; the engine's option (SparseEncoder's argument) overrides it."""
+    require_oracle()
+    from sentence_transformers import SparseEncoder
+
+    saved = tiny_sparse_encoder("bert", minilm_path, work / "capped")
+    config = json.loads((saved / "config_sentence_transformers.json").read_text())
+    (saved / "config_sentence_transformers.json").write_text(json.dumps({**config, "max_active_dims": 7}))
+    capped = EmbeddingEngine(str(saved), batch_tokens=256)
+    got = capped.embed(TEXTS)
+    assert_same_sparse(got, sparse_encoder_vectors(saved, TEXTS))
+    assert ((got > 0).sum(1) == 7).all() and capped.info()["max_active_dims"] == 7
+    for k, path in ((3, saved), (20, splade)):
+        want = SparseEncoder(str(path), device="cpu", max_active_dims=k).encode(TEXTS, convert_to_sparse_tensor=False)
+        override = EmbeddingEngine(str(path), max_active_dims=k)
+        assert_same_sparse(override.embed(TEXTS), want.numpy())
+        override.unload()
+    capped.unload()
+    text = " ".join(f"word{i % 97} token{i % 13}" for i in range(300))  # several windows
+    whole, cut = (EmbeddingEngine(str(splade), long_input="chunk", max_active_dims=k).embed([text])[0]
+                  for k in (None, 9))
+    top = np.argsort(-whole)[:9]
+    assert set(np.flatnonzero(cut)) == set(top) and np.array_equal(cut[top], whole[top])  # the text's cap, whole
+    (saved / "config_sentence_transformers.json").write_text(json.dumps({**config, "max_active_dims": 0}))
+    with pytest.raises(Exception, match="config_sentence_transformers.json: max_active_dims must be a whole number"):
+        EmbeddingEngine(str(saved)).load()
+
+
 def test_refusals(splade, engine):
     sparse = EmbeddingEngine(str(splade))
     with pytest.raises(InputError, match="sparse .SPLADE. model.*dimensions does not apply"):
@@ -131,6 +160,13 @@ def test_cli_writes_indices_and_values(tmp_path, splade):
     refused = run_refused(tmp_path, splade, precision="int8", calibration=str(tmp_path / "out.parquet"))
     assert "--precision int8 does not apply" in refused
     engine.unload()
+    capped = subprocess.run([*EMBED, str(source), "-m", str(splade), "--max-active-dims", "4"], capture_output=True,
+                            timeout=120)
+    assert capped.returncode == 0, capped.stderr
+    assert [len(json.loads(line)["indices"]) for line in capped.stdout.decode().splitlines()] == [4] * len(texts)
+    dense = subprocess.run([*EMBED, str(source), "--max-active-dims", "4"], capture_output=True, text=True, timeout=120)
+    assert dense.returncode == 2 and "max_active_dims is for sparse (SPLADE) models" in dense.stderr
+    assert len(dense.stderr.strip().splitlines()) == 1 and "Traceback" not in dense.stderr
 
 
 def run_refused(tmp_path, model, **options) -> str:

@@ -55,6 +55,7 @@ class EmbedOptions:
     prompt: str | None = None
     prompt_name: str | None = None  # from the model's config_sentence_transformers.json
     pooling: str | None = None  # None: the model's own pooling
+    max_active_dims: int | None = None  # a sparse model's nonzero weights a vector keeps; None: the model's
     include_text: bool = False
     dtype: str | None = None  # the model's compute dtype (`options.MODEL_DTYPES`)
     precision: str = "float32"  # of the written vectors: a `quantize.PRECISIONS` entry
@@ -71,7 +72,8 @@ class EmbedOptions:
         """The engine settings this job gives (validated there); the rest stay the engine's defaults."""
         return EngineOptions(model=self.model or DEFAULT_MODEL, max_length=self.max_length,
                              batch_tokens=self.batch_tokens, dtype=self.dtype, pooling=self.pooling, lanes=self.lanes,
-                             long_input=self.long_input, chunk_overlap=self.chunk_overlap)
+                             long_input=self.long_input, chunk_overlap=self.chunk_overlap,
+                             max_active_dims=self.max_active_dims)
 
 
 @dataclass(frozen=True)

@@ -269,6 +269,12 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
     spec = read_pipeline_spec(path, default_pooling="mean", config=config)
     if pooling is not None and spec.scores is None:
         spec = with_pooling(spec, pooling)
+    if options.max_active_dims is not None:
+        if spec.splade is None:
+            raise InputError(f"max_active_dims is for sparse (SPLADE) models; {model} gives dense vectors",
+                             "max_active_dims")
+        kept = dataclasses.replace(spec.splade, max_active_dims=options.max_active_dims)
+        spec = dataclasses.replace(spec, splade=kept)
     dtype = options.dtype or default_dtype(config)
     on_cpu = mx.default_device() == mx.cpu
     packed = on_cpu and (dtype == INT8 or (not config.get("quantization") and kernel_runs(dtype)))

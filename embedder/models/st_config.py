@@ -1,5 +1,6 @@
 """Read a model's sentence-transformers files into the post-processing it asks for (pure, no MLX)."""
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ class SpladeSpec:
 
     strategy: str = "max"
     activation: str = "relu"
+    max_active_dims: int | None = None  # SparseEncoder's: only each vector's largest weights kept, the rest zeroed
 
 
 SPLADE_STRATEGIES, SPLADE_ACTIVATIONS = ("max", "sum"), ("relu", "log1p_relu")
@@ -99,6 +101,13 @@ def pooling_modes(config: dict) -> tuple[str, ...]:
             raise ModelError(f"unsupported pooling mode {m!r}; supported: {', '.join(POOLING_MODES)}")
     # sentence-transformers concatenates in its own fixed order.
     return tuple(m for m in POOLING_MODES if m in modes)
+
+
+def active_dims(value, source: str) -> int:
+    """A `max_active_dims` setting, checked: a whole number of at least 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ModelError(f"{source}: max_active_dims must be a whole number of at least 1, got {value!r}")
+    return value
 
 
 def splade_spec(config: dict) -> SpladeSpec:
@@ -212,6 +221,8 @@ def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean", config: d
             raise ModelError(f"unsupported sentence-transformers module {module['type']} ({module.get('path')})")
     if pooling is None:
         raise ModelError(f"{modules_file} has no Pooling module")
+    if splade is not None and prompts.get("max_active_dims") is not None:
+        splade = dataclasses.replace(splade, max_active_dims=active_dims(prompts["max_active_dims"], st_config.name))
     return PipelineSpec(
         pooling=pooling,
         include_prompt=include_prompt,
