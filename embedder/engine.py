@@ -24,8 +24,8 @@ from .io.readers import read_bytes  # noqa: E402
 from .long_inputs import Windows, combine, combine_max  # noqa: E402
 from .models.loading import ACTIVATIONS, LoadedModel, load_model  # noqa: E402
 from .options import EngineOptions  # noqa: E402
-from .pooling import normalize as l2_normalize  # noqa: E402
 from .pooling import largest_only, truncate_dims  # noqa: E402
+from .pooling import normalize as l2_normalize  # noqa: E402
 from .quantize import sparse_rows  # noqa: E402
 from .scheduler import Scheduler  # noqa: E402
 
