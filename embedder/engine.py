@@ -23,6 +23,7 @@ from .images import ImageRow  # noqa: E402
 from .io.readers import read_bytes  # noqa: E402
 from .long_inputs import Windows, combine, combine_max  # noqa: E402
 from .models.loading import ACTIVATIONS, LoadedModel, load_model  # noqa: E402
+from .multi_vector import MultiVectorRows, maxsim, projections  # noqa: E402
 from .options import EngineOptions  # noqa: E402
 from .pooling import largest_only, truncate_dims  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402
@@ -123,6 +124,7 @@ class EmbeddingEngine:
         )
         self._model: LoadedModel | None = None
         self._windows: Windows | None = None  # long inputs chunked: how they are cut
+        self._multi: MultiVectorRows | None = None  # a late-interaction model's token rules
         self._scheduler = Scheduler(self.lanes, self.batch_shape, thread_exit=mx.clear_streams)
         self._lock = threading.Lock()
         self._unloaded = False  # by unload(): new work is refused until load() is called again
@@ -153,6 +155,9 @@ class EmbeddingEngine:
                              "longest text first) or refused, never chunked; use long_input truncate or error", "long_input")
         if self.options.long_input_mode == "chunk":
             self._windows = Windows(*model.tokenizer.special_tokens(), model.max_length, self.options.chunk_overlap)
+        if model.spec.multi_vector is not None:
+            self._multi = MultiVectorRows.of(model.spec.multi_vector, model.tokenizer, projections(model.dense),
+                                             model.path, model.max_length)
         if mx.default_device() == mx.cpu:
             set_threads(max(1, _cores() // self.lanes))
             forward.build_kernels()
@@ -205,6 +210,11 @@ class EmbeddingEngine:
         return self.model.spec.splade is not None
 
     @property
+    def multi_vector(self) -> bool:
+        """A late-interaction (ColBERT) model: a vector per token (`multi_vectors`), texts compared by MaxSim."""
+        return self.model.spec.multi_vector is not None
+
+    @property
     def normalizes(self) -> bool:
         return self.model.spec.normalize if self.options.normalize is None else self.options.normalize
 
@@ -229,6 +239,7 @@ class EmbeddingEngine:
             "chunk_overlap": self.options.chunk_overlap,
             **({"labels": list(self.labels)} if self.cross_encoder else {}),
             **({"max_active_dims": m.spec.splade.max_active_dims} if self.sparse else {}),
+            **({"multi_vector": dataclasses.asdict(m.spec.multi_vector)} if self.multi_vector else {}),
         }
 
     def stats(self) -> dict:
@@ -363,6 +374,9 @@ class EmbeddingEngine:
         `then` maps the finished vectors to the future's result."""
         model = self.model
         self.check_embeds()
+        if self.multi_vector:
+            raise InputError(f"{model.model_id} is a multi-vector (ColBERT) model: a vector per token, not one per "
+                             "text; ask multi_vectors (TEI's /embed_all, vLLM's /pooling token_embed)", "model")
         rows = self._validate(ids, dimensions)
         if not rows:
             return _resolved(np.zeros((0, dimensions or model.dim), np.float32))
@@ -409,7 +423,70 @@ class EmbeddingEngine:
                                    index=i)
         if not rows:
             return _resolved([])
-        return self._scheduler.submit(rows, [0] * len(rows), lambda out: out, per_token=True)
+        return self._scheduler.submit(rows, list(map(len, rows)), lambda out: out, per_token=True)
+
+    # ---- late interaction --------------------------------------------------------------------
+
+    def multi_vectors(self, texts: Sequence[str], *, query: bool = False, prompt: str | None = None,
+                      prompt_name: str | None = None) -> list[np.ndarray]:
+        """A late-interaction (ColBERT) model's vectors for each text, (vectors, dim) float32, as
+        sentence-transformers' MultiVectorEncoder.encode_query (`query`) or encode_document gives them: the side's
+        prompt (its marker), cut to its length, a query expanded, a document's skiplisted tokens dropped."""
+        ids = self.tokenize(texts, prompt=prompt, prompt_name=self.side_prompt(query, prompt, prompt_name))
+        return self.submit_multi_vectors(ids, query=query).result()
+
+    def side_prompt(self, query: bool, prompt: str | None = None, prompt_name: str | None = None) -> str | None:
+        """The prompt a query or a document takes unless one is given: the model's "query" or "document" prompt,
+        as MultiVectorEncoder's encode_query and encode_document take it."""
+        side = "query" if query else "document"
+        if prompt is None and prompt_name is None and side in self.model.spec.prompts:
+            return side
+        return prompt_name
+
+    def submit_multi_vectors(self, ids: Sequence[Sequence[int]], *, query: bool = False) -> Future:
+        """Queue token-id rows (prompt included) for `multi_vectors`; the future gives a list of arrays."""
+        multi = self._multi_rows()
+        rows, keys = multi.rows(self._validate(ids, None), query)
+        if not rows:
+            return _resolved([])
+        return self._scheduler.submit(rows, keys, lambda states: [multi.vectors(row, s, query)
+                                                                  for row, s in zip(rows, states)], per_token=True)
+
+    def _multi_rows(self) -> MultiVectorRows:
+        self.model  # loaded, so `_multi` is set for a multi-vector model
+        if self._multi is None:
+            raise InputError(f"{self.model_id} is not a multi-vector (ColBERT) model: it gives one vector per text",
+                             "model")
+        return self._multi
+
+    def _submit_maxsim(self, firsts: Sequence[str], seconds: Sequence[str]) -> tuple[Future, int]:
+        """Each (query, document) pair's MaxSim, each distinct query and document embedded once, in one job."""
+        multi = self._multi_rows()
+        queries, documents = list(dict.fromkeys(firsts)), list(dict.fromkeys(seconds))
+        q_rows, q_keys = multi.rows(self._pair_texts(queries, firsts, seconds, self.side_prompt(True)), True)
+        d_rows, d_keys = multi.rows(self._pair_texts(documents, seconds, firsts, self.side_prompt(False)), False)
+        q_at, d_at = {t: i for i, t in enumerate(queries)}, {t: i for i, t in enumerate(documents)}
+        mean = multi.spec.mean_maxsim
+
+        def scores(states: list[np.ndarray]) -> np.ndarray:
+            q = [multi.vectors(r, s, True) for r, s in zip(q_rows, states)]
+            d = [multi.vectors(r, s, False) for r, s in zip(d_rows, states[len(q_rows):])]
+            return np.array([maxsim(q[q_at[a]], d[d_at[b]], mean) for a, b in zip(firsts, seconds)], np.float32)
+
+        tokens = sum(q_keys) + sum(d_keys)
+        return self._scheduler.submit(q_rows + d_rows, q_keys + d_keys, scores, per_token=True), tokens
+
+    def _pair_texts(self, texts: list[str], side: Sequence[str], other: Sequence[str],
+                    prompt_name: str | None) -> list[list[int]]:
+        """Distinct texts of one side of some pairs, tokenized; an error about one is retold about the first pair
+        holding it."""
+        try:
+            return self.tokenize(texts, prompt_name=prompt_name)
+        except InputError as e:
+            if e.index is None:
+                raise
+            pair = list(side).index(texts[e.index])
+            raise e.about(f"input {pair}", pair) from e
 
     # ---- scores -----------------------------------------------------------------------------
 
@@ -443,6 +520,8 @@ class EmbeddingEngine:
         if not firsts:
             return _resolved(np.zeros(0, np.float32)), 0
         model = self.model
+        if self.multi_vector:
+            return self._submit_maxsim(firsts, seconds)
         if not self.cross_encoder:
             texts = list(dict.fromkeys([*firsts, *seconds]))
             row = {text: i for i, text in enumerate(texts)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -10,6 +11,7 @@ import numpy as np
 from .errors import ModelError
 from .images import ImageRow
 from .models.loading import LoadedModel
+from .native import fastmath
 from .native.build import native_build_env
 from .pooling import pool, splade
 
@@ -22,11 +24,15 @@ class BatchForward:
         """One batch, evaluated asynchronously: token rows padded, run, pooled and projected, `splits` leading tokens
         of each left out of pooling (never its last); for a cross-encoder, each pair's logits, its second text (from
         its split on) of token type 1; `ImageRow`s through the vision tower. Rows keep their order. `per_token`:
-        the encoder's last hidden state, every token's vector (token rows only), before pooling or projection."""
+        the encoder's last hidden state, every token's vector (token rows only), before pooling or projection; a
+        row's split is how many of its leading tokens are attended, the rest (a ColBERT query's expansion) only
+        attending."""
         images = [k for k, row in enumerate(rows) if isinstance(row, ImageRow)]
         if per_token:
-            out = self.model.forward(*map(mx.array, _padded(rows, self.model.tokenizer.pad_token_id)))
-            out = out.astype(mx.float32)
+            ids, mask = _padded(rows, self.model.tokenizer.pad_token_id, splits)
+            attended = all(split == len(row) for split, row in zip(splits, rows))
+            with contextlib.nullcontext() if attended else fastmath.every_position():
+                out = self.model.forward(mx.array(ids), mx.array(mask)).astype(mx.float32)
         elif not images:
             out = self._texts(rows, splits)
         else:
@@ -71,16 +77,19 @@ class BatchForward:
         """A padded and an unpadded batch, once, inside `native_build_env`: the model's fused CPU kernels are built
         for this CPU now, at load, and later batches need neither the compiler nor a changed environment."""
         token = self.model.tokenizer.pad_token_id
+        per_token = self.model.spec.multi_vector is not None  # a multi-vector model's batches: with unattended rows
         with native_build_env():
             for rows in ([[token] * 2, [token] * 3], [[token] * 3]):
-                mx.eval(self.launch(rows, [0] * len(rows)))
+                mx.eval(self.launch(rows, [2] * len(rows) if per_token else [0] * len(rows), per_token))
 
 
-def _padded(rows: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token rows as one (rows, longest) array padded at the end, and its attention mask."""
+def _padded(rows: list[list[int]], pad_token_id: int,
+            attended: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows as one (rows, longest) array padded at the end, and its attention mask: each row's tokens, or
+    its first `attended[k]`."""
     ids = np.full((len(rows), max(map(len, rows))), pad_token_id, np.int32)
     mask = np.zeros(ids.shape, np.int32)
     for k, row in enumerate(rows):
         ids[k, : len(row)] = row
-        mask[k, : len(row)] = 1
+        mask[k, : len(row) if attended is None else attended[k]] = 1
     return ids, mask

@@ -49,6 +49,7 @@ class TextTokenizer:
     max_length: int
     do_lower_case: bool = False
     long_input: str = "truncate"  # `long_inputs.LONG_INPUT_MODES`: cut at max_length, refuse, or keep whole
+    token_id: Callable[[str], int | None] = lambda token: None  # a vocabulary token's id; None if it has none
 
     def encode(self, texts: Sequence[str], prompt: str | None = None, keep_last: int | None = None) -> list[list[int]]:
         """Token ids with special tokens, long ones as `long_input` says; `keep_last` keeps each text's last N
@@ -119,14 +120,24 @@ class TextTokenizer:
         return tuple(bare[:common]), tuple(bare[common:])
 
 
-def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_input: str) -> TextTokenizer:
-    """The Rust tokenizer from tokenizer.json; transformers only for models that ship none."""
+def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_input: str,
+                   whole_tokens: Sequence[str] = ()) -> TextTokenizer:
+    """The Rust tokenizer from tokenizer.json; transformers only for models that ship none. `whole_tokens`:
+    vocabulary tokens the text may hold that must stay one token (a ColBERT marker such as [unused0]), made special
+    tokens as sentence-transformers does where the tokenizer would split them."""
     truncate = long_input == "truncate"
     path = model_dir / "tokenizer.json"
     if path.exists():
-        from tokenizers import Tokenizer
+        from tokenizers import AddedToken, Tokenizer
 
-        tok = Tokenizer.from_file(str(path))
+        def opened() -> Tokenizer:
+            tok = Tokenizer.from_file(str(path))
+            split = [t for t in whole_tokens
+                     if tok.token_to_id(t) is not None and len(tok.encode(t, add_special_tokens=False).ids) != 1]
+            tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in split])
+            return tok
+
+        tok = opened()
         tok.no_padding()
         if truncate:
             tok.enable_truncation(max_length)
@@ -141,7 +152,7 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
             """A second copy, made on first use (a large vocabulary costs memory), only where `tok` truncates."""
             if not truncate:
                 return tok
-            whole = Tokenizer.from_file(str(path))
+            whole = opened()
             whole.no_padding()
             whole.no_truncation()
             return whole
@@ -169,7 +180,7 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
             return tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
         return TextTokenizer(encode_batch, encode_whole, encode_pair_batch, tokens, decode, pad, tok.get_vocab_size(),
-                             max_length, do_lower_case, long_input)
+                             max_length, do_lower_case, long_input, tok.token_to_id)
 
     try:
         from transformers import AutoTokenizer
@@ -180,6 +191,12 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
         hf = AutoTokenizer.from_pretrained(str(model_dir))
     except Exception as e:  # transformers raises many types for a missing or broken tokenizer
         raise ModelError(f"cannot load a tokenizer from {model_dir}: {e}") from e
+    vocab = hf.get_vocab()
+    split = [t for t in whole_tokens if t in vocab and hf.tokenize(t) != [t]]
+    if split:
+        from tokenizers import AddedToken
+
+        hf.add_tokens([AddedToken(t, normalized=False, special=True) for t in split], special_tokens=True)
 
     def hf_encode_batch(texts: list[str]) -> list[list[int]]:
         return hf(texts, truncation=truncate, max_length=max_length if truncate else None)["input_ids"]
@@ -207,4 +224,4 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
 
     pad = hf.pad_token_id if hf.pad_token_id is not None else 0
     return TextTokenizer(hf_encode_batch, hf_encode_whole, hf_encode_pair_batch, hf_tokens, hf_decode, pad, len(hf),
-                         max_length, do_lower_case, long_input)
+                         max_length, do_lower_case, long_input, vocab.get)

@@ -215,3 +215,64 @@ def tiny_sparse_encoder(kind: str, tokenizer_src: Path, work: Path, *, strategy:
     modules = [MLMTransformer(str(hf), max_seq_length=128), SpladePooling(strategy, activation)]
     SparseEncoder(modules=modules, device="cpu").save(str(out))
     return out
+
+
+def tiny_colbert(tokenizer_src: Path, work: Path, saved_as: str, *, attend: bool = False,
+                 backbone: str = "bert") -> Path:
+    """A late-interaction (ColBERT) model on a tiny random encoder (`backbone`: "bert", or "modernbert" for
+    GTE-ModernColBERT's shape), a 24-wide projection, saved the three ways they ship: by sentence-transformers 6's
+    MultiVectorEncoder (`"st"`, [Q]/[D] text prompts, a punctuation skiplist), as PyLate 3 saves (`"pylate"`:
+    [unused0]/[unused1] markers and its knobs in config_sentence_transformers.json, a Transformer and a Dense in
+    modules.json), or as Stanford-NLP ColBERT ships (`"stanford"`: an HF_ColBERT config.json, the projection as
+    `linear.weight` beside the `bert.` weights, artifact.metadata). Queries expand to 32 tokens; `attend`: the
+    encoder attends to the expansion tokens too."""
+    require_oracle()
+    import string
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    encoder = tiny_encoder("bert", tokenizer_src, work) if backbone == "bert" else tiny_transformer(backbone,
+                                                                                                      tokenizer_src, work)
+    torch.manual_seed(1)
+    hidden = json.loads((encoder / "config.json").read_text())["hidden_size"]
+    weight = torch.randn(24, hidden) / hidden ** 0.5
+    out = work / f"colbert-{backbone}-{saved_as}-{'attend' if attend else 'skip'}"
+    if saved_as == "st":
+        from sentence_transformers import MultiVectorEncoder
+        from sentence_transformers.base.modules import Normalize, Transformer
+        from sentence_transformers.base.modules.dense import Dense
+        from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+
+        transformer = Transformer(str(encoder), document_length=40,
+                                  query_expansion={"strategy": "fixed", "attend": attend, "length": 32})
+        dense = Dense(hidden, 24, bias=False, activation_function=torch.nn.Identity(), init_weight=weight,
+                      module_input_name="token_embeddings")
+        modules = [transformer, dense, MultiVectorMask(skiplist_words=list(string.punctuation)),
+                   Normalize(module_input_name="token_embeddings")]
+        MultiVectorEncoder(modules=modules, prompts={"query": "[Q] ", "document": "[D] "}, device="cpu").save(str(out))
+        return out
+    shutil.copytree(encoder, out)
+    if saved_as == "pylate":
+        (out / "1_Dense").mkdir()
+        save_file({"linear.weight": weight.contiguous()}, str(out / "1_Dense" / "model.safetensors"))
+        (out / "1_Dense" / "config.json").write_text(json.dumps(
+            {"in_features": hidden, "out_features": 24, "bias": False,
+             "activation_function": "torch.nn.modules.linear.Identity"}))
+        (out / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}]))
+        (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 39, "do_lower_case": False}))
+        (out / "config_sentence_transformers.json").write_text(json.dumps({
+            "model_type": "ColBERT", "query_prefix": "[unused0]", "document_prefix": "[unused1]", "query_length": 32,
+            "document_length": 40, "attend_to_expansion_tokens": attend, "similarity_fn_name": "MaxSim",
+            "prompts": {}, "default_prompt_name": None}))
+        return out
+    weights = {f"bert.{k}": v for k, v in load_file(str(out / "model.safetensors")).items()}
+    save_file({**weights, "linear.weight": weight.contiguous()}, str(out / "model.safetensors"))
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "architectures": ["HF_ColBERT"]}))
+    (out / "artifact.metadata").write_text(json.dumps({
+        "query_maxlen": 32, "doc_maxlen": 40, "dim": 24, "mask_punctuation": True, "attend_to_mask_tokens": attend,
+        "query_token_id": "[unused0]", "doc_token_id": "[unused1]", "similarity": "cosine"}))
+    return out

@@ -16,8 +16,8 @@ def allowed_keys(
     """(B, 1, L, L) boolean, True where query i may attend key j.
 
     A key must be a real token, within `max_distance` positions of the query, and not after it when
-    `causal`. Every query also keeps itself, so a padded query far from any real token never gets an
-    empty row (NaN that would then reach real tokens through the values).
+    `causal`; a padded query attends to real keys alone, as transformers' (a ColBERT query's expansion tokens).
+    A row may be empty: `masked_attention` gives it zeros.
     """
     L = attention_mask.shape[1]
     q = mx.arange(L)[:, None]
@@ -27,7 +27,14 @@ def allowed_keys(
         allowed = allowed & (k <= q)
     if max_distance is not None:
         allowed = allowed & (mx.abs(q - k) <= max_distance)
-    return allowed | (q == k)
+    return allowed
+
+
+def masked_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, allowed: mx.array) -> mx.array:
+    """Scaled dot-product attention where `allowed` (`allowed_keys`) says which keys each query sees; a query
+    that sees none (padding far from any real token) gets zeros, as torch's attention gives it, never a NaN."""
+    live = allowed.any(axis=-1, keepdims=True)
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=allowed | ~live) * live
 
 
 def rope_theta(rope_parameters: dict | None, layer_type: str, default: float) -> float:

@@ -175,7 +175,8 @@ class Model(nn.Module):
         return fastmath.native_heads(self.embeddings.LayerNorm.weight.dtype,
                                      self.args.hidden_size // self.args.num_attention_heads)
 
-    heads = ("pooler.", "cls.", "lm_head.", "classifier.")  # what `sanitize` drops: task heads this model lacks
+    # what `sanitize` drops: task heads this model lacks (`linear.`: Stanford-NLP ColBERT's projection, read apart)
+    heads = ("pooler.", "cls.", "lm_head.", "classifier.", "linear.")
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop heads and buffers, strip a task-model prefix, fuse q/k/v into one projection."""

@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import ModelError
-from .attention import allowed_keys, rope_scale, rope_theta
+from .attention import allowed_keys, masked_attention, rope_scale, rope_theta
 from .base import BaseModelArgs
 
 
@@ -80,7 +80,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).reshape(B, L, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
         q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.theta, scale=self.rope_scale, offset=0)
         k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.theta, scale=self.rope_scale, offset=0)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        out = masked_attention(q, k, v, self.scale, mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 

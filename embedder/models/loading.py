@@ -318,14 +318,19 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
         raise ModelError(f"max_length {length} is more than the model's position limit of {limit}")
     if batch_tokens is not None and length > batch_tokens:
         raise ModelError(f"max_length {length} is more than the batch token budget {batch_tokens}; raise batch_tokens")
-    tokenizer = load_tokenizer(path, length, spec.do_lower_case, options.long_input_mode)
+    multi = spec.multi_vector
+    if multi is not None and options.long_input_mode == "chunk":
+        raise InputError("long_input chunk does not apply to a multi-vector (ColBERT) model: its vectors are its "
+                         "tokens', each text cut at the model's query or document length", "long_input")
+    tokenizer = load_tokenizer(path, length, spec.do_lower_case, options.long_input_mode,
+                               multi.prefix_tokens if multi else ())
     dense = [load_dense(d) for d in spec.dense]
     images = read_image_processor(path, module.args.image_size) if hasattr(module, "embed_images") else None
     if images is not None and not spec.has_st_files:  # text and image vectors compared by cosine, as SigLIP's own
         spec = dataclasses.replace(spec, normalize=True)
     # DistilBERT: dim; T5: d_model; NomicBERT: n_embd
     hidden = hidden_size(config)
-    dim = dense[-1].weight.shape[0] if dense else hidden * len(spec.pooling)
+    dim = dense[-1].weight.shape[0] if dense else hidden * max(len(spec.pooling), 1)
     if spec.scores is not None:  # a cross-encoder's output is its labels' scores
         dim = spec.scores.labels
     if spec.splade is not None:  # a sparse encoder's, one weight per vocabulary entry

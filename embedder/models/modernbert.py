@@ -8,7 +8,7 @@ import mlx.nn as nn
 from ..errors import ModelError
 from ..native import fastmath, kernels
 from ..pooling import pool
-from .attention import Rotation, allowed_keys, rope_theta
+from .attention import Rotation, allowed_keys, masked_attention, rope_theta
 from .base import BaseModelArgs, checkpoint_keys
 
 
@@ -69,7 +69,7 @@ class Attention(nn.Module):
         q, k, v = self.Wqkv(x).reshape(B, L, 3, self.n_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
         q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=0)
         k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=0)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5, mask=mask)
+        out = masked_attention(q, k, v, self.head_dim**-0.5, mask)
         return self.Wo(out.transpose(0, 2, 1, 3).reshape(B, L, D))
 
 

@@ -1,11 +1,17 @@
 """Read a model's sentence-transformers files into the post-processing it asks for (pure, no MLX)."""
 
+from __future__ import annotations
+
 import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ModelError
+
+if TYPE_CHECKING:
+    from .multi_vector_config import MultiVectorSpec
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
@@ -73,9 +79,10 @@ class PipelineSpec:
     has_st_files: bool = False
     scores: ScoreSpec | None = None  # a cross-encoder: the model scores text pairs instead of embedding texts
     splade: SpladeSpec | None = None  # a sparse encoder: vocabulary weights from its masked-LM head, pooled
+    multi_vector: MultiVectorSpec | None = None  # a late-interaction (ColBERT) model: `dense` runs on every token
 
 
-def _read_json(path: Path) -> dict | list:
+def read_json(path: Path) -> dict | list:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -120,7 +127,7 @@ def splade_spec(config: dict) -> SpladeSpec:
 
 
 def _dense(path: Path) -> DenseSpec:
-    config = _read_json(path / "config.json")
+    config = read_json(path / "config.json")
     activation = module_kind(config.get("activation_function", "torch.nn.modules.linear.Identity"))
     if activation not in _ACTIVATIONS:
         raise ModelError(f"unsupported Dense activation {activation} in {path}")
@@ -138,7 +145,7 @@ def _dense(path: Path) -> DenseSpec:
 def _tokenizer_max_length(model_dir: Path) -> int | None:
     """sentence-transformers 6 saves max_seq_length as the tokenizer's model_max_length."""
     path = model_dir / "tokenizer_config.json"
-    value = _read_json(path).get("model_max_length") if path.exists() else None
+    value = read_json(path).get("model_max_length") if path.exists() else None
     return value if isinstance(value, int) and value < 1_000_000 else None  # transformers' "no limit" is 1e30
 
 
@@ -159,7 +166,7 @@ def read_score_spec(model_dir: Path, config: dict) -> ScoreSpec:
     one label and Identity for several. Like CrossEncoder without trust_remote_code, only torch's own classes."""
     st_file = model_dir / "config_sentence_transformers.json"
     candidates = (
-        (_read_json(st_file) if st_file.exists() else {}).get("activation_fn"),
+        (read_json(st_file) if st_file.exists() else {}).get("activation_fn"),
         (config.get("sentence_transformers") or {}).get("activation_fn"),
         config.get("sbert_ce_default_activation_function"),
     )
@@ -186,9 +193,9 @@ def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean", config: d
     (`config` says so) gets its scores instead of pooling."""
     modules_file = model_dir / "modules.json"
     st_config = model_dir / "config_sentence_transformers.json"
-    prompts = _read_json(st_config) if st_config.exists() else {}
+    prompts = read_json(st_config) if st_config.exists() else {}
     bert_config_file = model_dir / "sentence_bert_config.json"
-    bert_config = _read_json(bert_config_file) if bert_config_file.exists() else {}
+    bert_config = read_json(bert_config_file) if bert_config_file.exists() else {}
     common = dict(
         max_seq_length=bert_config.get("max_seq_length") or _tokenizer_max_length(model_dir),
         do_lower_case=bool(bert_config.get("do_lower_case", False)),
@@ -197,18 +204,22 @@ def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean", config: d
     )
     if config is not None and is_cross_encoder(config):
         return PipelineSpec(pooling=(), scores=read_score_spec(model_dir, config), **common)
+    modules = [(module_kind(m["type"]), model_dir / m.get("path", ""), m["type"])
+               for m in sorted(read_json(modules_file) if modules_file.exists() else [], key=lambda m: m.get("idx", 0))]
+    from .multi_vector_config import is_multi_vector
+
+    if is_multi_vector(prompts, config, [kind for kind, _, _ in modules]):
+        return _multi_vector_pipeline(model_dir, prompts, config, modules, common)
     if not modules_file.exists():
         return PipelineSpec(pooling=(default_pooling,), **common)
 
     pooling, include_prompt, dense, normalize, splade = None, True, [], False, None
-    for module in sorted(_read_json(modules_file), key=lambda m: m.get("idx", 0)):
-        kind = module_kind(module["type"])
-        path = model_dir / module.get("path", "")
+    for kind, path, type_name in modules:
         if kind in ("Transformer", "MLMTransformer"):
-            if module.get("path") and (path / "sentence_bert_config.json").exists():
-                common["max_seq_length"] = _read_json(path / "sentence_bert_config.json").get("max_seq_length")
+            if path != model_dir and (path / "sentence_bert_config.json").exists():
+                common["max_seq_length"] = read_json(path / "sentence_bert_config.json").get("max_seq_length")
         elif kind == "Pooling":
-            config = _read_json(path / "config.json")
+            config = read_json(path / "config.json")
             pooling = pooling_modes(config)
             include_prompt = bool(config.get("include_prompt", True))
         elif kind == "Dense":
@@ -216,9 +227,9 @@ def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean", config: d
         elif kind == "Normalize":
             normalize = True
         elif kind == "SpladePooling":
-            pooling, splade = ("splade",), splade_spec(_read_json(path / "config.json"))
+            pooling, splade = ("splade",), splade_spec(read_json(path / "config.json"))
         else:
-            raise ModelError(f"unsupported sentence-transformers module {module['type']} ({module.get('path')})")
+            raise ModelError(f"unsupported sentence-transformers module {type_name} ({path})")
     if pooling is None:
         raise ModelError(f"{modules_file} has no Pooling module")
     if splade is not None and prompts.get("max_active_dims") is not None:
@@ -232,3 +243,28 @@ def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean", config: d
         has_st_files=True,
         **common,
     )
+
+
+def _multi_vector_pipeline(model_dir: Path, st_config: dict, config: dict | None, modules: list[tuple[str, Path, str]],
+                           common: dict) -> PipelineSpec:
+    """A late-interaction model's pipeline: its token-level Dense layers (Stanford-NLP's one `linear.weight`), and
+    a tokenizer cut long enough for the longer of its query and document lengths."""
+    from .multi_vector_config import read_multi_vector_spec, stanford_projection_shape
+
+    spec, prompts = read_multi_vector_spec(model_dir, st_config, config,
+                                           [(kind, path) for kind, path, _ in modules])
+    dense = []
+    for kind, path, type_name in modules:
+        if kind == "Dense":
+            dense.append(_dense(path))
+        elif kind == "Transformer" and (path / "sentence_bert_config.json").exists():
+            common["max_seq_length"] = read_json(path / "sentence_bert_config.json").get("max_seq_length")
+        elif kind not in ("Transformer", "MultiVectorMask", "Normalize"):
+            raise ModelError(f"unsupported module {type_name} ({path}) in a multi-vector model")
+    if not modules:
+        out_features, in_features = stanford_projection_shape(model_dir)
+        dense.append(DenseSpec(model_dir, in_features, out_features, False, "identity"))
+    if common["max_seq_length"]:
+        common["max_seq_length"] = spec.longest(common["max_seq_length"])
+    return PipelineSpec(pooling=(), dense=tuple(dense), multi_vector=spec, has_st_files=bool(modules),
+                        **{**common, "prompts": prompts})

@@ -10,7 +10,9 @@ kernels run unchanged; on a GPU, GELU is fused by `mx.compile` too, and attentio
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,10 +32,25 @@ def gelu(x: mx.array) -> mx.array:
     return _gelu_formula(x)
 
 
+_every_position = threading.local()
+
+
 def native_heads(dtype: mx.Dtype, head_dim: int) -> bool:
     """Whether our attention kernel runs for this dtype and head size here, and so encoder layers run on a batch's
-    real tokens alone (`PackedTokens`): the native CPU path."""
-    return _native(dtype) and head_dim <= kernels.max_head_dim()
+    real tokens alone (`PackedTokens`): the native CPU path; never inside `every_position`."""
+    return not getattr(_every_position, "on", False) and _native(dtype) and head_dim <= kernels.max_head_dim()
+
+
+@contextlib.contextmanager
+def every_position():
+    """Inside it, this thread's batches run on MLX's padded path, a state computed at every position, unattended
+    ones too (a ColBERT query's expansion tokens look at the text without being looked at), where the native path
+    computes real tokens alone."""
+    _every_position.on = True
+    try:
+        yield
+    finally:
+        _every_position.on = False
 
 
 @dataclass(frozen=True)
@@ -212,13 +229,15 @@ def linear_add_norm(dense: nn.Module, x: mx.array, residual: mx.array, norm: nn.
 
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None,
               bias: mx.array | None = None) -> mx.array:
-    """MLX's attention on (B, H, L, D) heads, with `self_attention`'s treatment of padding and bias."""
+    """MLX's attention on (B, H, L, D) heads, with `self_attention`'s treatment of padding and bias (inside
+    `every_position`, padding queries attend to the real keys instead of giving zeros)."""
     if mask is None:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=bias)
     keep = mask.astype(q.dtype).swapaxes(-1, -2)  # zero values: a query with no key to attend gets zeros
     if bias is not None:
         mask = mx.where(mask, bias.astype(q.dtype), mx.array(-math.inf, q.dtype))
-    return mx.fast.scaled_dot_product_attention(q, k, v * keep, scale=scale, mask=mask) * keep
+    out = mx.fast.scaled_dot_product_attention(q, k, v * keep, scale=scale, mask=mask)
+    return out if getattr(_every_position, "on", False) else out * keep
 
 
 def fast_cpu_kernels(dtype: mx.Dtype) -> bool:
