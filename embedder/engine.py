@@ -443,6 +443,21 @@ class EmbeddingEngine:
             return side
         return prompt_name
 
+    def output_prompt_name(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        """The prompt name a file's texts take: a multi-vector model's document prompt unless `prompt_name` names
+        another ("query" embeds them as queries); otherwise `prompt_name`."""
+        return self.side_prompt(prompt_name == "query", prompt, prompt_name) if self.multi_vector else prompt_name
+
+    def submit_output_rows(self, ids: Sequence[Sequence[int] | ImageRow], *, query: bool = False,
+                           dimensions: int | None = None, normalize: bool | None = None, skip: int = 0) -> Future:
+        """Queue token rows for what a file's rows hold with this model: a classifier's score per label, a
+        multi-vector model's token vectors (a query's, or a document's), or one vector per text."""
+        if self.cross_encoder:
+            return self.submit_class_rows(ids)
+        if self.multi_vector:
+            return self.submit_multi_vectors(ids, query=query)
+        return self.submit(ids, dimensions=dimensions, normalize=normalize, skip=skip)
+
     def submit_multi_vectors(self, ids: Sequence[Sequence[int]], *, query: bool = False) -> Future:
         """Queue token-id rows (prompt included) for `multi_vectors`; the future gives a list of arrays."""
         multi = self._multi_rows()
@@ -453,8 +468,7 @@ class EmbeddingEngine:
                                                                   for row, s in zip(rows, states)], per_token=True)
 
     def _multi_rows(self) -> MultiVectorRows:
-        self.model  # loaded, so `_multi` is set for a multi-vector model
-        if self._multi is None:
+        if not self.multi_vector:  # which loads the model, and `_multi` with it
             raise InputError(f"{self.model_id} is not a multi-vector (ColBERT) model: it gives one vector per text",
                              "model")
         return self._multi
@@ -621,10 +635,13 @@ class EmbeddingEngine:
         finish = (lambda logits: logits) if raw else (lambda logits: class_scores(logits, problem_type))
         return self._scheduler.submit(rows, splits, finish)
 
-    def embedded_tokens(self, ids: Sequence[Sequence[int] | ImageRow]) -> list[int]:
+    def embedded_tokens(self, ids: Sequence[Sequence[int] | ImageRow], query: bool = False) -> list[int]:
         """Tokens each row puts through the model: its length, or its windows' when long inputs are chunked; an
-        image's patches."""
+        image's patches; a multi-vector model's text, cut at its query's or document's length."""
         self.load()  # the windows are known once the model is
+        if self._multi is not None:
+            length = self._multi.spec.task_length(query, self.max_length)
+            return [min(len(row), length) for row in ids]
         if self._windows is None:
             return [len(row) for row in ids]
         return [len(row) if isinstance(row, ImageRow) else sum(map(len, self._windows.split(row))) for row in ids]
@@ -645,6 +662,10 @@ class EmbeddingEngine:
         if dimensions is not None and self.sparse:
             raise InputError(f"{self.model_id} is a sparse (SPLADE) model: its vectors weigh every vocabulary entry, "
                              "so dimensions does not apply", "dimensions")
+        if dimensions is not None and self.multi_vector:
+            raise InputError(f"{self.model_id} is a multi-vector (ColBERT) model: its token vectors keep the width "
+                             "it was trained with (its truncate_dim, if it saved one), so dimensions does not apply",
+                             "dimensions")
         if dimensions is not None and not 1 <= dimensions <= self.dim:
             raise InputError(f"dimensions must be between 1 and {self.dim} for this model, got {dimensions}",
                              "dimensions")

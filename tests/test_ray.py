@@ -21,7 +21,7 @@ from embedder.errors import InputError  # noqa: E402
 from embedder.io.pipeline import EmbedOptions, run  # noqa: E402
 from embedder.ray import embed_dataset, run_job  # noqa: E402
 from reference import needs_f16, needs_int8  # noqa: E402
-from tiny_models import tiny_cross_encoder, tiny_sparse_encoder  # noqa: E402
+from tiny_models import tiny_colbert, tiny_cross_encoder, tiny_sparse_encoder  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,12 +169,14 @@ def test_bad_input_keeps_the_other_files_parts_and_resume_redoes_only_what_chang
     assert_same_rows(pq.read_table(tmp_path / "out"), single_machine(engine, tmp_path, inputs))
 
 
-@pytest.mark.parametrize("kind", ["splade", "classifier"])
-def test_sparse_and_classifier_outputs_equal_the_single_machine_run(local_ray, minilm_path, tmp_path, kind):
-    """Both Ray paths write a SPLADE model's `indices` and `values`, and a classifier's `label`, `score` and
-    `scores`, as the single-machine run does."""
+@pytest.mark.parametrize("kind", ["splade", "classifier", "colbert"])
+def test_sparse_classifier_and_multi_vector_outputs_equal_the_single_machine_run(local_ray, minilm_path, tmp_path,
+                                                                                 kind):
+    """Both Ray paths write a SPLADE model's `indices` and `values`, a classifier's `label`, `score` and `scores`,
+    and a ColBERT model's vectors per token, as the single-machine run does."""
     model = (tiny_sparse_encoder("bert", minilm_path, tmp_path) if kind == "splade" else
-             tiny_cross_encoder("bert", minilm_path, tmp_path, labels=3))
+             tiny_cross_encoder("bert", minilm_path, tmp_path, labels=3) if kind == "classifier" else
+             tiny_colbert(minilm_path, tmp_path, "st"))
     texts = ["a short one", "x", "a somewhat longer sentence about sparse retrieval"]
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
     run(EmbedOptions(inputs=(str(tmp_path / "in.txt"),), output=str(tmp_path / "single.parquet"), model=str(model)))
@@ -184,7 +186,7 @@ def test_sparse_and_classifier_outputs_equal_the_single_machine_run(local_ray, m
     rows = sorted(rows, key=lambda row: texts.index(row["text"]))
     for w, g, r in zip(want, got, rows):
         for name, value in w.items():
-            if name in ("values", "score", "scores"):
+            if name in ("values", "score", "scores", "embedding"):
                 np.testing.assert_allclose(g[name], value, rtol=1e-5)
                 np.testing.assert_allclose(r[name], value, rtol=1e-5)
             elif name != "id":

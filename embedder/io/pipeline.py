@@ -248,15 +248,15 @@ def _produce(records: Iterator[Record], engine: EmbeddingEngine, options: EmbedO
              stop: threading.Event, digest: RecordDigest | None) -> None:
     """Producer thread: read a window, tokenize it, submit it, queue it; an error travels down the queue."""
     try:
-        skip = engine.prompt_skip(options.prompt, options.prompt_name)
+        prompt_name = engine.output_prompt_name(options.prompt, options.prompt_name)
+        skip = engine.prompt_skip(options.prompt, prompt_name)
         normalize = None if options.normalize else False
         while batch := list(itertools.islice(records, options.chunk_rows)):
-            window, ids = _tokenized(batch, engine, options)
+            window, ids = _tokenized(batch, engine, options, prompt_name)
             window.digest = "" if digest is None else digest.hexdigest()
-            if ids and engine.cross_encoder:  # a sequence classifier: each text's score per label
-                window.future = engine.submit_class_rows(ids)
-            elif ids:
-                window.future = engine.submit(ids, dimensions=options.dimensions, normalize=normalize, skip=skip)
+            if ids:
+                window.future = engine.submit_output_rows(ids, query=options.prompt_name == "query",
+                                                          dimensions=options.dimensions, normalize=normalize, skip=skip)
             if not _put(windows, window, stop):
                 return
         _put(windows, _END, stop)
@@ -264,7 +264,8 @@ def _produce(records: Iterator[Record], engine: EmbeddingEngine, options: EmbedO
         _put(windows, e, stop)
 
 
-def _tokenized(batch: list[Record], engine: EmbeddingEngine, options: EmbedOptions) -> tuple[_Window, list]:
+def _tokenized(batch: list[Record], engine: EmbeddingEngine, options: EmbedOptions,
+               prompt_name: str | None) -> tuple[_Window, list]:
     """Apply the empty-text policy (an empty text has no embedding, so it is never sent), then tokenize texts and
     preprocess images, each row in its record's place."""
     kept: list[Record] = []
@@ -279,9 +280,9 @@ def _tokenized(batch: list[Record], engine: EmbeddingEngine, options: EmbedOptio
             kept.append(record)
     records = [kept[i] for i in embedded]
     rows = engine.input_rows([r.text if r.image is None else r.image for r in records], prompt=options.prompt,
-                             prompt_name=options.prompt_name, where=[r.where for r in records])
+                             prompt_name=prompt_name, where=[r.where for r in records])
     tokens = np.zeros(len(kept), np.int32)
-    tokens[embedded] = engine.embedded_tokens(rows)
+    tokens[embedded] = engine.embedded_tokens(rows, query=options.prompt_name == "query")
     return _Window(kept, embedded, tokens, batch[-1].index + 1, len(batch) - len(kept)), rows
 
 
@@ -311,9 +312,15 @@ def _cancel(item: object) -> None:
         item.future.cancel()
 
 
-def _chunk(window: _Window, vectors: np.ndarray | None, spec: OutputSpec, options: EmbedOptions) -> Chunk:
-    """A window's output rows; rows kept by `--on-empty zero` get a zero vector and 0 tokens."""
-    if vectors is None or len(vectors) != len(window.records):
+def _chunk(window: _Window, vectors: np.ndarray | list | None, spec: OutputSpec, options: EmbedOptions) -> Chunk:
+    """A window's output rows; rows kept by `--on-empty zero` get a zero vector (a multi-vector model's, none) and 0
+    tokens."""
+    if spec.multi_vector and (vectors is None or len(vectors) != len(window.records)):
+        full = [np.zeros((0, spec.dim), np.float32)] * len(window.records)
+        for at, v in zip(window.embedded, vectors or []):
+            full[at] = v
+        vectors = full
+    elif vectors is None or len(vectors) != len(window.records):
         full = np.zeros((len(window.records), spec.dim), np.float32)
         if vectors is not None:
             full[window.embedded] = vectors
@@ -332,8 +339,10 @@ def output_spec(engine: EmbeddingEngine, options: EmbedOptions, path: str | None
                 settings: dict | None = None) -> OutputSpec:
     """How this job's rows are written: the width and type its precision stores, its ranges, its metadata."""
     dim = engine.check_dimensions(options.dimensions) or engine.dim
-    if (engine.sparse or engine.cross_encoder) and options.precision != "float32":
-        kind = "a sparse (SPLADE) model, stored as" if engine.sparse else "a sequence classifier, its labels stored with"
+    if (engine.sparse or engine.cross_encoder or engine.multi_vector) and options.precision != "float32":
+        kind = ("a sparse (SPLADE) model, stored as" if engine.sparse
+                else "a sequence classifier, its labels stored with" if engine.cross_encoder
+                else "a multi-vector (ColBERT) model, its token vectors stored as")
         raise InputError(f"{engine.model_id} is {kind} float32 values; --precision {options.precision} does not apply",
                          "precision")
     ranges = None
@@ -342,7 +351,7 @@ def output_spec(engine: EmbeddingEngine, options: EmbedOptions, path: str | None
     return OutputSpec(path=path, dim=dim, include_text=options.include_text, text_ids=text_ids,
                       metadata=file_metadata(engine, options, ranges), settings=settings or {},
                       precision=options.precision, ranges=ranges, sparse=engine.sparse,
-                      labels=engine.labels if engine.cross_encoder else ())
+                      labels=engine.labels if engine.cross_encoder else (), multi_vector=engine.multi_vector)
 
 
 def file_metadata(engine: EmbeddingEngine, options: EmbedOptions,
@@ -352,7 +361,7 @@ def file_metadata(engine: EmbeddingEngine, options: EmbedOptions,
         **engine.info(),
         "dimensions": options.dimensions or engine.dim,
         "normalize": engine.normalizes and options.normalize,
-        "prompt": engine.resolve_prompt(options.prompt, options.prompt_name),
+        "prompt": engine.resolve_prompt(options.prompt, engine.output_prompt_name(options.prompt, options.prompt_name)),
         "embedding_dtype": options.precision,
         "quantization_ranges": None if ranges is None else ranges.tolist(),
         "text_field": options.text_field,

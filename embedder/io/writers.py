@@ -27,7 +27,8 @@ class Chunk:
     """Consecutive output rows; `next_index` is the first record not yet covered, the point a resume continues from."""
 
     ids: Sequence[RecordId]
-    vectors: np.ndarray  # (rows, dim) float32; the writer stores them at the spec's precision
+    vectors: np.ndarray | list[np.ndarray]  # (rows, dim) float32, stored at the spec's precision; multi-vector: a
+    # (vectors, dim) array per row
     tokens: np.ndarray  # (rows,) int32: tokens embedded, after truncation, no padding
     texts: Sequence[str] | None
     next_index: int
@@ -48,6 +49,7 @@ class OutputSpec:
     ranges: Any = None  # int8/uint8: the (2, dim) calibration ranges
     sparse: bool = False  # a SPLADE model's: each row's nonzero `indices` and their `values`, not `embedding`
     labels: tuple[str, ...] = ()  # a classifier's: each row's best `label`, its `score` and every label's `scores`
+    multi_vector: bool = False  # a late-interaction model's: `embedding` holds a vector per token, not one
 
 
 def output_format(path: str) -> str:
@@ -232,8 +234,9 @@ def parquet_options(schema) -> dict:
 
 def arrow_schema(spec: OutputSpec):
     """id, embedding fixed_size_list<stored type>[stored width] (a sparse model's: indices list<int32> and values
-    list<float32>; a classifier's: label string, score float32 and scores fixed_size_list<float32>[labels]), tokens
-    int32, optional text; the metadata rides on the schema."""
+    list<float32>; a classifier's: label string, score float32 and scores fixed_size_list<float32>[labels]; a
+    multi-vector model's embedding: list<fixed_size_list<float32>[dim]>), tokens int32, optional text; the metadata
+    rides on the schema."""
     import pyarrow as pa
 
     stored = pa.from_numpy_dtype(np.dtype(stored_dtype(spec.precision)))
@@ -242,6 +245,8 @@ def arrow_schema(spec: OutputSpec):
     elif spec.labels:
         vectors = [pa.field("label", pa.string()), pa.field("score", pa.float32()),
                    pa.field("scores", pa.list_(pa.float32(), len(spec.labels)))]
+    elif spec.multi_vector:
+        vectors = [pa.field("embedding", pa.list_(pa.list_(pa.float32(), spec.dim)))]
     else:
         vectors = [pa.field("embedding", pa.list_(stored, stored_width(spec.dim, spec.precision)))]
     fields = [
@@ -278,11 +283,16 @@ def number_array(values: np.ndarray):
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
-def output_arrays(vectors: np.ndarray, tokens: np.ndarray, spec: OutputSpec) -> list:
+def output_arrays(vectors: np.ndarray | list[np.ndarray], tokens: np.ndarray, spec: OutputSpec) -> list:
     """The columns the engine's output fills, as `arrow_schema` names them for the model's kind: `embedding` at the
-    spec's precision; a SPLADE model's `indices` and `values`; a classifier's `label`, `score` and `scores`."""
+    spec's precision; a SPLADE model's `indices` and `values`; a classifier's `label`, `score` and `scores`; a
+    multi-vector model's `embedding`, a list of vectors per row."""
     import pyarrow as pa
 
+    if spec.multi_vector:
+        offsets = number_array(np.cumsum([0, *map(len, vectors)], dtype=np.int32))
+        flat = np.concatenate([np.zeros((0, spec.dim), np.float32), *vectors]).reshape(-1)
+        return [pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(number_array(flat), spec.dim))]
     if spec.sparse:
         rows = sparse_rows(vectors)
         offsets = number_array(np.cumsum([0, *(len(indices) for indices, _ in rows)], dtype=np.int32))
@@ -327,6 +337,8 @@ def _jsonl(chunk: Chunk, spec: OutputSpec) -> bytes:
         labels, scores = best_labels(chunk.vectors, chunk.tokens, spec.labels)
         vectors = [{"label": label, "score": score, "scores": row}
                    for label, score, row in zip(labels, scores.tolist(), chunk.vectors.tolist())]
+    elif spec.multi_vector:
+        vectors = [{"embedding": v.tolist()} for v in chunk.vectors]
     else:
         vectors = [{"embedding": v} for v in quantize(chunk.vectors, spec.precision, spec.ranges).tolist()]
     lines = []

@@ -73,10 +73,12 @@ class BatchEmbedder:
 
         engine = self.engine = EmbeddingEngine(model, **engine_options)
         engine.load()
-        self.text_column, self.prompt, self.prompt_name = text_column, prompt, prompt_name
+        self.text_column, self.prompt, self.query = text_column, prompt, prompt_name == "query"
+        self.prompt_name = engine.output_prompt_name(prompt, prompt_name)
         self.dimensions, self.normalize = dimensions, normalize
         dim = engine.check_dimensions(dimensions) or engine.dim
-        self.spec = OutputSpec(None, dim, sparse=engine.sparse, labels=engine.labels if engine.cross_encoder else ())
+        self.spec = OutputSpec(None, dim, sparse=engine.sparse, labels=engine.labels if engine.cross_encoder else (),
+                               multi_vector=engine.multi_vector)
         self.fields = arrow_schema(self.spec).names[1:-1]  # the output's own columns, between id and tokens
 
     def __call__(self, table):
@@ -93,13 +95,11 @@ class BatchEmbedder:
         engine = self.engine
         ids = engine.tokenize(texts, prompt=self.prompt, prompt_name=self.prompt_name)
         skip = engine.prompt_skip(self.prompt, self.prompt_name)
-        if engine.cross_encoder:
-            vectors = engine.submit_class_rows(ids).result()
-        else:
-            vectors = engine.submit(ids, dimensions=self.dimensions, normalize=None if self.normalize else False,
-                                    skip=skip).result()
-        tokens = np.array([len(row) for row in ids], np.int32)
-        vectors = vectors.reshape(len(ids), self.spec.dim)
+        vectors = engine.submit_output_rows(ids, query=self.query, dimensions=self.dimensions,
+                                            normalize=None if self.normalize else False, skip=skip).result()
+        tokens = np.array(engine.embedded_tokens(ids, query=self.query), np.int32)
+        if not self.spec.multi_vector:
+            vectors = vectors.reshape(len(ids), self.spec.dim)
         for field, column in zip(self.fields, output_arrays(vectors, tokens, self.spec)):
             table = table.append_column(field, column)
         return table.append_column("tokens", pa.array(tokens))

@@ -142,8 +142,9 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
                     ) -> tuple[ServedModel, Any, int] | None:
         """The served model, the request's vectors and their tokens; None if the client hung up first.
         `refuse_long`: a text over the model's length is refused, though the server would cut it (TEI's
-        `truncate: false`); `per_token`: each input's token vectors (a list of arrays), not one pooled vector;
-        `sparse`: a SPLADE model's vectors are asked for (the dense routes refuse them)."""
+        `truncate: false`); `per_token`: each input's token vectors (a list of arrays), not one pooled vector (a
+        multi-vector model's own, a query's with prompt_name "query"); `sparse`: a SPLADE model's vectors are asked
+        for (the dense routes refuse them, and a multi-vector model's)."""
         served = registry.resolve(body.model)
         given = body.input
         if isinstance(given, str) or (len(given) <= INLINE_TEXTS and all(isinstance(t, str) for t in given)):
@@ -164,6 +165,12 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
                                  "vocabulary entry: ask /embed_sparse for its vectors" if engine.sparse else
                                  f"{_client_name(served, body.model)} is a dense model; /embed_sparse needs a SPLADE "
                                  "model", "model")
+            query = body.prompt_name == "query"
+            if engine.multi_vector and not per_token:
+                raise InputError(f"{_client_name(served, body.model)} is a multi-vector (ColBERT) model, a vector per "
+                                 "token: ask /embed_all, or /pooling with task token_embed", "model")
+            if engine.multi_vector:  # a document's prompt (its marker) unless the request names the query's
+                body = body.model_copy(update={"prompt_name": engine.output_prompt_name(body.prompt, body.prompt_name)})
             if refuse_long and inputs.texts is not None:
                 await run_in_threadpool(_refuse_long, engine, inputs.texts, body.prompt_name)
             dimensions = engine.check_dimensions(body.dimensions)
@@ -172,12 +179,13 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             else:
                 token_ids = await run_in_threadpool(_token_ids, engine, inputs, body)
             skip = engine.prompt_skip(body.prompt, body.prompt_name) if inputs.texts else 0
-            future = (engine.submit_token_embeddings(token_ids) if per_token else
+            future = (engine.submit_multi_vectors(token_ids, query=query) if engine.multi_vector else
+                      engine.submit_token_embeddings(token_ids) if per_token else
                       engine.submit(token_ids, dimensions=dimensions, normalize=normalize, skip=skip))
             vectors = await _result(future, receive)
         if vectors is None:
             return None
-        tokens = sum(engine.embedded_tokens(token_ids))
+        tokens = sum(engine.embedded_tokens(token_ids, query=query))
         metrics.observe_embedding(len(token_ids), tokens)
         return served, vectors, tokens
 
@@ -261,7 +269,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     @app.post("/embed_all", response_model=list[list[list[float]]])
     async def tei_embed_all(body: TEIEmbedAllRequest, request: Request) -> Response:
         """Text Embeddings Inference's /embed_all: every token's vector of each input (the encoder's last hidden
-        state, special tokens included), unpooled and unnormalized."""
+        state, special tokens included), unpooled and unnormalized; a multi-vector (ColBERT) model's own vectors."""
         answer = await tei_vectors(body, body.inputs, request, per_token=True)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
@@ -292,7 +300,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     async def tei_root(request: Request) -> Response:
         """TEI's root route, where huggingface_hub's InferenceClient(base_url=...) posts. TEI answers there as the
         model it serves: a reranker's rerank (a body with "query"), a sentence similarity (`inputs` as
-        {"source_sentence", "sentences"}), a classifier's /predict, a SPLADE model's /embed_sparse, else /embed;
+        {"source_sentence", "sentences"}), a classifier's /predict, a SPLADE model's /embed_sparse, a multi-vector
+        model's /embed_all, else /embed;
         each refused as its route refuses it."""
         try:
             body = json.loads(await request.body())
@@ -306,7 +315,9 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             served = registry.resolve(body.get("model") if isinstance(body, dict) else None)
             engine = await _engine(registry, served)
             route, shape = ((predict, PredictRequest) if engine.cross_encoder else
-                            (tei_embed_sparse, TEIEmbedAllRequest) if engine.sparse else (tei_embed, TEIEmbedRequest))
+                            (tei_embed_sparse, TEIEmbedAllRequest) if engine.sparse else
+                            (tei_embed_all, TEIEmbedAllRequest) if engine.multi_vector else
+                            (tei_embed, TEIEmbedRequest))
         try:
             parsed = shape.model_validate(body)
         except ValidationError as exc:
