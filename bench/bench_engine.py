@@ -37,9 +37,11 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def timed(embed, texts: list[str]) -> tuple[float, np.ndarray]:
+    """Seconds to embed `texts`, and the vectors (a multi-vector model's token vectors, all texts' in a row)."""
     start = time.perf_counter()
-    vectors = np.asarray(embed(texts), dtype=np.float32)
-    return time.perf_counter() - start, vectors
+    out = embed(texts)
+    seconds = time.perf_counter() - start
+    return seconds, np.concatenate(out).astype(np.float32) if isinstance(out, list) else np.asarray(out, np.float32)
 
 
 def main() -> None:
@@ -66,8 +68,14 @@ def main() -> None:
     engine.load()  # also counts the tokens
     systems = {}
     if args.only != "st":
-        systems["embed"] = engine.embed
-    if args.only != "embed" and engine.sparse:  # a SPLADE model: SparseEncoder, its vectors dense as the engine's
+        systems["embed"] = engine.multi_vectors if engine.multi_vector else engine.embed
+    if args.only != "embed" and engine.multi_vector:  # a ColBERT model: documents' token vectors
+        from sentence_transformers import MultiVectorEncoder
+
+        model = MultiVectorEncoder(str(path), device=args.device)
+        systems["sentence-transformers"] = lambda texts: [t.cpu().numpy() for t in model.encode_document(
+            texts, batch_size=32)]
+    elif args.only != "embed" and engine.sparse:  # a SPLADE model: SparseEncoder, its vectors dense as the engine's
         from sentence_transformers import SparseEncoder
 
         model = SparseEncoder(str(path), device=args.device)
@@ -90,7 +98,7 @@ def main() -> None:
     for corpus, texts in corpora.items():
         if not texts:
             continue
-        tokens = engine.count_tokens(texts)
+        tokens = sum(engine.embedded_tokens(engine.tokenize(texts, prompt_name=engine.output_prompt_name(None, None))))
         print(f"{corpus}: {len(texts):,} rows, {tokens:,} tokens")
         for repeat in range(1, args.repeats + 1):
             for name, embed in systems.items():

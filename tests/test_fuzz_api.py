@@ -8,7 +8,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from test_server import API_KEY, assert_close, running_server
-from tiny_models import tiny_cross_encoder, tiny_sparse_encoder
+from tiny_models import tiny_colbert, tiny_cross_encoder, tiny_sparse_encoder
 
 schemathesis = pytest.importorskip("schemathesis")
 pytestmark = pytest.mark.slow
@@ -40,24 +40,30 @@ def test_no_case_breaks_the_server(server: str, engine: EmbeddingEngine) -> None
     fuzz(server, operations, headers, still_right)
 
 
-# The routes of the other model kinds, fuzzed on a server whose models are a classifier and a SPLADE encoder.
+# The routes of the other model kinds, fuzzed on a server whose models are a ColBERT model (the default), a
+# classifier and a SPLADE encoder.
 KIND_PATHS = ("/", "/predict", "/classify", "/v1/classify", "/embed_sparse", "/embed_all", "/pooling", "/rerank",
               "/score")
 
 
-def test_no_case_breaks_a_classifier_and_a_sparse_model(tmp_path_factory, minilm_path) -> None:
+def test_no_case_breaks_a_multi_vector_a_classifier_and_a_sparse_model(tmp_path_factory, minilm_path) -> None:
     work = tmp_path_factory.mktemp("fuzz")
+    colbert = tiny_colbert(minilm_path, work, "st")
     classifier = tiny_cross_encoder("bert", minilm_path, work, labels=3)
     splade = tiny_sparse_encoder("bert", minilm_path, work)
-    with running_server(f"sentiment={classifier}", f"splade={splade}", "--max-inputs", "64") as url:
+    with running_server(f"colbert={colbert}", f"sentiment={classifier}", f"splade={splade}", "--max-inputs",
+                        "64") as url:
         operations = [op for op in api_operations(url) if op.path in KIND_PATHS and op.method == "post"]
-        assert {op.path for op in operations} >= {"/predict", "/embed_sparse", "/classify"}
-        first = httpx.post(f"{url}/embed_sparse", json={"inputs": "still right"}, timeout=60).json()
+        assert {op.path for op in operations} >= {"/predict", "/embed_sparse", "/classify", "/embed_all"}
+        first = {path: httpx.post(f"{url}{path}", json={"inputs": "still right", "model": model}, timeout=60).json()
+                 for path, model in (("/embed_sparse", "splade"), ("/embed_all", "colbert"))}
 
         def still_right() -> None:
-            good = httpx.post(f"{url}/embed_sparse", json={"inputs": "still right"}, timeout=120)
-            assert good.status_code == 200 and good.json() == first, good.text
-            assert httpx.post(f"{url}/predict", json={"inputs": "still right"}, timeout=120).status_code == 200
+            for path, model in (("/embed_sparse", "splade"), ("/embed_all", "colbert")):
+                good = httpx.post(f"{url}{path}", json={"inputs": "still right", "model": model}, timeout=120)
+                assert good.status_code == 200 and good.json() == first[path], good.text
+            predicted = httpx.post(f"{url}/predict", json={"inputs": "still right", "model": "sentiment"}, timeout=120)
+            assert predicted.status_code == 200
 
         fuzz(url, operations, {}, still_right)
 
