@@ -97,14 +97,10 @@ constexpr Tile TILES[ROWS + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, t
 extern "C" int embed_bf16_pack(const float* w, int n, int k, uint16_t* packed) {
 #ifdef EMBED_BF16
   return boundary::guarded([&] {
-    const long depth = round_up(k, 2), columns = round_up(n, PANEL);
-    std::memset(packed, 0, sizeof(uint16_t) * columns * depth);
-    std::vector<uint16_t> row(k);
-    for (long j = 0; j < n; j++) {
-      to_bf16(w + j * k, k, row.data());
-      pairs::place_row(row.data(), j, k, depth, packed);
-    }
-    return boundary::OK;
+    return pairs::pack(n, k, packed, [&](long j, uint16_t* row) {
+      to_bf16(w + j * k, k, row);
+      return boundary::OK;
+    });
   });
 #else
   return boundary::NO_KERNEL;

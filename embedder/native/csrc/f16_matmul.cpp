@@ -7,6 +7,7 @@
 //   y[m][n] = sx[m] * sw[n] * sum_k hx[m][k] * hw[n][k].
 // Built by embedder/native/build.py with -march=native; without AVX512-FP16 every entry returns NO_KERNEL.
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -150,19 +151,14 @@ constexpr Tile TILES[ROWS + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, t
 extern "C" int embed_f16_pack(const float* w, int n, int k, uint16_t* packed, float* scales) {
 #ifdef EMBED_F16
   return boundary::guarded([&] {
-    const long depth = round_up(k, 2), columns = round_up(n, PANEL);
-    std::memset(packed, 0, sizeof(uint16_t) * columns * depth);
-    std::vector<uint16_t> row(k);
-    for (long j = 0; j < columns; j++) {
-      scales[j] = 1.0f;
-      if (j >= n) continue;
+    std::fill(scales, scales + round_up(n, PANEL), 1.0f);
+    return pairs::pack(n, k, packed, [&](long j, uint16_t* row) {
       const float top = peak(w + j * k, k);
       if (top < 0.0f) return boundary::NOT_FINITE;
       scales[j] = unit(top);
-      to_half(w + j * k, k, scales[j] > 0.0f ? 1.0f / scales[j] : 0.0f, row.data());
-      pairs::place_row(row.data(), j, k, depth, packed);
-    }
-    return boundary::OK;
+      to_half(w + j * k, k, scales[j] > 0.0f ? 1.0f / scales[j] : 0.0f, row);
+      return boundary::OK;
+    });
   });
 #else
   return boundary::NO_KERNEL;

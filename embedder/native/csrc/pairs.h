@@ -21,12 +21,21 @@ constexpr int CHUNK = 192;  // rows of x converted per pass, their 16-bit copy s
 // The packed size, in 16-bit values, of an (n, k) weight.
 inline long packed_halves(int n, int k) { return packing::round_up(n, PANEL) * packing::round_up(k, 2); }
 
-// Weight row j (k values, already converted) into its place in `packed`, which holds `depth` (k rounded up to 2)
-// pairs' worth per column and is zeroed first.
-inline void place_row(const uint16_t* row, long j, int k, long depth, uint16_t* packed) {
-  uint16_t* panel = packed + (j / PANEL) * PANEL * depth;
-  const long lane = (j % PANEL) / 16 * 32 + (j % 16) * 2;  // within a depth pair's 64 values
-  for (int i = 0; i < k; i++) panel[(i / 2) * 2 * PANEL + lane + i % 2] = row[i];
+// `packed` (packed_halves(n, k) values) from an (n, k) weight: `convert(j, row)` writes its row j as k 16-bit values
+// and returns a status. Padding columns and depth are zeros.
+template <class Convert>
+int pack(int n, int k, uint16_t* packed, Convert convert) {
+  const long depth = packing::round_up(k, 2);
+  std::memset(packed, 0, sizeof(uint16_t) * packed_halves(n, k));
+  std::vector<uint16_t> row(k);
+  for (long j = 0; j < n; j++) {
+    const int status = convert(j, row.data());
+    if (status) return status;
+    uint16_t* panel = packed + (j / PANEL) * PANEL * depth;
+    const long lane = (j % PANEL) / 16 * 32 + (j % 16) * 2;  // within a depth pair's 64 values
+    for (int i = 0; i < k; i++) panel[(i / 2) * 2 * PANEL + lane + i % 2] = row[i];
+  }
+  return boundary::OK;
 }
 
 // y (m, n) from x (m, k): `convert(row, r, out)` writes row `row` of x as k 16-bit values into `out` (r: its place
