@@ -21,6 +21,8 @@ ALLOW_PATTERNS = [
     "*.gguf",
     "*/*.json",
     "*/*.safetensors",
+    "*/*.txt",
+    "artifact.metadata",  # Stanford-NLP ColBERT's lengths and markers
 ]
 
 
