@@ -29,6 +29,7 @@ from .pooling import largest_only, truncate_dims  # noqa: E402
 from .pooling import normalize as l2_normalize  # noqa: E402
 from .quantize import sparse_rows  # noqa: E402
 from .scheduler import Scheduler  # noqa: E402
+from .static_sparse import QueryTokens, StaticSparse  # noqa: E402
 
 __all__ = ["EmbeddingEngine", "DEFAULT_MODEL", "class_scores", "ranked", "split_pairs"]
 
@@ -125,6 +126,7 @@ class EmbeddingEngine:
         self._model: LoadedModel | None = None
         self._windows: Windows | None = None  # long inputs chunked: how they are cut
         self._multi: MultiVectorRows | None = None  # a late-interaction model's token rules
+        self._static: StaticSparse | None = None  # an inference-free SPLADE model's query side
         self._scheduler = Scheduler(self.lanes, self.batch_shape, thread_exit=mx.clear_streams)
         self._lock = threading.Lock()
         self._unloaded = False  # by unload(): new work is refused until load() is called again
@@ -158,6 +160,8 @@ class EmbeddingEngine:
         if model.spec.multi_vector is not None:
             self._multi = MultiVectorRows.of(model.spec.multi_vector, model.tokenizer, projections(model.dense),
                                              model.path, model.max_length)
+        if model.spec.splade is not None and model.spec.splade.query_weights is not None:
+            self._static = StaticSparse.load(model.spec.splade.query_weights)
         if mx.default_device() == mx.cpu:
             set_threads(max(1, _cores() // self.lanes))
             forward.build_kernels()
@@ -272,7 +276,10 @@ class EmbeddingEngine:
         if isinstance(texts, str):
             raise TypeError("tokenize() takes a list of texts, not one string")
         self.check_keep_last(keep_last)
-        return self.model.tokenizer.encode(list(texts), self.resolve_prompt(prompt, prompt_name), keep_last)
+        prompt = self.resolve_prompt(prompt, prompt_name)  # which loads the model, and `_static` with it
+        if prompt_name == "query" and self._static is not None:  # weighed from a table: `QueryTokens`
+            return self._static.rows(texts, prompt)
+        return self.model.tokenizer.encode(list(texts), prompt, keep_last)
 
     def check_keep_last(self, keep_last: int | None) -> None:
         if keep_last is not None and not 1 <= keep_last <= self.max_length:
@@ -374,6 +381,11 @@ class EmbeddingEngine:
         `then` maps the finished vectors to the future's result."""
         model = self.model
         self.check_embeds()
+        if ids and all(isinstance(row, QueryTokens) for row in ids):  # an inference-free model's queries
+            unit = self.normalizes if normalize is None else normalize
+            out = largest_only(self._static.vectors(ids), model.spec.splade.max_active_dims)
+            out = l2_normalize(out) if unit else out
+            return _resolved(then(out) if then else out)
         if self.multi_vector:
             raise InputError(f"{model.model_id} is a multi-vector (ColBERT) model: a vector per token, not one per "
                              "text; ask multi_vectors (TEI's /embed_all, vLLM's /pooling token_embed)", "model")
@@ -490,6 +502,20 @@ class EmbeddingEngine:
         tokens = sum(q_keys) + sum(d_keys)
         return self._scheduler.submit(q_rows + d_rows, q_keys + d_keys, scores, per_token=True), tokens
 
+    def _submit_inference_free_scores(self, firsts: Sequence[str], seconds: Sequence[str]) -> tuple[Future, int]:
+        """An inference-free SPLADE model's pairs: each query weighed from its table, each document through the
+        model, scored by their dot product (SparseEncoder's similarity of encode_query and encode_document)."""
+        queries, documents = list(dict.fromkeys(firsts)), list(dict.fromkeys(seconds))
+        q_ids = self._pair_texts(queries, firsts, seconds, "query")
+        d_ids = self._pair_texts(documents, seconds, firsts, None)
+        q = self.submit(q_ids, normalize=False).result()  # no model runs: resolved at once
+        q_at, d_at = {t: i for i, t in enumerate(queries)}, {t: i for i, t in enumerate(documents)}
+
+        def scores(d: np.ndarray) -> np.ndarray:
+            return np.array([q[q_at[a]] @ d[d_at[b]] for a, b in zip(firsts, seconds)], np.float32)
+
+        return self.submit(d_ids, normalize=False, then=scores), sum(map(len, q_ids)) + sum(map(len, d_ids))
+
     def _pair_texts(self, texts: list[str], side: Sequence[str], other: Sequence[str],
                     prompt_name: str | None) -> list[list[int]]:
         """Distinct texts of one side of some pairs, tokenized; an error about one is retold about the first pair
@@ -536,6 +562,8 @@ class EmbeddingEngine:
         model = self.model
         if self.multi_vector:
             return self._submit_maxsim(firsts, seconds)
+        if self._static is not None:
+            return self._submit_inference_free_scores(firsts, seconds)
         if not self.cross_encoder:
             texts = list(dict.fromkeys([*firsts, *seconds]))
             row = {text: i for i, text in enumerate(texts)}

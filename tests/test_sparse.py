@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from reference import require_oracle
 from test_server import running_server
-from tiny_models import tiny_sparse_encoder
+from tiny_models import tiny_inference_free_splade, tiny_sparse_encoder
 
 from embedder import EmbeddingEngine
 from embedder.errors import InputError
@@ -211,3 +211,39 @@ def test_serve_a_masked_lm_with_splade_pooling(work, minilm_path, splade):
         got = httpx.post(f"{url}/embed_sparse", json={"inputs": TEXTS[:2]}, timeout=60)
     assert got.status_code == 200, got.text
     assert [[v["index"] for v in row] for row in got.json()] == [indices.tolist() for indices, _ in want]
+
+
+def test_an_inference_free_model_weighs_queries_from_its_table(tmp_path, work, minilm_path):
+    """SparseEncoder's Router (OpenSearch's doc-only encoders): documents through the encoder, queries (`prompt_name`
+    "query") weighed token by token, no encoder; rerank and score by their dot product, as SparseEncoder's
+    similarity of encode_query and encode_document. The same through `embed --prompt-name query` and /embed_sparse."""
+    require_oracle()
+    import httpx
+    from sentence_transformers import SparseEncoder
+
+    path = tiny_inference_free_splade(minilm_path, work)
+    st = SparseEncoder(str(path), device="cpu")
+    queries = ["what is the capital of france", "a", "中文句子", "long " * 300]
+    engine = EmbeddingEngine(str(path), batch_tokens=256)
+    assert engine.sparse
+    assert_same_sparse(engine.embed(TEXTS), st.encode_document(TEXTS, convert_to_sparse_tensor=False).numpy())
+    want = st.encode_query(queries, convert_to_sparse_tensor=False).numpy()
+    got = engine.embed(queries, prompt_name="query")
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert ((got > 0).sum(1) == (want > 0).sum(1)).all()
+    scores = st.similarity(st.encode_query(queries[:2]), st.encode_document(TEXTS)).numpy()
+    np.testing.assert_allclose([engine.score([(q, d) for d in TEXTS]) for q in queries[:2]], scores, rtol=1e-4)
+    source = tmp_path / "queries.txt"
+    source.write_text("\n".join(queries[:3]) + "\n")
+    done = subprocess.run([*EMBED, str(source), "-m", str(path), "--prompt-name", "query"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    for row, (indices, values) in zip(rows, engine.embed_sparse(queries[:3], prompt_name="query")):
+        assert row["indices"] == indices.tolist() and row["tokens"] == len(indices)
+        np.testing.assert_allclose(row["values"], values, rtol=1e-6)
+    engine.unload()
+    with running_server(str(path)) as url:
+        answer = httpx.post(f"{url}/embed_sparse", json={"inputs": queries[0], "prompt_name": "query"}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose([v["value"] for v in answer.json()[0]], want[0][want[0] > 0], rtol=1e-6)

@@ -276,3 +276,23 @@ def tiny_colbert(tokenizer_src: Path, work: Path, saved_as: str, *, attend: bool
         "query_maxlen": 32, "doc_maxlen": 40, "dim": 24, "mask_punctuation": True, "attend_to_mask_tokens": attend,
         "query_token_id": "[unused0]", "doc_token_id": "[unused1]", "similarity": "cosine"}))
     return out
+
+
+def tiny_inference_free_splade(tokenizer_src: Path, work: Path) -> Path:
+    """An inference-free SPLADE model as sentence-transformers 6 saves one (OpenSearch's doc-only encoders): a Router
+    whose documents go through a tiny masked-LM and SpladePooling (max of log1p(log1p(relu))) and whose queries are
+    weighed token by token from a random IDF table (SparseStaticEmbedding), each in its own folder."""
+    require_oracle()
+    import torch
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Router
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SparseStaticEmbedding, SpladePooling
+
+    mlm = MLMTransformer(str(tiny_sparse_encoder("bert", tokenizer_src, work, bare=True)), max_seq_length=128)
+    torch.manual_seed(2)
+    idf = SparseStaticEmbedding(tokenizer=mlm.tokenizer, weight=torch.rand(mlm.tokenizer.vocab_size) * 3, frozen=True)
+    router = Router.for_query_document(query_modules=[idf],
+                                       document_modules=[mlm, SpladePooling("max", "log1p_relu")])
+    out = work / "inference-free-splade"
+    SparseEncoder(modules=[router], device="cpu").save(str(out))
+    return out

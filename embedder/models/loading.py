@@ -18,7 +18,7 @@ from ..images import ImageProcessor, read_image_processor
 from ..options import EngineOptions
 from ..tokenizer import TextTokenizer, load_tokenizer
 from .quantized import PACKED_DTYPES, kernel_runs, use_blas_for_quantized, use_packed_matmuls
-from .st_config import DenseSpec, PipelineSpec, SpladeSpec, pooling_modes, read_pipeline_spec
+from .st_config import DenseSpec, PipelineSpec, SpladeSpec, encoder_folder, pooling_modes, read_pipeline_spec
 
 # model_type -> (package, module). Encoders are ours: they own speed, padding and exactness. Decoders run
 # mlx-lm's model code through one adapter; any other model_type mlx-lm implements takes the same path.
@@ -264,7 +264,8 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
         from .gguf import cached_checkpoint
 
         path = cached_checkpoint(path)
-    config = load_config(path)
+    encoder = encoder_folder(path)  # a Router's encoder has a folder of its own
+    config = load_config(encoder)
     # A bare causal LM has no Pooling module: mean over its tokens, as candle-vllm does.
     spec = read_pipeline_spec(path, default_pooling="mean", config=config)
     if pooling is not None and spec.scores is None:
@@ -292,7 +293,7 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
                       "with AVX512-BF16", RuntimeWarning, stacklevel=2)
     # Packed: the weights as stored (a bfloat16 decoder's are half its float32 size), each Linear's packed for our
     # kernel in turn, then the rest (embeddings, norms, biases) cast to float32, the activations' type.
-    module = build_model(config, path, None if packed else DTYPES[dtype], spec.scores.labels if spec.scores else None,
+    module = build_model(config, encoder, None if packed else DTYPES[dtype], spec.scores.labels if spec.scores else None,
                          masked_lm=spec.splade is not None)
     if packed:
         use_packed_matmuls(module, config["model_type"], dtype)
@@ -322,10 +323,10 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
     if multi is not None and options.long_input_mode == "chunk":
         raise InputError("long_input chunk does not apply to a multi-vector (ColBERT) model: its vectors are its "
                          "tokens', each text cut at the model's query or document length", "long_input")
-    tokenizer = load_tokenizer(path, length, spec.do_lower_case, options.long_input_mode,
+    tokenizer = load_tokenizer(encoder, length, spec.do_lower_case, options.long_input_mode,
                                multi.prefix_tokens if multi else ())
     dense = [load_dense(d) for d in spec.dense]
-    images = read_image_processor(path, module.args.image_size) if hasattr(module, "embed_images") else None
+    images = read_image_processor(encoder, module.args.image_size) if hasattr(module, "embed_images") else None
     if images is not None and not spec.has_st_files:  # text and image vectors compared by cosine, as SigLIP's own
         spec = dataclasses.replace(spec, normalize=True)
     # DistilBERT: dim; T5: d_model; NomicBERT: n_embd

@@ -59,6 +59,8 @@ class SpladeSpec:
     strategy: str = "max"
     activation: str = "relu"
     max_active_dims: int | None = None  # SparseEncoder's: only each vector's largest weights kept, the rest zeroed
+    # An inference-free model's query side (SparseStaticEmbedding): the folder of the weight each query token takes
+    query_weights: Path | None = None
 
 
 SPLADE_STRATEGIES, SPLADE_ACTIVATIONS = ("max", "sum"), ("relu", "log1p_relu")
@@ -80,6 +82,7 @@ class PipelineSpec:
     scores: ScoreSpec | None = None  # a cross-encoder: the model scores text pairs instead of embedding texts
     splade: SpladeSpec | None = None  # a sparse encoder: vocabulary weights from its masked-LM head, pooled
     multi_vector: MultiVectorSpec | None = None  # a late-interaction (ColBERT) model: `dense` runs on every token
+    encoder_dir: Path | None = None  # where the encoder's own files are, when not in the model's folder (a Router's)
 
 
 def read_json(path: Path) -> dict | list:
@@ -142,7 +145,7 @@ def _dense(path: Path) -> DenseSpec:
     )
 
 
-def _tokenizer_max_length(model_dir: Path) -> int | None:
+def tokenizer_max_length(model_dir: Path) -> int | None:
     """sentence-transformers 6 saves max_seq_length as the tokenizer's model_max_length."""
     path = model_dir / "tokenizer_config.json"
     value = read_json(path).get("model_max_length") if path.exists() else None
@@ -197,7 +200,7 @@ def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean", config: d
     bert_config_file = model_dir / "sentence_bert_config.json"
     bert_config = read_json(bert_config_file) if bert_config_file.exists() else {}
     common = dict(
-        max_seq_length=bert_config.get("max_seq_length") or _tokenizer_max_length(model_dir),
+        max_seq_length=bert_config.get("max_seq_length") or tokenizer_max_length(model_dir),
         do_lower_case=bool(bert_config.get("do_lower_case", False)),
         prompts=dict(prompts.get("prompts") or {}),
         default_prompt_name=prompts.get("default_prompt_name"),
@@ -206,6 +209,8 @@ def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean", config: d
         return PipelineSpec(pooling=(), scores=read_score_spec(model_dir, config), **common)
     modules = [(module_kind(m["type"]), model_dir / m.get("path", ""), m["type"])
                for m in sorted(read_json(modules_file) if modules_file.exists() else [], key=lambda m: m.get("idx", 0))]
+    if [kind for kind, _, _ in modules] == ["Router"]:
+        return _inference_free_pipeline(model_dir, prompts, common)
     from .multi_vector_config import is_multi_vector
 
     if is_multi_vector(prompts, config, [kind for kind, _, _ in modules]):
@@ -268,3 +273,49 @@ def _multi_vector_pipeline(model_dir: Path, st_config: dict, config: dict | None
         common["max_seq_length"] = spec.longest(common["max_seq_length"])
     return PipelineSpec(pooling=(), dense=tuple(dense), multi_vector=spec, has_st_files=bool(modules),
                         **{**common, "prompts": prompts})
+
+
+def router_routes(model_dir: Path) -> dict[str, list[tuple[str, Path]]] | None:
+    """A Router model's routes, from router_config.json: task -> its modules (class name, folder) in order; None
+    where the model has none."""
+    path = model_dir / "router_config.json"
+    if not (model_dir / "modules.json").exists() or not path.exists():
+        return None
+    config = read_json(path)
+    types = config.get("types") or {}
+    return {task: [(module_kind(types.get(name, "")), model_dir / name) for name in names]
+            for task, names in (config.get("structure") or {}).items()}
+
+
+def encoder_folder(model_dir: Path) -> Path:
+    """Where the model's encoder keeps its config, weights and tokenizer: its own folder, or a Router's document
+    transformer's."""
+    routes = router_routes(model_dir)
+    for kind, path in (routes or {}).get("document", []):
+        if kind in ("Transformer", "MLMTransformer") and (path / "config.json").exists():
+            return path
+    return model_dir
+
+
+def _inference_free_pipeline(model_dir: Path, st_config: dict, common: dict) -> PipelineSpec:
+    """SparseEncoder's Router of an inference-free SPLADE model (OpenSearch's doc-only encoders): documents through
+    a masked-LM encoder and SpladePooling, queries weighed token by token (SparseStaticEmbedding), no encoder."""
+    routes = router_routes(model_dir) or {}
+    query = [kind for kind, _ in routes.get("query", [])]
+    document = [kind for kind, _ in routes.get("document", [])]
+    supported = (query == ["SparseStaticEmbedding"] and len(document) == 2
+                 and document[0] in ("Transformer", "MLMTransformer") and document[1] == "SpladePooling")
+    if not supported:
+        raise ModelError(f"{model_dir}: unsupported Router (query: {query}, document: {document}); supported: "
+                         "queries through SparseStaticEmbedding, documents through a masked-LM and SpladePooling")
+    (_, encoder), (_, pooling) = routes["document"]
+    splade = splade_spec(read_json(pooling / "config.json"))
+    max_active = st_config.get("max_active_dims")
+    splade = dataclasses.replace(splade, query_weights=routes["query"][0][1],
+                                 max_active_dims=None if max_active is None else active_dims(
+                                     max_active, "config_sentence_transformers.json"))
+    if (encoder / "sentence_bert_config.json").exists():
+        common["max_seq_length"] = read_json(encoder / "sentence_bert_config.json").get("max_seq_length")
+    common["max_seq_length"] = common["max_seq_length"] or tokenizer_max_length(encoder)
+    return PipelineSpec(pooling=("splade",), splade=splade, has_st_files=True, encoder_dir=encoder_folder(model_dir),
+                        **common)
