@@ -293,8 +293,8 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
                       "with AVX512-BF16", RuntimeWarning, stacklevel=2)
     # Packed: the weights as stored (a bfloat16 decoder's are half its float32 size), each Linear's packed for our
     # kernel in turn, then the rest (embeddings, norms, biases) cast to float32, the activations' type.
-    module = build_model(config, encoder, None if packed else DTYPES[dtype], spec.scores.labels if spec.scores else None,
-                         masked_lm=spec.splade is not None)
+    module = build_model(config, encoder, None if packed else DTYPES[dtype],
+                         spec.scores.labels if spec.scores else None, masked_lm=spec.splade is not None)
     if packed:
         use_packed_matmuls(module, config["model_type"], dtype)
         module.set_dtype(mx.float32)
