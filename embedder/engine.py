@@ -663,13 +663,18 @@ class EmbeddingEngine:
         finish = (lambda logits: logits) if raw else (lambda logits: class_scores(logits, problem_type))
         return self._scheduler.submit(rows, splits, finish)
 
+    def input_length(self, query: bool = False) -> int:
+        """The most tokens an input keeps: the model's maximum, or a multi-vector model's query or document
+        length."""
+        length = self.max_length  # which loads the model, and `_multi` with it
+        return length if self._multi is None else self._multi.spec.task_length(query, length)
+
     def embedded_tokens(self, ids: Sequence[Sequence[int] | ImageRow], query: bool = False) -> list[int]:
         """Tokens each row puts through the model: its length, or its windows' when long inputs are chunked; an
         image's patches; a multi-vector model's text, cut at its query's or document's length."""
         self.load()  # the windows are known once the model is
         if self._multi is not None:
-            length = self._multi.spec.task_length(query, self.max_length)
-            return [min(len(row), length) for row in ids]
+            return [min(len(row), self.input_length(query)) for row in ids]
         if self._windows is None:
             return [len(row) for row in ids]
         return [len(row) if isinstance(row, ImageRow) else sum(map(len, self._windows.split(row))) for row in ids]

@@ -106,12 +106,14 @@ class TextTokenizer:
             self.refuse_long([len(row) for row in ids])
         return ids
 
-    def refuse_long(self, lengths: Sequence[int], advice: str = "", param: str = "input") -> None:
-        """Refuse the first input over max_length, naming it; `advice` ends the message."""
+    def refuse_long(self, lengths: Sequence[int], advice: str = "", param: str = "input",
+                    limit: int | None = None) -> None:
+        """Refuse the first input over max_length (or `limit`), naming it; `advice` ends the message."""
+        limit = limit or self.max_length
         for i, n in enumerate(lengths):
-            if n > self.max_length:
-                raise InputTooLong(f"input {i} has {n} tokens, more than the model's maximum of {self.max_length}"
-                                   f"{advice}", param, index=i)
+            if n > limit:
+                raise InputTooLong(f"input {i} has {n} tokens, more than the model's maximum of {limit}{advice}",
+                                   param, index=i)
 
     def special_tokens(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The special tokens encode() puts before and after every text ([CLS] and [SEP], <s> and </s>...)."""

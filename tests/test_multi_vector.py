@@ -137,6 +137,7 @@ def test_server_routes(colbert):
         rerank = http.post("/rerank", json={"query": QUERIES[0], "texts": DOCUMENTS[:2]})
         score = http.post("/score", json={"text_1": QUERIES[0], "text_2": DOCUMENTS[:2]})
         refused = http.post("/v1/embeddings", json={"input": "a"})
+        too_long = http.post("/embed_all", json={"inputs": DOCUMENTS[3], "truncate": False})  # over 40 tokens
     assert embed_all.status_code == 200, embed_all.text
     for got, want in zip(embed_all.json(), documents):
         np.testing.assert_allclose(np.array(got, np.float32), want, atol=1e-6)
@@ -148,3 +149,4 @@ def test_server_routes(colbert):
     assert score.status_code == 200, score.text
     np.testing.assert_allclose([d["score"] for d in score.json()["data"]], scores, rtol=1e-5)
     assert refused.status_code == 400 and "multi-vector" in refused.json()["error"]["message"]
+    assert too_long.status_code == 413 and "maximum of 40" in too_long.json()["error"], too_long.text

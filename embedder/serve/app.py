@@ -172,7 +172,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             if engine.multi_vector:  # a document's prompt (its marker) unless the request names the query's
                 body = body.model_copy(update={"prompt_name": engine.output_prompt_name(body.prompt, body.prompt_name)})
             if refuse_long and inputs.texts is not None:
-                await run_in_threadpool(_refuse_long, engine, inputs.texts, body.prompt_name)
+                await run_in_threadpool(_refuse_long, engine, inputs.texts, body.prompt_name, query)
             dimensions = engine.check_dimensions(body.dimensions)
             if _characters(inputs) <= INLINE_TOKENIZE_CHARS:
                 token_ids = _token_ids(engine, inputs, body)
@@ -562,11 +562,12 @@ def _token_ids(engine: EmbeddingEngine, inputs: Inputs, body: EmbeddingRequest) 
                            engine.options.long_input_mode)
 
 
-def _refuse_long(engine: EmbeddingEngine, texts: list[str], prompt_name: str | None) -> None:
-    """TEI's `truncate: false`: an input over the model's length is refused, though this server would cut it."""
+def _refuse_long(engine: EmbeddingEngine, texts: list[str], prompt_name: str | None, query: bool = False) -> None:
+    """TEI's `truncate: false`: an input over the model's length (a multi-vector model's query or document length)
+    is refused, though this server would cut it."""
     tokenizer = engine.model.tokenizer
     tokenizer.refuse_long(tokenizer.whole_lengths(texts, engine.resolve_prompt(None, prompt_name)),
-                          "; send 'truncate': true to cut it", "inputs")
+                          "; send 'truncate': true to cut it", "inputs", engine.input_length(query))
 
 
 def _refuse_long_pairs(engine: EmbeddingEngine, query: str, documents: list[str]) -> None:
