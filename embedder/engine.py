@@ -73,6 +73,12 @@ def split_pairs(inputs: Sequence[str | Sequence[str]]) -> tuple[list[int], list[
     return singles, [i for i, x in enumerate(inputs) if not isinstance(x, str)]
 
 
+def _distinct(texts: Sequence[str]) -> tuple[list[str], dict[str, int]]:
+    """Each distinct text once, in order of first use, and each one's place in that list."""
+    unique = list(dict.fromkeys(texts))
+    return unique, {text: i for i, text in enumerate(unique)}
+
+
 def _resolved(value: np.ndarray) -> Future:
     """A future that is already done: nothing to queue."""
     future: Future = Future()
@@ -488,10 +494,9 @@ class EmbeddingEngine:
     def _submit_maxsim(self, firsts: Sequence[str], seconds: Sequence[str]) -> tuple[Future, int]:
         """Each (query, document) pair's MaxSim, each distinct query and document embedded once, in one job."""
         multi = self._multi_rows()
-        queries, documents = list(dict.fromkeys(firsts)), list(dict.fromkeys(seconds))
-        q_rows, q_keys = multi.rows(self._pair_texts(queries, firsts, seconds, self.side_prompt(True)), True)
-        d_rows, d_keys = multi.rows(self._pair_texts(documents, seconds, firsts, self.side_prompt(False)), False)
-        q_at, d_at = {t: i for i, t in enumerate(queries)}, {t: i for i, t in enumerate(documents)}
+        (queries, q_at), (documents, d_at) = _distinct(firsts), _distinct(seconds)
+        q_rows, q_keys = multi.rows(self._pair_texts(queries, firsts, self.side_prompt(True)), True)
+        d_rows, d_keys = multi.rows(self._pair_texts(documents, seconds, self.side_prompt(False)), False)
         mean = multi.spec.mean_maxsim
 
         def scores(states: list[np.ndarray]) -> np.ndarray:
@@ -505,19 +510,16 @@ class EmbeddingEngine:
     def _submit_inference_free_scores(self, firsts: Sequence[str], seconds: Sequence[str]) -> tuple[Future, int]:
         """An inference-free SPLADE model's pairs: each query weighed from its table, each document through the
         model, scored by their dot product (SparseEncoder's similarity of encode_query and encode_document)."""
-        queries, documents = list(dict.fromkeys(firsts)), list(dict.fromkeys(seconds))
-        q_ids = self._pair_texts(queries, firsts, seconds, "query")
-        d_ids = self._pair_texts(documents, seconds, firsts, None)
+        (queries, q_at), (documents, d_at) = _distinct(firsts), _distinct(seconds)
+        q_ids, d_ids = self._pair_texts(queries, firsts, "query"), self._pair_texts(documents, seconds, None)
         q = self.submit(q_ids, normalize=False).result()  # no model runs: resolved at once
-        q_at, d_at = {t: i for i, t in enumerate(queries)}, {t: i for i, t in enumerate(documents)}
 
         def scores(d: np.ndarray) -> np.ndarray:
             return np.array([q[q_at[a]] @ d[d_at[b]] for a, b in zip(firsts, seconds)], np.float32)
 
         return self.submit(d_ids, normalize=False, then=scores), sum(map(len, q_ids)) + sum(map(len, d_ids))
 
-    def _pair_texts(self, texts: list[str], side: Sequence[str], other: Sequence[str],
-                    prompt_name: str | None) -> list[list[int]]:
+    def _pair_texts(self, texts: list[str], side: Sequence[str], prompt_name: str | None) -> list[list[int]]:
         """Distinct texts of one side of some pairs, tokenized; an error about one is retold about the first pair
         holding it."""
         try:
@@ -534,7 +536,8 @@ class EmbeddingEngine:
         """Each (first, second) text pair's score: a cross-encoder's, equal to sentence-transformers'
         CrossEncoder.predict ((pairs,) for one label, (pairs, labels) for several); for an embedding model the cosine
         similarity of the two texts' vectors (vLLM's score for embedding models); for a SPLADE model their dot
-        product (SparseEncoder's similarity)."""
+        product (SparseEncoder's similarity, an inference-free model's first text as a query); for a multi-vector
+        model their MaxSim, the first text as a query and the second as a document."""
         future, _ = self.submit_scores([p[0] for p in pairs], [p[1] for p in pairs])
         return future.result()
 
