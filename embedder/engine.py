@@ -446,12 +446,13 @@ class EmbeddingEngine:
     # ---- late interaction --------------------------------------------------------------------
 
     def multi_vectors(self, texts: Sequence[str], *, query: bool = False, prompt: str | None = None,
-                      prompt_name: str | None = None) -> list[np.ndarray]:
+                      prompt_name: str | None = None, dimensions: int | None = None) -> list[np.ndarray]:
         """A late-interaction (ColBERT) model's vectors for each text, (vectors, dim) float32, as
         sentence-transformers' MultiVectorEncoder.encode_query (`query`) or encode_document gives them: the side's
-        prompt (its marker), cut to its length, a query expanded, a document's skiplisted tokens dropped."""
+        prompt (its marker), cut to its length, a query expanded, a document's skiplisted tokens dropped;
+        `dimensions` as its `truncate_dim`."""
         ids = self.tokenize(texts, prompt=prompt, prompt_name=self.side_prompt(query, prompt, prompt_name))
-        return self.submit_multi_vectors(ids, query=query).result()
+        return self.submit_multi_vectors(ids, query=query, dimensions=dimensions).result()
 
     def side_prompt(self, query: bool, prompt: str | None = None, prompt_name: str | None = None) -> str | None:
         """The prompt a query or a document takes unless one is given: the model's "query" or "document" prompt,
@@ -473,16 +474,18 @@ class EmbeddingEngine:
         if self.cross_encoder:
             return self.submit_class_rows(ids)
         if self.multi_vector:
-            return self.submit_multi_vectors(ids, query=query)
+            return self.submit_multi_vectors(ids, query=query, dimensions=dimensions)
         return self.submit(ids, dimensions=dimensions, normalize=normalize, skip=skip)
 
-    def submit_multi_vectors(self, ids: Sequence[Sequence[int]], *, query: bool = False) -> Future:
-        """Queue token-id rows (prompt included) for `multi_vectors`; the future gives a list of arrays."""
+    def submit_multi_vectors(self, ids: Sequence[Sequence[int]], *, query: bool = False,
+                             dimensions: int | None = None) -> Future:
+        """Queue token-id rows (prompt included) for `multi_vectors`; the future gives a list of arrays, each token
+        vector cut to `dimensions` and normalized again (MultiVectorEncoder's `truncate_dim`)."""
         multi = self._multi_rows()
-        rows, keys = multi.rows(self._validate(ids, None), query)
+        rows, keys = multi.rows(self._validate(ids, dimensions), query)
         if not rows:
             return _resolved([])
-        return self._scheduler.submit(rows, keys, lambda states: [multi.vectors(row, s, query)
+        return self._scheduler.submit(rows, keys, lambda states: [multi.vectors(row, s, query, dimensions)
                                                                   for row, s in zip(rows, states)], per_token=True)
 
     def _multi_rows(self) -> MultiVectorRows:
@@ -698,10 +701,6 @@ class EmbeddingEngine:
         if dimensions is not None and self.sparse:
             raise InputError(f"{self.model_id} is a sparse (SPLADE) model: its vectors weigh every vocabulary entry, "
                              "so dimensions does not apply", "dimensions")
-        if dimensions is not None and self.multi_vector:
-            raise InputError(f"{self.model_id} is a multi-vector (ColBERT) model: its token vectors keep the width "
-                             "it was trained with (its truncate_dim, if it saved one), so dimensions does not apply",
-                             "dimensions")
         if dimensions is not None and not 1 <= dimensions <= self.dim:
             raise InputError(f"dimensions must be between 1 and {self.dim} for this model, got {dimensions}",
                              "dimensions")

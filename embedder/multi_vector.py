@@ -64,9 +64,9 @@ class MultiVectorRows:
             keys.append(len(row) if expansion is None or expansion.attend else real)
         return out, keys
 
-    def vectors(self, row: Sequence[int], states: np.ndarray, query: bool) -> np.ndarray:
+    def vectors(self, row: Sequence[int], states: np.ndarray, query: bool, dimensions: int | None = None) -> np.ndarray:
         """One row's token vectors as the model keeps them: projected, its skiplisted tokens dropped (documents, by
-        default), L2-normalized; cut to `truncate_dim` and normalized again."""
+        default), L2-normalized; cut to `dimensions` (else its saved `truncate_dim`) and normalized again."""
         out = states
         for weight in self.projection:
             out = out @ weight
@@ -74,8 +74,8 @@ class MultiVectorRows:
             out = out[~np.isin(np.asarray(row), self.skip_ids)]
         if self.spec.normalize:
             out = _unit(out)
-        if self.spec.truncate_dim is not None:
-            out = _unit(out[:, :self.spec.truncate_dim])
+        if (width := dimensions or self.spec.truncate_dim) is not None:
+            out = _unit(out[:, :width])
         return np.ascontiguousarray(out, np.float32)
 
 

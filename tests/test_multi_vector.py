@@ -70,6 +70,36 @@ def test_vectors_and_maxsim_equal_multi_vector_encoder(work, minilm_path, saved_
     engine.unload()
 
 
+def test_truncate_dim_saved_or_asked(tmp_path, work, minilm_path, colbert):
+    """A saved `truncate_dim` sets the vectors' width (the engine's dim); `dimensions` (`--dimensions`) cuts them
+    per call, each token vector normalized again, as MultiVectorEncoder's truncate_dim."""
+    st = reference(colbert)
+    engine = EmbeddingEngine(str(colbert))
+    assert_same_vectors(engine.multi_vectors(DOCUMENTS, dimensions=8),
+                        st.encode_document(DOCUMENTS, truncate_dim=8, convert_to_numpy=True))
+    assert_same_vectors(engine.multi_vectors(QUERIES, query=True, dimensions=8),
+                        st.encode_query(QUERIES, truncate_dim=8, convert_to_numpy=True))
+    with pytest.raises(InputError, match="dimensions must be between 1 and 24"):
+        engine.multi_vectors(["a"], dimensions=25)
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(DOCUMENTS[:2]) + "\n")
+    done = subprocess.run([*EMBED, str(source), "-o", str(tmp_path / "out.parquet"), "-m", str(colbert),
+                           "--dimensions", "8"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = pq.read_table(tmp_path / "out.parquet")["embedding"].to_pylist()
+    for g, w in zip(got, engine.multi_vectors(DOCUMENTS[:2], dimensions=8)):
+        np.testing.assert_allclose(np.array(g, np.float32), w, atol=1e-6)
+    engine.unload()
+    saved = tiny_colbert(minilm_path, work / "truncated", "st")
+    config = json.loads((saved / "config_sentence_transformers.json").read_text())
+    (saved / "config_sentence_transformers.json").write_text(json.dumps({**config, "truncate_dim": 16}))
+    truncated = EmbeddingEngine(str(saved))
+    assert truncated.dim == 16
+    assert_same_vectors(truncated.multi_vectors(DOCUMENTS), reference(saved).encode_document(DOCUMENTS,
+                                                                                              convert_to_numpy=True))
+    truncated.unload()
+
+
 def test_refusals(colbert, engine):
     multi = EmbeddingEngine(str(colbert))
     with pytest.raises(InputError, match="multi-vector .ColBERT. model: a vector per token"):

@@ -336,6 +336,8 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
         dim = spec.scores.labels
     if spec.splade is not None:  # a sparse encoder's, one weight per vocabulary entry
         dim = module.args.vocab_size
+    if spec.multi_vector is not None and spec.multi_vector.truncate_dim:  # a multi-vector model's saved width
+        dim = min(dim, spec.multi_vector.truncate_dim)
     return LoadedModel(
         model_id=canonical_id(model),
         path=path,
