@@ -164,7 +164,17 @@ def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[LayerParts],
     heads = layers[0].heads
     head_dim = weights[0].qkv.weight.shape[0] // (3 * heads)
     scale = layers[0].scale if layers[0].scale is not None else 1 / math.sqrt(head_dim)
-    return kernels.encoder_layers(x, packed.starts, heads, scale, weights, position_bias)
+    return kernels.encoder_layers(x, packed.starts, heads, scale, weights, position_bias, _stack_cache(layers[0].qkv))
+
+
+def _stack_cache(module: nn.Module) -> dict:
+    """The native layer structures' cache (`kernels.encoder_layers`), kept on the stack's first projection: it lives
+    and goes with the model. Not a parameter: nothing saves or loads it."""
+    cache = module.__dict__.get("_native_stacks")
+    if cache is None:
+        cache = {}
+        object.__setattr__(module, "_native_stacks", cache)
+    return cache
 
 
 # The memory the packed copies of a model's float32 projections (`Linear.small_batch_weight`) may take: 42 MB for

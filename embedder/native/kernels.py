@@ -352,13 +352,56 @@ class Rotary:
 
 
 def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, layers: list[EncoderLayer],
-                   position_bias: mx.array | None = None) -> np.ndarray:
+                   position_bias: mx.array | None = None, cache: dict | None = None) -> np.ndarray:
     """Encoder layers applied in turn to packed rows (sequence b in rows starts[b] to starts[b + 1]), in one native
     call, into a new NumPy array: the GIL is given up and taken back once a batch, not once a kernel, and no step
     waits for MLX's stream thread. `position_bias` (heads, L, L), by position in the sequence, is added to every
-    layer's scaled scores (MPNet)."""
+    layer's scaled scores (MPNet). `cache` (one per model, kept with it) keeps the layers' structures from batch to
+    batch: building them was ~6% of a lane's time on a server's small batches."""
     run, table = _layer_kernel()
-    held: list[np.ndarray] = []  # what the structures point into, alive until the call returns
+    data = _buffer(x, tuple(x.shape), mx.float32, "x")
+    rows, dim = data.shape
+    longest = _longest(starts, rows, "encoder layers")
+    bias = None if position_bias is None else _buffer(position_bias, (heads, longest, longest), mx.float32, "bias")
+    head_dim = layers[0].qkv.weight.shape[0] // (3 * heads)
+    key = _stack_key(layers)
+    stack = None if cache is None else cache.get(key)
+    if stack is None:
+        stack = _layer_stack(layers, dim)  # the structures, and the arrays they point into
+        if cache is not None:
+            if len(cache) >= 4:  # a model's variants are few (small batches or not): a new weight starts over
+                cache.clear()
+            cache[key] = stack
+    structures, _ = stack
+    turns = [None if l.rotary is None else l.rotary.structure(longest, head_dim) for l in layers]
+    if any(turns):  # per batch (the tables cover its longest sequence), on a copy: lanes share the cached one
+        structures = type(structures).from_buffer_copy(structures)
+        for structure, turn in zip(structures, turns):
+            structure.rotary = None if turn is None else ctypes.pointer(turn)
+    y = np.empty_like(data)
+    _check(run(ctypes.byref(table), structures, len(layers), data.ctypes.data, starts.ctypes.data, _address(bias),
+               len(starts) - 1, longest, heads, scale, y.ctypes.data), "encoder layers")
+    return y
+
+
+def _stack_key(layers: list[EncoderLayer]) -> tuple:
+    """What a stack's structures are made of, by identity: the same arrays (held by the cache, so no id is reused
+    while it is cached) give the same structures."""
+    def projection(p: Projection | None) -> tuple | None:
+        return None if p is None else (id(p.weight), id(p.bias), id(p.small_batches))
+
+    def norm(p: Norm | None) -> tuple | None:
+        return None if p is None else (id(p.weight), id(p.bias), p.eps, p.rms)
+
+    return tuple((projection(l.qkv), projection(l.attention_out), norm(l.norm1), projection(l.up),
+                  projection(l.down), projection(l.gate), norm(l.norm2), l.feed_forward, l.pre_norm, l.window)
+                 for l in layers)
+
+
+def _layer_stack(layers: list[EncoderLayer], dim: int) -> tuple[ctypes.Array, list]:
+    """The layers as the native call reads them (rotations left out, set per batch), and the arrays the structures
+    point into, to keep alive as long as they are used."""
+    held: list = []
 
     def address(a: np.ndarray | None) -> int | None:
         if a is not None:
@@ -378,34 +421,17 @@ def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, la
         return _Projection(weight=address(_buffer(w, (n, k), mx.float32, "weight")),
                            f32_packed=address(p.small_batches), bias=bias, n=n, k=k)
 
-    def norm(p: Norm | None, dim: int) -> _Norm:
+    def norm(p: Norm | None) -> _Norm:
         if p is None:
             return _Norm(None, None, 0.0, 0, 0)
         return _Norm(address(_vector(p.weight, dim, "norm weight")), address(_vector(p.bias, dim, "norm bias")), p.eps,
                      1, int(p.rms))
 
-    turns: dict[int, _Rotary] = {}  # one structure a table, kept alive until the call returns
-
-    def rotary(table: Rotary | None, head_dim: int) -> ctypes._Pointer | None:
-        if table is None:
-            return None
-        if id(table) not in turns:
-            turns[id(table)] = table.structure(longest, head_dim)
-        return ctypes.pointer(turns[id(table)])
-
-    data = _buffer(x, tuple(x.shape), mx.float32, "x")
-    rows, dim = data.shape
-    longest = _longest(starts, rows, "encoder layers")
-    bias = None if position_bias is None else _buffer(position_bias, (heads, longest, longest), mx.float32, "bias")
-    head_dim = layers[0].qkv.weight.shape[0] // (3 * heads)
-    stack = (_Layer * len(layers))(*(
-        _Layer(projection(l.qkv), projection(l.attention_out), norm(l.norm1, dim), projection(l.up),
-               projection(l.down), _Projection() if l.gate is None else projection(l.gate), norm(l.norm2, dim),
-               FEED_FORWARDS[l.feed_forward], int(l.pre_norm), rotary(l.rotary, head_dim), l.window) for l in layers))
-    y = np.empty_like(data)
-    _check(run(ctypes.byref(table), stack, len(layers), data.ctypes.data, starts.ctypes.data, _address(bias),
-               len(starts) - 1, longest, heads, scale, y.ctypes.data), "encoder layers")
-    return y
+    structures = (_Layer * len(layers))(*(
+        _Layer(projection(l.qkv), projection(l.attention_out), norm(l.norm1), projection(l.up), projection(l.down),
+               _Projection() if l.gate is None else projection(l.gate), norm(l.norm2), FEED_FORWARDS[l.feed_forward],
+               int(l.pre_norm), None, l.window) for l in layers))
+    return structures, held
 
 
 def max_head_dim() -> int:
