@@ -85,7 +85,8 @@ DimensionsOpt = Annotated[
 NoNormalizeOpt = Annotated[bool, typer.Option("--no-normalize", help="Skip the final L2 normalization.")]
 PromptOpt = Annotated[str | None, typer.Option(help="Text prepended to every input, e.g. 'query: '.")]
 PromptNameOpt = Annotated[str | None, typer.Option(
-    help="A prompt named in the model's config_sentence_transformers.json, e.g. query or document.",
+    help="A prompt named in the model's config_sentence_transformers.json, e.g. query or document; with a ColBERT "
+         "or inference-free SPLADE model, query embeds the texts as queries.",
     show_default=False)]
 PoolingOpt = Annotated[str | None, typer.Option(
     help="Override the model's pooling: mean, cls, last, max (for causal LMs: mean by default); splade for a "
