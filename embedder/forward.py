@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -29,10 +28,7 @@ class BatchForward:
         attending."""
         images = [k for k, row in enumerate(rows) if isinstance(row, ImageRow)]
         if per_token:
-            ids, mask = _padded(rows, self.model.tokenizer.pad_token_id, splits)
-            attended = all(split == len(row) for split, row in zip(splits, rows))
-            with contextlib.nullcontext() if attended else fastmath.every_position():
-                out = self.model.forward(mx.array(ids), mx.array(mask)).astype(mx.float32)
+            out = self._per_token(rows, splits)
         elif not images:
             out = self._texts(rows, splits)
         else:
@@ -64,6 +60,20 @@ class BatchForward:
         for layer in model.dense:
             out = layer(out)
         return out
+
+    def _per_token(self, rows: list, attended: list[int]) -> mx.array:
+        """Every token's last hidden state, each row's first `attended` tokens attended to, the others only
+        attending: packed on the native path with their counts of keys where the model packs them, else MLX's padded
+        path at every position."""
+        pad, module = self.model.tokenizer.pad_token_id, self.model.module
+        ids, every_token = _padded(rows, pad)
+        if all(split == len(row) for split, row in zip(attended, rows)):
+            return self.model.forward(mx.array(ids), mx.array(every_token)).astype(mx.float32)
+        if fastmath.packs_query_only_rows(module):
+            with fastmath.keys_per_row(np.array(attended, np.int32)):
+                return self.model.forward(mx.array(ids), mx.array(every_token)).astype(mx.float32)
+        with fastmath.every_position():
+            return self.model.forward(mx.array(ids), mx.array(_padded(rows, pad, attended)[1])).astype(mx.float32)
 
     def collect(self, launched: mx.array) -> np.ndarray:
         """The batch's vectors (or scores) as float32, once computed; never a NaN or an infinity."""

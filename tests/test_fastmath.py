@@ -1,5 +1,6 @@
 """fastmath's GELU and masked self-attention match float64 references, on native kernels and on the built-in ones."""
 
+import dataclasses
 import math
 
 import mlx.core as mx
@@ -191,6 +192,27 @@ def test_windowed_attention_matches_float64(L, H, D, window):
     packed = fastmath.PackedTokens.of(mx.array(keep.astype(np.int32)), fused, D)
     flat = kernels.self_attention(packed.pack(fused), H, 1 / math.sqrt(D), None, starts=packed.starts, window=window)
     np.testing.assert_allclose(np.asarray(packed.unpack(flat)), want, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("L, H, D", [(37, 3, 16), (32, 2, 64), (9, 2, 128)])
+def test_packed_rows_past_their_keys_attend_without_being_attended(L, H, D):
+    """A ColBERT query's expansion tokens: with `keys`, a packed sequence's rows past keys[b] query its first keys[b]
+    rows and are keys to none; every row gets its attention (the padded reference, keys masked, queries not)."""
+    _native_or_skip()
+    rng = np.random.default_rng(L + D)
+    qkv = _qkv(rng, 3, L, H, D, 1.5)
+    lengths, keys = np.array([L, L // 2, 3]), np.array([L // 3, L // 2, 1], np.int32)
+    keep = np.arange(L) < keys[:, None]
+    q, k, v = (np.swapaxes(qkv[:, :, i], 1, 2) for i in range(3))
+    want = np.swapaxes(_attention64(q, k, v, 1 / math.sqrt(D), keep[:, None, None, :], None), 1, 2).reshape(3, L, -1)
+    rows = np.arange(L) < lengths[:, None]
+    packed = dataclasses.replace(fastmath.PackedTokens.of(mx.array(rows.astype(np.int32)), mx.array(qkv), D),
+                                 keys=keys)
+    fused = mx.array(qkv.reshape(3, L, -1))
+    flat = kernels.self_attention(packed.pack(fused), H, 1 / math.sqrt(D), None, starts=packed.starts, keys=keys)
+    np.testing.assert_allclose(np.asarray(packed.unpack(flat))[rows], want[rows], rtol=1e-5, atol=2e-5)
+    with pytest.raises(Exception, match="failed"):  # keys and a window cannot go together
+        kernels.self_attention(packed.pack(fused), H, 1.0, None, starts=packed.starts, keys=keys, window=2)
 
 
 def test_rotary_tables_that_do_not_fit_are_refused():

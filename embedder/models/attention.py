@@ -96,7 +96,7 @@ class Rotation:
         MLX's RoPE turns query and key heads, which are fused again for `fastmath.self_attention`."""
         if isinstance(mask, fastmath.PackedTokens):  # padded batches only scale queries (GTE's don't pack then)
             D = qkv.shape[-1] // (3 * n_heads)
-            return kernels.self_attention(qkv, n_heads, D**-0.5, None, starts=mask.starts,
+            return kernels.self_attention(qkv, n_heads, D**-0.5, None, starts=mask.starts, keys=mask.keys,
                                           rotary=self.table(mask.shape[1]))
         B, L, width = qkv.shape
         D = width // (3 * n_heads)

@@ -41,6 +41,28 @@ def native_heads(dtype: mx.Dtype, head_dim: int) -> bool:
     return not getattr(_every_position, "on", False) and _native(dtype) and head_dim <= kernels.max_head_dim()
 
 
+_keys_per_row = threading.local()
+
+
+def packs_query_only_rows(module: nn.Module) -> bool:
+    """Whether `keys_per_row` runs here: the model packs its batches' tokens on the native path, and no layer's
+    attention is windowed (a query-only token could find no key in its window)."""
+    packs = getattr(module, "packs_tokens", None)
+    return packs is not None and packs() and not getattr(module, "window", 0)
+
+
+@contextlib.contextmanager
+def keys_per_row(keys: np.ndarray):
+    """Inside it, this thread's packed batches take only each row's first keys[b] tokens as keys; its other tokens
+    attend without being attended to (a ColBERT query's expansion tokens), on the native path (where
+    `packs_query_only_rows`)."""
+    _keys_per_row.value = keys
+    try:
+        yield
+    finally:
+        _keys_per_row.value = None
+
+
 @contextlib.contextmanager
 def every_position():
     """Inside it, this thread's batches run on MLX's padded path, a state computed at every position, unattended
@@ -62,6 +84,7 @@ class PackedTokens:
     rows: mx.array | None  # int32 (T,): each real token's place in the flattened (B * L) batch; None: no padding
     starts: np.ndarray  # int32 (B + 1,): the row each sequence starts at, then T
     shape: tuple[int, int]  # (B, L)
+    keys: np.ndarray | None = None  # int32 (B,): each sequence's first rows that are keys (`keys_per_row`); None: all
 
     @property
     def longest(self) -> int:
@@ -79,7 +102,7 @@ class PackedTokens:
             return None
         starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
         rows = None if starts[-1] == mask.size else mx.array(np.flatnonzero(mask).astype(np.int32))
-        return cls(rows, starts, mask.shape)
+        return cls(rows, starts, mask.shape, getattr(_keys_per_row, "value", None))
 
     def pack(self, x: mx.array) -> mx.array:
         """(B, L, D) -> (T, D)."""
@@ -164,7 +187,8 @@ def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[LayerParts],
     heads = layers[0].heads
     head_dim = weights[0].qkv.weight.shape[0] // (3 * heads)
     scale = layers[0].scale if layers[0].scale is not None else 1 / math.sqrt(head_dim)
-    return kernels.encoder_layers(x, packed.starts, heads, scale, weights, position_bias, _stack_cache(layers[0].qkv))
+    return kernels.encoder_layers(x, packed.starts, heads, scale, weights, position_bias, _stack_cache(layers[0].qkv),
+                                  packed.keys)
 
 
 def _stack_cache(module: nn.Module) -> dict:
@@ -199,7 +223,7 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | P
     (T, 3 * H * D) to (T, H * D), packed alike. (Rotary positions: `models.attention.Rotation.self_attention`.)
     """
     if isinstance(mask, PackedTokens):
-        return kernels.self_attention(qkv, n_heads, scale, None, bias, starts=mask.starts)
+        return kernels.self_attention(qkv, n_heads, scale, None, bias, starts=mask.starts, keys=mask.keys)
     B, L, width = qkv.shape
     D = width // (3 * n_heads)
     if (native_heads(qkv.dtype, D)

@@ -40,7 +40,7 @@ def _kernels() -> SimpleNamespace | None:
                               bias_glu=layer_ops.embed_bias_glu, act_times=layer_ops.embed_act_times,
                               add_layer_norm=layer_ops.embed_add_layer_norm,
                               max_head_dim=attention.embed_max_head_dim())
-    kernels.attention.argtypes = [_PTR] * 5 + [_INT, _PTR] + [_INT] * 4 + [_FLOAT]
+    kernels.attention.argtypes = [_PTR] * 6 + [_INT, _PTR] + [_INT] * 4 + [_FLOAT]
     kernels.bias_gelu.argtypes = [_PTR] * 2 + [_INT] * 2
     kernels.bias_glu.argtypes = [_PTR] * 2 + [_INT] * 3
     kernels.act_times.argtypes = [_PTR] * 2 + [ctypes.c_long, _INT]
@@ -142,7 +142,7 @@ def _layer_kernel() -> tuple[ctypes._CFuncPtr, _LayerKernels] | None:
         f32 and f32.embed_f32_matmul, kernels.attention, kernels.bias_gelu, kernels.bias_glu, kernels.act_times,
         kernels.add_layer_norm)))
     layers = library.embed_encoder_layers
-    layers.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _PTR, _INT, _INT, _INT, _FLOAT, _PTR]
+    layers.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _PTR, _PTR, _INT, _INT, _INT, _FLOAT, _PTR]
     layers.restype = _INT
     return layers, table
 
@@ -352,12 +352,13 @@ class Rotary:
 
 
 def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, layers: list[EncoderLayer],
-                   position_bias: mx.array | None = None, cache: dict | None = None) -> np.ndarray:
+                   position_bias: mx.array | None = None, cache: dict | None = None,
+                   keys: np.ndarray | None = None) -> np.ndarray:
     """Encoder layers applied in turn to packed rows (sequence b in rows starts[b] to starts[b + 1]), in one native
     call, into a new NumPy array: the GIL is given up and taken back once a batch, not once a kernel, and no step
     waits for MLX's stream thread. `position_bias` (heads, L, L), by position in the sequence, is added to every
     layer's scaled scores (MPNet). `cache` (one per model, kept with it) keeps the layers' structures from batch to
-    batch: building them was ~6% of a lane's time on a server's small batches."""
+    batch: building them was ~6% of a lane's time on a server's small batches. `keys`: as `self_attention`'s."""
     run, table = _layer_kernel()
     data = _buffer(x, tuple(x.shape), mx.float32, "x")
     rows, dim = data.shape
@@ -379,8 +380,8 @@ def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, la
         for structure, turn in zip(structures, turns):
             structure.rotary = None if turn is None else ctypes.pointer(turn)
     y = np.empty_like(data)
-    _check(run(ctypes.byref(table), structures, len(layers), data.ctypes.data, starts.ctypes.data, _address(bias),
-               len(starts) - 1, longest, heads, scale, y.ctypes.data), "encoder layers")
+    _check(run(ctypes.byref(table), structures, len(layers), data.ctypes.data, starts.ctypes.data, _address(keys),
+               _address(bias), len(starts) - 1, longest, heads, scale, y.ctypes.data), "encoder layers")
     return y
 
 
@@ -441,11 +442,12 @@ def max_head_dim() -> int:
 
 def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | None,
                    bias: mx.array | None = None, starts: np.ndarray | None = None,
-                   rotary: Rotary | None = None, window: int = 0) -> mx.array:
+                   rotary: Rotary | None = None, window: int = 0, keys: np.ndarray | None = None) -> mx.array:
     """`fastmath.self_attention` with a (B, 1, 1, L) boolean or no mask, an optional (H, L, L) scores bias and
     optional rotations of queries and keys by position, for head sizes up to `max_head_dim()`. With `starts` (B + 1
     row numbers), `qkv` is packed instead: (T, 3 * H * D), sequence b in rows starts[b] to starts[b + 1], no padding
-    and no mask; the output is packed the same way."""
+    and no mask; the output is packed the same way, and `keys` (B int32) may make only each sequence's first rows
+    keys (`PackedTokens.keys`)."""
     if starts is None:
         B, L, width = qkv.shape
     else:
@@ -459,8 +461,8 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | N
     added = None if bias is None else _buffer(bias, (n_heads, L, L), mx.float32, "bias")
     turns = None if rotary is None else ctypes.byref(rotary.structure(L, head_dim))
     y = mx.zeros((*qkv.shape[:-1], width // 3), mx.float32)  # written below, in MLX's memory: no copy after
-    _check(_kernels().attention(data.ctypes.data, _address(keep), _address(starts), _address(added), turns, window,
-                                _writable(y).ctypes.data, B, L, n_heads, head_dim, scale), "attention")
+    _check(_kernels().attention(data.ctypes.data, _address(keep), _address(starts), _address(keys), _address(added),
+                                turns, window, _writable(y).ctypes.data, B, L, n_heads, head_dim, scale), "attention")
     return y
 
 

@@ -101,6 +101,7 @@ constexpr int KB = 4;  // vectors of keys per block of packed keys
 // written in one pass each, row after row: per head, a row's few strided floats would miss the cache every time.
 struct Scratch {
   int n, npad, nq, D, dv;
+  int nk = 0;                   // the sequence's first nk rows are keys; the rest only query (ColBERT's expansion)
   const int* idx = nullptr;     // the sequence's real tokens' positions (n of them)
   const float* bias = nullptr;  // (H, L, L) additive scores bias, or null
   int window = 0;               // keys further than this from their query get no weight; 0: none
@@ -132,7 +133,7 @@ inline void rotate(float* x, const EmbedRotary& r, int pos) {
 // q and k turned by their positions when `rotary` is given.
 void gather(const float* seq, const int* idx, int n, int H, int D, float scale, const EmbedRotary* rotary,
             Scratch& m) {
-  m.n = n, m.npad = (n + W - 1) / W * W, m.nq = (n + QB - 1) / QB * QB;
+  m.n = n, m.nk = n, m.npad = (n + W - 1) / W * W, m.nq = (n + QB - 1) / QB * QB;
   const int stride = 3 * H * D;
   for (int h = 0; h < H; h++) {
     std::memset(m.head_q(h) + n * D, 0, (m.nq - n) * D * sizeof(float));
@@ -168,7 +169,7 @@ void pack_keys(const float* k, int npad, int D, float* packed) {
 // Attention of one head over the gathered sequence, into the sequence's output rows (n, H * D).
 template <int NV>
 void head(Scratch& m, int H, int h) {
-  const int n = m.n, npad = m.npad, D = m.D, dv = m.dv;
+  const int n = m.n, nk = m.nk, npad = (nk + W - 1) / W * W, D = m.D, dv = m.dv;
   constexpr int R = NV <= 2 ? 8 : NV <= 4 ? 4 : 2;  // at most 16 accumulators
   const float *q = m.head_q(h), *k = m.packed.data(), *v = m.head_v(h);
   float *s = m.s.data(), *o = m.o.data();
@@ -184,7 +185,7 @@ void head(Scratch& m, int H, int h) {
       first = lo / (KB * W) * (KB * W);
       end = std::min(npad, (hi + KB * W - 1) / (KB * W) * (KB * W));
     }
-    const int count = std::min(end, n) - first;
+    const int count = std::min(end, nk) - first;
     for (int r0 = 0; r0 < QB; r0 += 4) {
       const float* qr = q + (i0 + r0) * D;
       float* sr = s + r0 * npad;
@@ -223,8 +224,8 @@ void head(Scratch& m, int H, int h) {
 }
 
 template <int NV>
-void attention(const float* qkv, const uint8_t* keep, const int* starts, const float* bias, const EmbedRotary* rotary,
-               int window, float* out, int B, int L, int H, int D, float scale) {
+void attention(const float* qkv, const uint8_t* keep, const int* starts, const int* keys, const float* bias,
+               const EmbedRotary* rotary, int window, float* out, int B, int L, int H, int D, float scale) {
   Scratch scratch(L, H, D, NV);
   std::vector<int> idx(L);
   scratch.idx = idx.data(), scratch.bias = bias, scratch.window = window;
@@ -243,6 +244,7 @@ void attention(const float* qkv, const uint8_t* keep, const int* starts, const f
     }
     if (n == 0) continue;
     gather(qkv + first * 3 * row, idx.data(), n, H, D, scale, rotary, scratch);
+    if (keys) scratch.nk = std::min(std::max(keys[b], 1), n);
     for (int h = 0; h < H; h++) head<NV>(scratch, H, h);
     for (int j = 0; j < n; j++) std::memcpy(seq_out + idx[j] * row, scratch.out.data() + j * row, row * sizeof(float));
   }
@@ -257,23 +259,26 @@ extern "C" int embed_max_head_dim() { return 8 * W; }
 // float32 added to the scaled scores, or null; rotary: RoPE's tables for positions 0 to L - 1, or null; window:
 // the furthest a key may be from its query to count (0: any); out: (B, L, H, D). Or packed, with `starts` (B + 1
 // row numbers, the last the total T): sequence b is rows starts[b] to starts[b + 1] of qkv (T, 3, H, D) and out
-// (T, H, D), no padding anywhere; keep is then null, and L the longest sequence.
+// (T, H, D), no padding anywhere; keep is then null, and L the longest sequence. With `keys` (packed only, B
+// counts), only sequence b's first keys[b] rows are keys; its other rows query them without being queried (a
+// ColBERT query's expansion tokens), which no window may then bound.
 // Returns a boundary::Status: NO_KERNEL for a head size over embed_max_head_dim(), FAILED for rotations that do not
-// fit the heads or a negative window.
-extern "C" int embed_self_attention(const float* qkv, const uint8_t* keep, const int* starts, const float* bias,
-                                    const EmbedRotary* rotary, int window, float* out, int B, int L, int H, int D,
-                                    float scale) {
+// fit the heads, a negative window, or keys with a window or without `starts`.
+extern "C" int embed_self_attention(const float* qkv, const uint8_t* keep, const int* starts, const int* keys,
+                                    const float* bias, const EmbedRotary* rotary, int window, float* out, int B, int L,
+                                    int H, int D, float scale) {
   return boundary::guarded([&]() -> int {
     if ((rotary && (rotary->dims <= 0 || rotary->dims % 2 || rotary->dims > D)) || window < 0) return boundary::FAILED;
+    if (keys && (window || !starts)) return boundary::FAILED;
     switch ((D + W - 1) / W) {
-      case 1: attention<1>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 2: attention<2>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 3: attention<3>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 4: attention<4>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 5: attention<5>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 6: attention<6>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 7: attention<7>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 8: attention<8>(qkv, keep, starts, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 1: attention<1>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 2: attention<2>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 3: attention<3>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 4: attention<4>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 5: attention<5>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 6: attention<6>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 7: attention<7>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
+      case 8: attention<8>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
       default: return boundary::NO_KERNEL;
     }
   });

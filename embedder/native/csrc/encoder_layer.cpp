@@ -22,8 +22,8 @@ using F16Matmul = int (*)(const float*, int, int, const uint16_t*, const float*,
 using BF16Matmul = int (*)(const float*, int, int, const uint16_t*, const float*, int, float*);
 using F32Matmul = int (*)(const float*, int, int, const float*, const float*, int, float*);
 struct EmbedRotary;  // attention.cpp's
-using Attention = int (*)(const float*, const uint8_t*, const int*, const float*, const EmbedRotary*, int, float*, int,
-                          int, int, int, float);
+using Attention = int (*)(const float*, const uint8_t*, const int*, const int*, const float*, const EmbedRotary*, int,
+                          float*, int, int, int, int, float);
 using BiasGelu = int (*)(float*, const float*, int, int);
 using BiasGlu = int (*)(float*, const float*, int, int, int);
 using ActTimes = int (*)(float*, const float*, long, int);
@@ -146,8 +146,8 @@ void add(float* y, const float* x, long n) {
 }
 
 // out (T, D) = one layer applied to x (T, D); the arguments as embed_encoder_layers'.
-int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int* starts, const float* bias, int B,
-          int L, int heads, float scale, float* out) {
+int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int* starts, const int* keys,
+          const float* bias, int B, int L, int heads, float scale, float* out) {
   const long T = starts[B];
   const int D = l.qkv.k, width = l.qkv.n / 3, kind = l.feed_forward;
   const bool halves = kind >= GATED_SILU && kind <= GELU_GATED, apart = kind == TANH_GELU_TIMES || kind == GELU_TIMES;
@@ -171,8 +171,8 @@ int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int*
     int status = norm(f, l.norm1, x, T, D, hidden);
     if (!status) status = project(f, l.qkv, hidden, T, true, fused);
     if (!status)
-      status = f.attention(fused, nullptr, starts, bias, l.rotary, l.window, context, B, L, heads, width / heads,
-                           scale);
+      status = f.attention(fused, nullptr, starts, keys, bias, l.rotary, l.window, context, B, L, heads,
+                           width / heads, scale);
     if (!status) status = project(f, l.attention_out, context, T, true, out);
     if (status) return status;
     add(out, x, T * D);
@@ -184,7 +184,8 @@ int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int*
   }
   int status = project(f, l.qkv, x, T, true, fused);
   if (!status)
-    status = f.attention(fused, nullptr, starts, bias, l.rotary, l.window, context, B, L, heads, width / heads, scale);
+    status = f.attention(fused, nullptr, starts, keys, bias, l.rotary, l.window, context, B, L, heads, width / heads,
+                         scale);
   if (!status) status = project(f, l.attention_out, context, T, false, hidden);
   if (!status)
     status = f.add_layer_norm(hidden, l.attention_out.bias, x, l.norm1.weight, l.norm1.bias, T, D, l.norm1.eps,
@@ -201,11 +202,12 @@ int layer(const EmbedKernels& f, const EmbedLayer& l, const float* x, const int*
 }  // namespace
 
 // out (T, D) = `count` layers applied in turn to x (T, D): sequence b in rows starts[b] to starts[b + 1],
-// T = starts[B], none longer than L; `bias` (heads, L, L), the same for every layer, is added to the scaled scores
-// by position in the sequence (MPNet's relative position bias), or null. `out` must not overlap x.
+// T = starts[B], none longer than L, of which the first keys[b] are keys (`keys` null: all; attention.cpp's);
+// `bias` (heads, L, L), the same for every layer, is added to the scaled scores by position in the sequence
+// (MPNet's relative position bias), or null. `out` must not overlap x.
 extern "C" int embed_encoder_layers(const EmbedKernels* f, const EmbedLayer* layers, int count, const float* x,
-                                    const int* starts, const float* bias, int B, int L, int heads, float scale,
-                                    float* out) {
+                                    const int* starts, const int* keys, const float* bias, int B, int L, int heads,
+                                    float scale, float* out) {
   return boundary::guarded([&] {
     static thread_local std::vector<float> between;  // the other of the two buffers the layers alternate between
     const size_t size = static_cast<size_t>(starts[B]) * (count ? layers[0].qkv.k : 0);
@@ -213,7 +215,7 @@ extern "C" int embed_encoder_layers(const EmbedKernels* f, const EmbedLayer* lay
     int status = boundary::OK;
     for (int i = 0; i < count && !status; i++) {
       float* const target = (count - 1 - i) % 2 == 0 ? out : between.data();  // the last layer writes `out`
-      status = layer(*f, layers[i], x, starts, bias, B, L, heads, scale, target);
+      status = layer(*f, layers[i], x, starts, keys, bias, B, L, heads, scale, target);
       x = target;
     }
     return status;
