@@ -160,7 +160,11 @@ class EmbeddingEngine:
         forward = BatchForward(model)
         if model.spec.scores is not None and self.options.long_input_mode == "chunk":
             raise ModelError(f"{model.model_id} is a cross-encoder: it scores texts and pairs, which are cut (a pair's "
-                             "longest text first) or refused, never chunked; use long_input truncate or error", "long_input")
+                             "longest text first) or refused, never chunked; use long_input truncate or error",
+                             "long_input")
+        if model.spec.multi_vector is not None and self.options.long_input_mode == "chunk":
+            raise InputError("long_input chunk does not apply to a multi-vector (ColBERT) model: its vectors are its "
+                             "tokens', each text cut at the model's query or document length", "long_input")
         if self.options.long_input_mode == "chunk":
             self._windows = Windows(*model.tokenizer.special_tokens(), model.max_length, self.options.chunk_overlap)
         if model.spec.multi_vector is not None:
@@ -498,8 +502,8 @@ class EmbeddingEngine:
         """Each (query, document) pair's MaxSim, each distinct query and document embedded once, in one job."""
         multi = self._multi_rows()
         (queries, q_at), (documents, d_at) = _distinct(firsts), _distinct(seconds)
-        q_rows, q_keys = multi.rows(self._pair_texts(queries, firsts, self.side_prompt(True)), True)
-        d_rows, d_keys = multi.rows(self._pair_texts(documents, seconds, self.side_prompt(False)), False)
+        q_rows, q_keys = multi.rows(self._pair_texts(queries, self.side_prompt(True), firsts), True)
+        d_rows, d_keys = multi.rows(self._pair_texts(documents, self.side_prompt(False), seconds), False)
         mean = multi.spec.mean_maxsim
 
         def scores(states: list[np.ndarray]) -> np.ndarray:
@@ -514,7 +518,7 @@ class EmbeddingEngine:
         """An inference-free SPLADE model's pairs: each query weighed from its table, each document through the
         model, scored by their dot product (SparseEncoder's similarity of encode_query and encode_document)."""
         (queries, q_at), (documents, d_at) = _distinct(firsts), _distinct(seconds)
-        q_ids, d_ids = self._pair_texts(queries, firsts, "query"), self._pair_texts(documents, seconds, None)
+        q_ids, d_ids = self._pair_texts(queries, "query", firsts), self._pair_texts(documents, None, seconds)
         q = self.submit(q_ids, normalize=False).result()  # no model runs: resolved at once
 
         def scores(d: np.ndarray) -> np.ndarray:
@@ -522,15 +526,15 @@ class EmbeddingEngine:
 
         return self.submit(d_ids, normalize=False, then=scores), sum(map(len, q_ids)) + sum(map(len, d_ids))
 
-    def _pair_texts(self, texts: list[str], side: Sequence[str], prompt_name: str | None) -> list[list[int]]:
-        """Distinct texts of one side of some pairs, tokenized; an error about one is retold about the first pair
-        holding it."""
+    def _pair_texts(self, texts: list[str], prompt_name: str | None, *sides: Sequence[str]) -> list[list[int]]:
+        """Distinct texts of some pairs, tokenized; an error about one is retold about the first pair holding it, in
+        the first of `sides` (the pairs' first or second texts) that holds it."""
         try:
             return self.tokenize(texts, prompt_name=prompt_name)
         except InputError as e:
             if e.index is None:
                 raise
-            pair = list(side).index(texts[e.index])
+            pair = next(list(side).index(texts[e.index]) for side in sides if texts[e.index] in side)
             raise e.about(f"input {pair}", pair) from e
 
     # ---- scores -----------------------------------------------------------------------------
@@ -571,17 +575,9 @@ class EmbeddingEngine:
         if self._static is not None:
             return self._submit_inference_free_scores(firsts, seconds)
         if not self.cross_encoder:
-            texts = list(dict.fromkeys([*firsts, *seconds]))
-            row = {text: i for i, text in enumerate(texts)}
+            texts, row = _distinct([*firsts, *seconds])
             left, right = [row[t] for t in firsts], [row[t] for t in seconds]
-            try:
-                ids = self.tokenize(texts)
-            except InputError as e:  # about a distinct text: retold about the first pair holding it
-                if e.index is None:
-                    raise
-                text = texts[e.index]
-                pair = seconds.index(text) if text in seconds else firsts.index(text)
-                raise e.about(f"input {pair}", pair) from e
+            ids = self._pair_texts(texts, None, seconds, firsts)
 
             def similarities(vectors: np.ndarray) -> np.ndarray:
                 return np.einsum("ij,ij->i", vectors[left], vectors[right])
@@ -680,7 +676,8 @@ class EmbeddingEngine:
         image's patches; a multi-vector model's text, cut at its query's or document's length."""
         self.load()  # the windows are known once the model is
         if self._multi is not None:
-            return [min(len(row), self.input_length(query)) for row in ids]
+            length = self.input_length(query)
+            return [min(len(row), length) for row in ids]
         if self._windows is None:
             return [len(row) for row in ids]
         return [len(row) if isinstance(row, ImageRow) else sum(map(len, self._windows.split(row))) for row in ids]

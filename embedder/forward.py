@@ -65,15 +65,16 @@ class BatchForward:
         """Every token's last hidden state, each row's first `attended` tokens attended to, the others only
         attending: packed on the native path with their counts of keys where the model packs them, else MLX's padded
         path at every position."""
-        pad, module = self.model.tokenizer.pad_token_id, self.model.module
-        ids, every_token = _padded(rows, pad)
+        ids, every_token = _padded(rows, self.model.tokenizer.pad_token_id)
         if all(split == len(row) for split, row in zip(attended, rows)):
             return self.model.forward(mx.array(ids), mx.array(every_token)).astype(mx.float32)
-        if fastmath.packs_query_only_rows(module):
-            with fastmath.keys_per_row(np.array(attended, np.int32)):
+        keys = np.array(attended, np.int32)
+        if fastmath.packs_query_only_rows(self.model.module):
+            with fastmath.keys_per_row(keys):
                 return self.model.forward(mx.array(ids), mx.array(every_token)).astype(mx.float32)
+        attended_only = (np.arange(ids.shape[1]) < keys[:, None]).astype(np.int32)
         with fastmath.every_position():
-            return self.model.forward(mx.array(ids), mx.array(_padded(rows, pad, attended)[1])).astype(mx.float32)
+            return self.model.forward(mx.array(ids), mx.array(attended_only)).astype(mx.float32)
 
     def collect(self, launched: mx.array) -> np.ndarray:
         """The batch's vectors (or scores) as float32, once computed; never a NaN or an infinity."""
@@ -93,13 +94,11 @@ class BatchForward:
                 mx.eval(self.launch(rows, [2] * len(rows) if per_token else [0] * len(rows), per_token))
 
 
-def _padded(rows: list[list[int]], pad_token_id: int,
-            attended: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Token rows as one (rows, longest) array padded at the end, and its attention mask: each row's tokens, or
-    its first `attended[k]`."""
+def _padded(rows: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows as one (rows, longest) array padded at the end, and its attention mask."""
     ids = np.full((len(rows), max(map(len, rows))), pad_token_id, np.int32)
     mask = np.zeros(ids.shape, np.int32)
     for k, row in enumerate(rows):
         ids[k, : len(row)] = row
-        mask[k, : len(row) if attended is None else attended[k]] = 1
+        mask[k, : len(row)] = 1
     return ids, mask

@@ -319,12 +319,8 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
         raise ModelError(f"max_length {length} is more than the model's position limit of {limit}")
     if batch_tokens is not None and length > batch_tokens:
         raise ModelError(f"max_length {length} is more than the batch token budget {batch_tokens}; raise batch_tokens")
-    multi = spec.multi_vector
-    if multi is not None and options.long_input_mode == "chunk":
-        raise InputError("long_input chunk does not apply to a multi-vector (ColBERT) model: its vectors are its "
-                         "tokens', each text cut at the model's query or document length", "long_input")
     tokenizer = load_tokenizer(encoder, length, spec.do_lower_case, options.long_input_mode,
-                               multi.prefix_tokens if multi else ())
+                               spec.multi_vector.prefix_tokens if spec.multi_vector else ())
     dense = [load_dense(d) for d in spec.dense]
     images = read_image_processor(encoder, module.args.image_size) if hasattr(module, "embed_images") else None
     if images is not None and not spec.has_st_files:  # text and image vectors compared by cosine, as SigLIP's own

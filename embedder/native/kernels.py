@@ -380,8 +380,9 @@ def encoder_layers(x: mx.array, starts: np.ndarray, heads: int, scale: float, la
         for structure, turn in zip(structures, turns):
             structure.rotary = None if turn is None else ctypes.pointer(turn)
     y = np.empty_like(data)
-    _check(run(ctypes.byref(table), structures, len(layers), data.ctypes.data, starts.ctypes.data, _address(keys),
-               _address(bias), len(starts) - 1, longest, heads, scale, y.ctypes.data), "encoder layers")
+    _check(run(ctypes.byref(table), structures, len(layers), data.ctypes.data, starts.ctypes.data,
+               _address(_keys(keys, len(starts) - 1)), _address(bias), len(starts) - 1, longest, heads, scale,
+               y.ctypes.data), "encoder layers")
     return y
 
 
@@ -461,8 +462,9 @@ def self_attention(qkv: mx.array, n_heads: int, scale: float, mask: mx.array | N
     added = None if bias is None else _buffer(bias, (n_heads, L, L), mx.float32, "bias")
     turns = None if rotary is None else ctypes.byref(rotary.structure(L, head_dim))
     y = mx.zeros((*qkv.shape[:-1], width // 3), mx.float32)  # written below, in MLX's memory: no copy after
-    _check(_kernels().attention(data.ctypes.data, _address(keep), _address(starts), _address(keys), _address(added),
-                                turns, window, _writable(y).ctypes.data, B, L, n_heads, head_dim, scale), "attention")
+    _check(_kernels().attention(data.ctypes.data, _address(keep), _address(starts), _address(_keys(keys, B)),
+                                _address(added), turns, window, _writable(y).ctypes.data, B, L, n_heads, head_dim,
+                                scale), "attention")
     return y
 
 
@@ -537,6 +539,15 @@ def _longest(starts: np.ndarray, rows: int, kernel: str) -> int:
     if starts.dtype != np.int32 or starts[0] != 0 or starts[-1] != rows or (lengths < 0).any():
         raise ModelError(f"native {kernel}: starts do not cut {rows} packed rows into sequences")
     return int(lengths.max(initial=0))
+
+
+def _keys(keys: np.ndarray | None, sequences: int) -> np.ndarray | None:
+    """Each packed sequence's count of keys, once checked to be one int32 for each sequence (the kernels read one
+    per sequence, and clamp it into [1, its rows])."""
+    if keys is not None and (keys.dtype != np.int32 or keys.shape != (sequences,) or not keys.flags.c_contiguous):
+        raise ModelError(f"native attention: keys are {keys.dtype}{keys.shape}, not one int32 for each of "
+                         f"{sequences} sequences")
+    return keys
 
 
 def _vector(a: mx.array | None, dim: int, name: str) -> np.ndarray | None:
