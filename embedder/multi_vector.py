@@ -4,6 +4,7 @@ engine's per-token batches)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 
 from .errors import InputTooLong, ModelError
 from .models.multi_vector_config import MultiVectorSpec
+from .pooling import normalize as l2_normalize
 from .tokenizer import TextTokenizer
 
 _MASK_TOKENS = ("[MASK]", "<mask>")
@@ -73,9 +75,9 @@ class MultiVectorRows:
         if ("query" if query else "document") in self.spec.skiplist_tasks and len(self.skip_ids):
             out = out[~np.isin(np.asarray(row), self.skip_ids)]
         if self.spec.normalize:
-            out = _unit(out)
+            out = l2_normalize(out)
         if (width := dimensions or self.spec.truncate_dim) is not None:
-            out = _unit(out[:, :width])
+            out = l2_normalize(out[:, :width])
         return np.ascontiguousarray(out, np.float32)
 
 
@@ -99,14 +101,8 @@ def maxsim(query: np.ndarray, document: np.ndarray, mean: bool = False) -> float
     return float(best.mean() if mean else best.sum())
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def _mask_token(model_dir: Path) -> str | None:
     """The tokenizer's mask token, as tokenizer_config.json names it."""
-    import json
-
     path = model_dir / "tokenizer_config.json"
     try:
         token = json.loads(path.read_text(encoding="utf-8")).get("mask_token") if path.exists() else None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
-from .st_config import read_json
+from .st_config import read_json, whole_number
 
 PUNCTUATION = tuple(string.punctuation)  # PyLate's and Stanford-NLP's default skiplist
 
@@ -158,8 +158,4 @@ def _expansion(config: dict | None) -> QueryExpansion | None:
 
 
 def _positive(value, name: str) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ModelError(f"multi-vector {name} must be a whole number of at least 1, got {value!r}")
-    return value
+    return whole_number(value, f"multi-vector {name}")

@@ -113,11 +113,16 @@ def pooling_modes(config: dict) -> tuple[str, ...]:
     return tuple(m for m in POOLING_MODES if m in modes)
 
 
-def active_dims(value, source: str) -> int:
-    """A `max_active_dims` setting, checked: a whole number of at least 1."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ModelError(f"{source}: max_active_dims must be a whole number of at least 1, got {value!r}")
+def whole_number(value, what: str) -> int | None:
+    """A count a model's files set, checked: None (not set), or a whole number of at least 1; `what` names it."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ModelError(f"{what} must be a whole number of at least 1, got {value!r}")
     return value
+
+
+def _max_active_dims(st_config: dict) -> int | None:
+    """SparseEncoder's `max_active_dims`, as config_sentence_transformers.json saves it."""
+    return whole_number(st_config.get("max_active_dims"), "config_sentence_transformers.json: max_active_dims")
 
 
 def splade_spec(config: dict) -> SpladeSpec:
@@ -237,8 +242,8 @@ def read_pipeline_spec(model_dir: Path, default_pooling: str = "mean", config: d
             raise ModelError(f"unsupported sentence-transformers module {type_name} ({path})")
     if pooling is None:
         raise ModelError(f"{modules_file} has no Pooling module")
-    if splade is not None and prompts.get("max_active_dims") is not None:
-        splade = dataclasses.replace(splade, max_active_dims=active_dims(prompts["max_active_dims"], st_config.name))
+    if splade is not None:
+        splade = dataclasses.replace(splade, max_active_dims=_max_active_dims(prompts))
     return PipelineSpec(
         pooling=pooling,
         include_prompt=include_prompt,
@@ -310,10 +315,8 @@ def _inference_free_pipeline(model_dir: Path, st_config: dict, common: dict) -> 
                          "queries through SparseStaticEmbedding, documents through a masked-LM and SpladePooling")
     (_, encoder), (_, pooling) = routes["document"]
     splade = splade_spec(read_json(pooling / "config.json"))
-    max_active = st_config.get("max_active_dims")
     splade = dataclasses.replace(splade, query_weights=routes["query"][0][1],
-                                 max_active_dims=None if max_active is None else active_dims(
-                                     max_active, "config_sentence_transformers.json"))
+                                 max_active_dims=_max_active_dims(st_config))
     if (encoder / "sentence_bert_config.json").exists():
         common["max_seq_length"] = read_json(encoder / "sentence_bert_config.json").get("max_seq_length")
     common["max_seq_length"] = common["max_seq_length"] or tokenizer_max_length(encoder)
