@@ -5,6 +5,7 @@ serve` with int8 too); where a kernel cannot run, MLX's own type. A kernel's tes
 instructions (AMD Zen 4 has AVX512-BF16 and no AVX512-FP16), where it is not built."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ from tiny_models import tiny_cross_encoder, tiny_encoder, tiny_transformer
 
 from embedder import EmbeddingEngine
 from embedder.errors import ModelError
-from embedder.native import fastmath, kernels
+from embedder.native import fastmath, kernels, mkl
+from embedder.native.blas import dist_paths
 
 GOLDEN = Path(__file__).parent / "golden"
 BLOCK = 32  # depth pairs a float16 sum takes in csrc/f16_matmul.cpp
@@ -114,6 +116,45 @@ def test_bfloat16_passes_nan_and_infinity_on_as_float32_does():
     got = np.asarray(kernels.packed_matmul(mx.array(x), kernels.pack_bf16(mx.array(w)))[0])
     np.testing.assert_array_equal(got[0], 8)
     assert np.isnan(got[1]).all() and np.isinf(got[2]).all()
+
+
+@needs_bf16
+def test_bfloat16_multiplies_in_the_gemm_embed_bf16_gemm_and_the_cpu_choose():
+    """oneMKL (whose kernels use AMX's tiles) where EMBED_BF16_GEMM says "mkl", or says "auto" (the default) on a
+    CPU with AMX and oneMKL installed; our AVX512-BF16 kernel otherwise."""
+    weight = kernels.pack_bf16(mx.ones((3, 2)))
+    choice = os.environ.get(mkl.ENV_VAR, "auto")
+    onemkl = choice == "mkl" or (choice == "auto" and "amx_bf16" in mkl.cpu_flags() and bool(_onemkl_files()))
+    assert kernels.bf16_onemkl() is onemkl and weight.rows is onemkl
+
+
+def _onemkl_files() -> list[str]:
+    return dist_paths("mkl", "libmkl_rt.so*")
+
+
+@needs_bf16
+@pytest.mark.skipif(not _onemkl_files(), reason="oneMKL is not installed (the test extra installs it)")
+def test_every_bfloat16_test_passes_on_the_other_gemm():
+    """The choice is made once a process, so this module's bfloat16 tests run again in a second pytest on the
+    gemm this one does not use: oneMKL on a CPU without AMX (what runs on AMX but for the tiles), or our kernel on
+    one with it. The CLI and server they start inherit the choice."""
+    other = "native" if kernels.bf16_onemkl() else "mkl"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+         "bfloat16 and not other_gemm"], env={**os.environ, mkl.ENV_VAR: other}, cwd=Path(__file__).parent,
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+def test_a_bad_embed_bf16_gemm_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv(mkl.ENV_VAR, "fastest")
+    mkl.bf16_gemm.cache_clear()
+    try:
+        with pytest.raises(ModelError, match="EMBED_BF16_GEMM='fastest': expected one of auto, mkl, native"):
+            mkl.bf16_gemm()
+    finally:
+        mkl.bf16_gemm.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", _dtypes("float16", "bfloat16"))

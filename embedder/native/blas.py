@@ -92,7 +92,7 @@ def _load(path: str, prefix: str = "") -> str | None:
 def _load_scipy_openblas() -> str | None:
     """PyPI `scipy-openblas32` (what NumPy and SciPy build on) picks its kernels for the CPU at run time, but its
     symbols carry a `scipy_` prefix: a small shim exporting the plain `cblas_*gemm` names forwards to them."""
-    for path in _dist_paths("scipy-openblas32", "libscipy_openblas.so"):
+    for path in dist_paths("scipy-openblas32", "libscipy_openblas.so"):
         shim = _shim_for(path)
         if shim is not None and _load(path, prefix="scipy_"):
             ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)
@@ -126,7 +126,7 @@ def _shim_for(library: str) -> Path | None:
 
 def _load_mkl() -> str | None:
     """PyPI `mkl` installs from pip alone: ~200 GFLOP/s, about half of OpenBLAS on AMD cores."""
-    return next(filter(None, map(_load, _dist_paths("mkl", "libmkl_rt.so*"))), None)
+    return next(filter(None, map(_load, dist_paths("mkl", "libmkl_rt.so*"))), None)
 
 
 def _load_system_openblas() -> str | None:
@@ -134,7 +134,7 @@ def _load_system_openblas() -> str | None:
     return _load(name) if name else None
 
 
-def _dist_paths(dist: str, pattern: str) -> list[str]:
+def dist_paths(dist: str, pattern: str) -> list[str]:
     """Files of an installed distribution whose name matches `pattern`."""
     try:
         files = importlib.metadata.distribution(dist).files or []

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import ModelError
 from .blas import sgemm
 from .build import native_library
+from .mkl import bf16_gemm
 
 _PTR, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 _STATUS = {1: "has no kernel for this head size", 2: "ran out of memory", 3: "failed",  # csrc/boundary.h
@@ -86,7 +87,18 @@ def _bf16_kernels() -> ctypes.CDLL | None:
         "embed_bf16_packed_halves": ([_INT, _INT], ctypes.c_long),
         "embed_bf16_pack": ([_PTR, _INT, _INT, _PTR], _INT),
         "embed_bf16_matmul": ([_PTR, _INT, _INT, _PTR, _PTR, _INT, _PTR], _INT),
+        "embed_bf16_use_mkl": ([_PTR], _INT),
     })
+
+
+@functools.cache
+def bf16_onemkl() -> bool:
+    """Whether bfloat16 weights are kept for and multiplied by oneMKL (`mkl.bf16_gemm`): decided once a process,
+    at the first bfloat16 weight packed, so that a float32 run never loads it."""
+    gemm = bf16_gemm()
+    if gemm is not None:
+        _bf16_kernels().embed_bf16_use_mkl(gemm)
+    return gemm is not None
 
 
 @functools.cache
@@ -194,6 +206,7 @@ class BF16Weight:
 
     packed: np.ndarray  # uint16 (bfloat16 bits), 64 output channels by the whole depth, two inputs a lane
     shape: tuple[int, int]
+    rows: bool = False  # packed holds the plain (out, in) rows instead, for oneMKL (`bf16_onemkl`)
 
 
 PackedWeight = Int8Weight | F16Weight | BF16Weight
@@ -226,7 +239,8 @@ def pack_bf16(weight: mx.array) -> BF16Weight:
     """`weight` (out, in), any float type, rounded to bfloat16 and packed once, at load."""
     n, k = weight.shape
     data = _buffer(_float32(weight), (n, k), mx.float32, "weight")
-    packed = BF16Weight(np.empty(_bf16_kernels().embed_bf16_packed_halves(n, k), np.uint16), (n, k))
+    rows = bf16_onemkl()
+    packed = BF16Weight(np.empty(_bf16_kernels().embed_bf16_packed_halves(n, k), np.uint16), (n, k), rows)
     _check(_bf16_kernels().embed_bf16_pack(data.ctypes.data, n, k, packed.packed.ctypes.data), "bfloat16 pack")
     return packed
 
@@ -241,6 +255,8 @@ def _float32(weight: mx.array) -> mx.array:
 def unpack(weight: F16Weight | BF16Weight) -> mx.array:
     """The (out, in) float32 weight `pack_f16` or `pack_bf16` packed, as its rounding left it."""
     (n, k), depth = weight.shape, -(-weight.shape[1] // 2) * 2
+    if isinstance(weight, BF16Weight) and weight.rows:
+        return mx.array((weight.packed.reshape(n, k).astype(np.uint32) << 16).view(np.float32))
     panels = weight.packed.reshape(-1, depth // 2, 4, 16, 2).transpose(0, 2, 3, 1, 4).reshape(-1, depth)[:n, :k]
     if isinstance(weight, BF16Weight):
         return mx.array((panels.astype(np.uint32) << 16).view(np.float32))

@@ -6,6 +6,10 @@
 // AMD Zen 4 has this instruction and no AVX512-FP16; the packed layout, pairs of depths in each 32-bit lane, is
 // also what AMX's bf16 tiles read. Built by embedder/native/build.py with -march=native; without AVX512-BF16
 // every entry returns NO_KERNEL.
+//
+// On CPUs with AMX the caller hands over oneMKL's bfloat16 GEMM instead (embed_bf16_use_mkl, before any weight
+// is packed: embedder/native/mkl.py), which multiplies in AMX's tiles: weights are then kept as plain (n, k)
+// bfloat16 rows, which oneMKL lays out for its tiles on each call, and x is rounded here the same way.
 
 #include <cstdint>
 #include <cstring>
@@ -29,7 +33,18 @@ using pairs::ROWS;
 
 constexpr int VECTORS = PANEL / 16;  // vectors a depth pair of a panel takes: 16 columns x 2 depths each
 
+// oneMKL's cblas_gemm_bf16bf16f32: layout, trans a, trans b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc.
+using MklGemm = void (*)(int, int, int, int, int, int, float, const uint16_t*, int, const uint16_t*, int, float,
+                         float*, int);
+MklGemm mkl_gemm = nullptr;  // set once, before any weight is packed; null: our kernel
+
 }  // namespace
+
+// From now on, weights are packed for and multiplied by oneMKL's `gemm` (cblas_gemm_bf16bf16f32).
+extern "C" int embed_bf16_use_mkl(MklGemm gemm) {
+  mkl_gemm = gemm;
+  return boundary::OK;
+}
 
 extern "C" int embed_bf16_supported() {
 #ifdef EMBED_BF16
@@ -40,14 +55,16 @@ extern "C" int embed_bf16_supported() {
 }
 
 // The packed size, in bfloat16 values (2 bytes each), of an (n, k) weight.
-extern "C" long embed_bf16_packed_halves(int n, int k) { return pairs::packed_halves(n, k); }
+extern "C" long embed_bf16_packed_halves(int n, int k) {
+  return mkl_gemm ? static_cast<long>(n) * k : pairs::packed_halves(n, k);
+}
 
 #ifdef EMBED_BF16
 namespace {
 
 // `count` floats as bfloat16 (round to nearest even), into out.
-void to_bf16(const float* x, int count, uint16_t* out) {
-  for (int i = 0; i < count; i += 16) {
+void to_bf16(const float* x, long count, uint16_t* out) {
+  for (long i = 0; i < count; i += 16) {
     const __mmask16 m = lanes(count - i);
     const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i));
     _mm256_mask_storeu_epi16(out + i, m, reinterpret_cast<const __m256i&>(h));
@@ -89,13 +106,30 @@ void tile(const uint16_t* a, long depth_pairs, const uint16_t* panel, const floa
 using Tile = void (*)(const uint16_t*, long, const uint16_t*, const float*, int, int, float*);
 constexpr Tile TILES[ROWS + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
 
+// y (m, n) = x (m, k) @ w.T + bias in oneMKL, w the (n, k) bfloat16 rows embed_bf16_pack kept for it.
+int mkl_matmul(const float* x, int m, int k, const uint16_t* w, const float* bias, int n, float* y) {
+  return boundary::guarded([&] {
+    static thread_local std::vector<uint16_t> a;  // kept: faulting fresh pages in on every call costs more
+    if (a.size() < static_cast<size_t>(m) * k) a.resize(static_cast<size_t>(m) * k);
+    to_bf16(x, static_cast<long>(m) * k, a.data());
+    if (bias)
+      for (long r = 0; r < m; r++) std::memcpy(y + r * n, bias, n * sizeof(float));
+    mkl_gemm(101, 111, 112, m, n, k, 1.0f, a.data(), k, w, k, bias ? 1.0f : 0.0f, y, n);  // row-major, x w^T
+    return boundary::OK;
+  });
+}
+
 }  // namespace
 #endif
 
 // w (n, k) float32, row-major (a Linear's weight) -> bfloat16 packed as pairs.h lays out; padding columns and
-// depth are zeros.
+// depth are zeros. For oneMKL: the same rows in bfloat16.
 extern "C" int embed_bf16_pack(const float* w, int n, int k, uint16_t* packed) {
 #ifdef EMBED_BF16
+  if (mkl_gemm) {
+    to_bf16(w, static_cast<long>(n) * k, packed);
+    return boundary::OK;
+  }
   return boundary::guarded([&] {
     return pairs::pack(n, k, packed, [&](long j, uint16_t* row) {
       to_bf16(w + j * k, k, row);
@@ -111,6 +145,7 @@ extern "C" int embed_bf16_pack(const float* w, int n, int k, uint16_t* packed) {
 extern "C" int embed_bf16_matmul(const float* x, int m, int k, const uint16_t* packed, const float* bias, int n,
                                  float* y) {
 #ifdef EMBED_BF16
+  if (mkl_gemm) return mkl_matmul(x, m, k, packed, bias, n, y);
   return boundary::guarded([&] {
     const long depth = round_up(k, 2);
     return pairs::matmul(
