@@ -118,43 +118,45 @@ def test_bfloat16_passes_nan_and_infinity_on_as_float32_does():
     assert np.isnan(got[1]).all() and np.isinf(got[2]).all()
 
 
-@needs_bf16
-def test_bfloat16_multiplies_in_the_gemm_embed_bf16_gemm_and_the_cpu_choose():
-    """oneMKL (whose kernels use AMX's tiles) where EMBED_BF16_GEMM says "mkl", or says "auto" (the default) on a
-    CPU with AMX and oneMKL installed; our AVX512-BF16 kernel otherwise."""
-    weight = kernels.pack_bf16(mx.ones((3, 2)))
+@pytest.mark.parametrize("dtype", _dtypes("bfloat16", "int8"))
+def test_bfloat16_and_int8_multiply_in_the_gemm_embed_gemm_and_the_cpu_choose(dtype):
+    """oneMKL (whose kernels use AMX's tiles) where EMBED_GEMM says "mkl", or says "auto" (the default) on a CPU
+    with AMX and oneMKL installed; our AVX512-BF16 or AVX512-VNNI kernel otherwise."""
+    weight = (kernels.pack_bf16 if dtype == "bfloat16" else kernels.pack_int8)(mx.ones((3, 2)))
     choice = os.environ.get(mkl.ENV_VAR, "auto")
-    onemkl = choice == "mkl" or (choice == "auto" and "amx_bf16" in mkl.cpu_flags() and bool(_onemkl_files()))
-    assert kernels.bf16_onemkl() is onemkl and weight.rows is onemkl
+    onemkl = choice == "mkl" or (choice == "auto" and mkl.AMX_FLAGS[dtype] in mkl.cpu_flags() and _onemkl_installed())
+    assert kernels.onemkl(dtype) is onemkl
+    assert weight.packed.size == (6 if onemkl else 64 * (2 if dtype == "bfloat16" else 4))  # plain rows, or panels
 
 
-def _onemkl_files() -> list[str]:
-    return dist_paths("mkl", "libmkl_rt.so*")
+def _onemkl_installed() -> bool:
+    return bool(dist_paths("mkl", "libmkl_rt.so*"))
 
 
-@needs_bf16
-@pytest.mark.skipif(not _onemkl_files(), reason="oneMKL is not installed (the test extra installs it)")
-def test_every_bfloat16_test_passes_on_the_other_gemm():
-    """The choice is made once a process, so this module's bfloat16 tests run again in a second pytest on the
-    gemm this one does not use: oneMKL on a CPU without AMX (what runs on AMX but for the tiles), or our kernel on
-    one with it. The CLI and server they start inherit the choice."""
-    other = "native" if kernels.bf16_onemkl() else "mkl"
+@pytest.mark.skipif(not _onemkl_installed(), reason="oneMKL is not installed (the test extra installs it)")
+@pytest.mark.skipif(not (kernels.bf16_available() or kernels.int8_available()), reason="no bfloat16 or int8 kernel")
+def test_every_bfloat16_and_int8_test_passes_on_the_other_gemm():
+    """The choice is made once a process, so the bfloat16 and int8 tests run again in a second pytest on the GEMM
+    this one does not use: oneMKL on a CPU without AMX (what runs on AMX but for the tiles), or our kernels on one
+    with it. The CLI and servers they start inherit the choice."""
+    other = "native" if kernels.onemkl("bfloat16" if kernels.bf16_available() else "int8") else "mkl"
+    here = Path(__file__).parent
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-         "bfloat16 and not other_gemm"], env={**os.environ, mkl.ENV_VAR: other}, cwd=Path(__file__).parent,
-        capture_output=True, text=True, timeout=600)
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(here / "test_int8.py"), __file__, "-k",
+         "test_int8.py or ((bfloat16 or int8) and not other_gemm)"], env={**os.environ, mkl.ENV_VAR: other},
+        cwd=here, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
 
 
-def test_a_bad_embed_bf16_gemm_is_refused_by_name(monkeypatch):
+def test_a_bad_embed_gemm_is_refused_by_name(monkeypatch):
     monkeypatch.setenv(mkl.ENV_VAR, "fastest")
-    mkl.bf16_gemm.cache_clear()
+    mkl.gemm.cache_clear()
     try:
-        with pytest.raises(ModelError, match="EMBED_BF16_GEMM='fastest': expected one of auto, mkl, native"):
-            mkl.bf16_gemm()
+        with pytest.raises(ModelError, match="EMBED_GEMM='fastest': expected one of auto, mkl, native"):
+            mkl.gemm("int8")
     finally:
-        mkl.bf16_gemm.cache_clear()
+        mkl.gemm.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", _dtypes("float16", "bfloat16"))

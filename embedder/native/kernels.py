@@ -23,9 +23,9 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import ModelError
+from . import mkl
 from .blas import sgemm
 from .build import native_library
-from .mkl import bf16_gemm
 
 _PTR, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 _STATUS = {1: "has no kernel for this head size", 2: "ran out of memory", 3: "failed",  # csrc/boundary.h
@@ -69,6 +69,7 @@ def _int8_kernels() -> ctypes.CDLL | None:
         "embed_int8_packed_bytes": ([_INT, _INT], ctypes.c_long),
         "embed_int8_pack": ([_PTR, _INT, _INT, _PTR, _PTR, _PTR], _INT),
         "embed_int8_matmul": ([_PTR, _INT, _INT, _PTR, _PTR, _PTR, _PTR, _INT, _PTR], _INT),
+        "embed_int8_use_mkl": ([_PTR], _INT),
     })
 
 
@@ -92,12 +93,13 @@ def _bf16_kernels() -> ctypes.CDLL | None:
 
 
 @functools.cache
-def bf16_onemkl() -> bool:
-    """Whether bfloat16 weights are kept for and multiplied by oneMKL (`mkl.bf16_gemm`): decided once a process,
-    at the first bfloat16 weight packed, so that a float32 run never loads it."""
-    gemm = bf16_gemm()
+def onemkl(dtype: str) -> bool:
+    """Whether `dtype`'s ("bfloat16" or "int8") weights are kept for and multiplied by oneMKL (`mkl.gemm`):
+    decided once a process, at the first such weight packed, so that a float32 run never loads it."""
+    gemm = mkl.gemm(dtype)
     if gemm is not None:
-        _bf16_kernels().embed_bf16_use_mkl(gemm)
+        library = _bf16_kernels() if dtype == "bfloat16" else _int8_kernels()
+        (library.embed_bf16_use_mkl if dtype == "bfloat16" else library.embed_int8_use_mkl)(gemm)
     return gemm is not None
 
 
@@ -206,7 +208,7 @@ class BF16Weight:
 
     packed: np.ndarray  # uint16 (bfloat16 bits), 64 output channels by the whole depth, two inputs a lane
     shape: tuple[int, int]
-    rows: bool = False  # packed holds the plain (out, in) rows instead, for oneMKL (`bf16_onemkl`)
+    rows: bool = False  # packed holds the plain (out, in) rows instead, for oneMKL (`onemkl`)
 
 
 PackedWeight = Int8Weight | F16Weight | BF16Weight
@@ -216,8 +218,8 @@ def pack_int8(weight: mx.array) -> Int8Weight:
     """`weight` (out, in), any float type, quantized and packed once, at load."""
     n, k = weight.shape
     data = _buffer(_float32(weight), (n, k), mx.float32, "weight")
-    size = _int8_kernels().embed_int8_packed_bytes(n, k)
-    channels = size // (-(-k // 4) * 4)
+    onemkl("int8")  # first: it decides the layout, and so the size
+    size, channels = _int8_kernels().embed_int8_packed_bytes(n, k), -(-n // 64) * 64  # scales padded to panels
     packed = Int8Weight(np.empty(size, np.int8), np.empty(channels, np.float32), np.empty(channels, np.int32), (n, k))
     _check(_int8_kernels().embed_int8_pack(data.ctypes.data, n, k, packed.packed.ctypes.data,
                                             packed.scales.ctypes.data, packed.sums.ctypes.data), "int8 pack")
@@ -239,7 +241,7 @@ def pack_bf16(weight: mx.array) -> BF16Weight:
     """`weight` (out, in), any float type, rounded to bfloat16 and packed once, at load."""
     n, k = weight.shape
     data = _buffer(_float32(weight), (n, k), mx.float32, "weight")
-    rows = bf16_onemkl()
+    rows = onemkl("bfloat16")
     packed = BF16Weight(np.empty(_bf16_kernels().embed_bf16_packed_halves(n, k), np.uint16), (n, k), rows)
     _check(_bf16_kernels().embed_bf16_pack(data.ctypes.data, n, k, packed.packed.ctypes.data), "bfloat16 pack")
     return packed

@@ -4,6 +4,10 @@
 // levels span the row's own range), and undoes both scales on the int32 sums:
 //   y[m][n] = sx[m] * sw[n] * (sum_k qx[m][k] * qw[n][k] - zx[m] * sum_k qw[n][k]).
 // Built by embedder/native/build.py with -march=native; without AVX512-VNNI every entry returns NO_KERNEL.
+//
+// On CPUs with AMX the caller hands over oneMKL's int8 GEMM instead (embed_int8_use_mkl, before any weight is
+// packed: embedder/native/mkl.py), which multiplies in AMX's tiles: the same quantization, weights kept as plain
+// (n, k) rows, the int32 sums taken from oneMKL and both scales undone here.
 
 #include <algorithm>
 #include <cfloat>
@@ -29,7 +33,19 @@ constexpr int PANEL = 64;  // output columns a packed panel holds: four vectors 
 constexpr int ROWS = 6;    // rows of x one tile multiplies: 6 x 4 accumulators, 4 weight vectors, one broadcast
 constexpr int BLOCK = 192; // rows of x quantized per pass, their uint8 copy small enough to stay in L2
 
+// oneMKL's cblas_gemm_s8u8s32: layout, trans a, trans b, offset kind, m, n, k, alpha, a, lda, a's offset, b, ldb,
+// b's offset, beta, c, ldc, c's offsets.
+using MklGemm = void (*)(int, int, int, int, int, int, int, float, const int8_t*, int, int8_t, const uint8_t*, int,
+                         int8_t, float, int32_t*, int, const int32_t*);
+MklGemm mkl_gemm = nullptr;  // set once, before any weight is packed; null: our kernel
+
 }  // namespace
+
+// From now on, weights are packed for and multiplied by oneMKL's `gemm` (cblas_gemm_s8u8s32).
+extern "C" int embed_int8_use_mkl(MklGemm gemm) {
+  mkl_gemm = gemm;
+  return boundary::OK;
+}
 
 extern "C" int embed_int8_supported() {
 #ifdef EMBED_INT8
@@ -40,14 +56,17 @@ extern "C" int embed_int8_supported() {
 }
 
 // The packed size in bytes of an (n, k) weight.
-extern "C" long embed_int8_packed_bytes(int n, int k) { return round_up(n, PANEL) * round_up(k, 4); }
+extern "C" long embed_int8_packed_bytes(int n, int k) {
+  return mkl_gemm ? static_cast<long>(n) * k : round_up(n, PANEL) * round_up(k, 4);
+}
 
 // w (n, k) float32, row-major (a Linear's weight) -> packed[n / 64][k / 4][64][4] int8, scales[n] and sums[n];
-// padding columns and depth are zeros. scales and sums have room for n rounded up to 64.
+// padding columns and depth are zeros. scales and sums have room for n rounded up to 64. For oneMKL: the plain
+// (n, k) int8 rows.
 extern "C" int embed_int8_pack(const float* w, int n, int k, int8_t* packed, float* scales, int32_t* sums) {
   return boundary::guarded([&] {
     const long depth = round_up(k, 4), columns = round_up(n, PANEL);
-    std::memset(packed, 0, columns * depth);
+    std::memset(packed, 0, embed_int8_packed_bytes(n, k));
     for (long j = 0; j < columns; j++) {
       scales[j] = 0.0f;
       sums[j] = 0;
@@ -60,11 +79,12 @@ extern "C" int embed_int8_pack(const float* w, int n, int k, int8_t* packed, flo
       }
       const float scale = peak > 0.0f ? peak / 127.0f : 1.0f;
       int32_t total = 0;
-      int8_t* panel = packed + (j / PANEL) * PANEL * depth;
       for (int i = 0; i < k; i++) {
         const int q = static_cast<int>(std::nearbyint(row[i] / scale));
         const int8_t v = static_cast<int8_t>(std::clamp(q, -127, 127));
-        panel[((i / 4) * PANEL + j % PANEL) * 4 + i % 4] = v;
+        const long at =
+            mkl_gemm ? j * k + i : (j / PANEL) * PANEL * depth + ((i / 4) * PANEL + j % PANEL) * 4 + i % 4;
+        packed[at] = v;
         total += v;
       }
       scales[j] = scale;
@@ -153,6 +173,38 @@ using Tile = void (*)(const uint8_t*, long, const int8_t*, const float*, const i
                       const int32_t*, const float*, int, int, float*);
 constexpr Tile TILES[ROWS + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
 
+// y (m, n) = x (m, k) @ w.T + bias in oneMKL, w the (n, k) int8 rows embed_int8_pack kept for it.
+int mkl_matmul(const float* x, int m, int k, const int8_t* w, const float* ws, const int32_t* sums,
+               const float* bias, int n, float* y) {
+  static thread_local std::vector<uint8_t> a;  // kept: faulting fresh pages in on every call costs more
+  static thread_local std::vector<int32_t> c;
+  static thread_local std::vector<float> xs;
+  static thread_local std::vector<int32_t> xz;
+  a.resize(static_cast<size_t>(m) * k);
+  c.resize(static_cast<size_t>(m) * n);
+  xs.resize(m);
+  xz.resize(m);
+  for (long r = 0; r < m; r++)
+    if (!quantize_row(x + r * k, k, k, &a[r * k], &xs[r], &xz[r])) return boundary::NOT_FINITE;
+  const int32_t no_offset = 0;
+  // Column-major, C (n, m) = W (n, k) times the rows of x as columns: C's memory is y's (m, n) row-major.
+  mkl_gemm(102, 112, 111, 173, n, m, k, 1.0f, w, k, 0, a.data(), k, 0, 0.0f, c.data(), n, &no_offset);
+  for (long r = 0; r < m; r++) {
+    const __m512i zero = _mm512_set1_epi32(xz[r]);
+    const __m512 scale = _mm512_set1_ps(xs[r]);
+    for (int j = 0; j < n; j += 16) {
+      const __mmask16 mask = lanes(n - j);
+      const __m512i exact = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(mask, &c[r * n + j]),
+                                             _mm512_mullo_epi32(zero, _mm512_maskz_loadu_epi32(mask, sums + j)));
+      const __m512 add = bias ? _mm512_maskz_loadu_ps(mask, bias + j) : _mm512_setzero_ps();
+      const __m512 out = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact),
+                                         _mm512_mul_ps(scale, _mm512_maskz_loadu_ps(mask, ws + j)), add);
+      _mm512_mask_storeu_ps(y + r * n + j, mask, out);
+    }
+  }
+  return boundary::OK;
+}
+
 }  // namespace
 #endif
 
@@ -160,7 +212,8 @@ constexpr Tile TILES[ROWS + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, t
 extern "C" int embed_int8_matmul(const float* x, int m, int k, const int8_t* packed, const float* scales,
                                  const int32_t* sums, const float* bias, int n, float* y) {
 #ifdef EMBED_INT8
-  return boundary::guarded([&] {
+  return boundary::guarded([&]() -> int {
+    if (mkl_gemm) return mkl_matmul(x, m, k, packed, scales, sums, bias, n, y);
     const long depth = round_up(k, 4);
     std::vector<uint8_t> a(BLOCK * depth);
     float xs[BLOCK];
