@@ -11,6 +11,7 @@
 // is packed: embedder/native/mkl.py), which multiplies in AMX's tiles: weights are then kept as plain (n, k)
 // bfloat16 rows, which oneMKL lays out for its tiles on each call, and x is rounded here the same way.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -32,6 +33,7 @@ using pairs::PANEL;
 using pairs::ROWS;
 
 constexpr int VECTORS = PANEL / 16;  // vectors a depth pair of a panel takes: 16 columns x 2 depths each
+constexpr int MKL_ROWS = 512;        // rows of x per oneMKL call
 
 // oneMKL's cblas_gemm_bf16bf16f32: layout, trans a, trans b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc.
 using MklGemm = void (*)(int, int, int, int, int, int, float, const uint16_t*, int, const uint16_t*, int, float,
@@ -106,15 +108,20 @@ void tile(const uint16_t* a, long depth_pairs, const uint16_t* panel, const floa
 using Tile = void (*)(const uint16_t*, long, const uint16_t*, const float*, int, int, float*);
 constexpr Tile TILES[ROWS + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
 
-// y (m, n) = x (m, k) @ w.T + bias in oneMKL, w the (n, k) bfloat16 rows embed_bf16_pack kept for it.
+// y (m, n) = x (m, k) @ w.T + bias in oneMKL, w the (n, k) bfloat16 rows embed_bf16_pack kept for it; MKL_ROWS
+// rows of x at a time, so that the buffer stays small whatever the batch.
 int mkl_matmul(const float* x, int m, int k, const uint16_t* w, const float* bias, int n, float* y) {
   return boundary::guarded([&] {
     static thread_local std::vector<uint16_t> a;  // kept: faulting fresh pages in on every call costs more
-    if (a.size() < static_cast<size_t>(m) * k) a.resize(static_cast<size_t>(m) * k);
-    to_bf16(x, static_cast<long>(m) * k, a.data());
-    if (bias)
-      for (long r = 0; r < m; r++) std::memcpy(y + r * n, bias, n * sizeof(float));
-    mkl_gemm(101, 111, 112, m, n, k, 1.0f, a.data(), k, w, k, bias ? 1.0f : 0.0f, y, n);  // row-major, x w^T
+    a.resize(static_cast<size_t>(MKL_ROWS) * k);
+    for (long start = 0; start < m; start += MKL_ROWS) {
+      const int rows = static_cast<int>(std::min<long>(MKL_ROWS, m - start));
+      to_bf16(x + start * k, static_cast<long>(rows) * k, a.data());
+      float* out = y + start * n;
+      if (bias)
+        for (long r = 0; r < rows; r++) std::memcpy(out + r * n, bias, n * sizeof(float));
+      mkl_gemm(101, 111, 112, rows, n, k, 1.0f, a.data(), k, w, k, bias ? 1.0f : 0.0f, out, n);  // row-major, x w^T
+    }
     return boundary::OK;
   });
 }

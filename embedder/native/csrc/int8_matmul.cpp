@@ -32,6 +32,7 @@ using packing::round_up;
 constexpr int PANEL = 64;  // output columns a packed panel holds: four vectors of 16 int32 sums
 constexpr int ROWS = 6;    // rows of x one tile multiplies: 6 x 4 accumulators, 4 weight vectors, one broadcast
 constexpr int BLOCK = 192; // rows of x quantized per pass, their uint8 copy small enough to stay in L2
+constexpr int MKL_ROWS = 512;  // rows of x per oneMKL call
 
 // oneMKL's cblas_gemm_s8u8s32: layout, trans a, trans b, offset kind, m, n, k, alpha, a, lda, a's offset, b, ldb,
 // b's offset, beta, c, ldc, c's offsets.
@@ -130,6 +131,18 @@ bool quantize_row(const float* x, int k, long depth, uint8_t* q, float* scale, i
   return true;
 }
 
+// y_row's 16 outputs from column c on (fewer at n) from their int32 sums: the zero point taken out with the weights'
+// sums, both scales undone, the bias added. ws and sums are padded to whole panels.
+inline void store_rescaled(__m512i acc, int32_t zero, float scale, const float* ws, const int32_t* sums,
+                           const float* bias, int c, int n, float* y_row) {
+  const __mmask16 m = lanes(n - c);
+  const __m512i taken = _mm512_mullo_epi32(_mm512_set1_epi32(zero), _mm512_loadu_si512(sums + c));
+  const __m512 both = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_loadu_ps(ws + c));
+  const __m512 add = bias ? _mm512_maskz_loadu_ps(m, bias + c) : _mm512_setzero_ps();
+  const __m512 out = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, taken)), both, add);
+  _mm512_mask_storeu_ps(y_row + c, m, out);
+}
+
 // y[r][c] for r < R rows from `a` and the 64 columns of one panel starting at `column`.
 template <int R>
 void tile(const uint8_t* a, long depth, const int8_t* panel, const float* xs, const int32_t* xz, const float* ws,
@@ -154,53 +167,39 @@ void tile(const uint8_t* a, long depth, const int8_t* panel, const float* xs, co
     }
   }
 #pragma GCC unroll 8
-  for (int r = 0; r < R; r++) {
-    const __m512i zero = _mm512_set1_epi32(xz[r]);
-    const __m512 scale = _mm512_set1_ps(xs[r]);
+  for (int r = 0; r < R; r++)
     for (int v = 0; v < 4; v++) {
       const int c = column + v * 16;
       if (c >= n) break;
-      const __mmask16 m = lanes(n - c);
-      const __m512i exact = _mm512_sub_epi32(acc[r][v], _mm512_mullo_epi32(zero, _mm512_loadu_si512(sums + c)));
-      const __m512 add = bias ? _mm512_maskz_loadu_ps(m, bias + c) : _mm512_setzero_ps();
-      const __m512 out = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(scale, _mm512_loadu_ps(ws + c)), add);
-      _mm512_mask_storeu_ps(y + static_cast<long>(r) * n + c, m, out);
+      store_rescaled(acc[r][v], xz[r], xs[r], ws, sums, bias, c, n, y + static_cast<long>(r) * n);
     }
-  }
 }
 
 using Tile = void (*)(const uint8_t*, long, const int8_t*, const float*, const int32_t*, const float*,
                       const int32_t*, const float*, int, int, float*);
 constexpr Tile TILES[ROWS + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
 
-// y (m, n) = x (m, k) @ w.T + bias in oneMKL, w the (n, k) int8 rows embed_int8_pack kept for it.
+// y (m, n) = x (m, k) @ w.T + bias in oneMKL, w the (n, k) int8 rows embed_int8_pack kept for it; MKL_ROWS rows
+// of x at a time, so that the buffers stay small whatever the batch.
 int mkl_matmul(const float* x, int m, int k, const int8_t* w, const float* ws, const int32_t* sums,
                const float* bias, int n, float* y) {
   static thread_local std::vector<uint8_t> a;  // kept: faulting fresh pages in on every call costs more
   static thread_local std::vector<int32_t> c;
-  static thread_local std::vector<float> xs;
-  static thread_local std::vector<int32_t> xz;
-  a.resize(static_cast<size_t>(m) * k);
-  c.resize(static_cast<size_t>(m) * n);
-  xs.resize(m);
-  xz.resize(m);
-  for (long r = 0; r < m; r++)
-    if (!quantize_row(x + r * k, k, k, &a[r * k], &xs[r], &xz[r])) return boundary::NOT_FINITE;
+  a.resize(static_cast<size_t>(MKL_ROWS) * k);
+  c.resize(static_cast<size_t>(MKL_ROWS) * n);
+  float xs[MKL_ROWS];
+  int32_t xz[MKL_ROWS];
   const int32_t no_offset = 0;
-  // Column-major, C (n, m) = W (n, k) times the rows of x as columns: C's memory is y's (m, n) row-major.
-  mkl_gemm(102, 112, 111, 173, n, m, k, 1.0f, w, k, 0, a.data(), k, 0, 0.0f, c.data(), n, &no_offset);
-  for (long r = 0; r < m; r++) {
-    const __m512i zero = _mm512_set1_epi32(xz[r]);
-    const __m512 scale = _mm512_set1_ps(xs[r]);
-    for (int j = 0; j < n; j += 16) {
-      const __mmask16 mask = lanes(n - j);
-      const __m512i exact = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(mask, &c[r * n + j]),
-                                             _mm512_mullo_epi32(zero, _mm512_maskz_loadu_epi32(mask, sums + j)));
-      const __m512 add = bias ? _mm512_maskz_loadu_ps(mask, bias + j) : _mm512_setzero_ps();
-      const __m512 out = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact),
-                                         _mm512_mul_ps(scale, _mm512_maskz_loadu_ps(mask, ws + j)), add);
-      _mm512_mask_storeu_ps(y + r * n + j, mask, out);
-    }
+  for (long start = 0; start < m; start += MKL_ROWS) {
+    const int rows = static_cast<int>(std::min<long>(MKL_ROWS, m - start));
+    for (int r = 0; r < rows; r++)
+      if (!quantize_row(x + (start + r) * k, k, k, &a[r * k], &xs[r], &xz[r])) return boundary::NOT_FINITE;
+    // Column-major, C (n, rows) = W (n, k) times the rows of x as columns: C's memory is y's (rows, n) row-major.
+    mkl_gemm(102, 112, 111, 173, n, rows, k, 1.0f, w, k, 0, a.data(), k, 0, 0.0f, c.data(), n, &no_offset);
+    for (int r = 0; r < rows; r++)
+      for (int j = 0; j < n; j += 16)
+        store_rescaled(_mm512_maskz_loadu_epi32(lanes(n - j), &c[static_cast<long>(r) * n + j]), xz[r], xs[r], ws,
+                       sums, bias, j, n, y + (start + r) * n);
   }
   return boundary::OK;
 }
