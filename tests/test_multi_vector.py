@@ -153,7 +153,8 @@ def test_embed_rerank_by_maxsim(tmp_path, colbert):
 
 def test_server_routes(colbert):
     """TEI's /embed_all and vLLM's /pooling (token_embed) give the multi-vectors (`prompt_name: query` for a query),
-    /rerank and /score MaxSim; the pooled routes refuse in OpenAI's shape."""
+    /rerank, /score and TEI's /similarity (the source sentence the query) MaxSim; the pooled routes refuse in
+    OpenAI's shape."""
     import httpx
 
     engine = EmbeddingEngine(str(colbert))
@@ -166,6 +167,12 @@ def test_server_routes(colbert):
         pooling = http.post("/pooling", json={"input": DOCUMENTS[:2], "task": "token_embed"})
         rerank = http.post("/rerank", json={"query": QUERIES[0], "texts": DOCUMENTS[:2]})
         score = http.post("/score", json={"text_1": QUERIES[0], "text_2": DOCUMENTS[:2]})
+        pair = {"source_sentence": QUERIES[0], "sentences": DOCUMENTS[:2]}
+        similarity = http.post("/similarity", json={"inputs": pair})
+        prompted = http.post("/similarity", json={"inputs": pair, "prompt_name": "query"})
+        long_document = http.post("/similarity", json={"inputs": {"source_sentence": QUERIES[0],
+                                                                  "sentences": [DOCUMENTS[0], DOCUMENTS[3]]},
+                                                       "truncate": False})
         refused = http.post("/v1/embeddings", json={"input": "a"})
         too_long = http.post("/embed_all", json={"inputs": DOCUMENTS[3], "truncate": False})  # over 40 tokens
     assert embed_all.status_code == 200, embed_all.text
@@ -178,5 +185,9 @@ def test_server_routes(colbert):
     np.testing.assert_allclose(sorted(r["score"] for r in rerank.json()), sorted(scores), rtol=1e-5)
     assert score.status_code == 200, score.text
     np.testing.assert_allclose([d["score"] for d in score.json()["data"]], scores, rtol=1e-5)
+    assert similarity.status_code == 200, similarity.text
+    np.testing.assert_allclose(similarity.json(), scores, rtol=1e-5)
+    assert prompted.status_code == 413 and "'prompt_name' does not apply" in prompted.json()["error"], prompted.text
+    assert long_document.status_code == 413 and "input 1" in long_document.json()["error"], long_document.text
     assert refused.status_code == 400 and "multi-vector" in refused.json()["error"]["message"]
     assert too_long.status_code == 413 and "maximum of 40" in too_long.json()["error"], too_long.text

@@ -87,8 +87,10 @@ def test_a_long_text_in_windows_takes_the_max_over_them(splade):
 
 
 def test_a_splade_model_ranks_by_dot_product(splade):
-    """Rerank and score with a SPLADE model use SparseEncoder's similarity, the dot product of the sparse vectors."""
+    """Rerank, score and TEI's /similarity with a SPLADE model use SparseEncoder's similarity, the dot product of the
+    sparse vectors."""
     require_oracle()
+    import httpx
     from sentence_transformers import SparseEncoder
 
     documents = ["The quick brown fox.", "a", "Emoji 🎉 and accents: café", "long " * 50]
@@ -98,6 +100,11 @@ def test_a_splade_model_ranks_by_dot_product(splade):
     np.testing.assert_allclose(engine.score([("quick fox", d) for d in documents]), want, rtol=1e-4)
     assert [i for i, _ in engine.rerank("quick fox", documents)] == list(np.argsort(-want, kind="stable"))
     engine.unload()
+    with running_server(str(splade)) as url:
+        similarity = httpx.post(f"{url}/similarity", timeout=60,
+                                json={"inputs": {"source_sentence": "quick fox", "sentences": documents}})
+    assert similarity.status_code == 200, similarity.text
+    np.testing.assert_allclose(similarity.json(), want, rtol=1e-4)
 
 
 def test_max_active_dims_keeps_each_vectors_largest_weights(work, minilm_path, splade):

@@ -287,14 +287,35 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
 
     @app.post("/similarity", response_model=list[float])
     async def similarity(body: TEISimilarityRequest, request: Request) -> Response:
-        """Text Embeddings Inference's /similarity: the cosine similarity of the source sentence to each sentence."""
+        """Text Embeddings Inference's /similarity: the source sentence's similarity to each sentence, as the model
+        scores it: the cosine of pooled vectors; a multi-vector (ColBERT) model's MaxSim, the source sentence its
+        query and the sentences its documents (MultiVectorEncoder's similarity); a SPLADE model's dot product."""
         if not body.inputs.sentences:
             raise EmptyInput("'inputs.sentences' is an empty list; send at least one sentence to compare", "inputs")
-        answer = await tei_vectors(body, [body.inputs.source_sentence, *body.inputs.sentences], request, True)
-        if answer is None:
+        served = registry.resolve(body.model)
+        engine = await _engine(registry, served)
+        if engine.multi_vector or engine.sparse:
+            scores = await scored_similarity(body, _client_name(served, body.model), engine, request)
+        else:
+            answer = await tei_vectors(body, [body.inputs.source_sentence, *body.inputs.sentences], request, True)
+            scores = None if answer is None else answer[1][1:] @ answer[1][0]
+        if scores is None:
             return Response(status_code=CLIENT_CLOSED)
-        vectors = answer[1]
-        return Response(json.dumps((vectors[1:] @ vectors[0]).tolist()), media_type="application/json")
+        return Response(json.dumps(scores.tolist()), media_type="application/json")
+
+    async def scored_similarity(body: TEISimilarityRequest, name: str, engine: EmbeddingEngine, request: Request
+                                ) -> np.ndarray | None:
+        """/similarity by the engine's pair scores (`submit_scores`), whose sides take the model's own prompts."""
+        if body.prompt_name is not None or body.keep_last is not None:
+            field = "prompt_name" if body.prompt_name is not None else "truncation_direction"
+            raise InputError(f"'{field}' does not apply to {name}'s similarity, which scores the source sentence as a "
+                             "query and the sentences as documents", field)
+        source, sentences = body.inputs.source_sentence, body.inputs.sentences
+        with admission.admit(len(sentences) + 1):
+            if body.truncate is False:
+                await run_in_threadpool(_refuse_long_sides, engine, source, sentences)
+            future, _ = await run_in_threadpool(engine.submit_scores, [source] * len(sentences), sentences)
+            return await _result(future, request.receive)
 
     @app.post("/", include_in_schema=False)
     async def tei_root(request: Request) -> Response:
@@ -568,6 +589,13 @@ def _refuse_long(engine: EmbeddingEngine, texts: list[str], prompt_name: str | N
     tokenizer = engine.model.tokenizer
     tokenizer.refuse_long(tokenizer.whole_lengths(texts, engine.resolve_prompt(None, prompt_name)),
                           "; send 'truncate': true to cut it", "inputs", engine.input_length(query))
+
+
+def _refuse_long_sides(engine: EmbeddingEngine, query: str, documents: list[str]) -> None:
+    """TEI's `truncate: false` where a query and its documents are embedded apart, each with its side's prompt
+    and, for a multi-vector model, its side's length."""
+    _refuse_long(engine, [query], engine.side_prompt(True) if engine.multi_vector else None, True)
+    _refuse_long(engine, documents, engine.side_prompt(False) if engine.multi_vector else None, False)
 
 
 def _refuse_long_pairs(engine: EmbeddingEngine, query: str, documents: list[str]) -> None:
