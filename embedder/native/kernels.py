@@ -97,9 +97,10 @@ def onemkl(dtype: str) -> bool:
     """Whether `dtype`'s ("bfloat16" or "int8") weights are kept for and multiplied by oneMKL (`mkl.gemm`):
     decided once a process, at the first such weight packed, so that a float32 run never loads it."""
     gemm = mkl.gemm(dtype)
-    if gemm is not None:
-        library = _bf16_kernels() if dtype == "bfloat16" else _int8_kernels()
-        (library.embed_bf16_use_mkl if dtype == "bfloat16" else library.embed_int8_use_mkl)(gemm)
+    if gemm is not None and dtype == "bfloat16":
+        _bf16_kernels().embed_bf16_use_mkl(gemm)
+    elif gemm is not None:
+        _int8_kernels().embed_int8_use_mkl(gemm)
     return gemm is not None
 
 
