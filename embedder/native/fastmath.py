@@ -15,6 +15,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -193,12 +194,18 @@ def encoder_layers(x: mx.array, packed: PackedTokens, layers: list[LayerParts],
 
 def _stack_cache(module: nn.Module) -> dict:
     """The native layer structures' cache (`kernels.encoder_layers`), kept on the stack's first projection: it lives
-    and goes with the model. Not a parameter: nothing saves or loads it."""
-    cache = module.__dict__.get("_native_stacks")
-    if cache is None:
-        cache = {}
-        object.__setattr__(module, "_native_stacks", cache)
-    return cache
+    and goes with the model."""
+    return _kept(module, "_native_stacks", None, lambda _: {})
+
+
+def _kept(module: nn.Module, name: str, source: Any, make: Callable[[Any], Any]) -> Any:
+    """`make(source)`, made at the first call and kept on `module` under `name` until `source` is replaced (an
+    attribute, not a parameter: nothing saves or loads it)."""
+    cached = module.__dict__.get(name)
+    if cached is None or cached[0] is not source:
+        cached = (source, make(source))
+        object.__setattr__(module, name, cached)
+    return cached[1]
 
 
 # The memory the packed copies of a model's float32 projections (`Linear.small_batch_weight`) may take: 42 MB for
@@ -316,11 +323,7 @@ class Linear(nn.Linear):
     def small_batch_weight(self) -> np.ndarray | None:
         """The weight packed once for `encoder_layers`' small batches (`kernels.pack_f32`), made at first use and
         again if the weight is replaced; it is a copy, as large as the weight."""
-        weight, cached = self["weight"], self.__dict__.get("_small_batches")
-        if cached is None or cached[0] is not weight:
-            cached = (weight, kernels.pack_f32(weight))
-            object.__setattr__(self, "_small_batches", cached)  # not a parameter: nothing saves or loads it
-        return cached[1]
+        return _kept(self, "_small_batches", self["weight"], kernels.pack_f32)
 
 
 class PackedLinear(nn.Module):
@@ -349,11 +352,7 @@ class PackedLinear(nn.Module):
         first read; int8 layers, only ever our own encoders', keep none."""
         if isinstance(self.packed, kernels.Int8Weight):
             raise AttributeError("an int8 layer keeps no float weight")
-        cached = self.__dict__.get("_unpacked")
-        if cached is None or cached[0] is not self.packed:  # unpacked once, not on every batch that reads it
-            cached = (self.packed, kernels.unpack(self.packed))
-            object.__setattr__(self, "_unpacked", cached)  # not a parameter: nothing saves or loads it
-        return cached[1]
+        return _kept(self, "_unpacked", self.packed, kernels.unpack)  # not on every batch that reads it
 
 
 # A gated feed-forward's gate activation -> its native kernels' name (`kernels.FEED_FORWARDS`).
