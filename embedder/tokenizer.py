@@ -77,9 +77,14 @@ class TextTokenizer:
         return self.decode(list(ids), skip_special_tokens)
 
     def _prompted(self, texts: Sequence[str], prompt: str | None) -> list[str]:
+        """The texts checked as the caller gave them (an error names a character of their own), then prompted."""
         if prompt and (at := lone_surrogate(prompt)) is not None:
             raise InputError(f"the prompt holds a lone UTF-16 surrogate at character {at}, which is not text", "prompt")
-        return self._checked([(prompt or "") + t for t in texts])
+        texts = self._checked(texts)
+        if not prompt:
+            return texts
+        prompt = prompt.lower() if self.do_lower_case else prompt
+        return [prompt + t for t in texts]
 
     def encode_pairs(self, firsts: Sequence[str], seconds: Sequence[str]) -> "Pairs":
         """Each (first, second) pair as one input, as transformers tokenizes a pair for a cross-encoder: both texts

@@ -176,6 +176,14 @@ def test_bad_token_ids_and_dimensions(engine):
         engine.embed(["x"], dimensions=385)
 
 
+def test_a_lone_surrogate_is_placed_in_the_callers_own_text(engine):
+    """With a prompt (given, or a model's named one) prepended, the error still counts the caller's characters."""
+    for prompt in (None, "query: "):
+        with pytest.raises(InputError, match="input 1 holds a lone UTF-16 surrogate at character 2,"):
+            engine.tokenize(["fine", "ab\ud800c"], prompt=prompt)
+    assert engine.tokenize(["ab"], prompt="Query: ")[0] == engine.tokenize(["query: ab"])[0]  # lowercased alike
+
+
 def test_no_truncate_raises_naming_the_input(minilm_path):
     e = EmbeddingEngine(str(minilm_path), truncate=False)
     with pytest.raises(InputTooLong, match="input 1"):
