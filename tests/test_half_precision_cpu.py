@@ -149,14 +149,34 @@ def test_every_bfloat16_and_int8_test_passes_on_the_other_gemm():
     assert " passed" in result.stdout and " failed" not in result.stdout
 
 
-def test_a_bad_embed_gemm_is_refused_by_name(monkeypatch):
-    monkeypatch.setenv(mkl.ENV_VAR, "fastest")
+@pytest.fixture
+def fresh_gemm_choice():
+    """`mkl.gemm` decides again inside the test, and again after it, as the process would."""
     mkl.gemm.cache_clear()
-    try:
-        with pytest.raises(ModelError, match="EMBED_GEMM='fastest': expected one of auto, mkl, native"):
-            mkl.gemm("int8")
-    finally:
-        mkl.gemm.cache_clear()
+    mkl._library.cache_clear()
+    yield
+    mkl.gemm.cache_clear()
+    mkl._library.cache_clear()
+
+
+def test_a_bad_embed_gemm_is_refused_by_name(monkeypatch, fresh_gemm_choice):
+    monkeypatch.setenv(mkl.ENV_VAR, "fastest")
+    with pytest.raises(ModelError, match="EMBED_GEMM='fastest': expected one of auto, mkl, native"):
+        mkl.gemm("int8")
+
+
+def test_without_onemkl_an_amx_cpu_is_told_the_extra_and_mkl_is_refused(monkeypatch, fresh_gemm_choice):
+    """Where oneMKL is not installed: `auto` on a CPU listing AMX warns, naming the extra, and runs our kernels;
+    `mkl` is refused in one line."""
+    monkeypatch.setattr(mkl, "dist_paths", lambda dist, pattern: [])
+    monkeypatch.setattr(mkl, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16", "amx_int8"})
+    monkeypatch.setenv(mkl.ENV_VAR, "auto")
+    with pytest.warns(RuntimeWarning, match=r"this CPU has AMX, but oneMKL is not installed \(pip install 'embed\[amx\]'\)"):
+        assert mkl.gemm("bfloat16") is None
+    mkl.gemm.cache_clear()
+    monkeypatch.setenv(mkl.ENV_VAR, "mkl")
+    with pytest.raises(ModelError, match="EMBED_GEMM=mkl: oneMKL is not installed"):
+        mkl.gemm("int8")
 
 
 @pytest.mark.parametrize("dtype", _dtypes("float16", "bfloat16"))
