@@ -40,8 +40,7 @@ class StaticSparse:
 
     def rows(self, texts: Sequence[str], prompt: str | None) -> list[QueryTokens]:
         """Each query's token ids, without special tokens, cut at `max_length`."""
-        texts = [(prompt or "") + t for t in texts]
-        return [QueryTokens(found.ids[:self.max_length]) for found in self.tokenizer.whole_tokens(texts, False)]
+        return [QueryTokens(found.ids[:self.max_length]) for found in self.tokenizer.whole_tokens(texts, False, prompt)]
 
     def vectors(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """(rows, vocabulary): each token a row holds, weighed once however often it comes."""

@@ -64,9 +64,11 @@ class TextTokenizer:
         on a server that cuts them."""
         return [len(row) for row in self.encode_whole(self._prompted(texts, prompt))]
 
-    def whole_tokens(self, texts: Sequence[str], special_tokens: bool = True) -> list[Tokens]:
-        """Each text's tokenization, never cut, with its tokens' strings and spans (the servers' /tokenize)."""
-        return self.tokens(self._checked(texts), special_tokens)
+    def whole_tokens(self, texts: Sequence[str], special_tokens: bool = True,
+                     prompt: str | None = None) -> list[Tokens]:
+        """Each text's tokenization (`prompt` first), never cut, with its tokens' strings and spans (the servers'
+        /tokenize)."""
+        return self.tokens(self._prompted(texts, prompt), special_tokens)
 
     def text_of(self, ids: Sequence[int], skip_special_tokens: bool = True, param: str = "ids") -> str:
         """Token ids back to text (/detokenize, /decode); an id outside the vocabulary is refused, naming `param`."""

@@ -237,6 +237,8 @@ def test_an_inference_free_model_weighs_queries_from_its_table(tmp_path, work, m
     want = st.encode_query(queries, convert_to_sparse_tensor=False).numpy()
     got = engine.embed(queries, prompt_name="query")
     np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(InputError, match="input 1 holds a lone UTF-16 surrogate at character 2,"):
+        engine.tokenize(["fine", "ab\ud800"], prompt="q: ", prompt_name="query")  # the caller's characters counted
     assert ((got > 0).sum(1) == (want > 0).sum(1)).all()
     scores = st.similarity(st.encode_query(queries[:2]), st.encode_document(TEXTS)).numpy()
     np.testing.assert_allclose([engine.score([(q, d) for d in TEXTS]) for q in queries[:2]], scores, rtol=1e-4)
