@@ -82,7 +82,6 @@ class PipelineSpec:
     scores: ScoreSpec | None = None  # a cross-encoder: the model scores text pairs instead of embedding texts
     splade: SpladeSpec | None = None  # a sparse encoder: vocabulary weights from its masked-LM head, pooled
     multi_vector: MultiVectorSpec | None = None  # a late-interaction (ColBERT) model: `dense` runs on every token
-    encoder_dir: Path | None = None  # where the encoder's own files are, when not in the model's folder (a Router's)
 
 
 def read_json(path: Path) -> dict | list:
@@ -320,5 +319,4 @@ def _inference_free_pipeline(model_dir: Path, st_config: dict, common: dict) -> 
     if (encoder / "sentence_bert_config.json").exists():
         common["max_seq_length"] = read_json(encoder / "sentence_bert_config.json").get("max_seq_length")
     common["max_seq_length"] = common["max_seq_length"] or tokenizer_max_length(encoder)
-    return PipelineSpec(pooling=("splade",), splade=splade, has_st_files=True, encoder_dir=encoder_folder(model_dir),
-                        **common)
+    return PipelineSpec(pooling=("splade",), splade=splade, has_st_files=True, **common)
