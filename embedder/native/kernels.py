@@ -431,6 +431,7 @@ def _layer_stack(layers: list[EncoderLayer], dim: int) -> tuple[ctypes.Array, li
 
     def projection(p: Projection) -> _Projection:
         (n, k), w = p.weight.shape, p.weight
+        held.append(w)  # what `_stack_key` names by identity, alive while the structures are cached
         bias = address(_vector(p.bias, n, "bias"))
         if isinstance(w, Int8Weight):
             return _Projection(packed=address(w.packed), scales=address(w.scales), sums=address(w.sums), bias=bias,
