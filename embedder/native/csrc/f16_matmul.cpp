@@ -90,8 +90,8 @@ __m512 pair_sums(__m512 lo, __m512 hi) {
 // y[r][column + c] for r < R rows of `a` (float16, `depth_pairs` pairs each) and the 64 columns of one panel.
 // The float16 sums (R x 4 registers) are added into float32 ones kept in L1 every BLOCK pairs.
 template <int R>
-void tile(const uint16_t* a, long depth_pairs, const uint16_t* panel, const float* xs, const float* ws, const float* bias,
-          int column, int n, float* y) {
+void tile(const uint16_t* a, long depth_pairs, const uint16_t* panel, const float* xs, const float* ws,
+          const float* bias, int column, int n, float* y) {
   alignas(64) float sums[R][VECTORS][32] = {};  // lanes 2c, 2c + 1: column c's two depths
   for (long start = 0; start < depth_pairs; start += BLOCK) {
     const long end = std::min<long>(depth_pairs, start + BLOCK);
