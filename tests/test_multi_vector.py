@@ -170,6 +170,8 @@ def test_server_routes(colbert):
         pair = {"source_sentence": QUERIES[0], "sentences": DOCUMENTS[:2]}
         similarity = http.post("/similarity", json={"inputs": pair})
         prompted = http.post("/similarity", json={"inputs": pair, "prompt_name": "query"})
+        long_text = http.post("/rerank", json={"query": QUERIES[0], "texts": [DOCUMENTS[0], DOCUMENTS[3]],
+                                               "truncate": False})
         long_document = http.post("/similarity", json={"inputs": {"source_sentence": QUERIES[0],
                                                                   "sentences": [DOCUMENTS[0], DOCUMENTS[3]]},
                                                        "truncate": False})
@@ -189,5 +191,6 @@ def test_server_routes(colbert):
     np.testing.assert_allclose(similarity.json(), scores, rtol=1e-5)
     assert prompted.status_code == 413 and "'prompt_name' does not apply" in prompted.json()["error"], prompted.text
     assert long_document.status_code == 413 and "input 1" in long_document.json()["error"], long_document.text
+    assert long_text.status_code == 413 and "input 1" in long_text.json()["error"], long_text.text
     assert refused.status_code == 400 and "multi-vector" in refused.json()["error"]["message"]
     assert too_long.status_code == 413 and "maximum of 40" in too_long.json()["error"], too_long.text

@@ -583,30 +583,30 @@ def _token_ids(engine: EmbeddingEngine, inputs: Inputs, body: EmbeddingRequest) 
                            engine.options.long_input_mode)
 
 
-def _refuse_long(engine: EmbeddingEngine, texts: list[str], prompt_name: str | None, query: bool = False) -> None:
+def _refuse_long(engine: EmbeddingEngine, texts: list[str], prompt_name: str | None, query: bool = False,
+                 param: str = "inputs") -> None:
     """TEI's `truncate: false`: an input over the model's length (a multi-vector model's query or document length)
-    is refused, though this server would cut it."""
+    is refused, though this server would cut it; `param` names the request's field."""
     tokenizer = engine.model.tokenizer
     tokenizer.refuse_long(tokenizer.whole_lengths(texts, engine.resolve_prompt(None, prompt_name)),
-                          "; send 'truncate': true to cut it", "inputs", engine.input_length(query))
+                          "; send 'truncate': true to cut it", param, engine.input_length(query))
 
 
-def _refuse_long_sides(engine: EmbeddingEngine, query: str, documents: list[str]) -> None:
+def _refuse_long_sides(engine: EmbeddingEngine, query: str, documents: list[str],
+                       params: tuple[str, str] = ("inputs", "inputs")) -> None:
     """TEI's `truncate: false` where a query and its documents are embedded apart, each with its side's prompt
-    and, for a multi-vector model, its side's length."""
-    _refuse_long(engine, [query], engine.side_prompt(True) if engine.multi_vector else None, True)
-    _refuse_long(engine, documents, engine.side_prompt(False) if engine.multi_vector else None, False)
+    and, for a multi-vector model, its side's length; `params` names the two fields."""
+    _refuse_long(engine, [query], engine.side_prompt(True) if engine.multi_vector else None, True, params[0])
+    _refuse_long(engine, documents, engine.side_prompt(False) if engine.multi_vector else None, False, params[1])
 
 
 def _refuse_long_pairs(engine: EmbeddingEngine, query: str, documents: list[str]) -> None:
-    """TEI's `truncate: false` on /rerank: a (query, text) pair over the model's length is refused, naming the text
-    (an embedding model, which ranks by cosine, embeds the query and each text alone)."""
+    """TEI's `truncate: false` on /rerank: a (query, text) pair over a cross-encoder's length is refused, naming
+    the text; any other model embeds the query and each text apart, each refused over its own side's length."""
+    if not engine.cross_encoder:
+        return _refuse_long_sides(engine, query, documents, ("query", "texts"))
     tokenizer = engine.model.tokenizer
-    if engine.cross_encoder:
-        lengths = tokenizer.pair_whole_lengths([query] * len(documents), documents)
-    else:
-        query_length, *lengths = tokenizer.whole_lengths([query, *documents])
-        tokenizer.refuse_long([query_length], "; send 'truncate': true to cut it", "query")
+    lengths = tokenizer.pair_whole_lengths([query] * len(documents), documents)
     tokenizer.refuse_long(lengths, "; send 'truncate': true to cut it", "texts")
 
 
