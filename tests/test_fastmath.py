@@ -393,20 +393,22 @@ def test_gated_rotary_layers_on_packed_rows_equal_the_padded_layers(dtype, famil
     _assert_packed_layers_equal_padded(rng, layers, family, dtype, native, rotation=rotation)
 
 
+@pytest.mark.parametrize("width", [40, 44])
 @pytest.mark.parametrize("sequences", [5, 120])
-def test_one_call_layers_on_both_sides_of_the_small_batch_bound(sequences):
+def test_one_call_layers_on_both_sides_of_the_small_batch_bound(sequences, width):
     """Under 512 packed rows (`kernels.SMALL_BATCH_ROWS`) the float32 projections run on weights packed once, from
-    there on in the BLAS: both give the padded MLX layers' values, here with widths that are not multiples of 64."""
+    there on in the BLAS: both give the padded MLX layers' values, here with widths that are not multiples of 64
+    (AVX-512's panel) nor, for 44 and its 132-wide qkv, of 8 (an AVX2 vector)."""
     from embedder.models.bert import run_layers
 
     _native_or_skip()
     rng = np.random.default_rng(sequences)
-    layers = [_bert_layer(rng, 40, 4) for _ in range(2)]
+    layers = [_bert_layer(rng, width, 4) for _ in range(2)]
     lengths = rng.integers(1, 10, sequences)
     lengths[0] = 9
     keep = np.arange(9) < lengths[:, None]
     assert (keep.sum() < 512) == (sequences == 5)
-    x = mx.array(rng.standard_normal((sequences, 9, 40)).astype(np.float32))
+    x = mx.array(rng.standard_normal((sequences, 9, width)).astype(np.float32))
     packed = fastmath.PackedTokens.of(mx.array(keep.astype(np.int32)), x, 10)
     one_call = fastmath.encoder_layers(packed.pack(x), packed, [layer.parts() for layer in layers])
     want = np.asarray(run_layers(layers, x, mx.array(keep)[:, None, None, :]))

@@ -297,7 +297,7 @@ SMALL_BATCH_ROWS = 512  # below it `pack_f32`'s kernel beats the BLAS (csrc/f32_
 
 def pack_f32(weight: mx.array) -> np.ndarray | None:
     """`weight` (out, in), float32, packed for `encoder_layers`' small batches; None where that kernel does not run
-    here (no AVX-512)."""
+    here (no AVX2 with FMA)."""
     library = _f32_kernels()
     if library is None:
         return None
