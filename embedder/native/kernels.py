@@ -457,7 +457,7 @@ def _layer_stack(layers: list[EncoderLayer], dim: int) -> tuple[ctypes.Array, li
 
 
 def max_head_dim() -> int:
-    """The largest attention head size the kernel handles on this CPU (128 with AVX-512, 64 with AVX2)."""
+    """The largest attention head size the kernel handles (128)."""
     return _kernels().max_head_dim
 
 

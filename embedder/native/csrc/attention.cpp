@@ -95,7 +95,7 @@ inline float exp_row(float* s, int n) {
   return 1.0f / sum(total);
 }
 
-constexpr int KB = 4;  // vectors of keys per block of packed keys
+constexpr int KB = ACCUMULATORS / 4;  // vectors of keys per block of packed keys: a scores tile's 4 x KB sums
 
 // One sequence's q, k, v gathered head by head, and its output, so that the projections are read and the output
 // written in one pass each, row after row: per head, a row's few strided floats would miss the cache every time.
@@ -170,7 +170,8 @@ void pack_keys(const float* k, int npad, int D, float* packed) {
 template <int NV>
 void head(Scratch& m, int H, int h) {
   const int n = m.n, nk = m.nk, npad = (nk + W - 1) / W * W, D = m.D, dv = m.dv;
-  constexpr int R = NV <= 2 ? 8 : NV <= 4 ? 4 : 2;  // at most 16 accumulators
+  // Queries a values tile takes: the most of 8, 4, 2 whose NV sums each fit ACCUMULATORS (one at least)
+  constexpr int R = 8 * NV <= ACCUMULATORS ? 8 : 4 * NV <= ACCUMULATORS ? 4 : 2 * NV <= ACCUMULATORS ? 2 : 1;
   const float *q = m.head_q(h), *k = m.packed.data(), *v = m.head_v(h);
   float *s = m.s.data(), *o = m.o.data();
   pack_keys(m.head_k(h), npad, D, m.packed.data());
@@ -250,10 +251,27 @@ void attention(const float* qkv, const uint8_t* keep, const int* starts, const i
   }
 }
 
+constexpr int MAX_HEAD_DIM = 128;
+
+// attention<NV> for a head of `vectors` vectors, NV counting up to it.
+template <int NV>
+int dispatch(int vectors, const float* qkv, const uint8_t* keep, const int* starts, const int* keys,
+             const float* bias, const EmbedRotary* rotary, int window, float* out, int B, int L, int H, int D,
+             float scale) {
+  if constexpr (NV * W > MAX_HEAD_DIM) {
+    return boundary::NO_KERNEL;
+  } else {
+    if (vectors != NV)
+      return dispatch<NV + 1>(vectors, qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale);
+    attention<NV>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale);
+    return boundary::OK;
+  }
+}
+
 }  // namespace
 
-// The largest head size with a kernel here: 8 vectors (128 floats with AVX-512, 64 with AVX2).
-extern "C" int embed_max_head_dim() { return 8 * W; }
+// The largest head size with a kernel.
+extern "C" int embed_max_head_dim() { return MAX_HEAD_DIM; }
 
 // qkv: (B, L, 3, H, D) float32, C order; keep: (B, L) bytes, nonzero at real tokens, or null; bias: (H, L, L)
 // float32 added to the scaled scores, or null; rotary: RoPE's tables for positions 0 to L - 1, or null; window:
@@ -270,16 +288,6 @@ extern "C" int embed_self_attention(const float* qkv, const uint8_t* keep, const
   return boundary::guarded([&]() -> int {
     if ((rotary && (rotary->dims <= 0 || rotary->dims % 2 || rotary->dims > D)) || window < 0) return boundary::FAILED;
     if (keys && (window || !starts)) return boundary::FAILED;
-    switch ((D + W - 1) / W) {
-      case 1: attention<1>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 2: attention<2>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 3: attention<3>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 4: attention<4>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 5: attention<5>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 6: attention<6>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 7: attention<7>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      case 8: attention<8>(qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale); return boundary::OK;
-      default: return boundary::NO_KERNEL;
-    }
+    return dispatch<1>((D + W - 1) / W, qkv, keep, starts, keys, bias, rotary, window, out, B, L, H, D, scale);
   });
 }

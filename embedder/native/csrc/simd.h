@@ -1,5 +1,7 @@
-// Vectors of 16 floats for the kernels in this folder. GCC vector types compile to AVX-512, AVX2 or SSE
-// (whatever -march=native offers) and to plain code elsewhere; no intrinsics, so any g++ builds them.
+// Vectors of floats for the kernels in this folder, one machine register wide: 16 floats with AVX-512, 8 otherwise
+// (AVX2; SSE and plain code take two or more instructions a vector). GCC vector types compile to whatever
+// -march=native offers; no intrinsics, so any g++ builds them. Tiles are sized by ACCUMULATORS: a 16-float vector
+// on AVX2 would take two of its 16 registers, and tiles sized for AVX-512's 32 spill to memory on every step.
 #pragma once
 
 #include <cstdint>
@@ -7,11 +9,17 @@
 
 namespace simd {
 
-constexpr int W = 16;  // floats per vector
+#ifdef __AVX512F__
+constexpr int W = 16;             // floats per vector
+constexpr int ACCUMULATORS = 16;  // vectors of sums a tile may keep in registers (of 32), leaving room for operands
+#else
+constexpr int W = 8;
+constexpr int ACCUMULATORS = 8;  // of 16 registers
+#endif
 
-typedef float vec __attribute__((vector_size(64)));
-typedef float vec_unaligned __attribute__((vector_size(64), aligned(4)));
-typedef int32_t ivec __attribute__((vector_size(64)));
+typedef float vec __attribute__((vector_size(W * 4)));
+typedef float vec_unaligned __attribute__((vector_size(W * 4), aligned(4)));
+typedef int32_t ivec __attribute__((vector_size(W * 4)));
 
 inline vec load(const float* p) { return *reinterpret_cast<const vec_unaligned*>(p); }
 inline void store(float* p, vec v) { *reinterpret_cast<vec_unaligned*>(p) = v; }
@@ -29,7 +37,8 @@ inline void store_part(float* p, vec v, int n) { std::memcpy(p, &v, n * sizeof(f
 inline vec load_n(const float* p, int n) { return n == W ? load(p) : load_part(p, n); }
 inline void store_n(float* p, vec v, int n) { n == W ? store(p, v) : store_part(p, v, n); }
 inline vec first_n(vec v, int n) {
-  const ivec lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  ivec lane;
+  for (int c = 0; c < W; c++) lane[c] = c;
   return lane < n ? v : vec{};
 }
 
