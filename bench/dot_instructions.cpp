@@ -1,8 +1,10 @@
 // Multiply-adds per second on one core, by instruction: float32 FMA (what OpenBLAS's sgemm runs), bf16 pairs
 // (AVX512-BF16 `vdpbf16ps`, what a bf16 matmul without AMX would run), float16 FMA (AVX512-FP16 `vfmadd231ph`,
-// what `--dtype float16` runs) and int8 quads (AVX512-VNNI `vpdpbusd`, what `--dtype int8` runs). Each loop keeps
-// 16 independent accumulators, enough to hide every latency, so the figure is the instruction's throughput on this
-// core. It says which reduced precision can pay before writing a kernel for it (issue 16).
+// what `--dtype float16` runs) and int8 quads (AVX512-VNNI `vpdpbusd`, what `--dtype int8` runs). On a CPU without
+// AVX-512 (AVX2): 8-float FMA, and int8 the only way AVX2 has, `vpmaddubsw` (byte pairs to int16) then `vpmaddwd`
+// by ones (to int32) then an add, what an int8 matmul without VNNI would run. Each loop keeps 16 independent
+// accumulators, enough to hide every latency, so the figure is the instructions' throughput on this core. It says
+// which reduced precision can pay before writing a kernel for it (issue 16).
 //
 //   g++ -O2 -march=native bench/dot_instructions.cpp -o /tmp/dot && /tmp/dot
 
@@ -37,6 +39,26 @@ double per_second(Acc zero, Step step, Reduce reduce, float& sink) {
 
 int main() {
   float sink = 0;
+#ifndef __AVX512F__
+  const __m256 half8 = _mm256_set1_ps(0.5f), quarter8 = _mm256_set1_ps(0.25f);
+  const auto sum8 = [](__m256 a) {
+    float lanes[8], total = 0;
+    _mm256_storeu_ps(lanes, a);
+    for (float x : lanes) total += x;
+    return total;
+  };
+  const double fma8 = per_second(
+      _mm256_setzero_ps(), [&](__m256 a) { return _mm256_fmadd_ps(half8, quarter8, a); }, sum8, sink);
+  std::printf("vfmadd231ps ymm (8 float32 MACs): %.2f G/s = %.0f GMAC/s\n", fma8 / 1e9, fma8 * 8 / 1e9);
+  const __m256i bytes = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  const double pairs = per_second(
+      _mm256_setzero_si256(),
+      [&](__m256i a) { return _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(bytes, bytes), ones16)); },
+      [&](__m256i a) { return sum8(_mm256_cvtepi32_ps(a)); }, sink);
+  std::printf("vpmaddubsw + vpmaddwd + vpaddd ymm (32 int8 MACs): %.2f G/s = %.0f GMAC/s (%.2fx float32)\n",
+              pairs / 1e9, pairs * 32 / 1e9, pairs * 32 / (fma8 * 8));
+  return sink == 1234.5f;
+#else
   const __m512 half = _mm512_set1_ps(0.5f), quarter = _mm512_set1_ps(0.25f);
   const double fma = per_second(
       _mm512_setzero_ps(), [&](__m512 a) { return _mm512_fmadd_ps(half, quarter, a); },
@@ -68,4 +90,5 @@ int main() {
               int8 * 64 / (fma * 16));
 #endif
   return sink == 1234.5f;  // keeps the sums alive
+#endif
 }
