@@ -50,6 +50,17 @@ def reported_errors(interrupt_hint: str = "") -> Iterator[None]:
         raise typer.Exit(code) from None
 
 
+def one_line_warnings() -> None:
+    """Warnings (a slow dtype on this CPU, a kernel that does not build) as one `warning:` line each, as errors
+    are: Python's own format adds the file, line number and source line of the library code that warned."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 def _debug_trace() -> None:
     if os.environ.get("EMBED_DEBUG") == "1":
         traceback.print_exc()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli._errors import reported_errors
+from cli._errors import one_line_warnings, reported_errors
 from cli._options import (
     BatchTokensOpt,
     ChunkOverlapOpt,
@@ -160,6 +160,7 @@ def embed(
 def main(argv: list[str] | None = None) -> None:
     """The console script: a registered subcommand name first runs that command, anything else is `embed`."""
     args = sys.argv[1:] if argv is None else argv
+    one_line_warnings()
     if args and args[0] in SUBCOMMANDS:
         module = importlib.import_module(SUBCOMMANDS[args[0]][0])
         module.app(args=args[1:], prog_name=f"embed {args[0]}")

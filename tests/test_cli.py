@@ -129,6 +129,21 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_warning_is_one_line_that_says_what_to_use_instead(tmp_path):
+    """With the native kernels off no CPU has a fast 16-bit dtype: float16 runs MLX's generic kernels, and says so
+    in one `warning:` line (not Python's file, line and source line) that points to float32, the fastest here."""
+    source = tmp_path / "in.txt"
+    source.write_text("A short text.\n", encoding="utf-8")
+    out = tmp_path / "out.parquet"
+    result = subprocess.run([*COMMAND, str(source), "-o", str(out), "--dtype", "float16", "--quiet"],
+                            capture_output=True, env={**ENV, "EMBED_NATIVE_KERNELS": "0"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode().splitlines() == [
+        "warning: dtype float16 on the CPU runs MLX's generic kernels (no AVX512-FP16 float16 kernel here), ~30x "
+        "slower than float32 (which is exact); float32 is the fastest dtype on this CPU"]
+    assert pq.read_metadata(out).metadata[b"dtype"] == b"float16"
+
+
 def test_refuses_to_overwrite_without_overwrite(tmp_path):
     source, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
     source.write_text("one\ntwo\n")

@@ -267,7 +267,7 @@ def test_cli_16_bit_dtypes_write_their_dtype_and_near_exact_vectors(tmp_path, mi
         done = subprocess.run([sys.executable, "-m", "cli", str(source), "-o", str(out), "-m", str(minilm_path),
                                "--dtype", dtype, "--quiet"], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
-        assert "RuntimeWarning" not in done.stderr  # the fast path: no slow-kernel warning
+        assert "warning:" not in done.stderr  # the fast path: no slow-kernel warning
         assert pq.read_metadata(out).metadata[b"dtype"] == dtype.encode()
         vectors[dtype] = np.stack(pq.read_table(out)["embedding"].to_numpy(zero_copy_only=False))
     assert cosine(vectors[dtype], vectors["float32"]).min() >= least

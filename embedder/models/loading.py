@@ -288,9 +288,10 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
     if dtype in ("float16", "bfloat16") and on_cpu and not packed:
         why = ("a quantized checkpoint" if config.get("quantization")
                else f"no {PACKED_DTYPES[dtype][2]} {dtype} kernel here")
+        fast = [d for d in PACKED_DTYPES if kernel_runs(d)]
+        advice = f"for speed here use {' or '.join(fast)}" if fast else "float32 is the fastest dtype on this CPU"
         warnings.warn(f"dtype {dtype} on the CPU runs MLX's generic kernels ({why}), ~30x slower than float32 (which "
-                      "is exact); for speed on the CPU use int8, float16 on a CPU with AVX512-FP16 or bfloat16 on one "
-                      "with AVX512-BF16", RuntimeWarning, stacklevel=2)
+                      f"is exact); {advice}", RuntimeWarning, stacklevel=2)
     # Packed: the weights as stored (a bfloat16 decoder's are half its float32 size), each Linear's packed for our
     # kernel in turn, then the rest (embeddings, norms, biases) cast to float32, the activations' type.
     module = build_model(config, encoder, None if packed else DTYPES[dtype],
