@@ -6,6 +6,7 @@ import errno
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -53,7 +54,6 @@ def reported_errors(interrupt_hint: str = "") -> Iterator[None]:
 def one_line_warnings() -> None:
     """Warnings (a slow dtype on this CPU, a kernel that does not build) as one `warning:` line each, as errors
     are: Python's own format adds the file, line number and source line of the library code that warned."""
-    import warnings
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"warning: {message}", file=file or sys.stderr)

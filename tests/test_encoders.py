@@ -79,5 +79,12 @@ def test_mlx_community_style_quantized_checkpoint(tmp_path, minilm_path):
     assert quantized.info()["quantization"] == {"group_size": 64, "bits": 8}
     assert cosine(quantized.embed(texts), full.embed(texts)).min() >= 0.995
     assert (out / "model.safetensors").stat().st_size < (minilm_path / "model.safetensors").stat().st_size / 3
+    # No packed 16-bit kernel takes a quantized checkpoint, on any CPU: float16 runs MLX's generic kernels, and the
+    # warning points to float32 rather than to a dtype that would refuse this checkpoint.
+    half = EmbeddingEngine(str(out), dtype="float16")
+    with pytest.warns(RuntimeWarning, match=r"\(a quantized checkpoint\).*float32 is the fastest dtype for it$"):
+        got = half.embed(texts[:1])
+    assert cosine(got, quantized.embed(texts[:1])).min() >= 0.999
+    half.unload()
     quantized.unload()
     full.unload()

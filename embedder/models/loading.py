@@ -286,10 +286,12 @@ def load_model(options: EngineOptions, budget_given: bool = False) -> LoadedMode
     if dtype == INT8 and config.get("quantization"):
         raise ModelError("dtype int8 quantizes a float checkpoint; this one is already quantized")
     if dtype in ("float16", "bfloat16") and on_cpu and not packed:
-        why = ("a quantized checkpoint" if config.get("quantization")
-               else f"no {PACKED_DTYPES[dtype][2]} {dtype} kernel here")
-        fast = [d for d in PACKED_DTYPES if kernel_runs(d)]
-        advice = f"for speed here use {' or '.join(fast)}" if fast else "float32 is the fastest dtype on this CPU"
+        if config.get("quantization"):  # no packed dtype takes one: float32 dequantizes it into the BLAS
+            why, advice = "a quantized checkpoint", "float32 is the fastest dtype for it"
+        else:
+            why = f"no {PACKED_DTYPES[dtype][2]} {dtype} kernel here"
+            fast = [d for d in PACKED_DTYPES if kernel_runs(d)]
+            advice = f"for speed here use {' or '.join(fast)}" if fast else "float32 is the fastest dtype on this CPU"
         warnings.warn(f"dtype {dtype} on the CPU runs MLX's generic kernels ({why}), ~30x slower than float32 (which "
                       f"is exact); {advice}", RuntimeWarning, stacklevel=2)
     # Packed: the weights as stored (a bfloat16 decoder's are half its float32 size), each Linear's packed for our
