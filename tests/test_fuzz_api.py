@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings
 from test_server import API_KEY, assert_close, running_server
 from tiny_models import tiny_colbert, tiny_cross_encoder, tiny_sparse_encoder
@@ -31,13 +32,14 @@ def test_no_case_breaks_the_server(server: str, engine: EmbeddingEngine) -> None
     assert {op.label for op in operations} >= {"POST /v1/embeddings", "GET /v1/models"}
     want = engine.embed(["still right", "after that"])
 
-    def still_right() -> None:
-        good = httpx.post(f"{server}/v1/embeddings", json={"input": ["still right", "after that"]},
-                          headers=headers, timeout=120)
-        assert good.status_code == 200, good.text
-        assert_close([d["embedding"] for d in good.json()["data"]], want)
+    with httpx.Client(timeout=120) as client:
+        def still_right() -> None:
+            good = client.post(f"{server}/v1/embeddings", json={"input": ["still right", "after that"]},
+                               headers=headers)
+            assert good.status_code == 200, good.text
+            assert_close([d["embedding"] for d in good.json()["data"]], want)
 
-    fuzz(server, operations, headers, still_right)
+        fuzz(server, operations, headers, still_right)
 
 
 # The routes of the other model kinds, fuzzed on a server whose models are a ColBERT model (the default), a
@@ -51,18 +53,18 @@ def test_no_case_breaks_a_multi_vector_a_classifier_and_a_sparse_model(tmp_path_
     colbert = tiny_colbert(minilm_path, work, "st")
     classifier = tiny_cross_encoder("bert", minilm_path, work, labels=3)
     splade = tiny_sparse_encoder("bert", minilm_path, work)
-    with running_server(f"colbert={colbert}", f"sentiment={classifier}", f"splade={splade}", "--max-inputs",
-                        "64") as url:
+    with (running_server(f"colbert={colbert}", f"sentiment={classifier}", f"splade={splade}", "--max-inputs",
+                         "64") as url, httpx.Client(timeout=120) as client):
         operations = [op for op in api_operations(url) if op.path in KIND_PATHS and op.method == "post"]
         assert {op.path for op in operations} >= {"/predict", "/embed_sparse", "/classify", "/embed_all"}
-        first = {path: httpx.post(f"{url}{path}", json={"inputs": "still right", "model": model}, timeout=60).json()
+        first = {path: client.post(f"{url}{path}", json={"inputs": "still right", "model": model}).json()
                  for path, model in (("/embed_sparse", "splade"), ("/embed_all", "colbert"))}
 
         def still_right() -> None:
             for path, model in (("/embed_sparse", "splade"), ("/embed_all", "colbert")):
-                good = httpx.post(f"{url}{path}", json={"inputs": "still right", "model": model}, timeout=120)
+                good = client.post(f"{url}{path}", json={"inputs": "still right", "model": model})
                 assert good.status_code == 200 and good.json() == first[path], good.text
-            predicted = httpx.post(f"{url}/predict", json={"inputs": "still right", "model": "sentiment"}, timeout=120)
+            predicted = client.post(f"{url}/predict", json={"inputs": "still right", "model": "sentiment"})
             assert predicted.status_code == 200
 
         fuzz(url, operations, {}, still_right)
@@ -75,13 +77,15 @@ def api_operations(server: str) -> list:
 
 def fuzz(server: str, operations: list, headers: dict, still_right) -> None:
     """Each operation's generated cases: no 5xx, every refusal in OpenAI's error shape (TEI's on its routes), and
-    a good request still answered right after each one."""
+    a good request still answered right after each one. The cases share one keep-alive session, as a real client
+    does: no case may leave its connection unusable for the next."""
+    session = requests.Session()
     for operation in operations:
         @given(case=operation.as_strategy())
         @settings(max_examples=60 if operation.method == "post" else 10, deadline=None,
                   suppress_health_check=list(HealthCheck))
         def no_5xx_then_still_right(case) -> None:
-            response = case.call(base_url=server, headers=headers, timeout=120)
+            response = case.call(base_url=server, session=session, headers=headers, timeout=120)
             assert response.status_code < 500, (case.as_curl_command(), response.text)
             if response.status_code >= 400:
                 body = response.json()

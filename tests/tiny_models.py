@@ -207,7 +207,10 @@ def tiny_sparse_encoder(kind: str, tokenizer_src: Path, work: Path, *, strategy:
     else:
         raise ValueError(kind)
     hf = work / f"mlm-{kind}"
-    transformers.AutoModelForMaskedLM.from_config(config).eval().save_pretrained(str(hf), safe_serialization=True)
+    mlm = transformers.AutoModelForMaskedLM.from_config(config).eval()
+    with torch.no_grad():  # as in a trained SPLADE model, <1% of the vocabulary active per token (random: half)
+        mlm.get_output_embeddings().bias.fill_(-4.0)
+    mlm.save_pretrained(str(hf), safe_serialization=True)
     copy_tokenizer(tokenizer_src, hf)
     if bare:
         return hf
