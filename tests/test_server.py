@@ -516,6 +516,9 @@ def test_pooling_tasks_as_vllm(http: httpx.Client, engine: EmbeddingEngine) -> N
     for got, w in zip([d["data"] for d in tokens.json()["data"]], want):
         np.testing.assert_allclose(got, w / np.linalg.norm(w, axis=1, keepdims=True), atol=1e-5)
     assert tokens.json()["usage"]["total_tokens"] == sum(map(len, want))
+    assert set(tokens.json()) == {"id", "object", "created", "model", "data", "usage"}
+    assert tokens.json()["id"].startswith("pool-") and tokens.json()["model"] == DEFAULT_MODEL
+    assert [(d["index"], d["object"]) for d in tokens.json()["data"]] == [(0, "pooling"), (1, "pooling")]
     raw = http.post("/pooling", json={"input": TEXTS[:1], "task": "token_embed", "use_activation": False,
                                       "encoding_format": "base64"}).json()["data"][0]["data"]
     np.testing.assert_allclose(np.frombuffer(base64.b64decode(raw), "<f4").reshape(want[0].shape), want[0], atol=1e-5)

@@ -94,7 +94,11 @@ def test_tei_embed_all(engine):
         many = http.post("/embed_all", json={"inputs": texts})
         long = http.post("/embed_all", json={"inputs": "long " * 300, "truncate": False})
         empty = http.post("/embed_all", json={"inputs": []})
+        cut = http.post("/embed_all", json={"inputs": ["long " * 300, texts[0]]})  # 256 tokens: 7 pieces streamed
     assert one.status_code == 200 and many.status_code == 200, (one.text, many.text)
+    assert cut.headers["content-type"] == "application/json"
+    for got, w in zip(cut.json(), engine.token_embeddings(["long " * 300, texts[0]])):
+        np.testing.assert_allclose(np.array(got), w, atol=1e-5)
     np.testing.assert_allclose(np.array(one.json()[0]), want[1], atol=1e-5)
     assert len(many.json()) == 3
     for got, w in zip(many.json(), want):

@@ -5,6 +5,7 @@ engines; Text Embeddings Inference's /embed, /embed_all, /embed_sparse, /rerank,
 import asyncio
 import contextlib
 import importlib.metadata
+import itertools
 import json
 import logging
 import secrets
@@ -77,6 +78,7 @@ from .errors import error_response, invalid_body
 from .front import Front, speaks_tei
 from .metrics import Metrics
 from .registry import DEFAULT_NAME, ModelRegistry, ServedModel
+from .streamed import json_list, streamed_json
 
 log = logging.getLogger("embed.server")
 
@@ -243,11 +245,13 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         if rows is None:
             return Response(status_code=CLIENT_CLOSED)
         served, outputs, tokens = rows
-        nested = task == "token_embed" and body.encoding_format != "base64"  # base64: the tokens' bytes in a row
-        data = [Pooled.model_construct(index=i, data=out.tolist() if nested else encode_vectors(
-                    out.reshape(1, -1), body.encoding_format, body.embed_dtype, body.endianness)[0])
+        name = _client_name(served, body.model)
+        if task == "token_embed" and body.encoding_format != "base64":  # base64: the tokens' bytes in a row
+            return _vllm_streamed(name, outputs, tokens)
+        data = [Pooled.model_construct(index=i, data=encode_vectors(out.reshape(1, -1), body.encoding_format,
+                                                                    body.embed_dtype, body.endianness)[0])
                 for i, out in enumerate(outputs)]
-        return _vllm_reply(PoolingResponse, "pool", _client_name(served, body.model), data, tokens)
+        return _vllm_reply(PoolingResponse, "pool", name, data, tokens)
 
     async def tei_vectors(body: TEITextOptions, inputs: str | list, request: Request, normalize: bool = True,
                           dimensions: int | None = None, per_token: bool = False, sparse: bool = False
@@ -264,7 +268,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         answer = await tei_vectors(body, body.inputs, request, body.normalize, body.dimensions)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
-        return Response(json.dumps(answer[1].tolist()), media_type="application/json")
+        return streamed_json([answer[1]])
 
     @app.post("/embed_all", response_model=list[list[list[float]]])
     async def tei_embed_all(body: TEIEmbedAllRequest, request: Request) -> Response:
@@ -273,7 +277,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         answer = await tei_vectors(body, body.inputs, request, per_token=True)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
-        return Response(json.dumps([tokens.tolist() for tokens in answer[1]]), media_type="application/json")
+        return streamed_json(json_list(answer[1]))
 
     @app.post("/embed_sparse", response_model=list[list[SparseValue]])
     async def tei_embed_sparse(body: TEIEmbedAllRequest, request: Request) -> Response:
@@ -554,6 +558,21 @@ def _vllm_reply(shape: type[VLLMList], kind: str, model: str, data: list, tokens
     reply = shape.model_construct(id=f"{kind}-{secrets.token_hex(12)}", created=int(time.time()), model=model,
                                   data=data, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
     return Response(reply.model_dump_json(), media_type="application/json")
+
+
+def _vllm_streamed(model: str, outputs: list[np.ndarray], tokens: int) -> Response:
+    """vLLM's /pooling reply of every token's vector of each input, encoded while it is sent (`streamed`)."""
+    envelope = _vllm_reply(PoolingResponse, "pool", model, [], tokens).body.decode()
+    head, _, tail = envelope.rpartition('"data":[]')  # the last: `data` follows the only text fields (id, model)
+    return streamed_json(itertools.chain([head + '"data":['], _pooled(outputs), ["]" + tail]))
+
+
+def _pooled(outputs: list[np.ndarray]) -> Iterator[str | np.ndarray]:
+    """vLLM's `Pooled` items, as `streamed_json`'s parts."""
+    for i, out in enumerate(outputs):
+        yield f'{"," if i else ""}{{"index":{i},"object":"pooling","data":'
+        yield out
+        yield "}"
 
 
 def _check_count(items: list, limit: int, field: str, what: str = "texts") -> None:
