@@ -139,6 +139,26 @@ def test_openai_sdk_float_and_short_alias(sdk: openai.OpenAI, engine: EmbeddingE
     assert reply.usage.total_tokens == engine.count_tokens(TEXTS[1:2])
 
 
+def test_a_reply_sent_as_it_is_encoded_reads_as_one_built_whole(sdk: openai.OpenAI, http: httpx.Client,
+                                                                engine: EmbeddingEngine) -> None:
+    """A reply of more numbers than one piece (`streamed.PIECE_FLOATS`) is encoded while it is sent; the openai SDK
+    reads it as it reads a small one, and it holds what the small one holds, key for key."""
+    texts = [f"{text} ({k})" for k in range(8) for text in TEXTS][:60]  # 60 x 384 floats: two pieces
+    reply = sdk.embeddings.create(model=DEFAULT_MODEL, input=texts, encoding_format="float")
+    assert [d.index for d in reply.data] == list(range(len(texts)))
+    assert_close([d.embedding for d in reply.data], engine.embed(texts))
+    assert reply.usage.total_tokens == engine.count_tokens(texts) and reply.model == DEFAULT_MODEL
+    large = http.post("/v1/embeddings", json={"input": texts, "encoding_format": "float", "precision": "int8"})
+    small = http.post("/v1/embeddings", json={"input": texts[:2], "encoding_format": "float", "precision": "int8"})
+    assert large.headers["content-type"] == small.headers["content-type"] == "application/json"
+    assert list(large.json()) == list(small.json()) and list(large.json()["data"][0]) == list(small.json()["data"][0])
+    assert all(isinstance(v, int) for d in large.json()["data"] for v in d["embedding"])
+    pooled = http.post("/pooling", json={"input": texts}).json()
+    assert [(d["index"], d["object"]) for d in pooled["data"]] == [(i, "pooling") for i in range(len(texts))]
+    assert_close([d["data"] for d in pooled["data"]], engine.embed(texts))
+    assert list(pooled) == ["id", "object", "created", "model", "data", "usage"]
+
+
 def test_base64_is_little_endian_float32(http: httpx.Client, engine: EmbeddingEngine) -> None:
     data = http.post("/v1/embeddings", json={"input": TEXTS[:2], "encoding_format": "base64"}).json()["data"]
     got = [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in data]

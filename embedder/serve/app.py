@@ -5,7 +5,6 @@ engines; Text Embeddings Inference's /embed, /embed_all, /embed_sparse, /rerank,
 import asyncio
 import contextlib
 import importlib.metadata
-import itertools
 import json
 import logging
 import secrets
@@ -78,7 +77,7 @@ from .errors import error_response, invalid_body
 from .front import Front, speaks_tei
 from .metrics import Metrics
 from .registry import DEFAULT_NAME, ModelRegistry, ServedModel
-from .streamed import json_list, streamed_json
+from .streamed import PIECE_FLOATS, json_list, json_reply, row_items, streamed_data
 
 log = logging.getLogger("embed.server")
 
@@ -191,25 +190,24 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         metrics.observe_embedding(len(token_ids), tokens)
         return served, vectors, tokens
 
-    async def encoded(body: EmbeddingRequest, receive: Receive) -> tuple[ServedModel, list, Usage] | None:
-        """The request's vectors, in its precision and encoding, and its usage; None if the client hung up."""
+    async def answer_embeddings(body: EmbeddingRequest, receive: Receive) -> Response:
+        """The request's vectors, in its precision and encoding, and its usage; a large reply of JSON numbers
+        encoded while it is sent (`streamed`)."""
         answer = await embed(body, receive)
         if answer is None:
-            return None
+            return Response(status_code=CLIENT_CLOSED)
         served, vectors, tokens = answer
         vectors = quantize(vectors, body.precision or "float32")
-        return (served, encode_vectors(vectors, body.encoding_format, body.embed_dtype, body.endianness),
-                Usage(prompt_tokens=tokens, total_tokens=tokens))
-
-    async def answer_embeddings(body: EmbeddingRequest, receive: Receive) -> Response:
-        answer = await encoded(body, receive)
-        if answer is None:
-            return Response(status_code=CLIENT_CLOSED)
-        served, vectors, usage = answer
+        streamed = vectors.size > PIECE_FLOATS and body.encoding_format != "base64"
         # Built without validation: the values are the engine's own, and validating each float against the
         # union of value types was half the cost of a one-text reply (81 -> 38 us for 384 floats).
-        data = [Embedding.model_construct(index=i, embedding=e) for i, e in enumerate(vectors)]
-        reply = EmbeddingResponse.model_construct(data=data, model=_client_name(served, body.model), usage=usage)
+        data = [] if streamed else [
+            Embedding.model_construct(index=i, embedding=e)
+            for i, e in enumerate(encode_vectors(vectors, body.encoding_format, body.embed_dtype, body.endianness))]
+        reply = EmbeddingResponse.model_construct(data=data, model=_client_name(served, body.model),
+                                                  usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+        if streamed:
+            return streamed_data(reply.model_dump_json(), row_items(vectors, _openai_item))
         return Response(reply.model_dump_json(), media_type="application/json")
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse)
@@ -246,8 +244,10 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             return Response(status_code=CLIENT_CLOSED)
         served, outputs, tokens = rows
         name = _client_name(served, body.model)
-        if task == "token_embed" and body.encoding_format != "base64":  # base64: the tokens' bytes in a row
-            return _vllm_streamed(name, outputs, tokens)
+        # base64: each input's values (a token_embed's tokens in a row) as one string; JSON numbers: streamed
+        if body.encoding_format != "base64" and (task == "token_embed" or sum(map(np.size, outputs)) > PIECE_FLOATS):
+            items = _pooled(outputs) if task == "token_embed" else row_items(np.stack(outputs), _vllm_item)
+            return streamed_data(_vllm_reply(PoolingResponse, "pool", name, [], tokens).body.decode(), items)
         data = [Pooled.model_construct(index=i, data=encode_vectors(out.reshape(1, -1), body.encoding_format,
                                                                     body.embed_dtype, body.endianness)[0])
                 for i, out in enumerate(outputs)]
@@ -268,7 +268,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         answer = await tei_vectors(body, body.inputs, request, body.normalize, body.dimensions)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
-        return streamed_json([answer[1]])
+        return json_reply([answer[1]])
 
     @app.post("/embed_all", response_model=list[list[list[float]]])
     async def tei_embed_all(body: TEIEmbedAllRequest, request: Request) -> Response:
@@ -277,7 +277,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         answer = await tei_vectors(body, body.inputs, request, per_token=True)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
-        return streamed_json(json_list(answer[1]))
+        return json_reply(list(json_list(answer[1])))
 
     @app.post("/embed_sparse", response_model=list[list[SparseValue]])
     async def tei_embed_sparse(body: TEIEmbedAllRequest, request: Request) -> Response:
@@ -560,15 +560,18 @@ def _vllm_reply(shape: type[VLLMList], kind: str, model: str, data: list, tokens
     return Response(reply.model_dump_json(), media_type="application/json")
 
 
-def _vllm_streamed(model: str, outputs: list[np.ndarray], tokens: int) -> Response:
-    """vLLM's /pooling reply of every token's vector of each input, encoded while it is sent (`streamed`)."""
-    envelope = _vllm_reply(PoolingResponse, "pool", model, [], tokens).body.decode()
-    head, _, tail = envelope.rpartition('"data":[]')  # the last: `data` follows the only text fields (id, model)
-    return streamed_json(itertools.chain([head + '"data":['], _pooled(outputs), ["]" + tail]))
+def _vllm_item(index: int, data: str) -> str:
+    """One of /pooling's `data`, as `Pooled` writes it."""
+    return f'{{"index":{index},"object":"pooling","data":{data}}}'
+
+
+def _openai_item(index: int, embedding: str) -> str:
+    """One of /v1/embeddings' `data`, as `Embedding` writes it."""
+    return f'{{"object":"embedding","index":{index},"embedding":{embedding}}}'
 
 
 def _pooled(outputs: list[np.ndarray]) -> Iterator[str | np.ndarray]:
-    """vLLM's `Pooled` items, as `streamed_json`'s parts."""
+    """/pooling's `data` of each input's token vectors, as `streamed_json`'s parts."""
     for i, out in enumerate(outputs):
         yield f'{"," if i else ""}{{"index":{i},"object":"pooling","data":'
         yield out
