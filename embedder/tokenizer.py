@@ -8,6 +8,8 @@ from pathlib import Path
 from .errors import InputError, InputTooLong, ModelError, lone_surrogate
 
 SHORT_TEXT_CHARS = 4096  # a text encoded inline (one text, GIL held) rather than by encode_batch
+LEADING_CHARS_PER_TOKEN = 16  # a long text cut to be truncated is first tried at this many characters a kept token
+COUNTED_CHARS = 1 << 16  # a long text's tokens are counted this many characters at a time
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>", "<|pad|>")
 
 
@@ -129,6 +131,65 @@ class TextTokenizer:
         return tuple(bare[:common]), tuple(bare[common:])
 
 
+def leading_words(text: str, tokenizer, max_length: int) -> str:
+    """The start of a long `text` that a truncating Rust `tokenizer` cuts to the same tokens as the whole text: whole
+    words, and at least `max_length` more tokens than it keeps, so that the cut is far past what is kept; `text`
+    itself where no such start is under a quarter of it. Tokenizing a 25 MB line whole to keep its first 256 tokens
+    took 33 s and 3.2 GB; a server's 32 MB body could hold one such text."""
+    size = LEADING_CHARS_PER_TOKEN * max_length
+    while 4 * size <= len(text):
+        end = _word_break(text, 0, size)
+        if end > 0 and len(tokenizer.encode(text[:end], add_special_tokens=True).overflowing) > 1:
+            return text[:end]
+        size *= 4
+    return text
+
+
+def long_pair(first: str, second: str, tokenizer, whole_tokenizer, max_length: int):
+    """`tokenizer.encode(first, second)` for a pair holding a long text, without tokenizing it whole at once: a
+    pair's truncation makes an overflow of each window of one text with each window of the other (two texts of
+    8,000 words: 4,031 overflows, 0.9 GB; a 32 MB body's pair would never end). Each text's leading tokens, as
+    many as the cut can keep, stand for it at a length the cut treats alike: its own up to `max_length` + 2, else
+    one past that, one more for the longer text (which keeps the odd token): where both texts are that long, a cut
+    one's tokens are counted, a piece at a time."""
+    texts = (first, second)
+    cut = [leading_words(text, tokenizer, max_length) for text in texts]
+    # the second as a pair's second, of token type 1 where no post-processor sets the types
+    heads = [whole_tokenizer.encode(cut[0], add_special_tokens=False),
+             whole_tokenizer.encode("", cut[1], add_special_tokens=False)]
+    counts = [len(head.ids) for head in heads]  # exact where not cut; else past max_length + 2
+    if min(counts) > max_length + 2:  # which is longer decides which keeps the odd token: count the cut exactly
+        counts = [_token_count(text, whole_tokenizer) if part is not text else count
+                  for text, part, count in zip(texts, cut, counts)]
+    for head, count, other in zip(heads, counts, reversed(counts)):
+        head.truncate(count if count <= max_length + 2 else max_length + 3 + (count > other))
+    return tokenizer.post_process(heads[0], heads[1], add_special_tokens=True)
+
+
+def _token_count(text: str, whole_tokenizer) -> int:
+    """`text`'s tokens, without special tokens, counted about `COUNTED_CHARS` at a time, in pieces cut at
+    `_word_break`s."""
+    count, start = 0, 0
+    while start < len(text):
+        end, reach = -1, COUNTED_CHARS
+        while end < 0:
+            end = len(text) if start + reach >= len(text) else _word_break(text, start, start + reach)
+            reach *= 2
+        count += len(whole_tokenizer.encode(text[start:end], add_special_tokens=False).ids)
+        start = end
+    return count
+
+
+def _word_break(text: str, start: int, stop: int) -> int:
+    """The last i in (start, stop) where a space follows a character that is not white space, or -1: every
+    tokenizer's pre-tokenizer splits there alike whether the text goes on or not (BERT's at white space, byte-level
+    BPE's before a space that starts a word, Metaspace's before each space)."""
+    i = text.rfind(" ", start + 1, stop)
+    while i > start and text[i - 1].isspace():
+        i = text.rfind(" ", start + 1, i - 1)
+    return i
+
+
 def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_input: str,
                    whole_tokens: Sequence[str] = ()) -> TextTokenizer:
     """The Rust tokenizer from tokenizer.json; transformers only for models that ship none. `whole_tokens`:
@@ -166,9 +227,13 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
             whole.no_truncation()
             return whole
 
+        def leading(texts: list[str]) -> list[str]:
+            return [leading_words(t, tok, max_length) for t in texts] if truncate else texts
+
         def encode_batch(texts: list[str]) -> list[list[int]]:
             # encode_batch hands even one text to its thread pool (0.2 ms a request, measured), but encode holds the
             # GIL: a long text there froze a server's event loop (13 s for 33 MB), so only short ones take it.
+            texts = leading(texts)
             if len(texts) == 1 and len(texts[0]) <= SHORT_TEXT_CHARS:
                 return [tok.encode(texts[0], add_special_tokens=True).ids]
             return [e.ids for e in tok.encode_batch(texts, add_special_tokens=True)]
@@ -177,7 +242,14 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
             return [e.ids for e in untruncated().encode_batch(texts, add_special_tokens=True)]
 
         def encode_pair_batch(firsts: list[str], seconds: list[str], whole: bool) -> Pairs:
-            found = (untruncated() if whole else tok).encode_batch(list(zip(firsts, seconds)), add_special_tokens=True)
+            pairs = list(zip(firsts, seconds))
+            long = {i for i, pair in enumerate(pairs) if truncate and not whole
+                    and max(map(len, pair)) >= 4 * LEADING_CHARS_PER_TOKEN * max_length}
+            found = (untruncated() if whole else tok).encode_batch([p for i, p in enumerate(pairs) if i not in long],
+                                                                  add_special_tokens=True)
+            found.reverse()
+            found = [long_pair(*pair, tok, untruncated(), max_length) if i in long else found.pop()
+                     for i, pair in enumerate(pairs)]
             return Pairs([e.ids for e in found], [second_text_start(e.type_ids) for e in found])
 
         def tokens(texts: list[str], special_tokens: bool) -> list[Tokens]:
