@@ -58,7 +58,11 @@ class TextTokenizer:
         tokens of its whole tokenization instead (vLLM's truncate_prompt_tokens)."""
         texts = self._prompted(texts, prompt)
         if keep_last is not None:
-            return [row[-keep_last:] for row in self.encode_whole(texts)]
+            def count(text: str) -> int:
+                return len(self.encode_whole([text])[0])
+
+            ends = [trailing_words(text, count, keep_last + self.max_length) for text in texts]
+            return [row[-keep_last:] for row in self.encode_whole(ends)]
         return self._fitted(self.encode_batch(texts))
 
     def whole_lengths(self, texts: Sequence[str], prompt: str | None = None) -> list[int]:
@@ -145,6 +149,19 @@ def leading_words(text: str, tokenizer, max_length: int) -> str:
     return text
 
 
+def trailing_words(text: str, count: Callable[[str], int], tokens: int) -> str:
+    """The end of a long `text`, from a space that starts a word, that `count` finds at least `tokens` tokens in
+    (special tokens included): its last ones, all but a margin, are the whole text's (`leading_words`, from the
+    other end); `text` itself where no such end is under a quarter of it."""
+    size = LEADING_CHARS_PER_TOKEN * tokens
+    while 4 * size <= len(text):
+        start = _first_word_break(text, len(text) - size)
+        if start > 0 and count(text[start:]) >= tokens:
+            return text[start:]
+        size *= 4
+    return text
+
+
 def long_pair(first: str, second: str, tokenizer, whole_tokenizer, max_length: int):
     """`tokenizer.encode(first, second)` for a pair holding a long text, without tokenizing it whole at once: a
     pair's truncation makes an overflow of each window of one text with each window of the other (two texts of
@@ -178,6 +195,14 @@ def _token_count(text: str, whole_tokenizer) -> int:
         count += len(whole_tokenizer.encode(text[start:end], add_special_tokens=False).ids)
         start = end
     return count
+
+
+def _first_word_break(text: str, start: int) -> int:
+    """The first `_word_break` from `start` on, or -1."""
+    i = text.find(" ", max(start, 1))
+    while i > 0 and text[i - 1].isspace():
+        i = text.find(" ", i + 1)
+    return i
 
 
 def _word_break(text: str, start: int, stop: int) -> int:

@@ -17,7 +17,7 @@ from test_cli import COMMAND, ENV
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from embedder import EmbeddingEngine, tokenizer
-from embedder.tokenizer import LEADING_CHARS_PER_TOKEN, leading_words, long_pair
+from embedder.tokenizer import LEADING_CHARS_PER_TOKEN, leading_words, long_pair, trailing_words
 
 GOLDEN = Path(__file__).parent / "golden" / "minilm_texts.json"
 TEXTS = json.loads(GOLDEN.read_text(encoding="utf-8"))
@@ -83,6 +83,17 @@ def test_the_kept_tokens_are_the_whole_texts(tokenizers, seed: int) -> None:
             text, add_special_tokens=False).ids
 
 
+@pytest.mark.parametrize("keep", [1, 5, MAX_LENGTH])
+def test_the_last_tokens_kept_are_the_whole_texts(tokenizers, keep: int) -> None:
+    """vLLM's truncate_prompt_tokens and TEI's truncation_direction "Left": a text's last tokens, from its end."""
+    _, whole = tokenizers
+    texts = long_texts(5)
+    ends = [trailing_words(text, lambda t: len(whole.encode(t).ids), keep + MAX_LENGTH) for text in texts]
+    assert all(len(end) < len(text) for end, text in zip(ends[:6], texts))
+    for end, text in zip(ends, texts):
+        assert whole.encode(end).ids[-keep:] == whole.encode(text).ids[-keep:]
+
+
 def test_a_short_text_is_left_whole(tokenizers) -> None:
     text = " ".join(TEXTS)[: 4 * LEADING_CHARS_PER_TOKEN * MAX_LENGTH - 1]
     assert leading_words(text, tokenizers[0], MAX_LENGTH) is text
@@ -116,6 +127,10 @@ def test_a_line_of_half_a_megabyte_embeds_as_sentence_transformers_embeds_it(min
     got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
     assert cosine(got, want).min() >= 0.9999
     assert table.column("tokens").to_pylist() == tokens
+    engine = EmbeddingEngine(str(minilm_path))
+    whole = engine.model.tokenizer.encode_whole([huge])[0]
+    assert engine.tokenize([huge], keep_last=200) == [whole[-200:]]  # the last 200, as vLLM keeps them
+    engine.unload()
 
 
 def test_long_pairs_score_as_cross_encoder_predict(minilm_path: Path, tmp_path: Path) -> None:
