@@ -268,13 +268,12 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
 
         def encode_pair_batch(firsts: list[str], seconds: list[str], whole: bool) -> Pairs:
             pairs = list(zip(firsts, seconds))
-            long = {i for i, pair in enumerate(pairs) if truncate and not whole
-                    and max(map(len, pair)) >= 4 * LEADING_CHARS_PER_TOKEN * max_length}
-            found = (untruncated() if whole else tok).encode_batch([p for i, p in enumerate(pairs) if i not in long],
-                                                                  add_special_tokens=True)
-            found.reverse()
-            found = [long_pair(*pair, tok, untruncated(), max_length) if i in long else found.pop()
-                     for i, pair in enumerate(pairs)]
+            long = [truncate and not whole and max(map(len, pair)) >= 4 * LEADING_CHARS_PER_TOKEN * max_length
+                    for pair in pairs]  # as long as `leading_words` cuts
+            short = iter((untruncated() if whole else tok).encode_batch(
+                [pair for pair, cut in zip(pairs, long) if not cut], add_special_tokens=True))
+            found = [long_pair(*pair, tok, untruncated(), max_length) if cut else next(short)
+                     for pair, cut in zip(pairs, long)]
             return Pairs([e.ids for e in found], [second_text_start(e.type_ids) for e in found])
 
         def tokens(texts: list[str], special_tokens: bool) -> list[Tokens]:
