@@ -52,6 +52,10 @@ class TextTokenizer:
     do_lower_case: bool = False
     long_input: str = "truncate"  # `long_inputs.LONG_INPUT_MODES`: cut at max_length, refuse, or keep whole
     token_id: Callable[[str], int | None] = lambda token: None  # a vocabulary token's id; None if it has none
+    # a long text's tokens, special ones left out, counted a piece at a time; None for one that is not long (or
+    # where the tokenizer cannot count so): the whole tokenization of a 25 MB text took 3.2 GB
+    count_long: Callable[[str], int | None] = lambda text: None
+    specials: Callable[[bool], int] = lambda pair: 0  # special tokens framing a text (True: a pair)
 
     def encode(self, texts: Sequence[str], prompt: str | None = None, keep_last: int | None = None) -> list[list[int]]:
         """Token ids with special tokens, long ones as `long_input` says; `keep_last` keeps each text's last N
@@ -63,12 +67,29 @@ class TextTokenizer:
 
             ends = [trailing_words(text, count, keep_last + self.max_length) for text in texts]
             return [row[-keep_last:] for row in self.encode_whole(ends)]
-        return self._fitted(self.encode_batch(texts))
+        if self.long_input != "error":
+            return self.encode_batch(texts)
+        # refused long texts are counted, not tokenized whole; the first text over the limit is named
+        counts = [self._long_length(text) for text in texts]
+        kept = iter(self.encode_batch([text for text, n in zip(texts, counts) if n is None]))
+        rows = [next(kept) if n is None else None for n in counts]
+        self.refuse_long([len(row) if row is not None else n for row, n in zip(rows, counts)])
+        return rows
 
     def whole_lengths(self, texts: Sequence[str], prompt: str | None = None) -> list[int]:
         """Each text's tokens before any cut, as `encode` counts them: what a request refusing long inputs checks
         on a server that cuts them."""
-        return [len(row) for row in self.encode_whole(self._prompted(texts, prompt))]
+        texts = self._prompted(texts, prompt)
+        counts = [self._long_length(text) for text in texts]
+        rest = iter(self.encode_whole([text for text, n in zip(texts, counts) if n is None]))
+        return [len(next(rest)) if n is None else n for n in counts]
+
+    def _long_length(self, text: str) -> int | None:
+        """A long text's tokens with its special tokens, counted a piece at a time, where it is over max_length
+        (so refused, or checked, without its tokens); None for the others."""
+        count = self.count_long(text)
+        return None if count is None or count + self.specials(False) <= self.max_length else (
+            count + self.specials(False))
 
     def whole_tokens(self, texts: Sequence[str], special_tokens: bool = True,
                      prompt: str | None = None) -> list[Tokens]:
@@ -97,13 +118,25 @@ class TextTokenizer:
     def encode_pairs(self, firsts: Sequence[str], seconds: Sequence[str]) -> "Pairs":
         """Each (first, second) pair as one input, as transformers tokenizes a pair for a cross-encoder: both texts
         framed by special tokens, a long pair cut from its longer text first ("longest_first") or refused."""
-        pairs = self.encode_pair_batch(self._checked(firsts), self._checked(seconds), False)
-        self._fitted(pairs.ids)
-        return pairs
+        firsts, seconds = self._checked(firsts), self._checked(seconds)
+        if self.long_input == "error":
+            self.refuse_long(self.pair_whole_lengths(firsts, seconds))
+        return self.encode_pair_batch(firsts, seconds, False)
 
     def pair_whole_lengths(self, firsts: Sequence[str], seconds: Sequence[str]) -> list[int]:
-        """Each pair's tokens before any cut: what a rerank refusing long pairs checks (TEI's `truncate: false`)."""
-        return [len(row) for row in self.encode_pair_batch(self._checked(firsts), self._checked(seconds), True).ids]
+        """Each pair's tokens before any cut: what a rerank refusing long pairs checks (TEI's `truncate: false`);
+        a pair holding a long text counted a piece at a time."""
+        firsts, seconds = self._checked(firsts), self._checked(seconds)
+        long = [self.count_long(a) is not None or self.count_long(b) is not None for a, b in zip(firsts, seconds)]
+        rest = iter(self.encode_pair_batch([a for a, cut in zip(firsts, long) if not cut],
+                                           [b for b, cut in zip(seconds, long) if not cut], True).ids)
+        return [self._bare_length(a) + self._bare_length(b) + self.specials(True) if cut else len(next(rest))
+                for a, b, cut in zip(firsts, seconds, long)]
+
+    def _bare_length(self, text: str) -> int:
+        """A text's tokens, special ones left out."""
+        count = self.count_long(text)
+        return count if count is not None else len(self.encode_whole([text])[0]) - self.specials(False)
 
     def _checked(self, texts: Sequence[str]) -> list[str]:
         for i, text in enumerate(texts):
@@ -113,11 +146,6 @@ class TextTokenizer:
                 raise InputError(f"input {i} holds a lone UTF-16 surrogate at character {at}, which is not text",
                                  index=i)
         return [t.lower() for t in texts] if self.do_lower_case else list(texts)
-
-    def _fitted(self, ids: list[list[int]]) -> list[list[int]]:
-        if self.long_input == "error":
-            self.refuse_long([len(row) for row in ids])
-        return ids
 
     def refuse_long(self, lengths: Sequence[int], advice: str = "", param: str = "input",
                     limit: int | None = None) -> None:
@@ -284,8 +312,12 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
         def decode(ids: list[int], skip_special_tokens: bool) -> str:
             return tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
+        def count_long(text: str) -> int | None:
+            return _token_count(text, untruncated()) if len(text) >= 4 * LEADING_CHARS_PER_TOKEN * max_length else None
+
         return TextTokenizer(encode_batch, encode_whole, encode_pair_batch, tokens, decode, pad, tok.get_vocab_size(),
-                             max_length, do_lower_case, long_input, tok.token_to_id)
+                             max_length, do_lower_case, long_input, tok.token_to_id, count_long,
+                             tok.num_special_tokens_to_add)
 
     try:
         from transformers import AutoTokenizer

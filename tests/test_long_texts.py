@@ -144,3 +144,41 @@ def test_long_pairs_score_as_cross_encoder_predict(minilm_path: Path, tmp_path: 
     got = engine.score(pairs)
     engine.unload()
     np.testing.assert_allclose(got, cross_encoder_scores(path, pairs), atol=1e-5, rtol=0)
+
+
+def test_a_long_text_refused_is_counted_not_tokenized_whole(minilm_path: Path, tmp_path: Path, monkeypatch) -> None:
+    """`--long-input error`, a server's `truncate: false`: the refusal names the first input over the limit and its
+    exact token count, a long text's counted a piece at a time; a long text within the limit (one huge word) is
+    still embedded; pairs the same."""
+    from test_rerank import PAIRS
+    from tiny_models import tiny_cross_encoder
+
+    from embedder.errors import InputTooLong
+
+    monkeypatch.setattr(tokenizer, "COUNTED_CHARS", 5000)  # many pieces
+    words = " ".join(TEXTS).split()
+    long, over = " ".join(words[k % len(words)] for k in range(9000)), "word " * 300  # over: short, 302 tokens
+    whole = EmbeddingEngine(str(minilm_path), long_input="chunk")  # keeps every token: the whole counts
+    count = len(whole.tokenize([long])[0])
+    whole.unload()
+    engine = EmbeddingEngine(str(minilm_path), long_input="error")
+    giant_word = "x" * 70_000  # long in characters, one [UNK] token
+    assert [len(row) for row in engine.tokenize([giant_word, "short"])] == [3, 3]
+    for texts, named, tokens in (([long, "short"], 0, count), (["short", long, over], 1, count),
+                                 ([over, long], 0, 302)):
+        with pytest.raises(InputTooLong, match=f"input {named} has {tokens} tokens") as refused:
+            engine.tokenize(texts)
+        assert refused.value.index == named
+    assert engine.model.tokenizer.whole_lengths([long, "short", giant_word]) == [count, 3, 3]
+    engine.unload()
+
+    reranker = EmbeddingEngine(str(tiny_cross_encoder("bert", minilm_path, tmp_path, saved_by="st")),
+                               long_input="error")
+    pairs = reranker.model.tokenizer
+    query, document = PAIRS[0]
+    bare = [count - 2, *(len(pairs.encode_whole([text])[0]) - 2 for text in (query, document))]
+    assert pairs.pair_whole_lengths([query, long, query], [long, document, document]) == [
+        bare[1] + bare[0] + 3, bare[0] + bare[2] + 3, bare[1] + bare[2] + 3]
+    with pytest.raises(InputTooLong, match=f"input 1 has {bare[0] + bare[2] + 3} tokens"):
+        reranker.score([(query, document), (long, document)])
+    reranker.unload()
