@@ -77,7 +77,7 @@ from .errors import error_response, invalid_body
 from .front import Front, speaks_tei
 from .metrics import Metrics
 from .registry import DEFAULT_NAME, ModelRegistry, ServedModel
-from .streamed import PIECE_FLOATS, json_list, json_reply, row_items, streamed_data
+from .streamed import PIECE_FLOATS, compact_json, json_list, json_reply, row_items, streamed_data, streamed_json
 
 log = logging.getLogger("embed.server")
 
@@ -285,9 +285,12 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         answer = await tei_vectors(body, body.inputs, request, normalize=False, sparse=True)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
-        rows = [[{"index": i, "value": v} for i, v in zip(indices.tolist(), values.tolist())]
-                for indices, values in sparse_rows(answer[1])]
-        return Response(json.dumps(rows), media_type="application/json")
+        rows = sparse_rows(answer[1])
+        items = (compact_json([{"index": i, "value": v} for i, v in zip(indices.tolist(), values.tolist())])
+                 for indices, values in rows)
+        if sum(len(indices) for indices, _ in rows) <= PIECE_FLOATS:
+            return Response(f"[{','.join(items)}]", media_type="application/json")
+        return streamed_json(json_list(items))  # `items` encoded a row at a time, in the worker thread
 
     @app.post("/similarity", response_model=list[float])
     async def similarity(body: TEISimilarityRequest, request: Request) -> Response:

@@ -11,7 +11,7 @@ import numpy as np
 from fastapi.responses import Response, StreamingResponse
 
 PIECE_FLOATS = 1 << 14  # values encoded at a time: ~0.3 MB of JSON, a few milliseconds
-_compact = json.JSONEncoder(separators=(",", ":")).encode  # as TEI writes its replies
+compact_json = json.JSONEncoder(separators=(",", ":")).encode  # as TEI writes its replies
 
 
 def streamed_json(parts: Iterable[str | np.ndarray]) -> StreamingResponse:
@@ -51,7 +51,7 @@ def row_items(rows: np.ndarray, item: Callable[[int, str], str]) -> Iterator[str
     step = max(1, PIECE_FLOATS // max(rows.shape[1], 1))
     for start in range(0, len(rows), step):
         block = rows[start:start + step].tolist()
-        yield ("," if start else "") + ",".join(item(start + j, _compact(row)) for j, row in enumerate(block))
+        yield ("," if start else "") + ",".join(item(start + j, compact_json(row)) for j, row in enumerate(block))
 
 
 def _encoded(parts: Iterable[str | np.ndarray]) -> Iterator[str]:
@@ -67,7 +67,7 @@ def _encoded(parts: Iterable[str | np.ndarray]) -> Iterator[str]:
             continue
         step = max(1, PIECE_FLOATS // max(part.shape[1], 1))
         for start in range(0, len(part), step):
-            yield text + ("," if start else "[") + _compact(part[start:start + step].tolist())[1:-1]
+            yield text + ("," if start else "[") + compact_json(part[start:start + step].tolist())[1:-1]
             text = ""
         text += "]" if len(part) else "[]"
     yield text
