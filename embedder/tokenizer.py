@@ -127,15 +127,16 @@ class TextTokenizer:
         """Each pair's tokens before any cut: what a rerank refusing long pairs checks (TEI's `truncate: false`);
         a pair holding a long text counted a piece at a time."""
         firsts, seconds = self._checked(firsts), self._checked(seconds)
-        long = [self.count_long(a) is not None or self.count_long(b) is not None for a, b in zip(firsts, seconds)]
-        rest = iter(self.encode_pair_batch([a for a, cut in zip(firsts, long) if not cut],
-                                           [b for b, cut in zip(seconds, long) if not cut], True).ids)
-        return [self._bare_length(a) + self._bare_length(b) + self.specials(True) if cut else len(next(rest))
-                for a, b, cut in zip(firsts, seconds, long)]
+        counts = [(self.count_long(a), self.count_long(b)) for a, b in zip(firsts, seconds)]
+        short = [pair == (None, None) for pair in counts]
+        rest = iter(self.encode_pair_batch([a for a, keep in zip(firsts, short) if keep],
+                                           [b for b, keep in zip(seconds, short) if keep], True).ids)
+        return [len(next(rest)) if keep else
+                self._bare_length(a, n_a) + self._bare_length(b, n_b) + self.specials(True)
+                for a, b, (n_a, n_b), keep in zip(firsts, seconds, counts, short)]
 
-    def _bare_length(self, text: str) -> int:
-        """A text's tokens, special ones left out."""
-        count = self.count_long(text)
+    def _bare_length(self, text: str, count: int | None) -> int:
+        """A text's tokens, special ones left out: its `count_long`, or its whole tokenization's."""
         return count if count is not None else len(self.encode_whole([text])[0]) - self.specials(False)
 
     def _checked(self, texts: Sequence[str]) -> list[str]:
@@ -161,6 +162,11 @@ class TextTokenizer:
         bare, one = self.encode_batch(["", "a"])
         common = next((i for i, (x, y) in enumerate(zip(bare, one)) if x != y), min(len(bare), len(one)))
         return tuple(bare[:common]), tuple(bare[common:])
+
+
+def is_long(text: str, tokens: int) -> bool:
+    """Whether `text` is long enough for `leading_words` (or `trailing_words`) to cut, for `tokens` kept."""
+    return len(text) >= 4 * LEADING_CHARS_PER_TOKEN * tokens
 
 
 def leading_words(text: str, tokenizer, max_length: int) -> str:
@@ -296,8 +302,7 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
 
         def encode_pair_batch(firsts: list[str], seconds: list[str], whole: bool) -> Pairs:
             pairs = list(zip(firsts, seconds))
-            long = [truncate and not whole and max(map(len, pair)) >= 4 * LEADING_CHARS_PER_TOKEN * max_length
-                    for pair in pairs]  # as long as `leading_words` cuts
+            long = [truncate and not whole and (is_long(a, max_length) or is_long(b, max_length)) for a, b in pairs]
             short = iter((untruncated() if whole else tok).encode_batch(
                 [pair for pair, cut in zip(pairs, long) if not cut], add_special_tokens=True))
             found = [long_pair(*pair, tok, untruncated(), max_length) if cut else next(short)
@@ -313,7 +318,7 @@ def load_tokenizer(model_dir: Path, max_length: int, do_lower_case: bool, long_i
             return tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
         def count_long(text: str) -> int | None:
-            return _token_count(text, untruncated()) if len(text) >= 4 * LEADING_CHARS_PER_TOKEN * max_length else None
+            return _token_count(text, untruncated()) if is_long(text, max_length) else None
 
         return TextTokenizer(encode_batch, encode_whole, encode_pair_batch, tokens, decode, pad, tok.get_vocab_size(),
                              max_length, do_lower_case, long_input, tok.token_to_id, count_long,

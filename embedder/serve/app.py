@@ -77,7 +77,7 @@ from .errors import error_response, invalid_body
 from .front import Front, speaks_tei
 from .metrics import Metrics
 from .registry import DEFAULT_NAME, ModelRegistry, ServedModel
-from .streamed import PIECE_FLOATS, compact_json, json_list, json_reply, row_items, streamed_data, streamed_json
+from .streamed import PIECE_FLOATS, compact_json, json_list, json_reply, row_items, streamed_data
 
 log = logging.getLogger("embed.server")
 
@@ -268,7 +268,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         answer = await tei_vectors(body, body.inputs, request, body.normalize, body.dimensions)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
-        return json_reply([answer[1]])
+        return json_reply([answer[1]], answer[1].size)
 
     @app.post("/embed_all", response_model=list[list[list[float]]])
     async def tei_embed_all(body: TEIEmbedAllRequest, request: Request) -> Response:
@@ -277,7 +277,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         answer = await tei_vectors(body, body.inputs, request, per_token=True)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
-        return json_reply(list(json_list(answer[1])))
+        return json_reply(json_list(answer[1]), sum(tokens.size for tokens in answer[1]))
 
     @app.post("/embed_sparse", response_model=list[list[SparseValue]])
     async def tei_embed_sparse(body: TEIEmbedAllRequest, request: Request) -> Response:
@@ -287,10 +287,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             return Response(status_code=CLIENT_CLOSED)
         rows = sparse_rows(answer[1])
         items = (compact_json([{"index": i, "value": v} for i, v in zip(indices.tolist(), values.tolist())])
-                 for indices, values in rows)
-        if sum(len(indices) for indices, _ in rows) <= PIECE_FLOATS:
-            return Response(f"[{','.join(items)}]", media_type="application/json")
-        return streamed_json(json_list(items))  # `items` encoded a row at a time, in the worker thread
+                 for indices, values in rows)  # streamed: encoded a row at a time, in the worker thread
+        return json_reply(json_list(items), sum(len(indices) for indices, _ in rows))
 
     @app.post("/similarity", response_model=list[float])
     async def similarity(body: TEISimilarityRequest, request: Request) -> Response:

@@ -19,9 +19,9 @@ def streamed_json(parts: Iterable[str | np.ndarray]) -> StreamingResponse:
     return StreamingResponse(_encoded(parts), media_type="application/json")
 
 
-def json_reply(parts: list[str | np.ndarray]) -> Response:
-    """`streamed_json` where the arrays hold more than one piece's values; else the same JSON, built at once."""
-    if sum(part.size for part in parts if isinstance(part, np.ndarray)) > PIECE_FLOATS:
+def json_reply(parts: Iterable[str | np.ndarray], values: int) -> Response:
+    """`streamed_json` where the reply holds more than one piece's `values`; else the same JSON, built at once."""
+    if values > PIECE_FLOATS:
         return streamed_json(parts)
     return Response("".join(_encoded(parts)), media_type="application/json")
 
