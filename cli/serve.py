@@ -31,7 +31,7 @@ def serve(
     ] = None,
     preload: Annotated[bool, typer.Option("--preload", help="Load every model at start, not on first use.")] = False,
     no_truncate: Annotated[
-        bool, typer.Option("--no-truncate", help="Refuse inputs over the model's max length (400) instead of cutting them.")
+        bool, typer.Option("--no-truncate", help="Refuse inputs over the model's max length with a 400 error instead of cutting them.")
     ] = False,
     max_inputs: Annotated[int, typer.Option(min=1, help="Most inputs one request may carry.")] = 2048,
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted (else 413).")] = 32 * 1024 * 1024,

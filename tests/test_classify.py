@@ -181,7 +181,7 @@ def test_a_classifier_served_alone_answers_on_teis_root_and_info(three_labels, m
         rerank = httpx.post(url, json={"query": "q", "texts": ["a"]}, timeout=30)
     assert info["model_type"] == {"classifier": {"id2label": LABELS, "label2id": LABEL_IDS}}
     assert top.label == names[int(np.argmax(want[0]))] and abs(top.score - want[0].max()) < 1e-5
-    assert rerank.status_code == 413 and "gives 3 scores per pair" in rerank.json()["error"]
+    assert rerank.status_code == 422 and "gives 3 scores per pair" in rerank.json()["error"]
 
 
 def test_tei_predict_scores_as_tei_whatever_the_problem_type(work, minilm_path):
@@ -205,11 +205,11 @@ def test_tei_predict_scores_as_tei_whatever_the_problem_type(work, minilm_path):
     ({"inputs": ["a", "b", "c"]}, 422, "'inputs'"),
     ({"inputs": [["a"], ["a", "b", "c"]]}, 422, "'inputs'"),
     ({"inputs": [["a"], 3]}, 422, "'inputs'"),
-    ({"inputs": "terrible " * 200, "truncate": False}, 413, "has 202 tokens, more than the model's maximum of 128"),
-    ({"inputs": [["a", "b"], ["c"]], "truncation_direction": "Left"}, 413,
+    ({"inputs": "terrible " * 200, "truncate": False}, 422, "has 202 tokens, more than the model's maximum of 128"),
+    ({"inputs": [["a", "b"], ["c"]], "truncation_direction": "Left"}, 422,
      "input 0 is a pair: keeping the last tokens applies to single texts"),
-    ({"inputs": "a", "model": "all-MiniLM-L6-v2"}, 413, "is an embedding model, with no labels"),
-    ({"inputs": ["a", "\ud800"]}, 413, "lone UTF-16 surrogate"),
+    ({"inputs": "a", "model": "all-MiniLM-L6-v2"}, 422, "is an embedding model, with no labels"),
+    ({"inputs": ["a", "\ud800"]}, 422, "lone UTF-16 surrogate"),
 ])
 def test_tei_predict_refuses_in_tei_shape(http, body, status, message):
     reply = http.post("/predict", content=json.dumps(body), headers={"content-type": "application/json"})

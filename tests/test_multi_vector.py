@@ -189,8 +189,8 @@ def test_server_routes(colbert):
     np.testing.assert_allclose([d["score"] for d in score.json()["data"]], scores, rtol=1e-5)
     assert similarity.status_code == 200, similarity.text
     np.testing.assert_allclose(similarity.json(), scores, rtol=1e-5)
-    assert prompted.status_code == 413 and "'prompt_name' does not apply" in prompted.json()["error"], prompted.text
-    assert long_document.status_code == 413 and "input 1" in long_document.json()["error"], long_document.text
-    assert long_text.status_code == 413 and "input 1" in long_text.json()["error"], long_text.text
+    assert prompted.status_code == 422 and "'prompt_name' does not apply" in prompted.json()["error"], prompted.text
+    assert long_document.status_code == 422 and "input 1" in long_document.json()["error"], long_document.text
+    assert long_text.status_code == 422 and "input 1" in long_text.json()["error"], long_text.text
     assert refused.status_code == 400 and "multi-vector" in refused.json()["error"]["message"]
-    assert too_long.status_code == 413 and "maximum of 40" in too_long.json()["error"], too_long.text
+    assert too_long.status_code == 422 and "maximum of 40" in too_long.json()["error"], too_long.text

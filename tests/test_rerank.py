@@ -235,17 +235,21 @@ def test_server_ranks_as_text_embeddings_inference(http, reranker):
     raw = http.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "raw_scores": True}).json()
     assert all(set(r) == {"index", "score"} for r in raw)
     np.testing.assert_allclose([r["score"] for r in sorted(raw, key=lambda r: r["index"])], logits, atol=1e-5)
-    # A TEI request's refusals come in TEI's shape and statuses (Empty 400, Validation 413).
+    # infinity's request (`documents`) takes `raw_scores` too
+    raw = http.post("/rerank", json={"query": QUERY, "documents": DOCUMENTS, "raw_scores": True}).json()["results"]
+    np.testing.assert_allclose([r["relevance_score"] for r in sorted(raw, key=lambda r: r["index"])], logits,
+                               atol=1e-5)
+    # A TEI request's refusals come in TEI's shape and statuses (Empty 400, Validation 422, as TEI answers since its 1.9).
     refused = http.post("/rerank", json={"query": QUERY, "texts": []})
     assert refused.status_code == 400 and refused.json() == {"error": "'texts' is an empty list; send at least one "
                                                              "document", "error_type": "Empty"}
     long = http.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "truncate": False})  # text 4 is too long
-    assert long.status_code == 413 and long.json()["error_type"] == "Validation", long.text
+    assert long.status_code == 422 and long.json()["error_type"] == "Validation", long.text
     assert "input 4 has" in long.json()["error"] and "'truncate': true" in long.json()["error"]
     fits = http.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS[:4], "truncate": False})
     assert fits.status_code == 200 and len(fits.json()) == 4
     left = http.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "truncation_direction": "Left"})
-    assert left.status_code == 413 and "truncation_direction Left" in left.json()["error"]
+    assert left.status_code == 422 and "truncation_direction Left" in left.json()["error"]
     cohere = http.post("/rerank", json={"query": QUERY, "documents": []})  # the same route, Cohere's request
     assert cohere.status_code == 400 and cohere.json()["error"]["param"] == "documents"
 

@@ -363,7 +363,7 @@ def test_tei_embed_as_text_embeddings_inference(http: httpx.Client, engine: Embe
         asked = {"inputs": [TEXTS[0], long_text]} | ({} if truncate is None else {"truncate": truncate})
         assert_close(http.post("/embed", json=asked).json(), engine.embed([TEXTS[0], long_text]))
     refused = http.post("/embed", json={"inputs": [TEXTS[0], long_text], "truncate": False})
-    assert refused.status_code == 413 and refused.json()["error_type"] == "Validation"  # as TEI answers
+    assert refused.status_code == 422 and refused.json()["error_type"] == "Validation"  # as TEI answers
     assert refused.json()["error"].startswith("input 1 has ")
     assert http.post("/embed", json={"inputs": TEXTS, "truncate": False}).status_code == 200
 
@@ -389,18 +389,90 @@ def test_tei_clients_and_info(server: str, http: httpx.Client, engine: Embedding
     assert info["model_dtype"] == engine.info()["dtype"] == "float32"
 
 
+def test_vllm_use_activation_false_gives_the_pooled_vectors_unnormalized(http: httpx.Client,
+                                                                        minilm_path: Path) -> None:
+    """vLLM's `use_activation` (and its older `normalize`) false on /v1/embeddings and /pooling: each vector as
+    the pooling made it, sentence-transformers' Transformer and Pooling modules without its Normalize."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_path), device="cpu")
+    pooled = SentenceTransformer(modules=[model[0], model[1]], device="cpu").encode(TEXTS[:2])
+    assert np.all(np.linalg.norm(pooled, axis=1) > 1.5)  # unnormalized, so the check below can fail
+    for field in ("use_activation", "normalize"):
+        for path, key in (("/v1/embeddings", "embedding"), ("/pooling", "data"), ("/invocations", "embedding")):
+            reply = http.post(path, json={"input": TEXTS[:2], field: False, "encoding_format": "float"})
+            np.testing.assert_allclose([d[key] for d in reply.json()["data"]], pooled, rtol=1e-4, atol=1e-4)
+    kept = http.post("/v1/embeddings", json={"input": TEXTS[:2], "use_activation": True, "encoding_format": "float"})
+    assert_close([d["embedding"] for d in kept.json()["data"]], pooled / np.linalg.norm(pooled, axis=1)[:, None])
+
+
+def test_sagemaker_invocations_and_ping_as_tei_and_vllm(server: str, http: httpx.Client,
+                                                        engine: EmbeddingEngine) -> None:
+    """SageMaker's /invocations answers by the body, as vLLM's does (OpenAI's `input`, vLLM's /pooling and /score)
+    and TEI's (`inputs`, as its root route); /ping (GET or POST) and TEI's GET / are health checks."""
+    vectors = engine.embed(TEXTS[:3])
+    openai_body = http.post("/invocations", json={"input": TEXTS[:2], "encoding_format": "float"}).json()
+    assert openai_body["object"] == "list" and openai_body["id"].startswith("embd-") and openai_body["created"] > 0
+    assert_close([d["embedding"] for d in openai_body["data"]], vectors[:2])
+    assert_close(http.post("/invocations", json={"inputs": TEXTS[:2]}).json(), vectors[:2])
+    pooled = http.post("/invocations", json={"input": TEXTS[:2], "task": "embed"}).json()
+    assert pooled["id"].startswith("pool-") and [d["object"] for d in pooled["data"]] == ["pooling"] * 2
+    scored = http.post("/invocations", json={"text_1": TEXTS[0], "text_2": TEXTS[1:3]}).json()
+    np.testing.assert_allclose([d["score"] for d in scored["data"]], vectors[1:] @ vectors[0], atol=1e-5)
+    tei_refused = http.post("/invocations", json={"inputs": []})
+    assert tei_refused.status_code == 400 and tei_refused.json()["error_type"] == "Empty"
+    openai_refused = http.post("/invocations", json={"input": []})
+    assert openai_refused.status_code == 400 and openai_refused.json()["error"]["param"] == "input"
+    assert httpx.post(f"{server}/invocations", json={"input": "hi"}).status_code == 401  # keyed as /v1
+    for method, path in (("GET", "/ping"), ("POST", "/ping"), ("GET", "/")):
+        assert httpx.request(method, f"{server}{path}").status_code == 200  # open to probes, as /health
+
+
+def test_tei_options_where_tei_takes_them(http: httpx.Client, engine: EmbeddingEngine) -> None:
+    """/similarity's options in `parameters`, /tokenize's `prompt_name`, and TEI's 400s: an empty text or id list,
+    a body that is not JSON."""
+    long_text = "word " * 400
+    sentences = {"source_sentence": long_text, "sentences": TEXTS[:2]}
+    assert http.post("/similarity", json={"inputs": sentences}).status_code == 200  # cut, as this server cuts
+    refused = http.post("/similarity", json={"inputs": sentences, "parameters": {"truncate": False}})
+    assert refused.status_code == 422 and refused.json()["error"].startswith("input 0 has "), refused.text
+    unknown = http.post("/similarity", json={"inputs": sentences, "parameters": {"prompt_name": "query"}})
+    assert unknown.status_code == 422 and "unknown prompt_name 'query'" in unknown.json()["error"]
+    unknown = http.post("/tokenize", json={"inputs": "hello", "prompt_name": "query"})
+    assert unknown.status_code == 422 and "unknown prompt_name 'query'" in unknown.json()["error"]
+    for path, body in (("/predict", {"inputs": ""}), ("/tokenize", {"inputs": ""}), ("/tokenize", {"inputs": []}),
+                       ("/decode", {"ids": [[]]}), ("/decode", {"ids": []}), ("/embed", {"inputs": ""})):
+        reply = http.post(path, json=body)
+        assert reply.status_code == 400 and reply.json()["error_type"] == "Empty", (path, body, reply.text)
+    for raw in (b'{"inputs": "a"', b'"a"'):
+        reply = http.post("/embed", content=raw, headers={"Content-Type": "application/json"})
+        assert reply.status_code == 400 and reply.json()["error_type"] == "Validation", reply.text
+    assert http.get("/info").json()["served_model_name"] == DEFAULT_MODEL
+
+
+def test_infinity_client_defaults(http: httpx.Client, engine: EmbeddingEngine) -> None:
+    """What infinity's generated client sends unless told otherwise: the model "default/not-specified", and
+    `dimensions` 0 for the model's own."""
+    reply = http.post("/embeddings", json={"input": TEXTS[:2], "model": "default/not-specified", "dimensions": 0,
+                                           "modality": "text", "encoding_format": "float"})
+    assert reply.status_code == 200 and reply.json()["model"] == DEFAULT_MODEL
+    assert_close([d["embedding"] for d in reply.json()["data"]], engine.embed(TEXTS[:2]))
+    zero = http.post("/v1/embeddings", json={"input": TEXTS[:2], "dimensions": 0})  # OpenAI's route refuses it
+    assert zero.status_code == 400 and zero.json()["error"]["param"] == "dimensions"
+
+
 @pytest.mark.parametrize("request_body, status, error_type, named", [
     ({"inputs": []}, 400, "Empty", "'inputs' is an empty list"),
     ({"inputs": ["a", ""]}, 400, "Empty", "input 1 is empty"),
     ({"inputs": 7}, 422, "Validation", "'inputs'"),
     ({"inputs": "a", "normalize": "yes"}, 422, "Validation", "'normalize'"),
     ({"inputs": "a", "truncation_direction": "Up"}, 422, "Validation", "'truncation_direction'"),
-    ({"inputs": "a", "dimensions": 5000}, 413, "Validation", "dimensions must be between 1 and 384"),
+    ({"inputs": "a", "dimensions": 5000}, 422, "Validation", "dimensions must be between 1 and 384"),
 ])
 def test_tei_embed_refuses_bad_requests_as_tei(http: httpx.Client, request_body: dict, status: int, error_type: str,
                                                named: str) -> None:
     """TEI's routes answer in TEI's error shape and statuses (`{"error": ..., "error_type": ...}`: Empty 400, its JSON
-    extractor 422, Validation 413), which huggingface_hub's InferenceClient reads; the message names the field."""
+    extractor 422, Validation 422 since TEI 1.9), which huggingface_hub's InferenceClient reads; the message names the field."""
     reply = http.post("/embed", json=request_body)
     assert reply.status_code == status, reply.text
     assert set(reply.json()) == {"error", "error_type"} and reply.json()["error_type"] == error_type
@@ -439,8 +511,10 @@ def test_tokenize_and_decode_as_text_embeddings_inference(http: httpx.Client, en
         assert [t["id"] for t in tokens] == want.ids
         assert [t["special"] for t in tokens] == [bool(m) for m in want.special_tokens_mask]
         assert tokens[0] == {"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None}
-        for token, (start, stop) in zip(tokens[1:-1], want.offsets[1:-1]):
-            assert (token["start"], token["stop"]) == (start, stop) and token["text"] == text[start:stop]
+        for token, (start, stop) in zip(tokens[1:-1], want.offsets[1:-1]):  # TEI's spans count UTF-8 bytes
+            at = len(text[:start].encode()), len(text[:stop].encode())
+            assert (token["start"], token["stop"]) == at and token["text"] == text.encode()[at[0]:at[1]].decode()
+            assert token["text"] == text[start:stop]
     decoded = http.post("/decode", json={"ids": [engine.tokenize(t)[0] for t in (["hello world"], ["a b"])]}).json()
     assert decoded == ["hello world", "a b"]
     assert http.post("/decode", json={"ids": [7592, 2088]}).json() == ["hello world"]
@@ -477,7 +551,7 @@ def test_tokenize_decode_and_score_refuse_bad_requests(http: httpx.Client, path:
     TEI's, whose message names it."""
     reply = http.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
     if path == "/decode" or "inputs" in body:
-        assert reply.status_code in (400, 413) and reply.json()["error_type"], reply.text
+        assert reply.status_code in (400, 422) and reply.json()["error_type"], reply.text
         assert param in reply.json()["error"]
         return
     assert reply.status_code == 400, reply.text

@@ -216,7 +216,7 @@ def test_tei_embed_sparse(splade):
     assert unnamed.status_code == 200 and len(unnamed.json()) == 1
     assert root.status_code == 200 and root.json() == unnamed.json()
     assert dense.status_code == 400 and "ask /embed_sparse" in dense.json()["error"]["message"]
-    assert wrong.status_code == 413 and "is a dense model" in wrong.json()["error"]
+    assert wrong.status_code == 422 and "is a dense model" in wrong.json()["error"]
 
 
 def test_serve_a_masked_lm_with_splade_pooling(work, minilm_path, splade):

@@ -103,5 +103,5 @@ def test_tei_embed_all(engine):
     assert len(many.json()) == 3
     for got, w in zip(many.json(), want):
         np.testing.assert_allclose(np.array(got), w, atol=1e-5)
-    assert long.status_code == 413 and "more than the model's maximum of 256" in long.json()["error"]
+    assert long.status_code == 422 and "more than the model's maximum of 256" in long.json()["error"]
     assert empty.status_code == 400 and set(empty.json()) == {"error", "error_type"}

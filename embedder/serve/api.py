@@ -35,14 +35,26 @@ class EmbeddingRequest(BaseModel):
     # vLLM's: the type and byte order of base64 values (float lists are always floats).
     embed_dtype: Literal[EMBED_DTYPES] | None = None
     endianness: Literal["native", "little", "big"] | None = None
+    # vLLM's: false gives each pooled vector as the pooling made it, without the model's normalization (and
+    # /pooling's classify its logits, token_embed its vectors unnormalized); `normalize` is its older name.
+    use_activation: bool | None = None
+    normalize: bool | None = None
+
+    @property
+    def activation(self) -> bool | None:
+        return self.use_activation if self.use_activation is not None else self.normalize
+
+
+def infinity_request(body: EmbeddingRequest) -> EmbeddingRequest:
+    """infinity's /embeddings: its generated client sends `dimensions` 0 for the model's own."""
+    return body.model_copy(update={"dimensions": None}) if body.dimensions == 0 else body
 
 
 class PoolingRequest(EmbeddingRequest):
     """vLLM's /pooling: an embeddings request with the pooling `task` to run (absent: a classifier's classify, an
-    embedding model's embed); `use_activation` false gives classify's logits and token_embed's vectors unnormalized."""
+    embedding model's embed)."""
 
     task: Literal["embed", "classify", "token_embed"] | None = None
-    use_activation: bool | None = None
 
 
 class Embedding(BaseModel):
@@ -57,7 +69,9 @@ class Usage(BaseModel):
 
 
 class EmbeddingResponse(BaseModel):
+    id: str  # vLLM's and infinity's; OpenAI's own reply has none, and its SDK keeps what it does not know
     object: Literal["list"] = "list"
+    created: int
     data: list[Embedding]
     model: str
     usage: Usage
@@ -84,7 +98,7 @@ class RerankRequest(BaseModel):
     return_documents: bool = True
     # TEI's fields. `truncate: false` refuses a long pair; absent or true, long pairs follow the server's policy.
     texts: list[str] | None = None
-    raw_scores: bool = False  # a cross-encoder's logits, before its activation
+    raw_scores: bool = False  # a cross-encoder's logits, before its activation (TEI's and infinity's)
     return_text: bool = False
     truncate: bool | None = None
     truncation_direction: TruncationDirection = "Right"
@@ -232,6 +246,7 @@ class TokenizeRequest(BaseModel):
     inputs: str | list[str] | None = None
     model: str | None = None
     add_special_tokens: bool = True
+    prompt_name: str | None = None  # TEI's: the text tokenized with this prompt of the model's before it
 
 
 class TokenizeResponse(BaseModel):  # vLLM's
@@ -270,11 +285,28 @@ class SimilarityInputs(BaseModel):
     sentences: list[str]
 
 
+class SimilarityParameters(BaseModel):
+    """Where TEI's /similarity takes its texts' options (huggingface_hub's `sentence_similarity` sends none)."""
+
+    model_config = ConfigDict(strict=True)
+
+    truncate: bool | None = None
+    truncation_direction: TruncationDirection = "Right"
+    prompt_name: str | None = None
+
+
 class TEISimilarityRequest(TEITextOptions):
     """TEI's /similarity, which huggingface_hub's `sentence_similarity` also posts to TEI's root route: the cosine
-    similarity of `source_sentence` to each of `sentences`, in order."""
+    similarity of `source_sentence` to each of `sentences`, in order. The options may come in `parameters`, as TEI
+    reads them, or beside `inputs`, as its other routes take them."""
 
     inputs: SimilarityInputs
+    parameters: SimilarityParameters | None = None
+
+    def model_post_init(self, context: Any) -> None:
+        if self.parameters is not None:
+            for field in self.parameters.model_fields_set:
+                setattr(self, field, getattr(self.parameters, field))
 
 
 class TEIRank(BaseModel):
@@ -355,6 +387,8 @@ def parse_predict(value: str | list, max_inputs: int) -> tuple[list[str | tuple[
     if len(items) > max_inputs:
         raise InputError(f"'inputs' holds {len(items)} inputs; at most {max_inputs} are allowed per request", "inputs")
     for i, item in enumerate(items):
+        if not any(item):  # as TEI: a pair needs one text, a single text a character
+            raise EmptyInput(f"{f'input {i}' if batch else 'inputs'} is empty; send at least one character", "inputs")
         for text in item:
             if (at := lone_surrogate(text)) is not None:
                 raise InputError(f"{f'input {i}' if batch else 'inputs'} holds a lone UTF-16 surrogate at character "

@@ -68,15 +68,16 @@ from .api import (
     VLLMList,
     check_token_ids,
     encode_vectors,
+    infinity_request,
     parse_input,
     parse_predict,
     parse_rerank,
     parse_score,
 )
-from .errors import error_response, invalid_body
+from .errors import UnreadableBody, error_response, invalid_body
 from .front import Front, speaks_tei
 from .metrics import Metrics
-from .registry import DEFAULT_NAME, ModelRegistry, ServedModel
+from .registry import DEFAULT_NAMES, ModelRegistry, ServedModel
 from .streamed import PIECE_FLOATS, compact_json, json_list, json_reply, row_items, streamed_data
 
 log = logging.getLogger("embed.server")
@@ -180,6 +181,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             else:
                 token_ids = await run_in_threadpool(_token_ids, engine, inputs, body)
             skip = engine.prompt_skip(body.prompt, body.prompt_name) if inputs.texts else 0
+            normalize = body.activation if normalize is None else normalize
             future = (engine.submit_multi_vectors(token_ids, query=query) if engine.multi_vector else
                       engine.submit_token_embeddings(token_ids) if per_token else
                       engine.submit(token_ids, dimensions=dimensions, normalize=normalize, skip=skip))
@@ -204,7 +206,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         data = [] if streamed else [
             Embedding.model_construct(index=i, embedding=e)
             for i, e in enumerate(encode_vectors(vectors, body.encoding_format, body.embed_dtype, body.endianness))]
-        reply = EmbeddingResponse.model_construct(data=data, model=_client_name(served, body.model),
+        reply = EmbeddingResponse.model_construct(id=f"embd-{secrets.token_hex(12)}", created=int(time.time()),
+                                                  data=data, model=_client_name(served, body.model),
                                                   usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
         if streamed:
             return streamed_data(reply.model_dump_json(), row_items(vectors, _openai_item))
@@ -215,7 +218,9 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         """The requests `Front` passes on to FastAPI's own JSON parsing and validation (most get a 400 there)."""
         return await answer_embeddings(body, request.receive)
 
-    app.post("/embeddings", response_model=EmbeddingResponse, include_in_schema=False)(embeddings)  # infinity's
+    @app.post("/embeddings", response_model=EmbeddingResponse, include_in_schema=False)
+    async def infinity_embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        return await answer_embeddings(infinity_request(body), request.receive)
 
     @app.post("/pooling", response_model=PoolingResponse)
     async def pooling(body: PoolingRequest, request: Request) -> Response:
@@ -230,12 +235,12 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             texts = parse_input(body.input, options.max_inputs).texts
             if texts is None:
                 raise InputError("task classify takes texts, not token ids", "input")
-            answer = await classes(body.model, texts, request, raw=body.use_activation is False,
+            answer = await classes(body.model, texts, request, raw=body.activation is False,
                                    keep_last=body.truncate_prompt_tokens)
             rows = None if answer is None else (answer[0], list(answer[2]), answer[3])
         elif task == "token_embed":
             rows = await embed(body, request.receive, per_token=True)
-            if rows is not None and body.use_activation is not False:
+            if rows is not None and body.activation is not False:
                 rows = (rows[0], [l2_normalize(tokens) for tokens in rows[1]], rows[2])
         else:
             rows = await embed(body, request.receive)
@@ -322,25 +327,33 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             future, _ = await run_in_threadpool(engine.submit_scores, [source] * len(sentences), sentences)
             return await _result(future, request.receive)
 
-    @app.post("/", include_in_schema=False)
-    async def tei_root(request: Request) -> Response:
-        """TEI's root route, where huggingface_hub's InferenceClient(base_url=...) posts. TEI answers there as the
-        model it serves: a reranker's rerank (a body with "query"), a sentence similarity (`inputs` as
-        {"source_sentence", "sentences"}), a classifier's /predict, a SPLADE model's /embed_sparse, a multi-vector
-        model's /embed_all, else /embed;
-        each refused as its route refuses it."""
+    async def invocations(request: Request) -> Response:
+        """TEI's root route (where huggingface_hub's InferenceClient(base_url=...) posts) and SageMaker's
+        /invocations, as TEI and vLLM answer them: by the body, a rerank ("query"), a vLLM score ("text_1"), a
+        sentence similarity (`inputs` as {"source_sentence", "sentences"}), vLLM's /pooling ("input" and "task"),
+        and else by the model served: TEI's `inputs` a classifier's /predict, a SPLADE model's /embed_sparse, a
+        multi-vector model's /embed_all, else /embed; OpenAI's and vLLM's `input` a classifier's /classify, else
+        /v1/embeddings. Each refused as its route refuses it."""
         try:
             body = json.loads(await request.body())
         except ValueError as exc:
-            raise InputError(f"the request body is not valid JSON: {exc}") from None
-        if isinstance(body, dict) and "query" in body:
+            raise UnreadableBody(f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise UnreadableBody("the request body must be a JSON object")
+        if "query" in body:
             route, shape = rerank, RerankRequest
-        elif isinstance(body, dict) and isinstance(body.get("inputs"), dict):
+        elif "text_1" in body:
+            route, shape = score, ScoreRequest
+        elif isinstance(body.get("inputs"), dict):
             route, shape = similarity, TEISimilarityRequest
+        elif "input" in body and "task" in body:
+            route, shape = pooling, PoolingRequest
         else:
-            served = registry.resolve(body.get("model") if isinstance(body, dict) else None)
+            served = registry.resolve(body.get("model") if isinstance(body.get("model"), str) else None)
             engine = await _engine(registry, served)
-            route, shape = ((predict, PredictRequest) if engine.cross_encoder else
+            route, shape = (((classify, ClassifyRequest) if engine.cross_encoder else (embeddings, EmbeddingRequest))
+                            if "input" in body else
+                            (predict, PredictRequest) if engine.cross_encoder else
                             (tei_embed_sparse, TEIEmbedAllRequest) if engine.sparse else
                             (tei_embed_all, TEIEmbedAllRequest) if engine.multi_vector else
                             (tei_embed, TEIEmbedRequest))
@@ -349,6 +362,9 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         except ValidationError as exc:
             raise invalid_body(exc) from None
         return await route(parsed, request)
+
+    for path in ("/", "/invocations"):
+        app.post(path, include_in_schema=False)(invocations)
 
     @app.get("/info")
     async def info() -> dict:
@@ -361,7 +377,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         kind = ({"classifier" if len(labels) > 1 else "reranker": classes} if engine.cross_encoder
                 else {"embedding": {"pooling": "+".join(engine.model.spec.pooling)}})
         return {"model_id": served.public_name, "model_sha": None, "model_dtype": engine.model.dtype,
-                "model_type": kind, "max_concurrent_requests": options.max_queue,
+                "served_model_name": served.public_name, "model_type": kind, "max_concurrent_requests": options.max_queue,
                 "max_input_length": engine.max_length, "max_batch_tokens": engine.batch_shape.tokens,
                 "max_batch_requests": None, "max_client_batch_size": options.max_inputs,
                 "auto_truncate": engine.options.truncate, "tokenization_workers": 1,
@@ -382,7 +398,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             if tei and body.truncate is False:
                 await run_in_threadpool(_refuse_long_pairs, engine, body.query, documents)
             future, tokens = await run_in_threadpool(engine.submit_scores, [body.query] * len(documents), documents,
-                                                     tei and body.raw_scores)
+                                                     body.raw_scores)
             scores = await _result(future, request.receive)
         if scores is None:
             return Response(status_code=CLIENT_CLOSED)
@@ -470,23 +486,26 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     @app.post("/tokenize", response_model=TokenizeResponse | list[list[TEIToken]])
     async def tokenize(body: TokenizeRequest) -> Response:
         """vLLM's /tokenize (`prompt`: its ids and their count) or TEI's (`inputs`: each token's id, text and
-        character span, per text); the whole text, never cut."""
+        span in UTF-8 bytes, per text, as TEI counts them; the model's prompt, named or its default, before each
+        text); the whole text, never cut."""
         if (body.prompt is None) == (body.inputs is None):
             raise InputError("send 'prompt' (one text, as vLLM) or 'inputs' (texts, as TEI), not both or neither",
                              "prompt" if body.inputs is None else "inputs")
         field, given = ("prompt", body.prompt) if body.prompt is not None else ("inputs", body.inputs)
         texts = [given] if isinstance(given, str) else given
+        if not texts:
+            raise EmptyInput(f"'{field}' is an empty list; send at least one text", field)
         _check_count(texts, options.max_inputs, field)
+        if body.inputs is not None and "" in texts:
+            raise EmptyInput(f"input {texts.index('')} is empty; send at least one character", field)
         engine = await _engine(registry, registry.resolve(body.model))
+        if body.inputs is not None or body.prompt_name is not None:
+            texts = [(engine.resolve_prompt(None, body.prompt_name) or "") + text for text in texts]
         found = await run_in_threadpool(engine.model.tokenizer.whole_tokens, texts, body.add_special_tokens)
         if body.prompt is not None:
             reply = TokenizeResponse(count=len(found[0].ids), max_model_len=engine.max_length, tokens=found[0].ids)
             return Response(reply.model_dump_json(), media_type="application/json")
-        tei = [[TEIToken(id=i, text=text[span[0]:span[1]] if span else string, special=special,
-                         start=span[0] if span else None, stop=span[1] if span else None)
-                for i, string, span, special in zip(t.ids, t.strings, t.spans, t.special)]
-               for text, t in zip(texts, found)]
-        return Response(TypeAdapter(list[list[TEIToken]]).dump_json(tei), media_type="application/json")
+        return Response(await run_in_threadpool(_tei_tokens, texts, found), media_type="application/json")
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> dict:
@@ -499,6 +518,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     async def decode(body: DecodeRequest) -> list[str]:
         """TEI's /decode: each list of ids back to text."""
         rows = [body.ids] if body.ids and isinstance(body.ids[0], int) else body.ids
+        if not rows or not all(rows):
+            raise EmptyInput("'ids' is empty, or holds an empty list; send the token ids to decode", "ids")
         _check_count(rows, options.max_inputs, "ids", "lists of token ids")
         tokenizer = (await _engine(registry, registry.resolve(None))).model.tokenizer
         return await run_in_threadpool(lambda: [tokenizer.text_of(row, body.skip_special_tokens) for row in rows])
@@ -523,6 +544,10 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         registry.check_ready()
         return {"status": "ok", "models": [m.public_name for m in registry.models],
                 "loaded": [m.public_name for m in registry.loaded()]}
+
+    app.get("/", include_in_schema=False)(health)  # TEI's
+    for method in (app.get, app.post):  # SageMaker's, as TEI and vLLM answer it
+        method("/ping", include_in_schema=False)(health)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> str:
@@ -550,7 +575,7 @@ async def _engine(registry: ModelRegistry, served: ServedModel) -> EmbeddingEngi
 
 def _client_name(served: ServedModel, asked: str | None) -> str:
     """The model name to answer with: the one the client used, or the served model's public name."""
-    return served.public_name if asked in (None, DEFAULT_NAME) else asked
+    return served.public_name if asked is None or asked in DEFAULT_NAMES else asked
 
 
 def _vllm_reply(shape: type[VLLMList], kind: str, model: str, data: list, tokens: int) -> Response:
@@ -574,9 +599,28 @@ def _openai_item(index: int, embedding: str) -> str:
 def _pooled(outputs: list[np.ndarray]) -> Iterator[str | np.ndarray]:
     """/pooling's `data` of each input's token vectors, as `streamed_json`'s parts."""
     for i, out in enumerate(outputs):
-        yield f'{"," if i else ""}{{"index":{i},"object":"pooling","data":'
+        yield ("," if i else "") + _vllm_item(i, "")[:-1]  # the item up to its data
         yield out
         yield "}"
+
+
+def _tei_tokens(texts: list[str], found: list) -> bytes:
+    """TEI's /tokenize reply: each token's id, text, whether it is special, and its span in the text's UTF-8
+    bytes (None for a special token)."""
+    tokens = []
+    for text, t in zip(texts, found):
+        at = _utf8_offsets(text)
+        tokens.append([TEIToken(id=i, text=text[span[0]:span[1]] if span else string, special=special,
+                                start=int(at[span[0]]) if span else None, stop=int(at[span[1]]) if span else None)
+                       for i, string, span, special in zip(t.ids, t.strings, t.spans, t.special)])
+    return TypeAdapter(list[list[TEIToken]]).dump_json(tokens)
+
+
+def _utf8_offsets(text: str) -> np.ndarray:
+    """Where each character of `text` starts in its UTF-8 bytes, and the bytes' length last."""
+    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+    widths = 1 + (points >= 0x80) + (points >= 0x800) + (points >= 0x10000)
+    return np.concatenate([[0], np.cumsum(widths)])
 
 
 def _check_count(items: list, limit: int, field: str, what: str = "texts") -> None:

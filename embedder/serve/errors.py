@@ -29,6 +29,10 @@ class BodyTooLarge(InputError):
     """The request body is over the server's size limit; refused before it is parsed."""
 
 
+class UnreadableBody(InputError):
+    """The request body is not a JSON object; TEI's JSON extractor answers it 400, where a field's value is 422."""
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     status: int | None  # None: the exception carries its own (Starlette's HTTPException: 404, 405)
@@ -39,13 +43,15 @@ class ErrorKind:
 
 
 # Subclasses before their parents: the first match wins.
-# TEI's statuses: Validation 413, Tokenizer (and its JSON extractor) 422, Empty 400, Overloaded 429, Backend 424,
-# Unhealthy 503.
+# TEI's statuses since its 1.9.0 (before it, Validation was 413): Validation and Tokenizer 422, as its JSON
+# extractor answers a field's bad value, and 400 a body that is not JSON; Empty 400, Overloaded 429, Backend 424,
+# Unhealthy 503; a body over its limit 413.
 ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
     (BodyTooLarge, ErrorKind(413, "invalid_request_error", "body_too_large", tei=(413, "Validation"))),
-    (InputTooLong, ErrorKind(400, "invalid_request_error", "input_too_long", tei=(413, "Validation"))),
+    (UnreadableBody, ErrorKind(400, "invalid_request_error", "invalid_input", tei=(400, "Validation"))),
+    (InputTooLong, ErrorKind(400, "invalid_request_error", "input_too_long", tei=(422, "Validation"))),
     (EmptyInput, ErrorKind(400, "invalid_request_error", "invalid_input", tei=(400, "Empty"))),
-    (InputError, ErrorKind(400, "invalid_request_error", "invalid_input", tei=(413, "Validation"))),
+    (InputError, ErrorKind(400, "invalid_request_error", "invalid_input", tei=(422, "Validation"))),
     (ModelPinned, ErrorKind(400, "invalid_request_error", "model_not_served", "model")),
     (ModelNotFound, ErrorKind(404, "invalid_request_error", "model_not_found", "model")),
     (AuthError, ErrorKind(401, "authentication_error", "invalid_api_key")),
@@ -88,14 +94,14 @@ def invalid_body(exc: ValidationError) -> RequestValidationError:
 def _malformed_json(exc: Exception) -> Exception:
     """A body that is not a JSON object at all is a 400, as OpenAI answers, not a field-level 422."""
     if isinstance(exc, HTTPException) and exc.status_code == 400 and exc.detail == FASTAPI_UNREADABLE_BODY:
-        return InputError("the request body cannot be read as JSON: send it as UTF-8 and uncompressed, with no integer "
+        return UnreadableBody("the request body cannot be read as JSON: send it as UTF-8 and uncompressed, with no integer "
                           "of over 4,300 digits and no nesting past 1,000 levels")
     if isinstance(exc, RequestValidationError):
         error = exc.errors()[0]
         if error["type"] == "json_invalid":
-            return InputError(f"the request body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}")
+            return UnreadableBody(f"the request body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}")
         if tuple(error["loc"]) == ("body",):
-            return InputError("the request body must be a JSON object, sent with 'Content-Type: application/json'")
+            return UnreadableBody("the request body must be a JSON object, sent with 'Content-Type: application/json'")
     return exc
 
 

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import AuthError, EmbedError
 from .access_log import AccessLog
-from .api import EmbeddingRequest
+from .api import EmbeddingRequest, infinity_request
 from .errors import BodyTooLarge, error_response, invalid_body
 from .metrics import Metrics
 
@@ -25,9 +25,9 @@ log = logging.getLogger("embed.server")
 INLINE_BODY_BYTES = 1 << 20  # bodies validated on the event loop; a larger one (32 MB of token ids: 4 s) in a thread
 
 BODY_KEY = "embed.body"  # the scope key under which `Front` keeps a request's buffered body
-# What --api-key guards, with TEI's root "/"; /health and /metrics stay open to probes.
+# What --api-key guards, with POST to TEI's root "/"; /health, /ping, GET / and /metrics stay open to probes.
 KEYED_PATHS = ("/v1/", "/v2/", "/rerank", "/embed", "/info", "/models", "/score", "/tokenize", "/detokenize",
-               "/decode", "/similarity", "/pooling", "/predict", "/classify")
+               "/decode", "/similarity", "/pooling", "/predict", "/classify", "/invocations")
 
 
 @dataclass
@@ -66,7 +66,8 @@ class Front:
         if scope["method"] == "HEAD":  # a GET's status and headers, as TEI's router answers; the server sends no body
             scope = {**scope, "method": "GET"}
         try:
-            if self.api_key is not None and (scope["path"].startswith(KEYED_PATHS) or scope["path"] == "/"):
+            keyed = scope["path"].startswith(KEYED_PATHS) or (scope["path"] == "/" and scope["method"] != "GET")
+            if self.api_key is not None and keyed:
                 self._check_key(_header(scope, b"authorization"))
             body = None
             if scope["method"] in ("POST", "PUT", "PATCH"):
@@ -101,7 +102,8 @@ class Front:
         if _header(scope, b"content-type").partition(";")[0].strip().lower() != "application/json":
             return None
         try:
-            return EmbeddingRequest.model_validate_json(body)
+            request = EmbeddingRequest.model_validate_json(body)
+            return infinity_request(request) if scope["path"] == "/embeddings" else request
         except ValidationError as exc:
             if final:
                 raise invalid_body(exc) from None
@@ -143,11 +145,12 @@ TEI_PATHS = ("/embed", "/embed_all", "/embed_sparse", "/", "/decode", "/info", "
 
 def speaks_tei(scope: Scope) -> bool:
     """Whether a request is Text Embeddings Inference's, to be answered in its error shape: its own routes, and
-    /rerank with `texts` or /tokenize with `inputs` (`Front` keeps the body it buffered in the scope)."""
+    /rerank with `texts`, /tokenize with `inputs`, /invocations with either (`Front` keeps the body it buffered in
+    the scope)."""
     path = scope["path"]
     if path in TEI_PATHS:
         return True
-    if path not in ("/rerank", "/tokenize"):
+    if path not in ("/rerank", "/tokenize", "/invocations"):
         return False
     try:
         body = json.loads(scope.get(BODY_KEY) or b"")
@@ -155,4 +158,6 @@ def speaks_tei(scope: Scope) -> bool:
         return False
     if not isinstance(body, dict):
         return False
+    if path == "/invocations":  # TEI's bodies: `inputs`, or a rerank's `texts`
+        return "inputs" in body or ("texts" in body and "documents" not in body)
     return "texts" in body and "documents" not in body if path == "/rerank" else "inputs" in body

@@ -22,7 +22,8 @@ class ModelPinned(ModelNotFound):
     """The server pins one model (`--embedding-model`) and the request named another."""
 
 
-DEFAULT_NAME = "default"  # names the first served model, as candle-vllm's documented example expects
+# Name the first served model: candle-vllm's documented example's, and what infinity's generated client sends
+DEFAULT_NAMES = ("default", "default/not-specified")
 
 
 @dataclass
@@ -68,13 +69,14 @@ class ModelRegistry:
                 self._by_alias.setdefault(alias, served)
 
     def resolve(self, name: str | None, rerank: bool = False) -> ServedModel:
-        """The served model a request names. No name, or "default" (unless a model is served by that name), means
+        """The served model a request names. No name, or "default" or infinity's "default/not-specified" (unless a model is
+        served by that name), means
         the first (or pinned) one, as vllm-mlx and candle-vllm do; but the first reranker for a rerank, and the
         first embedding model otherwise, where both kinds are served (TEI's and infinity's requests name none)."""
         served = self._by_alias.get(name) if name is not None else None
         if served is not None:
             return served
-        if name is None or name == DEFAULT_NAME:
+        if name is None or name in DEFAULT_NAMES:
             return next((m for m in self.models if m.cross_encoder == rerank), self.models[0])
         names = ", ".join(m.public_name for m in self.models)
         if self.pinned:
