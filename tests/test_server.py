@@ -182,25 +182,79 @@ def test_both_ways_in_answer_alike(http: httpx.Client, engine: EmbeddingEngine) 
         assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text
 
 
-@pytest.mark.parametrize("embed_dtype,endianness", [("float16", "big"), ("bfloat16", "little"), ("float32", "big")])
-def test_vllm_embed_dtype_and_endianness(http: httpx.Client, engine: EmbeddingEngine, embed_dtype: str,
-                                         endianness: str) -> None:
-    """As vLLM encodes them: the vectors' values in that type and byte order, decoded here with torch's bfloat16."""
-    require_oracle()
+def _torch_values(raw: bytes, embed_dtype: str, endianness: str) -> np.ndarray:
+    """Values in vLLM's `embed_dtype` and byte order, read back with torch's own types (its float8s included)."""
     import torch
 
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+             "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}[embed_dtype]
+    width = dtype.itemsize
+    if endianness == "big":  # torch reads native (little-endian here) bytes
+        raw = np.frombuffer(raw, f">u{width}").astype(f"<u{width}").tobytes()
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).float().numpy()
+
+
+def _torch_rounded(vectors: np.ndarray, embed_dtype: str) -> np.ndarray:
+    import torch
+
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+             "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}[embed_dtype]
+    return torch.from_numpy(np.ascontiguousarray(vectors, np.float32)).to(dtype).float().numpy()
+
+
+@pytest.mark.parametrize("embed_dtype,endianness", [("float16", "big"), ("bfloat16", "little"), ("float32", "big"),
+                                                    ("fp8_e4m3", "little"), ("fp8_e5m2", "big")])
+def test_vllm_embed_dtype_and_endianness(http: httpx.Client, engine: EmbeddingEngine, embed_dtype: str,
+                                         endianness: str) -> None:
+    """As vLLM encodes them: the vectors' values in that type and byte order, rounded as torch rounds."""
+    require_oracle()
     data = http.post("/v1/embeddings", json={"input": TEXTS[:2], "encoding_format": "base64",
                                              "embed_dtype": embed_dtype, "endianness": endianness}).json()["data"]
-    width = {"float32": 4, "float16": 2, "bfloat16": 2}[embed_dtype]
-    raw = [bytearray(base64.b64decode(d["embedding"])) for d in data]
+    raw = [base64.b64decode(d["embedding"]) for d in data]
+    width = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8_e4m3": 1, "fp8_e5m2": 1}[embed_dtype]
     assert all(len(r) == width * 384 for r in raw)
-    if endianness == "big":  # torch reads native (little-endian here) bytes
-        raw = [bytearray(np.frombuffer(r, f">u{width}").astype(f"<u{width}").tobytes()) for r in raw]
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[embed_dtype]
-    got = np.stack([torch.frombuffer(r, dtype=dtype).float().numpy() for r in raw])
-    want = torch.from_numpy(engine.embed(TEXTS[:2])).to(dtype).float().numpy()
-    assert_close(got, want)
-    np.testing.assert_allclose(got, want, atol=1e-6)  # torch's rounding, bit for bit up to its float32 read-back
+    got = np.stack([_torch_values(r, embed_dtype, endianness) for r in raw])
+    want = _torch_rounded(engine.embed(TEXTS[:2]), embed_dtype)
+    np.testing.assert_array_equal(got, want)  # torch's rounding, bit for bit
+
+
+def test_fp8_values_saturate_rather_than_turn_nan() -> None:
+    """fp8_e4m3 has no infinity, and torch turns a value past 464 into NaN; embed gives the largest, 448."""
+    from embedder.serve.api import typed_values
+
+    codes = typed_values(np.array([500.0, -1e6, 448.0, 1e-9], np.float32), "fp8_e4m3")
+    assert codes.tolist() == [0x7E, 0xFE, 0x7E, 0x00]
+    assert typed_values(np.array([1e6], np.float32), "fp8_e5m2").tolist() == [0x7B]  # 57344, not infinity
+
+
+@pytest.mark.parametrize("path, task", [("/v1/embeddings", None), ("/pooling", "embed"), ("/pooling", "token_embed")])
+def test_vllm_bytes_replies(http: httpx.Client, engine: EmbeddingEngine, path: str, task: str | None) -> None:
+    """vLLM's `bytes` (the values as the body, a JSON `metadata` header saying where each input's lie) and
+    `bytes_only` (the body alone) replies, in each embed_dtype and byte order."""
+    require_oracle()
+    asked = {"input": TEXTS[:3]} | ({"task": task} if task else {})
+    floats = http.post(path, json=asked | {"encoding_format": "float"}).json()["data"]
+    want = [np.array(d["embedding" if task is None else "data"], np.float32) for d in floats]
+    for embed_dtype, endianness in (("float32", "little"), ("float16", "big"), ("bfloat16", "native"),
+                                    ("fp8_e4m3", "big")):
+        for encoding in ("bytes", "bytes_only"):
+            reply = http.post(path, json=asked | {"encoding_format": encoding, "embed_dtype": embed_dtype,
+                                                  "endianness": endianness})
+            assert reply.status_code == 200 and reply.headers["content-type"] == "application/octet-stream"
+            if encoding == "bytes_only":  # the same body, without the header
+                assert "metadata" not in reply.headers and reply.content == described
+                continue
+            described, metadata = reply.content, json.loads(reply.headers["metadata"])
+            assert metadata["model"] == DEFAULT_MODEL and metadata["usage"]["prompt_tokens"] > 0
+            assert [item["index"] for item in metadata["data"]] == [0, 1, 2]
+            assert metadata["data"][-1]["end"] == len(reply.content)
+            for item, expected in zip(metadata["data"], want):
+                assert (item["embed_dtype"], item["endianness"]) == (embed_dtype, endianness)
+                assert tuple(item["shape"]) == expected.shape
+                got = _torch_values(reply.content[item["start"]:item["end"]], embed_dtype, endianness)
+                np.testing.assert_array_equal(got.reshape(expected.shape), _torch_rounded(expected, embed_dtype))
+    compact = http.post("/v1/embeddings", json={"input": TEXTS[:2], "encoding_format": "bytes", "precision": "int8"})
+    assert compact.status_code == 400 and compact.json()["error"]["param"] == "encoding_format"
 
 
 @pytest.mark.parametrize("nested", [False, True])

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import EmptyInput, InputError, InputTooLong, lone_surrogate
 from ..quantize import PRECISIONS
 
-EMBED_DTYPES = ("float32", "float16", "bfloat16")
+EMBED_DTYPES = ("float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2")
+BINARY_FORMATS = ("bytes", "bytes_only")  # vLLM's: the values' bytes as the body, not JSON
 
 
 class EmbeddingRequest(BaseModel):
@@ -22,7 +23,7 @@ class EmbeddingRequest(BaseModel):
 
     input: str | list[Any]
     model: str | None = None
-    encoding_format: Literal["float", "base64"] | None = None
+    encoding_format: Literal["float", "base64", "bytes", "bytes_only"] | None = None
     dimensions: int | None = None
     user: str | None = None
     # Extensions beside OpenAI's fields, as in sentence-transformers: prepended text, or a prompt the model names.
@@ -32,7 +33,7 @@ class EmbeddingRequest(BaseModel):
     precision: Literal[PRECISIONS] | None = None
     # vLLM's: keep each input's last N tokens (-1: the model's maximum), counted on its whole tokenization.
     truncate_prompt_tokens: int | None = None
-    # vLLM's: the type and byte order of base64 values (float lists are always floats).
+    # vLLM's: the type and byte order of base64 and bytes values (float lists are always floats).
     embed_dtype: Literal[EMBED_DTYPES] | None = None
     endianness: Literal["native", "little", "big"] | None = None
     # vLLM's: false gives each pooled vector as the pooling made it, without the model's normalization (and
@@ -461,23 +462,47 @@ def check_token_ids(token_ids: list[list[int]], vocab_size: int, max_length: int
 def encode_vectors(vectors: np.ndarray, encoding_format: str | None, embed_dtype: str | None = None,
                    endianness: str | None = None) -> list[list[float]] | list[str]:
     """base64 is the values' bytes, what the openai SDK asks for unless told otherwise: float32 little-endian, or
-    the type a precision made them; vLLM's `embed_dtype` (float16 or bfloat16, rounded to nearest even) and
-    `endianness` choose another type and byte order for float vectors."""
+    the type a precision made them; vLLM's `embed_dtype` and `endianness` choose another type and byte order for
+    float vectors (`typed_values`)."""
     if encoding_format != "base64":
         return vectors.tolist()
+    return [base64.b64encode(row.tobytes()).decode("ascii") for row in typed_values(vectors, embed_dtype, endianness)]
+
+
+def typed_values(values: np.ndarray, embed_dtype: str | None = None, endianness: str | None = None) -> np.ndarray:
+    """float values in vLLM's `embed_dtype`, rounded to nearest even as torch rounds (bfloat16 and the fp8 types as
+    their bit patterns: numpy has no such types), in the byte order `endianness` names (little by default).
+    fp8_e4m3 has no infinity: a value past its largest, 448, is given as 448 where torch would give NaN."""
     if embed_dtype == "float16":
-        vectors = vectors.astype(np.float16)
+        values = values.astype(np.float16)
     elif embed_dtype == "bfloat16":
-        vectors = bfloat16_bits(vectors)
+        values = bfloat16_bits(values)
+    elif embed_dtype == "fp8_e4m3":
+        values = fp8_bits(values, man_bits=3, bias=7, largest=0x7E)
+    elif embed_dtype == "fp8_e5m2":
+        values = fp8_bits(values, man_bits=2, bias=15, largest=0x7B)
     order = {"big": ">", "native": "="}.get(endianness or "little", "<")
-    ordered = vectors.astype(vectors.dtype.newbyteorder(order), copy=False)
-    return [base64.b64encode(row.tobytes()).decode("ascii") for row in ordered]
+    return values.astype(values.dtype.newbyteorder(order), copy=False)
 
 
 def bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
     """float32 values as bfloat16 bit patterns (uint16), rounded to nearest even as torch rounds; never NaN here."""
     bits = np.ascontiguousarray(vectors, np.float32).view(np.uint32)
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def fp8_bits(values: np.ndarray, man_bits: int, bias: int, largest: int) -> np.ndarray:
+    """float32 values as 8-bit float bit patterns (uint8: sign, exponent, `man_bits` of mantissa), each rounded once
+    to nearest even; magnitudes past the type's `largest` code saturate to it."""
+    magnitude = np.abs(np.ascontiguousarray(values, np.float32))
+    bits = magnitude.view(np.uint32)
+    shift = 23 - man_bits  # float32's mantissa bits dropped
+    rounded = (bits + ((1 << (shift - 1)) - 1) + ((bits >> shift) & 1)) >> shift
+    normal = rounded.astype(np.int64) - ((127 - bias) << man_bits)  # float32's exponent bias to the type's
+    smallest = np.float32(2.0 ** (1 - bias - man_bits))  # the least subnormal; below the least normal, its multiples
+    subnormal = np.rint(magnitude / smallest).astype(np.int64)
+    codes = np.where(magnitude < np.float32(2.0 ** (1 - bias)), subnormal, np.minimum(normal, largest))
+    return (codes | np.where(np.signbit(values), 0x80, 0)).astype(np.uint8)
 
 
 def _is_token_id(value: Any) -> bool:

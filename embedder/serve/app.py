@@ -31,6 +31,7 @@ from ..pooling import normalize as l2_normalize
 from ..quantize import CALIBRATED, quantize, sparse_rows
 from .access_log import AccessLog
 from .api import (
+    BINARY_FORMATS,
     ClassificationData,
     ClassificationResponse,
     ClassifyRequest,
@@ -73,6 +74,7 @@ from .api import (
     parse_predict,
     parse_rerank,
     parse_score,
+    typed_values,
 )
 from .errors import UnreadableBody, error_response, invalid_body
 from .front import Front, speaks_tei
@@ -159,6 +161,9 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         if body.embed_dtype not in (None, "float32") and body.precision not in (None, "float32"):
             raise InputError(f"embed_dtype {body.embed_dtype} is for float vectors; precision {body.precision} "
                              "already sets the values' type", "embed_dtype")
+        if body.encoding_format in BINARY_FORMATS and body.precision not in (None, "float32"):
+            raise InputError(f"encoding_format {body.encoding_format} carries float values (their type set by "
+                             f"embed_dtype), not precision {body.precision}'s: ask for base64", "encoding_format")
         with admission.admit(len(inputs)):
             engine = await _engine(registry, served)
             engine.check_embeds(_client_name(served, body.model))
@@ -199,6 +204,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         served, vectors, tokens = answer
+        if body.encoding_format in BINARY_FORMATS:
+            return _binary_reply(list(vectors), body, "embd", _client_name(served, body.model), tokens)
         vectors = quantize(vectors, body.precision or "float32")
         streamed = vectors.size > PIECE_FLOATS and body.encoding_format != "base64"
         # Built without validation: the values are the engine's own, and validating each float against the
@@ -249,6 +256,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             return Response(status_code=CLIENT_CLOSED)
         served, outputs, tokens = rows
         name = _client_name(served, body.model)
+        if body.encoding_format in BINARY_FORMATS:
+            return _binary_reply(outputs, body, "pool", name, tokens)
         # base64: each input's values (a token_embed's tokens in a row) as one string; JSON numbers: streamed
         if body.encoding_format != "base64" and (task == "token_embed" or sum(map(np.size, outputs)) > PIECE_FLOATS):
             items = _pooled(outputs) if task == "token_embed" else row_items(np.stack(outputs), _vllm_item)
@@ -584,6 +593,21 @@ def _vllm_reply(shape: type[VLLMList], kind: str, model: str, data: list, tokens
     reply = shape.model_construct(id=f"{kind}-{secrets.token_hex(12)}", created=int(time.time()), model=model,
                                   data=data, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
     return Response(reply.model_dump_json(), media_type="application/json")
+
+
+def _binary_reply(outputs: list[np.ndarray], body: EmbeddingRequest, kind: str, model: str, tokens: int) -> Response:
+    """vLLM's bytes and bytes_only replies: every output's values, in `embed_dtype` and `endianness`, one after
+    another as the body; with bytes, a `metadata` header (JSON) says where each output lies, its type and shape."""
+    values = [typed_values(np.asarray(out, np.float32), body.embed_dtype, body.endianness) for out in outputs]
+    headers = None
+    if body.encoding_format == "bytes":
+        ends = np.cumsum([0] + [v.nbytes for v in values]).tolist()
+        items = [{"index": i, "embed_dtype": body.embed_dtype or "float32", "endianness": body.endianness or "little",
+                  "start": ends[i], "end": ends[i + 1], "shape": list(v.shape)} for i, v in enumerate(values)]
+        headers = {"metadata": json.dumps({"id": f"{kind}-{secrets.token_hex(12)}", "created": int(time.time()),
+                                           "model": model, "data": items,
+                                           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})}
+    return Response(b"".join(v.tobytes() for v in values), media_type="application/octet-stream", headers=headers)
 
 
 def _vllm_item(index: int, data: str) -> str:
