@@ -141,6 +141,16 @@ def test_server_takes_images_as_data_uris_beside_texts(siglip, pictures):
                 b"not an image").decode()):
             answer = httpx.post(f"{url}/v1/embeddings", json={"model": "siglip", "input": [bad]}, timeout=60)
             assert answer.status_code == 400 and "input 0" in answer.json()["error"]["message"], answer.text
+        # Cohere's images (data URIs), and its inputs of one image or text each
+        cohere = httpx.post(f"{url}/v2/embed", json={"model": "siglip", "input_type": "image",
+                                                     "images": [data_uri(pictures[0])]}, timeout=60).json()
+        assert cohere["embeddings"]["float"][0] == reply.data[0].embedding and "texts" not in cohere
+        content = [{"type": "image_url", "image_url": {"url": data_uri(pictures[3])}}, {"type": "text", "text": TEXTS[0]}]
+        mixed = httpx.post(f"{url}/v2/embed", json={"model": "siglip", "inputs": [{"content": [c]} for c in content]},
+                           timeout=60).json()["embeddings"]["float"]
+        assert mixed == [reply.data[2].embedding, reply.data[1].embedding]
+        fused = httpx.post(f"{url}/v2/embed", json={"model": "siglip", "inputs": [{"content": content}]}, timeout=60)
+        assert fused.status_code == 400 and "each input here is one text or one image" in fused.text
 
 
 @pytest.mark.parametrize("dtype", [pytest.param("float16", marks=needs_f16),

@@ -20,6 +20,7 @@ import pytest
 from reference import require_oracle
 
 from embedder import DEFAULT_MODEL, EmbeddingEngine
+from embedder.errors import InputError
 
 API_KEY = "test-key"
 SERVE = [sys.executable, "-m", "cli", "serve"]
@@ -502,6 +503,55 @@ def test_tei_options_where_tei_takes_them(http: httpx.Client, engine: EmbeddingE
         reply = http.post("/embed", content=raw, headers={"Content-Type": "application/json"})
         assert reply.status_code == 400 and reply.json()["error_type"] == "Validation", reply.text
     assert http.get("/info").json()["served_model_name"] == DEFAULT_MODEL
+
+
+def test_cohere_embed_with_the_cohere_sdk(server: str, engine: EmbeddingEngine) -> None:
+    """Cohere's /v2/embed (as vLLM serves it) and /v1/embed, through the cohere SDK: every embedding type, the
+    compact ones as sentence-transformers' quantize_embeddings makes them, and Cohere's truncate."""
+    require_oracle()
+    import cohere
+    from sentence_transformers.quantization import quantize_embeddings
+
+    client = cohere.ClientV2(api_key=API_KEY, base_url=server)
+    types = ["float", "int8", "uint8", "binary", "ubinary", "base64"]
+    reply = client.embed(texts=TEXTS[:3], model=DEFAULT_MODEL, input_type="search_document", embedding_types=types)
+    vectors = engine.embed(TEXTS[:3])
+    assert_close(reply.embeddings.float_, vectors)
+    for kind in ("int8", "uint8", "binary", "ubinary"):
+        np.testing.assert_array_equal(getattr(reply.embeddings, kind), quantize_embeddings(vectors, kind))
+    decoded = [np.frombuffer(base64.b64decode(b), "<f4") for b in reply.embeddings.base64]
+    np.testing.assert_array_equal(decoded, np.array(reply.embeddings.float_, np.float32))
+    assert reply.texts == TEXTS[:3] and reply.meta.api_version.version == "2"
+    assert reply.meta.billed_units.input_tokens == reply.meta.tokens.input_tokens == engine.count_tokens(TEXTS[:3])
+    v1 = cohere.Client(api_key=API_KEY, base_url=server).embed(texts=TEXTS[:2], model=DEFAULT_MODEL,
+                                                               input_type="search_query")
+    assert v1.response_type == "embeddings_floats" and v1.meta.api_version.version == "1"
+    assert_close(v1.embeddings, vectors[:2])
+    long_text = " ".join(f"alpha{i}" for i in range(300)) + " " + " ".join(f"omega{i}" for i in range(300))
+    cut = {t: client.embed(texts=[long_text], model=DEFAULT_MODEL, input_type="search_query", embedding_types=["float"],
+                           truncate=t).embeddings.float_[0] for t in ("END", "START")}
+    assert_close([cut["END"]], engine.embed([long_text]))
+    assert_close([cut["START"]], engine.submit(engine.tokenize([long_text], keep_last=engine.max_length)).result())
+    with pytest.raises(cohere.BadRequestError, match="more than the model's maximum of 256"):
+        client.embed(texts=[long_text], model=DEFAULT_MODEL, input_type="search_query", truncate="NONE")
+    with pytest.raises(cohere.BadRequestError, match="Unsupported input_type 'nonexistent_type'"):
+        client.embed(texts=["a"], model=DEFAULT_MODEL, input_type="nonexistent_type", embedding_types=["float"])
+    with pytest.raises(cohere.BadRequestError, match="at least two inputs"):
+        client.embed(texts=["a"], model=DEFAULT_MODEL, input_type="search_query", embedding_types=["int8"])
+
+
+def test_cohere_input_types_name_the_models_prompts() -> None:
+    from embedder.serve.api import cohere_prompt_name
+
+    prompts = {"query": "query: ", "passage": "passage: ", "classification": "topic: "}
+    assert cohere_prompt_name("search_query", prompts) == "query"
+    assert cohere_prompt_name("search_document", prompts) == "passage"
+    assert cohere_prompt_name("classification", prompts) == "classification"
+    assert cohere_prompt_name("clustering", prompts) is None  # Cohere's, where the model has no such prompt
+    assert cohere_prompt_name("passage", prompts) == "passage"  # the model's own name
+    assert cohere_prompt_name(None, prompts) is None
+    with pytest.raises(InputError, match="Unsupported input_type 'topic'"):
+        cohere_prompt_name("topic", prompts)
 
 
 def test_infinity_client_defaults(http: httpx.Client, engine: EmbeddingEngine) -> None:

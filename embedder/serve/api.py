@@ -122,6 +122,83 @@ class RerankResponse(BaseModel):
     results: list[RerankResult]
 
 
+COHERE_TYPES = ("float", "int8", "uint8", "binary", "ubinary", "base64")
+# Cohere's input types, each the model's own prompt of that name or of the names after it, where it has one
+COHERE_INPUT_TYPES = {"search_query": ("search_query", "query"), "search_document": ("search_document", "document",
+                      "passage"), "classification": ("classification",), "clustering": ("clustering",),
+                      "image": ("image",)}
+
+
+class CohereContent(BaseModel):
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: dict[str, str] | None = None  # {"url": a data URI}
+
+
+class CohereInput(BaseModel):
+    content: list[CohereContent]
+
+
+class CohereEmbedRequest(BaseModel):
+    """Cohere's embed request (/v2/embed, as vLLM serves it, and /v1/embed), as the cohere SDK sends it: `texts`,
+    `images` (data URIs) or `inputs` of one text or image each; each of `embedding_types` of every input;
+    `truncate` END cuts a long input's end (as the server cuts), START its start, NONE refuses it."""
+
+    model_config = ConfigDict(strict=True)
+
+    model: str | None = None
+    input_type: str | None = None
+    texts: list[str] | None = None
+    images: list[str] | None = None
+    inputs: list[CohereInput] | None = None
+    embedding_types: list[Literal[COHERE_TYPES]] | None = None
+    truncate: Literal["NONE", "START", "END"] = "END"
+    output_dimension: int | None = None
+    max_tokens: int | None = None
+    priority: int | None = None  # one queue here: every request is served in turn
+
+
+def cohere_inputs(body: CohereEmbedRequest) -> tuple[list[str], str]:
+    """The request's inputs as the engine takes them (an image as its data URI) and the field they came in."""
+    given = [(field, value) for field, value in (("texts", body.texts), ("images", body.images),
+                                                 ("inputs", body.inputs)) if value is not None]
+    if len(given) != 1:
+        raise InputError("send one of 'texts', 'images' or 'inputs'", "texts")
+    field, items = given[0]
+    if field == "images":
+        bad = next((i for i, image in enumerate(items) if not image.startswith("data:")), None)
+        if bad is not None:
+            raise InputError(f"image {bad} is not a data URI; send each image as data:image/...;base64,...", field)
+    if field != "inputs":
+        return items, field
+    found = []
+    for i, item in enumerate(items):
+        if len(item.content) != 1:
+            raise InputError(f"input {i} holds {len(item.content)} contents; each input here is one text or one "
+                             "image", field)
+        content = item.content[0]
+        value = content.text if content.type == "text" else (content.image_url or {}).get("url")
+        if value is None:
+            raise InputError(f"input {i} has no {'text' if content.type == 'text' else 'image_url.url'}", field)
+        found.append(value)
+    return found, field
+
+
+def cohere_prompt_name(input_type: str | None, prompts: dict[str, str]) -> str | None:
+    """The model's prompt for Cohere's `input_type`: the prompt of that name, or of a name Cohere's input type
+    stands for ("search_query": "query"); none where the model has no such prompt. Any other input type must name
+    one of the model's prompts."""
+    if input_type is None:
+        return None
+    names = COHERE_INPUT_TYPES.get(input_type, (input_type,))
+    found = next((name for name in names if name in prompts), None)
+    if found is None and input_type not in COHERE_INPUT_TYPES:
+        raise InputError(f"Unsupported input_type {input_type!r}: send one of Cohere's ("
+                         f"{', '.join(COHERE_INPUT_TYPES)}) or one of this model's prompts "
+                         f"({', '.join(prompts) or 'it has none'})", "input_type")
+    return found
+
+
 class TEITextOptions(BaseModel):
     """What TEI's embedding requests (/embed, /similarity) say of their texts. `truncate: false` refuses long
     inputs; absent or true, they follow the server's policy (cut, unless it runs with --no-truncate)."""

@@ -35,6 +35,7 @@ from .api import (
     ClassificationData,
     ClassificationResponse,
     ClassifyRequest,
+    CohereEmbedRequest,
     DecodeRequest,
     DetokenizeRequest,
     Embedding,
@@ -68,6 +69,8 @@ from .api import (
     Usage,
     VLLMList,
     check_token_ids,
+    cohere_inputs,
+    cohere_prompt_name,
     encode_vectors,
     infinity_request,
     parse_input,
@@ -87,6 +90,8 @@ log = logging.getLogger("embed.server")
 CLIENT_CLOSED = 499  # nginx's status for "the client hung up first": seen only in /metrics
 
 
+TEI_CUT = "; send 'truncate': true to cut it"  # how a refused long input could be sent instead
+COHERE_CUT = "; send truncate END (or START) to cut it"
 INLINE_TOKENIZE_CHARS = 4096  # tokenized on the event loop (tens of microseconds); longer inputs in a thread
 INLINE_TEXTS = 64  # `input` lists of up to this many texts are checked on the event loop; the rest in a thread
 
@@ -142,10 +147,10 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         app.add_exception_handler(exc_type, _handle)
 
     async def embed(body: EmbeddingRequest, receive: Receive, normalize: bool | None = None, field: str = "input",
-                    refuse_long: bool = False, per_token: bool = False, sparse: bool = False
+                    refuse_long: str | None = None, per_token: bool = False, sparse: bool = False
                     ) -> tuple[ServedModel, Any, int] | None:
         """The served model, the request's vectors and their tokens; None if the client hung up first.
-        `refuse_long`: a text over the model's length is refused, though the server would cut it (TEI's
+        `refuse_long`: a text over the model's length is refused with this advice, though the server would cut it (TEI's
         `truncate: false`); `per_token`: each input's token vectors (a list of arrays), not one pooled vector (a
         multi-vector model's own, a query's with prompt_name "query"); `sparse`: a SPLADE model's vectors are asked
         for (the dense routes refuse them, and a multi-vector model's)."""
@@ -178,8 +183,9 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
                                  "token: ask /embed_all, or /pooling with task token_embed", "model")
             if engine.multi_vector:  # a document's prompt (its marker) unless the request names the query's
                 body = body.model_copy(update={"prompt_name": engine.output_prompt_name(body.prompt, body.prompt_name)})
-            if refuse_long and inputs.texts is not None:
-                await run_in_threadpool(_refuse_long, engine, inputs.texts, body.prompt_name, query)
+            if refuse_long is not None and inputs.texts is not None:
+                await run_in_threadpool(_refuse_long, engine, inputs.texts, body.prompt_name, query, field,
+                                        refuse_long)
             dimensions = engine.check_dimensions(body.dimensions)
             if _characters(inputs) <= INLINE_TOKENIZE_CHARS:
                 token_ids = _token_ids(engine, inputs, body)
@@ -229,6 +235,53 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     async def infinity_embeddings(body: EmbeddingRequest, request: Request) -> Response:
         return await answer_embeddings(infinity_request(body), request.receive)
 
+    async def cohere_embed(body: CohereEmbedRequest, request: Request) -> Response:
+        """Cohere's embed: each input's vector in each of `embedding_types` (v2, as vLLM serves it: by type; v1:
+        a bare list of float vectors unless types are asked for). int8 and uint8 take each dimension's range from
+        the request's own vectors, as `precision` does."""
+        inputs, field = cohere_inputs(body)
+        types = list(dict.fromkeys(body.embedding_types or ["float"]))
+        if len(inputs) < 2 and set(types) & set(CALIBRATED):
+            raise InputError("embedding types int8 and uint8 take each dimension's range from the request's own "
+                             "vectors, so they need at least two inputs", "embedding_types")
+        engine = await _engine(registry, registry.resolve(body.model))
+        keep_last = None
+        if body.max_tokens is not None and body.max_tokens < 1:
+            raise InputError(f"max_tokens must be at least 1, got {body.max_tokens}", "max_tokens")
+        if body.truncate == "START":  # the last tokens: all the model takes, or max_tokens
+            keep_last = -1 if body.max_tokens is None else min(body.max_tokens, engine.max_length)
+        elif body.max_tokens is not None and body.max_tokens < engine.max_length:
+            raise InputError(f"max_tokens under the model's {engine.max_length} keeps each input's last tokens here: "
+                             "send it with truncate START", "max_tokens")
+        asked = EmbeddingRequest(input=inputs, model=body.model, dimensions=body.output_dimension,
+                                 prompt_name=cohere_prompt_name(body.input_type, engine.model.spec.prompts),
+                                 truncate_prompt_tokens=keep_last)
+        answer = await embed(asked, request.receive, field=field,
+                             refuse_long=COHERE_CUT if body.truncate == "NONE" else None)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        _, vectors, tokens = answer
+        version = "2" if request.url.path.startswith("/v2/") else "1"
+        values = {kind: (encode_vectors(vectors, "base64") if kind == "base64" else
+                         vectors if kind == "float" else quantize(vectors, kind)) for kind in types}
+        by_type = version == "2" or body.embedding_types is not None
+        parts = [f'{{"id":"embd-{secrets.token_hex(12)}","embeddings":']
+        if by_type:  # {"float": [[...], ...], "int8": ...}, the arrays encoded while sent
+            for i, (kind, typed) in enumerate(values.items()):
+                parts += ['{' if i == 0 else ',', f'"{kind}":', compact_json(typed) if kind == "base64" else typed]
+            parts.append("}")
+        else:
+            parts.append(values["float"])
+        tail = {"texts": inputs} if field == "texts" else {}
+        tail |= {"meta": {"api_version": {"version": version}, "billed_units": {"input_tokens": tokens},
+                          "tokens": {"input_tokens": tokens}},
+                 "response_type": "embeddings_by_type" if by_type else "embeddings_floats"}
+        parts.append("," + compact_json(tail)[1:])
+        return json_reply(parts, sum(np.size(v) for v in values.values()))
+
+    for path in ("/v2/embed", "/v1/embed"):  # Cohere's, and vLLM's on v2
+        app.post(path, include_in_schema=False)(cohere_embed)
+
     @app.post("/pooling", response_model=PoolingResponse)
     async def pooling(body: PoolingRequest, request: Request) -> Response:
         """vLLM's /pooling: each input's `task` output as `data`: its pooled vector (embed), its probability per
@@ -274,7 +327,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         asked = EmbeddingRequest(input=inputs, model=body.model, dimensions=dimensions, prompt_name=body.prompt_name,
                                  truncate_prompt_tokens=body.keep_last)
         return await embed(asked, request.receive, normalize=normalize, field="inputs",
-                           refuse_long=body.truncate is False, per_token=per_token, sparse=sparse)
+                           refuse_long=TEI_CUT if body.truncate is False else None, per_token=per_token,
+                           sparse=sparse)
 
     @app.post("/embed", response_model=list[list[float]])
     async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
@@ -675,12 +729,12 @@ def _token_ids(engine: EmbeddingEngine, inputs: Inputs, body: EmbeddingRequest) 
 
 
 def _refuse_long(engine: EmbeddingEngine, texts: list[str], prompt_name: str | None, query: bool = False,
-                 param: str = "inputs") -> None:
-    """TEI's `truncate: false`: an input over the model's length (a multi-vector model's query or document length)
-    is refused, though this server would cut it; `param` names the request's field."""
+                 param: str = "inputs", advice: str = TEI_CUT) -> None:
+    """TEI's `truncate: false` (Cohere's NONE): an input over the model's length (a multi-vector model's query or
+    document length) is refused, though this server would cut it; `param` names the request's field."""
     tokenizer = engine.model.tokenizer
-    tokenizer.refuse_long(tokenizer.whole_lengths(texts, engine.resolve_prompt(None, prompt_name)),
-                          "; send 'truncate': true to cut it", param, engine.input_length(query))
+    tokenizer.refuse_long(tokenizer.whole_lengths(texts, engine.resolve_prompt(None, prompt_name)), advice, param,
+                          engine.input_length(query))
 
 
 def _refuse_long_sides(engine: EmbeddingEngine, query: str, documents: list[str],
@@ -698,7 +752,7 @@ def _refuse_long_pairs(engine: EmbeddingEngine, query: str, documents: list[str]
         return _refuse_long_sides(engine, query, documents, ("query", "texts"))
     tokenizer = engine.model.tokenizer
     lengths = tokenizer.pair_whole_lengths([query] * len(documents), documents)
-    tokenizer.refuse_long(lengths, "; send 'truncate': true to cut it", "texts")
+    tokenizer.refuse_long(lengths, TEI_CUT, "texts")
 
 
 def _refuse_long_inputs(engine: EmbeddingEngine, inputs: list[str | tuple[str, str]]) -> None:
@@ -707,7 +761,7 @@ def _refuse_long_inputs(engine: EmbeddingEngine, inputs: list[str | tuple[str, s
     singles, pairs = split_pairs(inputs)
     lengths = dict(zip(singles, tokenizer.whole_lengths([inputs[i] for i in singles])))
     lengths |= zip(pairs, tokenizer.pair_whole_lengths([inputs[i][0] for i in pairs], [inputs[i][1] for i in pairs]))
-    tokenizer.refuse_long([lengths[i] for i in range(len(inputs))], "; send 'truncate': true to cut it", "inputs")
+    tokenizer.refuse_long([lengths[i] for i in range(len(inputs))], TEI_CUT, "inputs")
 
 
 async def _result(future: Future, receive: Receive) -> np.ndarray | None:
