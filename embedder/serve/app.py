@@ -280,7 +280,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         return json_reply(parts, sum(np.size(v) for v in values.values()))
 
     for path in ("/v2/embed", "/v1/embed"):  # Cohere's, and vLLM's on v2
-        app.post(path, include_in_schema=False)(cohere_embed)
+        app.post(path, include_in_schema=path == "/v2/embed")(cohere_embed)
 
     @app.post("/pooling", response_model=PoolingResponse)
     async def pooling(body: PoolingRequest, request: Request) -> Response:
