@@ -66,6 +66,7 @@ ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
 )
 
 RETRY_AFTER_SECONDS = 1
+MAX_SHOWN = 80  # characters of a refused value quoted back
 FASTAPI_UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's 400 where json.loads raised
 
 
@@ -111,6 +112,9 @@ def _describe(exc: Exception) -> tuple[str, str | None]:
         errors = exc.errors()
         param = str(errors[0]["loc"][1]) if len(errors[0]["loc"]) > 1 else None
         reasons = " or ".join(dict.fromkeys(e["msg"] for e in errors if e["loc"][1:2] == errors[0]["loc"][1:2]))
+        given = repr(errors[0].get("input"))  # as pydantic says it (vLLM's tests read the type); a long one cut
+        given = given if len(given) <= MAX_SHOWN else given[:MAX_SHOWN] + "..."
+        reasons += f" [type={errors[0]['type']}, input_value={given}]"
         return (f"'{param}': {reasons}" if param else reasons), param
     if isinstance(exc, HTTPException):
         return str(exc.detail), None
