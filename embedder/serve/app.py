@@ -67,7 +67,6 @@ from .api import (
     TokenizeRequest,
     TokenizeResponse,
     Usage,
-    VLLMList,
     check_token_ids,
     cohere_inputs,
     cohere_prompt_name,
@@ -77,12 +76,12 @@ from .api import (
     parse_predict,
     parse_rerank,
     parse_score,
-    typed_values,
 )
 from .errors import UnreadableBody, error_response, invalid_body
 from .front import Front, speaks_tei
 from .metrics import Metrics
 from .registry import DEFAULT_NAMES, ModelRegistry, ServedModel
+from .replies import binary_reply, cohere_reply, openai_item, pooled_tokens, tei_tokens, vllm_item, vllm_reply
 from .streamed import PIECE_FLOATS, compact_json, json_list, json_reply, row_items, streamed_data
 
 log = logging.getLogger("embed.server")
@@ -211,7 +210,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             return Response(status_code=CLIENT_CLOSED)
         served, vectors, tokens = answer
         if body.encoding_format in BINARY_FORMATS:
-            return _binary_reply(list(vectors), body, "embd", _client_name(served, body.model), tokens)
+            return binary_reply(list(vectors), body, "embd", _client_name(served, body.model), tokens)
         vectors = quantize(vectors, body.precision or "float32")
         streamed = vectors.size > PIECE_FLOATS and body.encoding_format != "base64"
         # Built without validation: the values are the engine's own, and validating each float against the
@@ -223,7 +222,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
                                                   data=data, model=_client_name(served, body.model),
                                                   usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
         if streamed:
-            return streamed_data(reply.model_dump_json(), row_items(vectors, _openai_item))
+            return streamed_data(reply.model_dump_json(), row_items(vectors, openai_item))
         return Response(reply.model_dump_json(), media_type="application/json")
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse)
@@ -262,22 +261,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             return Response(status_code=CLIENT_CLOSED)
         _, vectors, tokens = answer
         version = "2" if request.url.path.startswith("/v2/") else "1"
-        values = {kind: (encode_vectors(vectors, "base64") if kind == "base64" else
-                         vectors if kind == "float" else quantize(vectors, kind)) for kind in types}
-        by_type = version == "2" or body.embedding_types is not None
-        parts = [f'{{"id":"embd-{secrets.token_hex(12)}","embeddings":']
-        if by_type:  # {"float": [[...], ...], "int8": ...}, the arrays encoded while sent
-            for i, (kind, typed) in enumerate(values.items()):
-                parts += ['{' if i == 0 else ',', f'"{kind}":', compact_json(typed) if kind == "base64" else typed]
-            parts.append("}")
-        else:
-            parts.append(values["float"])
-        tail = {"texts": inputs} if field == "texts" else {}
-        tail |= {"meta": {"api_version": {"version": version}, "billed_units": {"input_tokens": tokens},
-                          "tokens": {"input_tokens": tokens}},
-                 "response_type": "embeddings_by_type" if by_type else "embeddings_floats"}
-        parts.append("," + compact_json(tail)[1:])
-        return json_reply(parts, sum(np.size(v) for v in values.values()))
+        by_type = version == "2" or body.embedding_types is not None  # v1 without types: a bare list of floats
+        return cohere_reply(vectors, types if by_type else None, inputs if field == "texts" else None, tokens, version)
 
     for path in ("/v2/embed", "/v1/embed"):  # Cohere's, and vLLM's on v2
         app.post(path, include_in_schema=path == "/v2/embed")(cohere_embed)
@@ -310,15 +295,15 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         served, outputs, tokens = rows
         name = _client_name(served, body.model)
         if body.encoding_format in BINARY_FORMATS:
-            return _binary_reply(outputs, body, "pool", name, tokens)
+            return binary_reply(outputs, body, "pool", name, tokens)
         # base64: each input's values (a token_embed's tokens in a row) as one string; JSON numbers: streamed
         if body.encoding_format != "base64" and (task == "token_embed" or sum(map(np.size, outputs)) > PIECE_FLOATS):
-            items = _pooled(outputs) if task == "token_embed" else row_items(np.stack(outputs), _vllm_item)
-            return streamed_data(_vllm_reply(PoolingResponse, "pool", name, [], tokens).body.decode(), items)
+            items = pooled_tokens(outputs) if task == "token_embed" else row_items(np.stack(outputs), vllm_item)
+            return streamed_data(vllm_reply(PoolingResponse, "pool", name, [], tokens).body.decode(), items)
         data = [Pooled.model_construct(index=i, data=encode_vectors(out.reshape(1, -1), body.encoding_format,
                                                                     body.embed_dtype, body.endianness)[0])
                 for i, out in enumerate(outputs)]
-        return _vllm_reply(PoolingResponse, "pool", name, data, tokens)
+        return vllm_reply(PoolingResponse, "pool", name, data, tokens)
 
     async def tei_vectors(body: TEITextOptions, inputs: str | list, request: Request, normalize: bool = True,
                           dimensions: int | None = None, per_token: bool = False, sparse: bool = False
@@ -492,7 +477,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             scores = await _result(future, request.receive)
         if scores is None:
             return Response(status_code=CLIENT_CLOSED)
-        return _vllm_reply(ScoreResponse, "score", _client_name(served, body.model),
+        return vllm_reply(ScoreResponse, "score", _client_name(served, body.model),
                            [Score(index=i, score=float(s)) for i, s in enumerate(scores)], tokens)
 
     for path in ("/score", "/v1/score"):  # vLLM's two spellings
@@ -541,7 +526,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         served, engine, probs, tokens = answer
         data = [ClassificationData(index=i, label=engine.labels[int(np.argmax(row))], probs=row.tolist(),
                                    num_classes=len(row)) for i, row in enumerate(probs)]
-        return _vllm_reply(ClassificationResponse, "classify", _client_name(served, body.model), data, tokens)
+        return vllm_reply(ClassificationResponse, "classify", _client_name(served, body.model), data, tokens)
 
     for path in ("/classify", "/v1/classify"):  # vLLM's two spellings
         app.post(path, response_model=ClassificationResponse)(classify)
@@ -568,7 +553,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         if body.prompt is not None:
             reply = TokenizeResponse(count=len(found[0].ids), max_model_len=engine.max_length, tokens=found[0].ids)
             return Response(reply.model_dump_json(), media_type="application/json")
-        return Response(await run_in_threadpool(_tei_tokens, texts, found), media_type="application/json")
+        return Response(await run_in_threadpool(tei_tokens, texts, found), media_type="application/json")
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> dict:
@@ -639,66 +624,6 @@ async def _engine(registry: ModelRegistry, served: ServedModel) -> EmbeddingEngi
 def _client_name(served: ServedModel, asked: str | None) -> str:
     """The model name to answer with: the one the client used, or the served model's public name."""
     return served.public_name if asked is None or asked in DEFAULT_NAMES else asked
-
-
-def _vllm_reply(shape: type[VLLMList], kind: str, model: str, data: list, tokens: int) -> Response:
-    """A vLLM reply: `data` in its envelope, with an id of `kind` and the tokens' usage. Built without validation:
-    the values are the engine's own (the pooled vectors' floats were most of a reply's cost)."""
-    reply = shape.model_construct(id=f"{kind}-{secrets.token_hex(12)}", created=int(time.time()), model=model,
-                                  data=data, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
-    return Response(reply.model_dump_json(), media_type="application/json")
-
-
-def _binary_reply(outputs: list[np.ndarray], body: EmbeddingRequest, kind: str, model: str, tokens: int) -> Response:
-    """vLLM's bytes and bytes_only replies: every output's values, in `embed_dtype` and `endianness`, one after
-    another as the body; with bytes, a `metadata` header (JSON) says where each output lies, its type and shape."""
-    values = [typed_values(np.asarray(out, np.float32), body.embed_dtype, body.endianness) for out in outputs]
-    headers = None
-    if body.encoding_format == "bytes":
-        ends = np.cumsum([0] + [v.nbytes for v in values]).tolist()
-        items = [{"index": i, "embed_dtype": body.embed_dtype or "float32", "endianness": body.endianness or "little",
-                  "start": ends[i], "end": ends[i + 1], "shape": list(v.shape)} for i, v in enumerate(values)]
-        headers = {"metadata": json.dumps({"id": f"{kind}-{secrets.token_hex(12)}", "created": int(time.time()),
-                                           "model": model, "data": items,
-                                           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})}
-    return Response(b"".join(v.tobytes() for v in values), media_type="application/octet-stream", headers=headers)
-
-
-def _vllm_item(index: int, data: str) -> str:
-    """One of /pooling's `data`, as `Pooled` writes it."""
-    return f'{{"index":{index},"object":"pooling","data":{data}}}'
-
-
-def _openai_item(index: int, embedding: str) -> str:
-    """One of /v1/embeddings' `data`, as `Embedding` writes it."""
-    return f'{{"object":"embedding","index":{index},"embedding":{embedding}}}'
-
-
-def _pooled(outputs: list[np.ndarray]) -> Iterator[str | np.ndarray]:
-    """/pooling's `data` of each input's token vectors, as `streamed_json`'s parts."""
-    for i, out in enumerate(outputs):
-        yield ("," if i else "") + _vllm_item(i, "")[:-1]  # the item up to its data
-        yield out
-        yield "}"
-
-
-def _tei_tokens(texts: list[str], found: list) -> bytes:
-    """TEI's /tokenize reply: each token's id, text, whether it is special, and its span in the text's UTF-8
-    bytes (None for a special token)."""
-    tokens = []
-    for text, t in zip(texts, found):
-        at = _utf8_offsets(text)
-        tokens.append([TEIToken(id=i, text=text[span[0]:span[1]] if span else string, special=special,
-                                start=int(at[span[0]]) if span else None, stop=int(at[span[1]]) if span else None)
-                       for i, string, span, special in zip(t.ids, t.strings, t.spans, t.special)])
-    return TypeAdapter(list[list[TEIToken]]).dump_json(tokens)
-
-
-def _utf8_offsets(text: str) -> np.ndarray:
-    """Where each character of `text` starts in its UTF-8 bytes, and the bytes' length last."""
-    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
-    widths = 1 + (points >= 0x80) + (points >= 0x800) + (points >= 0x10000)
-    return np.concatenate([[0], np.cumsum(widths)])
 
 
 def _check_count(items: list, limit: int, field: str, what: str = "texts") -> None:
