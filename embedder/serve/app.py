@@ -250,8 +250,9 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         if body.truncate == "START":  # the last tokens: all the model takes, or max_tokens
             keep_last = -1 if body.max_tokens is None else min(body.max_tokens, engine.max_length)
         elif body.max_tokens is not None and body.max_tokens < engine.max_length:
-            raise InputError(f"max_tokens under the model's {engine.max_length} keeps each input's last tokens here: "
-                             "send it with truncate START", "max_tokens")
+            raise InputError(f"max_tokens under the model's maximum ({engine.max_length}) is taken with truncate START "
+                             "(each input's last max_tokens tokens); with END an input is cut at the model's maximum",
+                             "max_tokens")
         asked = EmbeddingRequest(input=inputs, model=body.model, dimensions=body.output_dimension,
                                  prompt_name=cohere_prompt_name(body.input_type, engine.model.spec.prompts),
                                  truncate_prompt_tokens=keep_last)
