@@ -109,7 +109,7 @@ class TextTokenizer:
         """The texts checked as the caller gave them (an error names a character of their own), then prompted."""
         if prompt and (at := lone_surrogate(prompt)) is not None:
             raise InputError(f"the prompt holds a lone UTF-16 surrogate at character {at}, which is not text", "prompt")
-        texts = self._checked(texts)
+        texts = self.checked(texts)
         if not prompt:
             return texts
         prompt = prompt.lower() if self.do_lower_case else prompt
@@ -118,7 +118,7 @@ class TextTokenizer:
     def encode_pairs(self, firsts: Sequence[str], seconds: Sequence[str]) -> "Pairs":
         """Each (first, second) pair as one input, as transformers tokenizes a pair for a cross-encoder: both texts
         framed by special tokens, a long pair cut from its longer text first ("longest_first") or refused."""
-        firsts, seconds = self._checked(firsts), self._checked(seconds)
+        firsts, seconds = self.checked(firsts), self.checked(seconds)
         if self.long_input == "error":
             self.refuse_long(self.pair_whole_lengths(firsts, seconds))
         return self.encode_pair_batch(firsts, seconds, False)
@@ -126,7 +126,7 @@ class TextTokenizer:
     def pair_whole_lengths(self, firsts: Sequence[str], seconds: Sequence[str]) -> list[int]:
         """Each pair's tokens before any cut: what a rerank refusing long pairs checks (TEI's `truncate: false`);
         a pair holding a long text counted a piece at a time."""
-        firsts, seconds = self._checked(firsts), self._checked(seconds)
+        firsts, seconds = self.checked(firsts), self.checked(seconds)
         counts = [(self.count_long(a), self.count_long(b)) for a, b in zip(firsts, seconds)]
         short = [pair == (None, None) for pair in counts]
         rest = iter(self.encode_pair_batch([a for a, keep in zip(firsts, short) if keep],
@@ -139,7 +139,9 @@ class TextTokenizer:
         """A text's tokens, special ones left out: its `count_long`, or its whole tokenization's."""
         return count if count is not None else len(self.encode_whole([text])[0]) - self.specials(False)
 
-    def _checked(self, texts: Sequence[str]) -> list[str]:
+    def checked(self, texts: Sequence[str]) -> list[str]:
+        """The texts as the tokenizer takes them; one that is not a string, or holds a lone surrogate, is refused,
+        naming it."""
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InputError(f"input {i} is {type(text).__name__}, not a string", index=i)

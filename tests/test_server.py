@@ -624,6 +624,27 @@ def test_tokenize_and_decode_as_text_embeddings_inference(http: httpx.Client, en
     assert http.post("/decode", json={"ids": [7592, 2088]}).json() == ["hello world"]
 
 
+def test_tokenize_streams_long_texts_and_refuses_what_tei_refuses(http: httpx.Client, minilm_path: Path) -> None:
+    """TEI's /tokenize of texts past 4,096 characters is sent a text at a time, as the same JSON; a text of more than
+    250 characters a token of the model's length is refused, as TEI refuses it (vLLM's `prompt` too)."""
+    from tokenizers import Tokenizer
+
+    oracle = Tokenizer.from_file(str(minilm_path / "tokenizer.json"))
+    oracle.no_truncation()
+    oracle.no_padding()
+    texts = [" ".join(f"wörd{i}" for i in range(n)) for n in (900, 1, 1200)]
+    reply = http.post("/tokenize", json={"inputs": texts})
+    assert reply.status_code == 200 and "content-length" not in reply.headers  # streamed
+    for text, tokens in zip(texts, reply.json()):
+        assert [t["id"] for t in tokens] == oracle.encode(text).ids
+        assert all(text.encode()[t["start"]:t["stop"]].decode() == t["text"] for t in tokens if not t["special"])
+    too_long = "a " * 32_001  # 64,002 characters; MiniLM's 256 tokens take 64,000
+    refused = http.post("/tokenize", json={"inputs": ["ok", too_long]})
+    assert refused.status_code == 422 and refused.json()["error"].startswith("input 1 has 64,002 characters")
+    refused = http.post("/tokenize", json={"prompt": too_long})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt"
+
+
 def test_score_as_vllm_with_an_embedding_model(http: httpx.Client, engine: EmbeddingEngine) -> None:
     """vLLM's /score on an embedding model: each pair's cosine similarity, one text_1 against every text_2 or the
     lists paired."""

@@ -82,7 +82,7 @@ from .front import Front, speaks_tei
 from .metrics import Metrics
 from .registry import DEFAULT_NAMES, ModelRegistry, ServedModel
 from .replies import binary_reply, cohere_reply, openai_item, pooled_tokens, tei_tokens, vllm_item, vllm_reply
-from .streamed import PIECE_FLOATS, compact_json, json_list, json_reply, row_items, streamed_data
+from .streamed import PIECE_FLOATS, compact_json, json_list, json_reply, row_items, streamed_data, streamed_json
 
 log = logging.getLogger("embed.server")
 
@@ -91,6 +91,7 @@ CLIENT_CLOSED = 499  # nginx's status for "the client hung up first": seen only 
 
 TEI_CUT = "; send 'truncate': true to cut it"  # how a refused long input could be sent instead
 COHERE_CUT = "; send truncate END (or START) to cut it"
+TOKENIZE_CHARS_PER_TOKEN = 250  # /tokenize's limit per text, of characters a token of the model's length (TEI's)
 INLINE_TOKENIZE_CHARS = 4096  # tokenized on the event loop (tens of microseconds); longer inputs in a thread
 INLINE_TEXTS = 64  # `input` lists of up to this many texts are checked on the event loop; the rest in a thread
 
@@ -548,13 +549,23 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         if body.inputs is not None and "" in texts:
             raise EmptyInput(f"input {texts.index('')} is empty; send at least one character", field)
         engine = await _engine(registry, registry.resolve(body.model))
+        limit = engine.max_length * TOKENIZE_CHARS_PER_TOKEN
+        if (long := next((i for i, text in enumerate(texts) if len(text) > limit), None)) is not None:
+            raise InputError(f"input {long} has {len(texts[long]):,} characters, more than the {limit:,} /tokenize "
+                             f"takes for this model ({TOKENIZE_CHARS_PER_TOKEN} a token of its maximum length, as TEI "
+                             "limits it)", field)
         if body.inputs is not None or body.prompt_name is not None:
             texts = [(engine.resolve_prompt(None, body.prompt_name) or "") + text for text in texts]
-        found = await run_in_threadpool(engine.model.tokenizer.whole_tokens, texts, body.add_special_tokens)
+        tokenizer = engine.model.tokenizer
         if body.prompt is not None:
-            reply = TokenizeResponse(count=len(found[0].ids), max_model_len=engine.max_length, tokens=found[0].ids)
+            found = (await run_in_threadpool(tokenizer.whole_tokens, texts, body.add_special_tokens))[0]
+            reply = TokenizeResponse(count=len(found.ids), max_model_len=engine.max_length, tokens=found.ids)
             return Response(reply.model_dump_json(), media_type="application/json")
-        return Response(await run_in_threadpool(tei_tokens, texts, found), media_type="application/json")
+        tokenizer.checked(texts)  # refused before the reply starts; then each text's tokens as they are found
+        parts = tei_tokens(texts, tokenizer, body.add_special_tokens)
+        if sum(map(len, texts)) > INLINE_TOKENIZE_CHARS:
+            return streamed_json(parts)
+        return Response("".join(parts), media_type="application/json")
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> dict:

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import numpy as np
 from fastapi.responses import Response
-from pydantic import TypeAdapter
 
 from ..quantize import quantize
-from .api import EmbeddingRequest, TEIToken, Usage, VLLMList, encode_vectors, typed_values
+from ..tokenizer import TextTokenizer
+from .api import EmbeddingRequest, Usage, VLLMList, encode_vectors, typed_values
 from .streamed import compact_json, json_reply
 
 
@@ -56,16 +56,18 @@ def pooled_tokens(outputs: list[np.ndarray]) -> Iterator[str | np.ndarray]:
         yield "}"
 
 
-def tei_tokens(texts: list[str], found: list) -> bytes:
-    """TEI's /tokenize reply: each token's id, text, whether it is special, and its span in the text's UTF-8
-    bytes (None for a special token)."""
-    tokens = []
-    for text, t in zip(texts, found):
+def tei_tokens(texts: list[str], tokenizer: TextTokenizer, special_tokens: bool) -> Iterator[str]:
+    """TEI's /tokenize reply, a text at a time: each token's id, text, whether it is special, and its span in the
+    text's UTF-8 bytes (None for a special token). One text's tokens are held at a time: a body of 32 MB held every
+    token of every text at once (3.5 GB for 8 MB of text)."""
+    for k, text in enumerate(texts):
+        found = tokenizer.whole_tokens([text], special_tokens)[0]
         at = _utf8_offsets(text)
-        tokens.append([TEIToken(id=i, text=text[span[0]:span[1]] if span else string, special=special,
-                                start=int(at[span[0]]) if span else None, stop=int(at[span[1]]) if span else None)
-                       for i, string, span, special in zip(t.ids, t.strings, t.spans, t.special)])
-    return TypeAdapter(list[list[TEIToken]]).dump_json(tokens)
+        tokens = [{"id": i, "text": text[span[0]:span[1]] if span else string, "special": special,
+                   "start": int(at[span[0]]) if span else None, "stop": int(at[span[1]]) if span else None}
+                  for i, string, span, special in zip(found.ids, found.strings, found.spans, found.special)]
+        yield ("," if k else "[") + compact_json(tokens)
+    yield "]"
 
 
 def _utf8_offsets(text: str) -> np.ndarray:
