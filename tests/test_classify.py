@@ -217,6 +217,23 @@ def test_tei_predict_refuses_in_tei_shape(http, body, status, message):
     assert set(reply.json()) == {"error", "error_type"}
 
 
+def test_infinity_classify(http, three_labels):
+    """infinity's /classify, as its client sends it (`raw_scores` always, its default model name): each text's
+    score per label, best first, as transformers' pipeline scores them; its logits with raw_scores."""
+    texts = [TEXTS[0], TEXTS[2]]
+    want, names = pipeline_scores(three_labels, texts)
+    body = {"input": texts, "model": "default/not-specified", "raw_scores": False}
+    reply = http.post("/classify", json=body).json()
+    assert reply["object"] == "classify" and reply["id"].startswith("infinity-") and reply["model"] == "sentiment"
+    for row, scores in zip(reply["data"], want):
+        assert [p["label"] for p in row] == [names[k] for k in np.argsort(-scores, kind="stable")]
+        np.testing.assert_allclose(sorted((p["score"] for p in row), reverse=True), sorted(scores, reverse=True),
+                                   atol=1e-5)
+    raw = http.post("/classify", json=body | {"raw_scores": True}).json()["data"][0]
+    logits = np.array([dict((p["label"], p["score"]) for p in raw)[n] for n in names])
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(), want[0], atol=1e-5)
+
+
 @pytest.mark.parametrize("path", ["/classify", "/v1/classify"])
 def test_vllm_classify(http, three_labels, path):
     texts = [TEXTS[0], TEXTS[2], TEXTS[5]]

@@ -255,6 +255,7 @@ class ClassifyRequest(BaseModel):
     model: str | None = None
     truncate_prompt_tokens: int | None = None  # as on /v1/embeddings: keep each text's last N tokens
     user: str | None = None
+    raw_scores: bool | None = None  # infinity's (its client always sends it): infinity's reply, logits if true
 
 
 class ClassificationData(BaseModel):

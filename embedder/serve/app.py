@@ -81,7 +81,16 @@ from .errors import UnreadableBody, error_response, invalid_body
 from .front import Front, speaks_tei
 from .metrics import Metrics
 from .registry import DEFAULT_NAMES, ModelRegistry, ServedModel
-from .replies import binary_reply, cohere_reply, openai_item, pooled_tokens, tei_tokens, vllm_item, vllm_reply
+from .replies import (
+    binary_reply,
+    cohere_reply,
+    infinity_classes,
+    openai_item,
+    pooled_tokens,
+    tei_tokens,
+    vllm_item,
+    vllm_reply,
+)
 from .streamed import PIECE_FLOATS, compact_json, json_list, json_reply, row_items, streamed_data, streamed_json
 
 log = logging.getLogger("embed.server")
@@ -519,13 +528,18 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         return Response(shape.dump_json(predictions if batch else predictions[0]), media_type="application/json")
 
     async def classify(body: ClassifyRequest, request: Request) -> Response:
-        """vLLM's /classify: each text's probability per label, and its most probable label."""
+        """vLLM's /classify: each text's probability per label, and its most probable label; or infinity's, whose
+        client always sends `raw_scores`: each text's score per label, best first (its logits with raw_scores)."""
         texts = [body.input] if isinstance(body.input, str) else body.input
         _check_count(texts, options.max_inputs, "input")
-        answer = await classes(body.model, texts, request, keep_last=body.truncate_prompt_tokens)
+        infinity = body.raw_scores is not None
+        answer = await classes(body.model, texts, request, raw=infinity, keep_last=body.truncate_prompt_tokens)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         served, engine, probs, tokens = answer
+        if infinity:
+            scores = probs if body.raw_scores else class_scores(probs)
+            return infinity_classes(scores, engine.labels, _client_name(served, body.model), tokens)
         data = [ClassificationData(index=i, label=engine.labels[int(np.argmax(row))], probs=row.tolist(),
                                    num_classes=len(row)) for i, row in enumerate(probs)]
         return vllm_reply(ClassificationResponse, "classify", _client_name(served, body.model), data, tokens)

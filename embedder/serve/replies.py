@@ -95,3 +95,12 @@ def cohere_reply(vectors: np.ndarray, types: list[str] | None, texts: list[str] 
              "response_type": "embeddings_floats" if types is None else "embeddings_by_type"}
     parts.append(("}," if types is not None else ",") + compact_json(tail)[1:])
     return json_reply(parts, sum(np.size(v) for v in values.values()))
+
+
+def infinity_classes(scores: np.ndarray, labels: list[str], model: str, tokens: int) -> Response:
+    """infinity's /classify reply: each input's score per label, best first."""
+    data = [[{"score": float(row[k]), "label": labels[k]} for k in np.argsort(-row, kind="stable")] for row in scores]
+    return Response(compact_json({"object": "classify", "data": data, "model": model,
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                                  "id": f"infinity-{secrets.token_hex(12)}", "created": int(time.time())}),
+                    media_type="application/json")
