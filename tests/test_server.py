@@ -538,6 +538,8 @@ def test_cohere_embed_with_the_cohere_sdk(server: str, engine: EmbeddingEngine) 
         client.embed(texts=["a"], model=DEFAULT_MODEL, input_type="nonexistent_type", embedding_types=["float"])
     with pytest.raises(cohere.BadRequestError, match="at least two inputs"):
         client.embed(texts=["a"], model=DEFAULT_MODEL, input_type="search_query", embedding_types=["int8"])
+    with pytest.raises(cohere.BadRequestError, match="is a text model: it embeds no images"):
+        client.embed(images=["data:image/png;base64,iVBORw0KGgo="], model=DEFAULT_MODEL, input_type="image")
 
 
 def test_cohere_input_types_name_the_models_prompts() -> None:

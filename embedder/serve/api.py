@@ -158,8 +158,9 @@ class CohereEmbedRequest(BaseModel):
     priority: int | None = None  # one queue here: every request is served in turn
 
 
-def cohere_inputs(body: CohereEmbedRequest) -> tuple[list[str], str]:
-    """The request's inputs as the engine takes them (an image as its data URI) and the field they came in."""
+def cohere_inputs(body: CohereEmbedRequest) -> tuple[list[str], str, bool]:
+    """The request's inputs as the engine takes them (an image as its data URI), the field they came in, and
+    whether any is an image."""
     given = [(field, value) for field, value in (("texts", body.texts), ("images", body.images),
                                                  ("inputs", body.inputs)) if value is not None]
     if len(given) != 1:
@@ -170,8 +171,8 @@ def cohere_inputs(body: CohereEmbedRequest) -> tuple[list[str], str]:
         if bad is not None:
             raise InputError(f"image {bad} is not a data URI; send each image as data:image/...;base64,...", field)
     if field != "inputs":
-        return items, field
-    found = []
+        return items, field, field == "images"
+    found, images = [], False
     for i, item in enumerate(items):
         if len(item.content) != 1:
             raise InputError(f"input {i} holds {len(item.content)} contents; each input here is one text or one "
@@ -180,8 +181,11 @@ def cohere_inputs(body: CohereEmbedRequest) -> tuple[list[str], str]:
         value = content.text if content.type == "text" else (content.image_url or {}).get("url")
         if value is None:
             raise InputError(f"input {i} has no {'text' if content.type == 'text' else 'image_url.url'}", field)
+        if content.type == "image_url" and not value.startswith("data:"):
+            raise InputError(f"input {i}'s image is not a data URI; send it as data:image/...;base64,...", field)
         found.append(value)
-    return found, field
+        images |= content.type == "image_url"
+    return found, field, images
 
 
 def cohere_prompt_name(input_type: str | None, prompts: dict[str, str]) -> str | None:

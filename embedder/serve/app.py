@@ -248,12 +248,15 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         """Cohere's embed: each input's vector in each of `embedding_types` (v2, as vLLM serves it: by type; v1:
         a bare list of float vectors unless types are asked for). int8 and uint8 take each dimension's range from
         the request's own vectors, as `precision` does."""
-        inputs, field = cohere_inputs(body)
+        inputs, field, images = cohere_inputs(body)
         types = list(dict.fromkeys(body.embedding_types or ["float"]))
         if len(inputs) < 2 and set(types) & set(CALIBRATED):
             raise InputError("embedding types int8 and uint8 take each dimension's range from the request's own "
                              "vectors, so they need at least two inputs", "embedding_types")
-        engine = await _engine(registry, registry.resolve(body.model))
+        served = registry.resolve(body.model)
+        engine = await _engine(registry, served)
+        if images and engine.model.images is None:
+            raise InputError(f"{_client_name(served, body.model)} is a text model: it embeds no images", field)
         keep_last = None
         if body.max_tokens is not None and body.max_tokens < 1:
             raise InputError(f"max_tokens must be at least 1, got {body.max_tokens}", "max_tokens")
