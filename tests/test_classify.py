@@ -234,6 +234,11 @@ def test_infinity_classify(http, three_labels):
     np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(), want[0], atol=1e-5)
 
 
+def scipy_softmax(logits: list[float]) -> np.ndarray:
+    exp = np.exp(np.array(logits) - max(logits))
+    return exp / exp.sum()
+
+
 @pytest.mark.parametrize("path", ["/classify", "/v1/classify"])
 def test_vllm_classify(http, three_labels, path):
     texts = [TEXTS[0], TEXTS[2], TEXTS[5]]
@@ -248,6 +253,8 @@ def test_vllm_classify(http, three_labels, path):
     engine = EmbeddingEngine(str(three_labels))
     assert body["usage"]["prompt_tokens"] == sum(map(len, engine.tokenize(texts)))
     engine.unload()
+    logits = http.post(path, json={"model": "sentiment", "input": texts, "use_activation": False}).json()["data"]
+    np.testing.assert_allclose([scipy_softmax(d["probs"]) for d in logits], want, atol=1e-5)  # vLLM's: the logits
     last = http.post(path, json={"input": "terrible " * 200, "truncate_prompt_tokens": 10}).json()
     assert last["usage"]["prompt_tokens"] == 10
     pooled = http.post("/pooling", json={"model": "sentiment", "input": texts}).json()  # a classifier's own task

@@ -150,6 +150,41 @@ def test_server_scores_as_vllm(http, reranker):
     body = http.post("/score", json={"text_1": QUERY, "text_2": DOCUMENTS}).json()
     assert body["model"] == "reranker" and [d["index"] for d in body["data"]] == list(range(len(DOCUMENTS)))
     np.testing.assert_allclose([d["score"] for d in body["data"]], want, atol=1e-5)
+    # the sides as vLLM's newer requests name them, here and on SageMaker's /invocations
+    for first, second in (("queries", "documents"), ("queries", "items"), ("data_1", "data_2")):
+        for path in ("/score", "/invocations"):
+            named = http.post(path, json={first: QUERY, second: DOCUMENTS}).json()
+            np.testing.assert_allclose([d["score"] for d in named["data"]], want, atol=1e-5)
+    refused = http.post("/score", json={"queries": [QUERY, QUERY], "items": DOCUMENTS})
+    assert refused.status_code == 400 and f"'queries' holds 2 texts and 'items' {len(DOCUMENTS)}" in refused.text
+
+
+def test_vllm_use_activation_false_gives_the_logits(http, reranker):
+    """vLLM's `use_activation: false` on /score and /rerank: each pair's logit, before the sigmoid."""
+    require_oracle()
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    pairs = [(QUERY, d) for d in DOCUMENTS]
+    logits = CrossEncoder(str(reranker), device="cpu").predict(pairs, activation_fn=torch.nn.Identity())
+    scored = http.post("/score", json={"text_1": QUERY, "text_2": DOCUMENTS, "use_activation": False}).json()
+    np.testing.assert_allclose([d["score"] for d in scored["data"]], logits, atol=1e-5)
+    ranked = http.post("/rerank", json={"query": QUERY, "documents": DOCUMENTS, "use_activation": False}).json()
+    np.testing.assert_allclose([r["relevance_score"] for r in sorted(ranked["results"], key=lambda r: r["index"])],
+                               logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/rerank", {"max_tokens_per_doc": 10}, "max_tokens_per_doc"),
+    ("/rerank", {"max_tokens_per_doc": 0}, "max_tokens_per_doc"),
+    ("/rerank", {"truncate_prompt_tokens": 20}, "truncate_prompt_tokens"),
+    ("/score", {"truncate_prompt_tokens": 20}, "truncate_prompt_tokens"),
+])
+def test_pair_cuts_below_the_models_length_are_refused_not_ignored(http, path, body, field):
+    sides = {"query": QUERY, "documents": DOCUMENTS} if path == "/rerank" else {"text_1": QUERY, "text_2": DOCUMENTS}
+    refused = http.post(path, json=sides | body)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == field, refused.text
+    assert http.post(path, json=sides | {field: 128}).status_code == 200  # the model's length: cuts nothing new
 
 
 def test_server_rerank_without_documents_and_with_every_one(http):

@@ -100,6 +100,9 @@ class RerankRequest(BaseModel):
     # TEI's fields. `truncate: false` refuses a long pair; absent or true, long pairs follow the server's policy.
     texts: list[str] | None = None
     raw_scores: bool = False  # a cross-encoder's logits, before its activation (TEI's and infinity's)
+    use_activation: bool | None = None  # vLLM's: false, the same logits
+    truncate_prompt_tokens: int | None = None  # vLLM's; checked by `check_pair_cuts`
+    max_tokens_per_doc: int | None = None  # vLLM's and Cohere's v2; checked by `check_pair_cuts`
     return_text: bool = False
     truncate: bool | None = None
     truncation_direction: TruncationDirection = "Right"
@@ -259,6 +262,7 @@ class ClassifyRequest(BaseModel):
     model: str | None = None
     truncate_prompt_tokens: int | None = None  # as on /v1/embeddings: keep each text's last N tokens
     user: str | None = None
+    use_activation: bool | None = None  # vLLM's: false gives each text's logits
     raw_scores: bool | None = None  # infinity's (its client always sends it): infinity's reply, logits if true
 
 
@@ -299,14 +303,35 @@ class PoolingResponse(VLLMList):
     data: list[Pooled]
 
 
+Texts = str | list[str]
+# vLLM's names for /score's two sides, oldest first
+SCORE_SIDES = (("text_1", "text_2"), ("queries", "documents"), ("queries", "items"), ("data_1", "data_2"))
+
+
 class ScoreRequest(BaseModel):
-    """vLLM's /score: `text_1` (one text, or one per pair) against each of `text_2`."""
+    """vLLM's /score: the first side (one text, or one per pair) against each text of the second, the sides named
+    as any of vLLM's versions names them (`SCORE_SIDES`)."""
 
     model_config = ConfigDict(strict=True)
 
-    text_1: str | list[str]
-    text_2: str | list[str]
+    text_1: Texts | None = None
+    text_2: Texts | None = None
+    queries: Texts | None = None
+    documents: Texts | None = None
+    items: Texts | None = None
+    data_1: Texts | None = None
+    data_2: Texts | None = None
     model: str | None = None
+    use_activation: bool | None = None  # false: a cross-encoder's logits
+    truncate_prompt_tokens: int | None = None  # checked by `check_pair_cuts`
+
+    def sides(self) -> tuple[tuple[str, Texts], tuple[str, Texts]]:
+        """The first side and the second, each as (its field, its texts)."""
+        for first, second in SCORE_SIDES:
+            if getattr(self, first) is not None and getattr(self, second) is not None:
+                return (first, getattr(self, first)), (second, getattr(self, second))
+        raise InputError("send 'text_1' and 'text_2' (or, as vLLM's newer requests do, 'queries' with 'documents' or "
+                         "'items', or 'data_1' and 'data_2')", "text_1")
 
 
 class Score(BaseModel):
@@ -480,28 +505,41 @@ def parse_predict(value: str | list, max_inputs: int) -> tuple[list[str | tuple[
 
 
 def parse_score(body: ScoreRequest, max_inputs: int) -> tuple[list[str], list[str]]:
-    """vLLM's pairs: one `text_1` against every `text_2`, or the two lists paired one to one."""
-    firsts = [body.text_1] if isinstance(body.text_1, str) else body.text_1
-    seconds = [body.text_2] if isinstance(body.text_2, str) else body.text_2
+    """vLLM's pairs: one first text against every second one, or the two lists paired one to one."""
+    (one, firsts), (two, seconds) = body.sides()
+    firsts = [firsts] if isinstance(firsts, str) else firsts
+    seconds = [seconds] if isinstance(seconds, str) else seconds
     if not firsts or not seconds:
-        raise InputError(f"'{'text_1' if not firsts else 'text_2'}' is an empty list; send at least one text",
-                         "text_1" if not firsts else "text_2")
+        raise InputError(f"'{one if not firsts else two}' is an empty list; send at least one text",
+                         one if not firsts else two)
     if len(firsts) == 1:
         firsts = firsts * len(seconds)
     if len(firsts) != len(seconds):
-        raise InputError(f"'text_1' holds {len(firsts)} texts and 'text_2' {len(seconds)}: send one 'text_1', or as "
-                         "many as 'text_2' to pair them one to one", "text_1")
+        raise InputError(f"'{one}' holds {len(firsts)} texts and '{two}' {len(seconds)}: send one '{one}', or as "
+                         f"many as '{two}' to pair them one to one", one)
     if len(seconds) > max_inputs:
-        raise InputError(f"'text_2' holds {len(seconds)} texts; at most {max_inputs} are allowed per request",
-                         "text_2")
-    for field, texts in (("text_1", firsts), ("text_2", seconds)):
+        raise InputError(f"'{two}' holds {len(seconds)} texts; at most {max_inputs} are allowed per request", two)
+    for field, texts in ((one, firsts), (two, seconds)):
         for i, text in enumerate(texts):
-            if field == "text_1" and not text.strip():  # as a rerank's query; a blank document still scores
-                raise InputError(f"'text_1' text {i} is empty or blank; send the text to score against", field)
+            if field == one and not text.strip():  # as a rerank's query; a blank document still scores
+                raise InputError(f"'{one}' text {i} is empty or blank; send the text to score against", field)
             if (at := lone_surrogate(text)) is not None:
                 raise InputError(f"'{field}' text {i} holds a lone UTF-16 surrogate at character {at}, which is not "
                                  "text", field)
     return firsts, seconds
+
+
+def check_pair_cuts(truncate_prompt_tokens: int | None, max_tokens_per_doc: int | None, max_length: int) -> None:
+    """vLLM's cuts of a scored pair below the model's length are not taken here, where a long pair is cut from the
+    end of its longer text at the model's length: refused, not ignored. At or past that length they cut nothing."""
+    if max_tokens_per_doc is not None and max_tokens_per_doc < 1:
+        raise InputError(f"max_tokens_per_doc must be a positive integer, got {max_tokens_per_doc}",
+                         "max_tokens_per_doc")
+    for field, n in (("truncate_prompt_tokens", truncate_prompt_tokens), ("max_tokens_per_doc", max_tokens_per_doc)):
+        if n is not None and n != -1 and n < max_length:
+            raise InputError(f"{field} {n} is not supported for scored pairs: a pair is cut from the end of its "
+                             f"longer text at the model's maximum of {max_length} tokens; send {max_length} or more, "
+                             "or leave it out", field)
 
 
 def parse_rerank(body: RerankRequest, max_inputs: int) -> list[str]:

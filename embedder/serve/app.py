@@ -32,6 +32,7 @@ from ..quantize import CALIBRATED, quantize, sparse_rows
 from .access_log import AccessLog
 from .api import (
     BINARY_FORMATS,
+    SCORE_SIDES,
     ClassificationData,
     ClassificationResponse,
     ClassifyRequest,
@@ -67,6 +68,7 @@ from .api import (
     TokenizeRequest,
     TokenizeResponse,
     Usage,
+    check_pair_cuts,
     check_token_ids,
     cohere_inputs,
     cohere_prompt_name,
@@ -391,8 +393,9 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
 
     async def invocations(request: Request) -> Response:
         """TEI's root route (where huggingface_hub's InferenceClient(base_url=...) posts) and SageMaker's
-        /invocations, as TEI and vLLM answer them: by the body, a rerank ("query"), a vLLM score ("text_1"), a
-        sentence similarity (`inputs` as {"source_sentence", "sentences"}), vLLM's /pooling ("input" and "task"),
+        /invocations, as TEI and vLLM answer them: by the body, a rerank ("query"), a vLLM score ("text_1", or
+        "queries" or "data_1"), a sentence similarity (`inputs` as {"source_sentence", "sentences"}), vLLM's
+        /pooling ("input" and "task"),
         and else by the model served: TEI's `inputs` a classifier's /predict, a SPLADE model's /embed_sparse, a
         multi-vector model's /embed_all, else /embed; OpenAI's and vLLM's `input` a classifier's /classify, else
         /v1/embeddings. Each refused as its route refuses it."""
@@ -404,7 +407,7 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             raise UnreadableBody("the request body must be a JSON object")
         if "query" in body:
             route, shape = rerank, RerankRequest
-        elif "text_1" in body:
+        elif any(first in body for first, _ in SCORE_SIDES):
             route, shape = score, ScoreRequest
         elif isinstance(body.get("inputs"), dict):
             route, shape = similarity, TEISimilarityRequest
@@ -457,10 +460,11 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         with admission.admit(len(documents)):
             engine = await _engine(registry, served)
             engine.check_rankable()
+            check_pair_cuts(body.truncate_prompt_tokens, body.max_tokens_per_doc, engine.max_length)
             if tei and body.truncate is False:
                 await run_in_threadpool(_refuse_long_pairs, engine, body.query, documents)
             future, tokens = await run_in_threadpool(engine.submit_scores, [body.query] * len(documents), documents,
-                                                     body.raw_scores)
+                                                     body.raw_scores or body.use_activation is False)
             scores = await _result(future, request.receive)
         if scores is None:
             return Response(status_code=CLIENT_CLOSED)
@@ -487,7 +491,9 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         with admission.admit(len(seconds)):
             engine = await _engine(registry, served)
             engine.check_rankable()
-            future, tokens = await run_in_threadpool(engine.submit_scores, firsts, seconds)
+            check_pair_cuts(body.truncate_prompt_tokens, None, engine.max_length)
+            future, tokens = await run_in_threadpool(engine.submit_scores, firsts, seconds,
+                                                     body.use_activation is False)
             scores = await _result(future, request.receive)
         if scores is None:
             return Response(status_code=CLIENT_CLOSED)
@@ -536,7 +542,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         texts = [body.input] if isinstance(body.input, str) else body.input
         _check_count(texts, options.max_inputs, "input")
         infinity = body.raw_scores is not None
-        answer = await classes(body.model, texts, request, raw=infinity, keep_last=body.truncate_prompt_tokens)
+        answer = await classes(body.model, texts, request, raw=infinity or body.use_activation is False,
+                               keep_last=body.truncate_prompt_tokens)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         served, engine, probs, tokens = answer
