@@ -259,6 +259,13 @@ def test_vllm_classify(http, three_labels, path):
     assert last["usage"]["prompt_tokens"] == 10
     pooled = http.post("/pooling", json={"model": "sentiment", "input": texts}).json()  # a classifier's own task
     np.testing.assert_allclose([d["data"] for d in pooled["data"]], want, atol=1e-5)
-    for bad, message in (({"input": []}, "'input' must hold 1 to"), ({"input": [1]}, "input")):
+    ids = EmbeddingEngine(str(three_labels)).tokenize(texts)  # vLLM's token ids: the texts' own scores
+    by_ids = http.post(path, json={"model": "sentiment", "input": ids}).json()
+    np.testing.assert_allclose([d["probs"] for d in by_ids["data"]], want, atol=1e-5)
+    assert by_ids["usage"]["prompt_tokens"] == sum(map(len, ids))
+    one = http.post(path, json={"model": "sentiment", "input": ids[0]}).json()["data"]
+    np.testing.assert_allclose([d["probs"] for d in one], want[:1], atol=1e-5)
+    for bad, message in (({"input": []}, "'input' must hold 1 to"), ({"input": ["a", 1]}, "not a mix"),
+                         ({"input": [[101, 10_000_000]]}, "outside this model's vocabulary")):
         refused = http.post(path, json=bad)
         assert refused.status_code == 400 and message in refused.json()["error"]["message"], refused.text

@@ -254,11 +254,11 @@ class Prediction(BaseModel):  # TEI's
 
 
 class ClassifyRequest(BaseModel):
-    """vLLM's /classify request: one text or a list of texts."""
+    """vLLM's /classify request: one text, a list of texts, or token ids (a list of them, or a list of lists)."""
 
     model_config = ConfigDict(strict=True)
 
-    input: str | list[str]
+    input: str | list[Any]
     model: str | None = None
     truncate_prompt_tokens: int | None = None  # as on /v1/embeddings: keep each text's last N tokens
     user: str | None = None

@@ -503,12 +503,12 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
     for path in ("/score", "/v1/score"):  # vLLM's two spellings
         app.post(path, response_model=ScoreResponse)(score)
 
-    async def classes(model: str | None, inputs: list[str | tuple[str, str]], request: Request, raw: bool = False,
-                      keep_last: int | None = None, refuse_long: bool = False
+    async def classes(model: str | None, inputs: list[str | tuple[str, str]] | Inputs, request: Request,
+                      raw: bool = False, keep_last: int | None = None, refuse_long: bool = False
                       ) -> tuple[ServedModel, EmbeddingEngine, np.ndarray, int] | None:
         """The served classifier, each input's score per label and the tokens; None if the client hung up first.
-        `keep_last` -1 keeps the model's maximum from the end; `refuse_long` refuses an input over the model's
-        length (TEI's `truncate: false`)."""
+        `inputs`: texts and pairs, or token ids (vLLM's). `keep_last` -1 keeps the model's maximum from the end;
+        `refuse_long` refuses an input over the model's length (TEI's `truncate: false`)."""
         served = registry.resolve(model, rerank=True)
         with admission.admit(len(inputs)):
             engine = await _engine(registry, served)
@@ -516,7 +516,11 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             if refuse_long:
                 await run_in_threadpool(_refuse_long_inputs, engine, inputs)
             keep_last = engine.max_length if keep_last == -1 else keep_last
-            future, tokens = await run_in_threadpool(engine.submit_classes, inputs, raw, keep_last)
+            if isinstance(inputs, Inputs):
+                rows = await run_in_threadpool(_cut_ids, engine, inputs.token_ids, keep_last)
+                future, tokens = engine.submit_class_rows(rows, raw), sum(map(len, rows))
+            else:
+                future, tokens = await run_in_threadpool(engine.submit_classes, inputs, raw, keep_last)
             scores = await _result(future, request.receive)
         return None if scores is None else (served, engine, scores, tokens)
 
@@ -540,7 +544,9 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         """vLLM's /classify: each text's probability per label, and its most probable label; or infinity's, whose
         client always sends `raw_scores`: each text's score per label, best first (its logits with raw_scores)."""
         texts = [body.input] if isinstance(body.input, str) else body.input
-        _check_count(texts, options.max_inputs, "input")
+        if texts and not all(isinstance(text, str) for text in texts):  # vLLM's token ids; a mix refused
+            texts = parse_input(body.input, options.max_inputs)
+        _check_count(texts.token_ids if isinstance(texts, Inputs) else texts, options.max_inputs, "input")
         infinity = body.raw_scores is not None
         answer = await classes(body.model, texts, request, raw=infinity or body.use_activation is False,
                                keep_last=body.truncate_prompt_tokens)
@@ -682,11 +688,15 @@ def _token_ids(engine: EmbeddingEngine, inputs: Inputs, body: EmbeddingRequest) 
         items = [decode_data_uri(t, f"input {i}") if images and t.startswith(DATA_URI_PREFIX) else t
                  for i, t in enumerate(inputs.texts)]
         return engine.input_rows(items, prompt=body.prompt, prompt_name=body.prompt_name, keep_last=keep_last)
+    return _cut_ids(engine, inputs.token_ids, keep_last)
+
+
+def _cut_ids(engine: EmbeddingEngine, token_ids: list[list[int]], keep_last: int | None) -> list[list[int]]:
+    """Token ids checked against the vocabulary and cut as texts are, or to their last `keep_last`."""
     if keep_last is not None:
         engine.check_keep_last(keep_last)
-        inputs = Inputs(token_ids=[ids[-keep_last:] for ids in inputs.token_ids])
-    return check_token_ids(inputs.token_ids, engine.vocab_size, engine.max_length,
-                           engine.options.long_input_mode)
+        token_ids = [ids[-keep_last:] for ids in token_ids]
+    return check_token_ids(token_ids, engine.vocab_size, engine.max_length, engine.options.long_input_mode)
 
 
 def _refuse_long(engine: EmbeddingEngine, texts: list[str], prompt_name: str | None, query: bool = False,
