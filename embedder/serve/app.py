@@ -161,8 +161,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
                     refuse_long: str | None = None, per_token: bool = False, sparse: bool = False
                     ) -> tuple[ServedModel, Any, int] | None:
         """The served model, the request's vectors and their tokens; None if the client hung up first.
-        `refuse_long`: a text over the model's length is refused with this advice, though the server would cut it (TEI's
-        `truncate: false`); `per_token`: each input's token vectors (a list of arrays), not one pooled vector (a
+        `refuse_long`: a text over the model's length is refused with this advice, though the server would cut it
+        (TEI's `truncate: false`); `per_token`: each input's token vectors (a list of arrays), not one pooled vector (a
         multi-vector model's own, a query's with prompt_name "query"); `sparse`: a SPLADE model's vectors are asked
         for (the dense routes refuse them, and a multi-vector model's)."""
         served = registry.resolve(body.model)
@@ -442,7 +442,8 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
         kind = ({"classifier" if len(labels) > 1 else "reranker": classes} if engine.cross_encoder
                 else {"embedding": {"pooling": "+".join(engine.model.spec.pooling)}})
         return {"model_id": served.public_name, "model_sha": None, "model_dtype": engine.model.dtype,
-                "served_model_name": served.public_name, "model_type": kind, "max_concurrent_requests": options.max_queue,
+                "served_model_name": served.public_name, "model_type": kind,
+                "max_concurrent_requests": options.max_queue,
                 "max_input_length": engine.max_length, "max_batch_tokens": engine.batch_shape.tokens,
                 "max_batch_requests": None, "max_client_batch_size": options.max_inputs,
                 "auto_truncate": engine.options.truncate, "tokenization_workers": 1,

@@ -95,12 +95,13 @@ def invalid_body(exc: ValidationError) -> RequestValidationError:
 def _malformed_json(exc: Exception) -> Exception:
     """A body that is not a JSON object at all is a 400, as OpenAI answers, not a field-level 422."""
     if isinstance(exc, HTTPException) and exc.status_code == 400 and exc.detail == FASTAPI_UNREADABLE_BODY:
-        return UnreadableBody("the request body cannot be read as JSON: send it as UTF-8 and uncompressed, with no integer "
-                          "of over 4,300 digits and no nesting past 1,000 levels")
+        return UnreadableBody("the request body cannot be read as JSON: send it as UTF-8 and uncompressed, with no "
+                              "integer of over 4,300 digits and no nesting past 1,000 levels")
     if isinstance(exc, RequestValidationError):
         error = exc.errors()[0]
         if error["type"] == "json_invalid":
-            return UnreadableBody(f"the request body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}")
+            reason = error.get("ctx", {}).get("error", error["msg"])
+            return UnreadableBody(f"the request body is not valid JSON: {reason}")
         if tuple(error["loc"]) == ("body",):
             return UnreadableBody("the request body must be a JSON object, sent with 'Content-Type: application/json'")
     return exc

@@ -69,10 +69,10 @@ class ModelRegistry:
                 self._by_alias.setdefault(alias, served)
 
     def resolve(self, name: str | None, rerank: bool = False) -> ServedModel:
-        """The served model a request names. No name, or "default" or infinity's "default/not-specified" (unless a model is
-        served by that name), means
-        the first (or pinned) one, as vllm-mlx and candle-vllm do; but the first reranker for a rerank, and the
-        first embedding model otherwise, where both kinds are served (TEI's and infinity's requests name none)."""
+        """The served model a request names. No name, or "default" or infinity's "default/not-specified" (unless a
+        model is served by that name), means the first (or pinned) one, as vllm-mlx and candle-vllm do; but the first
+        reranker for a rerank, and the first embedding model otherwise, where both kinds are served (TEI's and
+        infinity's requests name none)."""
         served = self._by_alias.get(name) if name is not None else None
         if served is not None:
             return served
