@@ -88,8 +88,8 @@ class TextTokenizer:
         """A long text's tokens with its special tokens, counted a piece at a time, where it is over max_length
         (so refused, or checked, without its tokens); None for the others."""
         count = self.count_long(text)
-        return None if count is None or count + self.specials(False) <= self.max_length else (
-            count + self.specials(False))
+        length = None if count is None else count + self.specials(False)
+        return length if length is not None and length > self.max_length else None
 
     def whole_tokens(self, texts: Sequence[str], special_tokens: bool = True,
                      prompt: str | None = None) -> list[Tokens]:

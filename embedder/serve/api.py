@@ -206,15 +206,21 @@ def cohere_prompt_name(input_type: str | None, prompts: dict[str, str]) -> str |
     return found
 
 
-class TEITextOptions(BaseModel):
+class TEITextCuts(BaseModel):
     """What TEI's embedding requests (/embed, /similarity) say of their texts. `truncate: false` refuses long
-    inputs; absent or true, they follow the server's policy (cut, unless it runs with --no-truncate)."""
+    inputs; absent or true, they follow the server's policy (cut, unless it runs with --no-truncate). /similarity
+    takes them in `parameters` too (huggingface_hub's `sentence_similarity` sends none)."""
 
     model_config = ConfigDict(strict=True)
 
     truncate: bool | None = None
     truncation_direction: TruncationDirection = "Right"  # "Left" keeps each input's last tokens
     prompt_name: str | None = None
+
+
+class TEITextOptions(TEITextCuts):
+    """`TEITextCuts` and the served model a request names."""
+
     model: str | None = None  # embed's: which served model, where several are (TEI serves one)
 
     @property
@@ -393,23 +399,13 @@ class SimilarityInputs(BaseModel):
     sentences: list[str]
 
 
-class SimilarityParameters(BaseModel):
-    """Where TEI's /similarity takes its texts' options (huggingface_hub's `sentence_similarity` sends none)."""
-
-    model_config = ConfigDict(strict=True)
-
-    truncate: bool | None = None
-    truncation_direction: TruncationDirection = "Right"
-    prompt_name: str | None = None
-
-
 class TEISimilarityRequest(TEITextOptions):
     """TEI's /similarity, which huggingface_hub's `sentence_similarity` also posts to TEI's root route: the cosine
     similarity of `source_sentence` to each of `sentences`, in order. The options may come in `parameters`, as TEI
     reads them, or beside `inputs`, as its other routes take them."""
 
     inputs: SimilarityInputs
-    parameters: SimilarityParameters | None = None
+    parameters: TEITextCuts | None = None
 
     def model_post_init(self, context: Any) -> None:
         if self.parameters is not None:

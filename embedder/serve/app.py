@@ -87,6 +87,7 @@ from .replies import (
     binary_reply,
     cohere_reply,
     infinity_classes,
+    labels_best_first,
     openai_item,
     pooled_tokens,
     tei_tokens,
@@ -536,18 +537,17 @@ def create_app(registry: ModelRegistry, options: ServerOptions = ServerOptions()
             return Response(status_code=CLIENT_CLOSED)
         _, engine, logits, _ = answer
         scores = logits if body.raw_scores else class_scores(logits)
-        predictions = [[Prediction(score=float(row[k]), label=engine.labels[k])
-                        for k in np.argsort(-row, kind="stable")] for row in scores]
-        shape = TypeAdapter(list[list[Prediction]] if batch else list[Prediction])
-        return Response(shape.dump_json(predictions if batch else predictions[0]), media_type="application/json")
+        predictions = labels_best_first(scores, engine.labels)
+        return Response(compact_json(predictions if batch else predictions[0]), media_type="application/json")
 
     async def classify(body: ClassifyRequest, request: Request) -> Response:
         """vLLM's /classify: each text's probability per label, and its most probable label; or infinity's, whose
         client always sends `raw_scores`: each text's score per label, best first (its logits with raw_scores)."""
         texts = [body.input] if isinstance(body.input, str) else body.input
-        if texts and not all(isinstance(text, str) for text in texts):  # vLLM's token ids; a mix refused
+        if texts and not all(isinstance(text, str) for text in texts):  # vLLM's token ids, counted there; a mix refused
             texts = parse_input(body.input, options.max_inputs)
-        _check_count(texts.token_ids if isinstance(texts, Inputs) else texts, options.max_inputs, "input")
+        else:
+            _check_count(texts, options.max_inputs, "input")
         infinity = body.raw_scores is not None
         answer = await classes(body.model, texts, request, raw=infinity or body.use_activation is False,
                                keep_last=body.truncate_prompt_tokens)

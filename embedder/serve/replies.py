@@ -97,9 +97,15 @@ def cohere_reply(vectors: np.ndarray, types: list[str] | None, texts: list[str] 
     return json_reply(parts, sum(np.size(v) for v in values.values()))
 
 
+def labels_best_first(scores: np.ndarray, labels: list[str]) -> list[list[dict]]:
+    """Each input's `{"score", "label"}` per label, best first, ties in label order: TEI's /predict, infinity's
+    /classify."""
+    return [[{"score": float(row[k]), "label": labels[k]} for k in np.argsort(-row, kind="stable")] for row in scores]
+
+
 def infinity_classes(scores: np.ndarray, labels: list[str], model: str, tokens: int) -> Response:
     """infinity's /classify reply: each input's score per label, best first."""
-    data = [[{"score": float(row[k]), "label": labels[k]} for k in np.argsort(-row, kind="stable")] for row in scores]
+    data = labels_best_first(scores, labels)
     return Response(compact_json({"object": "classify", "data": data, "model": model,
                                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
                                   "id": f"infinity-{secrets.token_hex(12)}", "created": int(time.time())}),
